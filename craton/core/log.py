@@ -1,0 +1,730 @@
+"""The durable, hash-chained log: Craton's storage, as a pure machine.
+
+Files on the ``Disk`` (layouts in docs/STORAGE.md):
+
+- ``superblock``: the root of trust in redundant copies (``craton.core.superblock``);
+- ``log/NNNNNNNNNN.seg``: segments of records (``craton.core.record``), appended in order;
+- ``checkpoints``: the history of sealed checkpoints (``craton.core.seal``).
+
+The owner calls ``start`` once, then ``append`` / ``read`` / ``checkpoint_now`` and hands
+every disk completion to ``on_disk``. Each call returns outputs: effects for the driver
+plus the owner-facing events ``Recovered``, ``Durable``, ``ReadResult`` and ``ReadFailed``.
+
+Rules it keeps:
+- One write batch is in flight at a time: appends that arrive meanwhile wait and go out
+  together in the next batch (group commit inside the log). A batch is written, then
+  synced; only after its ``SyncDone`` does ``Durable`` move. So a torn record can only be in
+  the last batch of the last segment, and every earlier segment is sealed and synced.
+- Every record names how far the log was durable when it was written (``durable_before``),
+  so recovery knows which records were certainly acknowledged and never cuts those off.
+- Recovery reads every segment, checks header checksums and hash links throughout and body
+  checksums and chain hashes from the latest checkpoint on; a torn tail is truncated (and
+  the truncation synced) before the log opens; any other damage halts with the file,
+  offset and position.
+- A failed write or sync halts the log: after a failed fsync the file's state is unknown.
+- Checkpoints are taken every ``checkpoint_interval`` durable records: the sealed entry is
+  appended to the history and synced, then the superblock (which counts sealed entries)
+  is rewritten and synced.
+"""
+
+from __future__ import annotations
+
+import array
+import bisect
+import enum
+import re
+from collections.abc import Callable
+from typing import TypeVar
+
+import attrs
+
+from craton.core import record, superblock
+from craton.core.record import GENESIS_HASH, HEADER_SIZE, RecordError
+from craton.core.scan import Clean, Corrupt, SegmentScan, Torn, scan_segment
+from craton.core.seal import ENTRY_SIZE, Checkpoint, Sealer, encode_entry, verify_seal
+from craton.core.seam import (
+    DiskCompletion,
+    DiskList,
+    DiskRead,
+    DiskSync,
+    DiskTruncate,
+    DiskWrite,
+    Effect,
+    FileInfo,
+    Halt,
+    IoFailed,
+    IoIds,
+    ListDone,
+    Notice,
+    ReadDone,
+)
+from craton.core.superblock import Superblock
+
+SEGMENT_FOLDER = "log"
+CHECKPOINTS_PATH = "checkpoints"
+SEGMENT_NAME = re.compile(r"^(\d{10})\.seg$")
+SEGMENT_SIZE_MAX_DEFAULT = 64 * 1024 * 1024
+BATCH_SIZE_MAX_DEFAULT = 4 * 1024 * 1024
+CHECKPOINT_INTERVAL_DEFAULT = 4096
+PENDING_RECORDS_MAX_DEFAULT = 65536
+READ_RETRIES_MAX = 2
+
+R = TypeVar("R", DiskRead, DiskWrite, DiskSync, DiskTruncate, DiskList)
+
+
+def segment_path(segment: int) -> str:
+    return f"{SEGMENT_FOLDER}/{segment:010d}.seg"
+
+
+@attrs.frozen
+class LogConfig:
+    seal_seed: bytes  # 32-byte Ed25519 seed of the data directory's signing key
+    segment_size_max: int = SEGMENT_SIZE_MAX_DEFAULT
+    batch_size_max: int = BATCH_SIZE_MAX_DEFAULT
+    checkpoint_interval: int = CHECKPOINT_INTERVAL_DEFAULT
+    pending_records_max: int = PENDING_RECORDS_MAX_DEFAULT
+
+
+# --- Owner-facing outputs ------------------------------------------------------------------
+
+
+@attrs.frozen
+class Recovered:
+    """The log is open: ``head`` records, the last hashing to ``chain_hash``."""
+
+    head: int
+    chain_hash: bytes
+
+
+@attrs.frozen
+class Durable:
+    """Every record below ``position`` is on stable storage."""
+
+    position: int
+
+
+@attrs.frozen
+class ReadResult:
+    tag: int
+    position: int
+    body: bytes
+
+
+@attrs.frozen
+class ReadFailed:
+    tag: int
+    position: int
+    reason: str
+
+
+LogOutput = Effect | Recovered | Durable | ReadResult | ReadFailed
+
+
+class LogError(Exception):
+    """The log cannot take this call now (not open, halted, or its queue is full)."""
+
+
+class _Phase(enum.Enum):
+    NEW = "new"
+    RECOVERING = "recovering"
+    OPEN = "open"
+    HALTED = "halted"
+
+
+class _Io(enum.Enum):
+    """What an outstanding disk request is for."""
+
+    SUPERBLOCK_READ = 1
+    LIST_SEGMENTS = 2
+    LIST_ROOT = 3
+    SEGMENT_READ = 4
+    RECOVERY_TRUNCATE = 5
+    RECOVERY_SYNC = 6
+    BATCH_WRITE = 7
+    BATCH_SYNC = 8
+    HISTORY_WRITE = 9
+    HISTORY_SYNC = 10
+    SUPERBLOCK_WRITE = 11
+    SUPERBLOCK_SYNC = 12
+    RECORD_READ = 13
+
+
+@attrs.define
+class _Segment:
+    number: int
+    first_position: int
+    size: int = 0  # bytes submitted for writing (durable or in flight)
+    offsets: array.array[int] = attrs.field(factory=lambda: array.array("Q"))
+
+    @property
+    def path(self) -> str:
+        return segment_path(self.number)
+
+
+@attrs.define
+class _Batch:
+    segment: _Segment
+    offset: int
+    data: bytes
+    end_position: int
+    end_hash: bytes
+
+
+@attrs.define
+class _Recovery:
+    """Bookkeeping while the log recovers."""
+
+    superblock_data: bytes | None = None
+    segment_files: tuple[FileInfo, ...] | None = None
+    root_files: tuple[FileInfo, ...] | None = None
+    superblock: Superblock | None = None
+    numbers: list[int] = attrs.field(factory=list)
+    sizes: dict[int, int] = attrs.field(factory=dict)
+    index: int = 0  # which segment is being read
+    attempts: int = 0
+    last_scan: SegmentScan | None = None
+    pending_syncs: int = 0
+
+
+@attrs.define
+class _PendingRead:
+    tag: int
+    position: int
+    path: str
+    offset: int
+    size: int
+    attempts: int = 0
+
+
+class Log:
+    def __init__(self, config: LogConfig, io_ids: IoIds) -> None:
+        assert config.segment_size_max > HEADER_SIZE
+        assert config.batch_size_max > 0 and config.checkpoint_interval > 0
+        self.config = config
+        self._io_ids = io_ids
+        self._sealer = Sealer(config.seal_seed)
+        self._phase = _Phase.NEW
+        self._waiting: dict[int, tuple[_Io, object]] = {}
+        self._recovery = _Recovery()
+        self._segments: list[_Segment] = []
+        self._segment_firsts: list[int] = []
+        self.head = 0
+        self.chain_hash = GENESIS_HASH
+        self.durable = 0
+        self._durable_hash = GENESIS_HASH
+        self._pending: list[tuple[int, bytes, bytes]] = []  # (position, bytes, hash)
+        self._batch: _Batch | None = None
+        self._superblock: Superblock | None = None
+        self._superblock_writes = 0
+        self._checkpointing: Checkpoint | None = None
+        self.halt_reason: str | None = None
+
+    # --- entry points ------------------------------------------------------------------------
+
+    @property
+    def is_open(self) -> bool:
+        return self._phase is _Phase.OPEN
+
+    @property
+    def public_key(self) -> bytes:
+        return self._sealer.public_key
+
+    @property
+    def checkpoint(self) -> Checkpoint | None:
+        return None if self._superblock is None else self._superblock.checkpoint
+
+    def owns(self, io_id: int) -> bool:
+        return io_id in self._waiting
+
+    def start(self) -> list[LogOutput]:
+        """Begin recovery: read the superblock and list the files."""
+        assert self._phase is _Phase.NEW, "start is called once"
+        self._phase = _Phase.RECOVERING
+        return [
+            self._track(
+                _Io.SUPERBLOCK_READ,
+                None,
+                lambda io: DiskRead(
+                    io, superblock.PATH, 0, superblock.COPIES * superblock.COPY_SIZE
+                ),
+            ),
+            self._track(_Io.LIST_SEGMENTS, None, lambda io: DiskList(io, SEGMENT_FOLDER)),
+            self._track(_Io.LIST_ROOT, None, lambda io: DiskList(io, "")),
+        ]
+
+    def append(self, body: bytes, kind: int = 0) -> tuple[int, list[LogOutput]]:
+        """Append ``body``; returns its position. ``Durable`` follows once it is synced."""
+        if self._phase is not _Phase.OPEN:
+            raise LogError(f"log is {self._phase.value}, not open")
+        if len(self._pending) >= self.config.pending_records_max:
+            raise LogError("log append queue is full")
+        position = self.head
+        data, own_hash = record.encode(
+            position=position,
+            prev_hash=self.chain_hash,
+            body=body,
+            durable_before=self.durable,
+            kind=kind,
+        )
+        self._pending.append((position, data, own_hash))
+        self.head += 1
+        self.chain_hash = own_hash
+        return position, self._pump()
+
+    def read(self, position: int, tag: int) -> list[LogOutput]:
+        """Read the durable record at ``position``: a ``ReadResult`` or ``ReadFailed`` follows."""
+        if self._phase is not _Phase.OPEN:
+            return [ReadFailed(tag, position, f"log is {self._phase.value}")]
+        if not 0 <= position < self.durable:
+            return [ReadFailed(tag, position, f"position {position} is not durable")]
+        index = bisect.bisect_right(self._segment_firsts, position) - 1
+        segment = self._segments[index]
+        slot = position - segment.first_position
+        offset = segment.offsets[slot]
+        end = segment.offsets[slot + 1] if slot + 1 < len(segment.offsets) else segment.size
+        pending = _PendingRead(tag, position, segment.path, offset, end - offset)
+        return [self._read_record(pending)]
+
+    def checkpoint_now(self) -> list[LogOutput]:
+        """Seal a checkpoint at the durable position now (e.g. before a clean shutdown)."""
+        if self._phase is not _Phase.OPEN or self._checkpointing is not None:
+            return []
+        current = self.checkpoint
+        if current is not None and current.position == self.durable:
+            return []
+        return self._begin_checkpoint()
+
+    def on_disk(self, completion: DiskCompletion) -> list[LogOutput]:
+        """Hand over the completion of a request this log made."""
+        purpose, context = self._waiting.pop(completion.io_id)
+        if self._phase is _Phase.HALTED:
+            return []
+        if isinstance(completion, IoFailed) and purpose not in (
+            _Io.SEGMENT_READ,
+            _Io.RECORD_READ,
+            _Io.SUPERBLOCK_READ,
+        ):
+            return self._halt(f"disk {purpose.name.lower()} failed: {completion.detail}")
+        match purpose:
+            case _Io.SUPERBLOCK_READ | _Io.LIST_SEGMENTS | _Io.LIST_ROOT:
+                return self._on_recovery_listing(purpose, completion)
+            case _Io.SEGMENT_READ:
+                return self._on_segment_read(completion)
+            case _Io.RECOVERY_TRUNCATE | _Io.RECOVERY_SYNC:
+                return self._on_recovery_step(purpose, context)
+            case _Io.BATCH_WRITE:
+                assert self._batch is not None
+                path = self._batch.segment.path
+                return [self._track(_Io.BATCH_SYNC, None, lambda io: DiskSync(io, path))]
+            case _Io.BATCH_SYNC:
+                return self._on_batch_synced()
+            case _Io.HISTORY_WRITE:
+                return [
+                    self._track(_Io.HISTORY_SYNC, None, lambda io: DiskSync(io, CHECKPOINTS_PATH))
+                ]
+            case _Io.HISTORY_SYNC:
+                return self._write_superblock()
+            case _Io.SUPERBLOCK_WRITE:
+                return self._on_superblock_written(context)
+            case _Io.SUPERBLOCK_SYNC:
+                return self._on_superblock_synced(context)
+            case _Io.RECORD_READ:
+                assert isinstance(context, _PendingRead)
+                return self._on_record_read(context, completion)
+        raise AssertionError(f"unhandled purpose {purpose}")
+
+    def invariants(self) -> None:
+        assert 0 <= self.durable <= self.head
+        assert self._phase is _Phase.OPEN or not self._pending or self._phase is _Phase.HALTED
+        if self._batch is not None:
+            assert self.durable < self._batch.end_position <= self.head
+        positions = [position for position, _, _ in self._pending]
+        assert positions == list(range(self.head - len(positions), self.head))
+        assert len(self._pending) <= self.config.pending_records_max
+        first = 0
+        for segment in self._segments:
+            assert segment.first_position == first
+            first += len(segment.offsets)
+        if self._phase is _Phase.OPEN:
+            assert first + len(self._pending) == self.head
+        checkpoint = self.checkpoint
+        if checkpoint is not None:
+            assert checkpoint.position <= self.durable or self._phase is not _Phase.OPEN
+
+    # --- recovery ----------------------------------------------------------------------------
+
+    def _on_recovery_listing(self, purpose: _Io, completion: DiskCompletion) -> list[LogOutput]:
+        state = self._recovery
+        match purpose:
+            case _Io.SUPERBLOCK_READ:
+                if isinstance(completion, IoFailed):
+                    return self._halt(f"cannot read file 'superblock': {completion.detail}")
+                assert isinstance(completion, ReadDone)
+                state.superblock_data = completion.data
+            case _Io.LIST_SEGMENTS:
+                assert isinstance(completion, ListDone)
+                state.segment_files = completion.files
+            case _Io.LIST_ROOT:
+                assert isinstance(completion, ListDone)
+                state.root_files = completion.files
+            case _:
+                raise AssertionError(purpose)
+        if state.superblock_data is None or state.segment_files is None:
+            return []
+        if state.root_files is None:
+            return []
+        return self._plan_recovery()
+
+    def _plan_recovery(self) -> list[LogOutput]:
+        state = self._recovery
+        assert state.superblock_data is not None and state.segment_files is not None
+        for info in state.segment_files:
+            matched = SEGMENT_NAME.match(info.name)
+            if matched:
+                state.numbers.append(int(matched.group(1)))
+                state.sizes[int(matched.group(1))] = info.size
+        state.numbers.sort()
+        chosen = superblock.choose(state.superblock_data)
+        if chosen is None:
+            if any(state.superblock_data) or state.numbers:
+                return self._halt(
+                    "file 'superblock': no valid copy among "
+                    f"{superblock.COPIES}, but the directory holds data"
+                )
+            return self._format()
+        problem = self._check_superblock(chosen, state.numbers)
+        if problem is not None:
+            return self._halt(problem)
+        state.superblock = chosen
+        self._superblock = chosen
+        if not state.numbers:
+            return self._finish_recovery()
+        return [self._read_segment()]
+
+    def _check_superblock(self, chosen: Superblock, numbers: list[int]) -> str | None:
+        if chosen.public_key != self._sealer.public_key:
+            return "file 'superblock': sealed by a different signing key than the one configured"
+        checkpoint = chosen.checkpoint
+        if checkpoint is not None and not verify_seal(chosen.public_key, checkpoint):
+            return "file 'superblock': the latest checkpoint's signature does not verify"
+        if numbers != list(range(len(numbers))):
+            return f"folder '{SEGMENT_FOLDER}': segments are not numbered 0..n-1: {numbers}"
+        return None
+
+    def _format(self) -> list[LogOutput]:
+        """A new, empty data directory: write the first superblock, then open."""
+        fresh = Superblock(1, self._sealer.public_key, 0, 0, None)
+        return [Notice("log.formatted"), *self._write_superblock(fresh)]
+
+    def _read_segment(self) -> DiskRead:
+        state = self._recovery
+        number = state.numbers[state.index]
+        size = state.sizes[number]
+        return self._track(
+            _Io.SEGMENT_READ, number, lambda io: DiskRead(io, segment_path(number), 0, size)
+        )
+
+    def _on_segment_read(self, completion: DiskCompletion) -> list[LogOutput]:
+        state = self._recovery
+        assert state.superblock is not None
+        number = state.numbers[state.index]
+        path = segment_path(number)
+        if isinstance(completion, IoFailed):
+            return self._retry_segment(f"file '{path}': read failed: {completion.detail}")
+        assert isinstance(completion, ReadDone)
+        if len(completion.data) != state.sizes[number]:
+            return self._retry_segment(f"file '{path}': short read during recovery")
+        checkpoint = state.superblock.checkpoint
+        first = self.head
+        scan = scan_segment(
+            completion.data,
+            base_offset=0,
+            first_position=first,
+            prev_hash=self.chain_hash,
+            verify_from=0 if checkpoint is None else checkpoint.position,
+            certified=self._certified(state.superblock),
+            may_tear=state.index == len(state.numbers) - 1,
+            sealed=None
+            if checkpoint is None or checkpoint.position == 0
+            else (checkpoint.position - 1, checkpoint.chain_hash),
+        )
+        if isinstance(scan.verdict, Corrupt):
+            verdict = scan.verdict
+            return self._retry_segment(
+                f"file '{path}' offset {verdict.offset}: record {verdict.position} is damaged: "
+                f"{verdict.reason}"
+            )
+        state.attempts = 0
+        segment = _Segment(number, first, scan.end, scan.offsets)
+        self._add_segment(segment)
+        self.head = scan.next_position
+        self.chain_hash = scan.last_hash
+        state.last_scan = scan
+        state.index += 1
+        if state.index < len(state.numbers):
+            return [self._read_segment()]
+        return self._finish_recovery()
+
+    def _certified(self, chosen: Superblock) -> int:
+        checkpoint = 0 if chosen.checkpoint is None else chosen.checkpoint.position
+        return max(chosen.durable_before, checkpoint)
+
+    def _retry_segment(self, problem: str) -> list[LogOutput]:
+        """Reads can fail or flip bits in transit: only damage that persists is real."""
+        state = self._recovery
+        state.attempts += 1
+        if state.attempts > READ_RETRIES_MAX:
+            return self._halt(problem)
+        return [Notice("log.recovery_reread", (("problem", problem),)), self._read_segment()]
+
+    def _finish_recovery(self) -> list[LogOutput]:
+        """Cut a torn tail and unsealed history, sync what was recovered, then open."""
+        state = self._recovery
+        chosen = state.superblock
+        assert chosen is not None and state.root_files is not None
+        if self.head < self._certified(chosen):
+            return self._halt(
+                f"folder '{SEGMENT_FOLDER}': the log ends at record {self.head} but records "
+                f"below {self._certified(chosen)} were certified durable"
+            )
+        outputs: list[LogOutput] = []
+        scan = state.last_scan
+        if scan is not None and isinstance(scan.verdict, Torn):
+            segment = self._segments[-1]
+            torn = scan.verdict
+            cut = state.sizes[segment.number] - torn.offset
+            outputs.append(
+                Notice(
+                    "log.torn_tail_truncated",
+                    (
+                        ("file", segment.path),
+                        ("offset", torn.offset),
+                        ("bytes", cut),
+                        ("reason", torn.reason),
+                    ),
+                )
+            )
+            outputs.append(
+                self._track(
+                    _Io.RECOVERY_TRUNCATE,
+                    segment.path,
+                    lambda io: DiskTruncate(io, segment.path, torn.offset),
+                )
+            )
+        else:
+            assert scan is None or isinstance(scan.verdict, Clean)
+            if self._segments:
+                outputs.append(self._sync_for_recovery(self._segments[-1].path))
+        sizes = {info.name: info.size for info in state.root_files}
+        history_size = chosen.checkpoint_count * ENTRY_SIZE
+        found = sizes.get(CHECKPOINTS_PATH, 0)
+        if found < history_size:
+            return self._halt(
+                f"file '{CHECKPOINTS_PATH}': holds {found} bytes, but "
+                f"{chosen.checkpoint_count} sealed entries need {history_size}"
+            )
+        if found > history_size:
+            outputs.append(
+                self._track(
+                    _Io.RECOVERY_TRUNCATE,
+                    CHECKPOINTS_PATH,
+                    lambda io: DiskTruncate(io, CHECKPOINTS_PATH, history_size),
+                )
+            )
+        if not any(isinstance(output, (DiskTruncate, DiskSync)) for output in outputs):
+            return [*outputs, *self._open()]
+        state.pending_syncs = sum(isinstance(o, (DiskTruncate, DiskSync)) for o in outputs)
+        return outputs
+
+    def _sync_for_recovery(self, path: str) -> DiskSync:
+        return self._track(_Io.RECOVERY_SYNC, path, lambda io: DiskSync(io, path))
+
+    def _on_recovery_step(self, purpose: _Io, context: object) -> list[LogOutput]:
+        state = self._recovery
+        if purpose is _Io.RECOVERY_TRUNCATE:
+            assert isinstance(context, str)
+            return [self._sync_for_recovery(context)]
+        state.pending_syncs -= 1
+        if state.pending_syncs > 0:
+            return []
+        return self._open()
+
+    def _open(self) -> list[LogOutput]:
+        self._phase = _Phase.OPEN
+        self.durable = self.head
+        self._durable_hash = self.chain_hash
+        self._recovery = _Recovery()
+        return [Recovered(self.head, self.chain_hash)]
+
+    # --- appending ---------------------------------------------------------------------------
+
+    def _pump(self) -> list[LogOutput]:
+        """Write the next batch of pending records, when none is in flight."""
+        if self._batch is not None or not self._pending or self._phase is not _Phase.OPEN:
+            return []
+        first_position, first_data, _ = self._pending[0]
+        segment = self._current_segment(first_position, len(first_data))
+        chunks: list[bytes] = []
+        size = 0
+        taken = 0
+        for position, data, _ in self._pending:
+            fits_segment = segment.size + size + len(data) <= self.config.segment_size_max
+            fits_batch = size + len(data) <= self.config.batch_size_max
+            if taken and not (fits_segment and fits_batch):
+                break
+            segment.offsets.append(segment.size + size)
+            assert position == segment.first_position + len(segment.offsets) - 1
+            chunks.append(data)
+            size += len(data)
+            taken += 1
+        end_position, _, end_hash = self._pending[taken - 1]
+        del self._pending[:taken]
+        offset = segment.size
+        segment.size += size
+        payload = b"".join(chunks)
+        self._batch = _Batch(segment, offset, payload, end_position + 1, end_hash)
+        return [
+            self._track(
+                _Io.BATCH_WRITE, None, lambda io: DiskWrite(io, segment.path, offset, payload)
+            )
+        ]
+
+    def _current_segment(self, next_position: int, next_size: int) -> _Segment:
+        """The segment the next batch goes to, rolling to a new one when it is full."""
+        if self._segments:
+            current = self._segments[-1]
+            if current.size == 0 or current.size + next_size <= self.config.segment_size_max:
+                return current
+            number = current.number + 1
+        else:
+            number = 0
+        segment = _Segment(number, next_position)
+        self._add_segment(segment)
+        return segment
+
+    def _add_segment(self, segment: _Segment) -> None:
+        assert not self._segments or self._segments[-1].number + 1 == segment.number
+        self._segments.append(segment)
+        self._segment_firsts.append(segment.first_position)
+
+    def _on_batch_synced(self) -> list[LogOutput]:
+        batch = self._batch
+        assert batch is not None
+        self._batch = None
+        self.durable = batch.end_position
+        self._durable_hash = batch.end_hash
+        outputs: list[LogOutput] = [Durable(self.durable)]
+        checkpoint = self.checkpoint
+        since = self.durable - (0 if checkpoint is None else checkpoint.position)
+        if since >= self.config.checkpoint_interval and self._checkpointing is None:
+            outputs.extend(self._begin_checkpoint())
+        outputs.extend(self._pump())
+        return outputs
+
+    # --- checkpoints and the superblock ------------------------------------------------------
+
+    def _begin_checkpoint(self) -> list[LogOutput]:
+        assert self._superblock is not None
+        segment = self._segments[-1] if self._segments else None
+        number = 0 if segment is None else segment.number
+        offset = 0 if segment is None else self._durable_end(segment)
+        checkpoint = self._sealer.seal(self.durable, number, offset, self._durable_hash)
+        self._checkpointing = checkpoint
+        at = self._superblock.checkpoint_count * ENTRY_SIZE
+        entry = encode_entry(checkpoint)
+        return [
+            self._track(
+                _Io.HISTORY_WRITE, None, lambda io: DiskWrite(io, CHECKPOINTS_PATH, at, entry)
+            )
+        ]
+
+    def _durable_end(self, segment: _Segment) -> int:
+        if self._batch is not None and self._batch.segment is segment:
+            return self._batch.offset
+        return segment.size
+
+    def _write_superblock(self, fresh: Superblock | None = None) -> list[LogOutput]:
+        """Write every copy of the next superblock; a sync follows once all are written.
+
+        Without ``fresh``, the next superblock records the checkpoint being sealed."""
+        if fresh is None:
+            current, checkpoint = self._superblock, self._checkpointing
+            assert current is not None and checkpoint is not None
+            fresh = attrs.evolve(
+                current,
+                sequence=current.sequence + 1,
+                durable_before=checkpoint.position,
+                checkpoint_count=current.checkpoint_count + 1,
+                checkpoint=checkpoint,
+            )
+        self._superblock_writes = superblock.COPIES
+        return [self._write_superblock_copy(fresh, copy) for copy in range(superblock.COPIES)]
+
+    def _write_superblock_copy(self, fresh: Superblock, copy: int) -> DiskWrite:
+        data = superblock.encode_copy(fresh, copy)
+        offset = copy * superblock.COPY_SIZE
+        return self._track(
+            _Io.SUPERBLOCK_WRITE, fresh, lambda io: DiskWrite(io, superblock.PATH, offset, data)
+        )
+
+    def _on_superblock_written(self, fresh: object) -> list[LogOutput]:
+        self._superblock_writes -= 1
+        if self._superblock_writes > 0:
+            return []
+        return [self._track(_Io.SUPERBLOCK_SYNC, fresh, lambda io: DiskSync(io, superblock.PATH))]
+
+    def _on_superblock_synced(self, fresh: object) -> list[LogOutput]:
+        assert isinstance(fresh, Superblock)
+        self._superblock = fresh
+        if self._phase is _Phase.RECOVERING:  # the first superblock of a new directory
+            return self._open()
+        assert self._checkpointing is not None and fresh.checkpoint == self._checkpointing
+        self._checkpointing = None
+        return [Notice("log.checkpoint", (("position", fresh.checkpoint.position),))]
+
+    # --- reads -------------------------------------------------------------------------------
+
+    def _read_record(self, pending: _PendingRead) -> DiskRead:
+        return self._track(
+            _Io.RECORD_READ,
+            pending,
+            lambda io: DiskRead(io, pending.path, pending.offset, pending.size),
+        )
+
+    def _on_record_read(self, pending: _PendingRead, completion: DiskCompletion) -> list[LogOutput]:
+        problem = None
+        if isinstance(completion, IoFailed):
+            problem = f"read failed: {completion.detail}"
+        else:
+            assert isinstance(completion, ReadDone)
+            try:
+                header, body = record.decode(completion.data)
+                if header.position != pending.position:
+                    problem = f"record claims position {header.position}"
+            except RecordError as error:
+                problem = error.reason
+        if problem is None:
+            return [ReadResult(pending.tag, pending.position, body)]
+        pending.attempts += 1
+        where = f"file '{pending.path}' offset {pending.offset} record {pending.position}"
+        if pending.attempts <= READ_RETRIES_MAX:
+            return [self._read_record(pending)]
+        return [
+            Notice("log.read_damaged", (("where", where), ("problem", problem))),
+            ReadFailed(pending.tag, pending.position, f"{where}: {problem}"),
+        ]
+
+    # --- helpers -----------------------------------------------------------------------------
+
+    def _track(self, purpose: _Io, context: object, make: Callable[[int], R]) -> R:
+        """Allocate an io_id, remember what it is for, and build the request with it."""
+        io_id = self._io_ids.next()
+        self._waiting[io_id] = (purpose, context)
+        return make(io_id)
+
+    def _halt(self, reason: str) -> list[LogOutput]:
+        self._phase = _Phase.HALTED
+        self.halt_reason = reason
+        self._pending.clear()
+        self._batch = None
+        return [Halt(reason)]

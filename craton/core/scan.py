@@ -1,0 +1,176 @@
+"""Scanning a segment's bytes: which records are intact, and what the first damage means.
+
+``scan_segment`` is the one place that reads a segment: recovery uses it on the bytes the
+disk returned, and ``craton verify`` on the bytes of a file. It walks records from an offset,
+checking header checksums, positions and hash links always, and body checksums and chain
+hashes from ``verify_from`` on. The first damaged spot ends the scan with one of two
+verdicts:
+
+- ``Torn``: damage that only an interrupted, never-acknowledged write can explain, which
+  recovery may cut off: a header or body that runs past the end of the file; a tail of
+  zeros; or a bad record in the final segment at or above the certified watermark with no
+  later header certifying it. Certified means "known durable": below the superblock's
+  ``durable_before``, below the latest checkpoint, or below any later header's
+  ``durable_before`` (each record names how far the log was synced when it was written).
+- ``Corrupt``: anything else. A damaged record that was certified durable is never cut
+  off; its file, offset and position are reported.
+"""
+
+from __future__ import annotations
+
+import array
+
+import attrs
+
+from craton.core.record import HEADER_SIZE, RecordError, RecordHeader, check_body, decode_header
+
+
+@attrs.frozen
+class Clean:
+    """Every byte of the scanned range belongs to an intact record."""
+
+
+@attrs.frozen
+class Torn:
+    """An unacknowledged tail starts at ``offset``: cut the file there."""
+
+    offset: int
+    reason: str
+
+
+@attrs.frozen
+class Corrupt:
+    """Damage at ``offset`` (record ``position``, when known) that must not be dropped."""
+
+    offset: int
+    position: int
+    reason: str
+
+
+Verdict = Clean | Torn | Corrupt
+
+
+@attrs.define
+class SegmentScan:
+    """What a scan of one segment found. ``offsets[i]`` is where record
+    ``first_position + i`` starts; ``end`` is where the intact records end."""
+
+    first_position: int
+    offsets: array.array[int]
+    end: int
+    last_hash: bytes
+    durable_before_max: int
+    verdict: Verdict = Clean()
+
+    @property
+    def next_position(self) -> int:
+        return self.first_position + len(self.offsets)
+
+
+def scan_segment(
+    data: bytes,
+    *,
+    base_offset: int,
+    first_position: int,
+    prev_hash: bytes,
+    verify_from: int,
+    certified: int,
+    may_tear: bool,
+    sealed: tuple[int, bytes] | None = None,
+) -> SegmentScan:
+    """Scan ``data`` (a segment's bytes from ``base_offset`` to its end of file).
+
+    ``prev_hash`` is the chain hash before ``first_position``; ``verify_from`` is the first
+    position whose body is checked; ``may_tear`` is True only for the final segment;
+    ``sealed`` is (position, hash) of the record a checkpoint vouches for."""
+    view = memoryview(data)
+    scan = SegmentScan(first_position, array.array("Q"), base_offset, prev_hash, 0)
+    at = 0
+    while at < len(data):
+        position = scan.next_position
+        header, problem = _check_one(view, at, position, scan.last_hash, verify_from)
+        if problem is not None:
+            verdict = _judge(view, at, position, header, problem, certified, may_tear)
+            scan.verdict = attrs.evolve(verdict, offset=base_offset + at)
+            return scan
+        assert header is not None
+        if sealed is not None and sealed[0] == position and sealed[1] != header.hash:
+            reason = "hash differs from the one the checkpoint sealed"
+            scan.verdict = Corrupt(base_offset + at, position, reason)
+            return scan
+        scan.offsets.append(base_offset + at)
+        scan.last_hash = header.hash
+        scan.durable_before_max = max(scan.durable_before_max, header.durable_before)
+        at += header.size
+        scan.end = base_offset + at
+    return scan
+
+
+# What _check_one found wrong: (kind, reason). Kinds: "header" (unreadable header), "place"
+# (wrong position or broken link: a record that does not belong here), "short" (runs past
+# the end of the file), "body" (body checksum or chain hash).
+Problem = tuple[str, str]
+
+
+def _check_one(
+    view: memoryview, at: int, position: int, prev_hash: bytes, verify_from: int
+) -> tuple[RecordHeader | None, Problem | None]:
+    """Check the record at ``at``: (header, None) when intact, else (header or None, why)."""
+    try:
+        header = decode_header(view[at : at + HEADER_SIZE])
+    except RecordError as error:
+        return None, ("header", error.reason)
+    if header.position != position:
+        return header, ("place", f"record claims position {header.position}")
+    if header.prev_hash != prev_hash:
+        return header, ("place", "broken hash link to the previous record")
+    if at + header.size > len(view):
+        return header, ("short", "record runs past the end of the file")
+    if position >= verify_from:
+        try:
+            check_body(header, view[at + HEADER_SIZE : at + header.size])
+        except RecordError as error:
+            return header, ("body", error.reason)
+    return header, None
+
+
+def _judge(
+    view: memoryview,
+    at: int,
+    position: int,
+    header: RecordHeader | None,
+    problem: Problem,
+    certified: int,
+    may_tear: bool,
+) -> Torn | Corrupt:
+    """Torn or Corrupt, for the damage found at ``at`` (see the module docstring)."""
+    kind, reason = problem
+    if not may_tear or position < certified:
+        return Corrupt(at, position, f"{reason} (record was certified durable)")
+    if kind == "header":
+        if len(view) - at < HEADER_SIZE:
+            return Torn(at, "header runs past the end of the file")
+        if not any(view[at:]):
+            return Torn(at, "zero-filled tail")
+        return Corrupt(at, position, reason)
+    if kind == "place":
+        return Corrupt(at, position, reason)
+    if kind == "short":
+        return Torn(at, reason)
+    assert kind == "body" and header is not None
+    if _later_certification(view, at + header.size) > position:
+        return Corrupt(at, position, f"{reason} (a later record certifies it durable)")
+    return Torn(at, reason)
+
+
+def _later_certification(view: memoryview, at: int) -> int:
+    """The highest ``durable_before`` among the readable headers from ``at`` on."""
+    highest = 0
+    while at + HEADER_SIZE <= len(view):
+        try:
+            header = decode_header(view[at : at + HEADER_SIZE])
+        except RecordError:
+            break
+        highest = max(highest, header.durable_before)
+        at += header.size
+    return highest

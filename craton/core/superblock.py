@@ -1,0 +1,115 @@
+"""The superblock: the data directory's root of trust, kept in redundant copies.
+
+The ``superblock`` file holds COPIES copies of COPY_SIZE bytes each. An update writes every
+copy (one write per slot) and then syncs; recovery takes the valid copy with the highest
+sequence number. A copy is valid when its checksum holds *and* it names its own slot, so a
+torn copy, a copy rotted at rest, or a copy written to the wrong slot is skipped, and one
+bad copy never loses the superblock.
+
+Copy layout (little-endian):
+
+    offset  size  field
+         0    16  checksum         BLAKE2b-128 of bytes 16..COPY_SIZE
+        16     4  magic            b"CRSB"
+        20     2  version          1
+        22     2  copy             slot index this copy was written to
+        24     8  sequence         bumps on every update
+        32    32  public_key       Ed25519 key that seals this directory's checkpoints
+        64     8  durable_before   every record below this position is durable
+        72     8  checkpoint_count entries of the ``checkpoints`` file that are sealed
+        80   144  checkpoint       latest checkpoint entry (all zeros: none yet)
+       224     2  owner_size       bytes of owner state that follow
+       226     …  owner_state      opaque state of the log's owner (e.g. replica view)
+         …     …  zeros
+"""
+
+from __future__ import annotations
+
+import struct
+
+import attrs
+
+from craton.core.checksum import checksum
+from craton.core.seal import (
+    ENTRY_SIZE,
+    PUBLIC_KEY_SIZE,
+    Checkpoint,
+    SealError,
+    decode_entry,
+    encode_entry,
+)
+
+PATH = "superblock"
+COPIES = 4
+COPY_SIZE = 4096
+MAGIC = b"CRSB"
+VERSION = 1
+OWNER_STATE_SIZE_MAX = 2048
+_FIXED = struct.Struct("<4sHHQ32sQQ")
+_CHECKPOINT_OFFSET = 80
+_OWNER_OFFSET = _CHECKPOINT_OFFSET + ENTRY_SIZE
+assert 16 + _FIXED.size == _CHECKPOINT_OFFSET
+assert _OWNER_OFFSET + 2 + OWNER_STATE_SIZE_MAX <= COPY_SIZE
+
+
+@attrs.frozen
+class Superblock:
+    sequence: int
+    public_key: bytes
+    durable_before: int
+    checkpoint_count: int
+    checkpoint: Checkpoint | None
+    owner_state: bytes = b""
+
+
+def encode_copy(superblock: Superblock, copy: int) -> bytes:
+    assert 0 <= copy < COPIES
+    assert len(superblock.public_key) == PUBLIC_KEY_SIZE
+    assert len(superblock.owner_state) <= OWNER_STATE_SIZE_MAX
+    fixed = _FIXED.pack(
+        MAGIC,
+        VERSION,
+        copy,
+        superblock.sequence,
+        superblock.public_key,
+        superblock.durable_before,
+        superblock.checkpoint_count,
+    )
+    entry = (
+        bytes(ENTRY_SIZE) if superblock.checkpoint is None else encode_entry(superblock.checkpoint)
+    )
+    owner = len(superblock.owner_state).to_bytes(2, "little") + superblock.owner_state
+    body = fixed + entry + owner
+    body += bytes(COPY_SIZE - 16 - len(body))
+    return checksum(body) + body
+
+
+def decode_copy(data: bytes, copy: int) -> Superblock | None:
+    """The superblock in slot ``copy``, or None when that copy is damaged or misplaced."""
+    if len(data) != COPY_SIZE or checksum(data[16:]) != data[:16]:
+        return None
+    magic, version, slot, sequence, public_key, durable_before, count = _FIXED.unpack_from(data, 16)
+    if magic != MAGIC or version != VERSION or slot != copy:
+        return None
+    entry = data[_CHECKPOINT_OFFSET:_OWNER_OFFSET]
+    checkpoint = None
+    if entry != bytes(ENTRY_SIZE):
+        try:
+            checkpoint = decode_entry(entry)
+        except SealError:
+            return None
+    owner_size = int.from_bytes(data[_OWNER_OFFSET : _OWNER_OFFSET + 2], "little")
+    if owner_size > OWNER_STATE_SIZE_MAX:
+        return None
+    owner_state = data[_OWNER_OFFSET + 2 : _OWNER_OFFSET + 2 + owner_size]
+    return Superblock(sequence, public_key, durable_before, count, checkpoint, owner_state)
+
+
+def choose(data: bytes) -> Superblock | None:
+    """The newest valid copy in the superblock file's bytes, or None when none is valid."""
+    best: Superblock | None = None
+    for copy in range(COPIES):
+        candidate = decode_copy(data[copy * COPY_SIZE : (copy + 1) * COPY_SIZE], copy)
+        if candidate is not None and (best is None or candidate.sequence > best.sequence):
+            best = candidate
+    return best

@@ -1,0 +1,313 @@
+"""The simulated disk: the ``Disk`` interface in memory, deterministic from a seed, faulty.
+
+Each file has two layers: what the page cache shows (``current``) and what has reached
+stable storage (``durable``), plus the list of writes and truncations made since the last
+sync. ``DiskSync`` copies the cache to stable storage. ``crash()`` throws the cache away and
+rebuilds each file from stable storage, deciding for every unsynced operation whether it
+was lost, landed whole, or tore (a prefix of its sectors landed) — and a file whose
+existence was never synced may vanish. Completions arrive after a latency drawn per
+request; requests still in flight at a crash never complete.
+
+Faults (probabilities per request, drawn from the disk's own PRNG stream):
+- ``read_error``: the read fails (``IoFailed``);
+- ``read_corruption``: one bit of the returned data is flipped (the medium is intact);
+- ``write_error``: the write fails and nothing lands;
+- ``torn_write``: the write reports success but only a prefix of its sectors lands;
+- ``misdirected_write``: the write reports success but lands a few sectors away;
+- ``corruption_at_rest``: after a write, one bit of some file's stored bytes flips;
+- ``crash_lose_unsynced`` / ``crash_tear_unsynced``: the fate of unsynced operations on
+  crash (the rest land whole).
+
+Every injected fault is counted in ``faults``; faults that destroy stored bytes are also
+listed in ``damage`` so tests can tell losses the disk caused from losses the code caused.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from craton.core.prng import Prng
+from craton.core.seam import (
+    DiskCompletion,
+    DiskList,
+    DiskRead,
+    DiskRequest,
+    DiskSync,
+    DiskTruncate,
+    DiskWrite,
+    FileInfo,
+    IoError,
+    IoFailed,
+    ListDone,
+    ReadDone,
+    SyncDone,
+    TruncateDone,
+    WriteDone,
+    check_path,
+)
+from craton.io.interfaces import DiskCallback
+from craton.sim.events import EventQueue
+
+SECTOR_SIZE = 512
+MISDIRECT_SECTORS_MAX = 8
+
+
+@attrs.frozen
+class DiskFaults:
+    latency_ticks_min: int = 1
+    latency_ticks_max: int = 4
+    read_error: float = 0.0
+    read_corruption: float = 0.0
+    write_error: float = 0.0
+    torn_write: float = 0.0
+    misdirected_write: float = 0.0
+    corruption_at_rest: float = 0.0
+    crash_lose_unsynced: float = 0.0
+    crash_tear_unsynced: float = 0.0
+
+    @classmethod
+    def none(cls) -> DiskFaults:
+        return cls()
+
+    @classmethod
+    def draw(cls, prng: Prng, *, destructive: bool) -> DiskFaults:
+        """A swarm of fault probabilities for one run. ``destructive`` enables the faults
+        that destroy stored bytes (torn and misdirected writes, corruption at rest)."""
+
+        def knob(high: float) -> float:
+            return high * prng.fraction() if prng.chance(0.6) else 0.0
+
+        return cls(
+            latency_ticks_min=1,
+            latency_ticks_max=prng.between(1, 8),
+            read_error=knob(0.05),
+            read_corruption=knob(0.05),
+            write_error=knob(0.02),
+            torn_write=knob(0.02) if destructive else 0.0,
+            misdirected_write=knob(0.02) if destructive else 0.0,
+            corruption_at_rest=knob(0.02) if destructive else 0.0,
+            crash_lose_unsynced=prng.fraction(),
+            crash_tear_unsynced=prng.fraction() * 0.5,
+        )
+
+
+@attrs.frozen
+class Damage:
+    """Stored bytes ``[offset, offset + length)`` of ``path`` were destroyed by a fault."""
+
+    path: str
+    offset: int
+    length: int
+    fault: str
+
+
+@attrs.define
+class _File:
+    current: bytearray = attrs.field(factory=bytearray)
+    durable: bytearray = attrs.field(factory=bytearray)
+    durable_exists: bool = False
+    unsynced: list[tuple[int, bytes] | int] = attrs.field(factory=list)  # write or truncate
+
+
+FAULT_NAMES = (
+    "read_error",
+    "read_corruption",
+    "write_error",
+    "torn_write",
+    "misdirected_write",
+    "corruption_at_rest",
+    "crash_lost_write",
+    "crash_torn_write",
+    "crash_lost_file",
+)
+
+
+class SimDisk:
+    def __init__(self, prng: Prng, events: EventQueue, faults: DiskFaults | None = None) -> None:
+        self._prng = prng
+        self._events = events
+        self.fault_plan = faults if faults is not None else DiskFaults.none()
+        self._files: dict[str, _File] = {}
+        self._generation = 0
+        self.faults: dict[str, int] = dict.fromkeys(FAULT_NAMES, 0)
+        self.damage: list[Damage] = []
+        self.requests = 0
+
+    # --- the Disk interface ------------------------------------------------------------------
+
+    def submit(self, request: DiskRequest, complete: DiskCallback) -> None:
+        if request.path or not isinstance(request, DiskList):
+            check_path(request.path)
+        self.requests += 1
+        plan = self.fault_plan
+        delay = self._prng.between(plan.latency_ticks_min, plan.latency_ticks_max)
+        generation = self._generation
+
+        def finish() -> None:
+            if generation == self._generation:  # a crash in between cancels the request
+                complete(self._perform(request))
+
+        self._events.schedule(delay, finish)
+
+    # --- control for tests and the simulator -------------------------------------------------
+
+    def crash(self) -> None:
+        """Lose the page cache: every file falls back to stable storage plus the unsynced
+        operations that happen to survive. Requests in flight never complete."""
+        self._generation += 1
+        for path in sorted(self._files):
+            file = self._files[path]
+            if not file.durable_exists and self._prng.chance(self.fault_plan.crash_lose_unsynced):
+                self.faults["crash_lost_file"] += 1
+                del self._files[path]
+                continue
+            rebuilt = bytearray(file.durable)
+            for operation in file.unsynced:
+                self._replay_on_crash(rebuilt, operation)
+            file.current = rebuilt
+            file.durable = bytearray(rebuilt)
+            file.durable_exists = True
+            file.unsynced = []
+
+    def corrupt(self, path: str, offset: int, bit: int = 0) -> None:
+        """Flip one stored bit of ``path`` (an explicit fault for scenario tests)."""
+        file = self._files[path]
+        assert 0 <= offset < len(file.durable) and 0 <= bit < 8
+        file.durable[offset] ^= 1 << bit
+        if offset < len(file.current):
+            file.current[offset] ^= 1 << bit
+        self.damage.append(Damage(path, offset, 1, "explicit"))
+
+    def contents(self, path: str) -> bytes:
+        """What a read of the whole file would return now (no faults)."""
+        file = self._files.get(path)
+        return b"" if file is None else bytes(file.current)
+
+    def paths(self) -> list[str]:
+        return sorted(self._files)
+
+    # --- performing requests -----------------------------------------------------------------
+
+    def _perform(self, request: DiskRequest) -> DiskCompletion:
+        match request:
+            case DiskRead():
+                return self._read(request)
+            case DiskWrite():
+                return self._write(request)
+            case DiskSync():
+                file = self._files.get(request.path)
+                if file is not None:
+                    file.durable = bytearray(file.current)
+                    file.durable_exists = True
+                    file.unsynced = []
+                return SyncDone(request.io_id)
+            case DiskTruncate():
+                file = self._files.setdefault(request.path, _File())
+                _resize(file.current, request.length)
+                file.unsynced.append(request.length)
+                return TruncateDone(request.io_id)
+            case DiskList():
+                return ListDone(request.io_id, self._list(request.path))
+        raise AssertionError(f"unknown disk request {request!r}")
+
+    def _read(self, request: DiskRead) -> DiskCompletion:
+        if self._prng.chance(self.fault_plan.read_error):
+            self.faults["read_error"] += 1
+            return IoFailed(request.io_id, IoError.READ, f"{request.path}: simulated read error")
+        file = self._files.get(request.path)
+        data = (
+            b""
+            if file is None
+            else bytes(file.current[request.offset : request.offset + request.length])
+        )
+        if data and self._prng.chance(self.fault_plan.read_corruption):
+            self.faults["read_corruption"] += 1
+            flipped = bytearray(data)
+            flipped[self._prng.below(len(flipped))] ^= 1 << self._prng.below(8)
+            data = bytes(flipped)
+        return ReadDone(request.io_id, data)
+
+    def _write(self, request: DiskWrite) -> DiskCompletion:
+        plan = self.fault_plan
+        if self._prng.chance(plan.write_error):
+            self.faults["write_error"] += 1
+            return IoFailed(request.io_id, IoError.WRITE, f"{request.path}: simulated write error")
+        file = self._files.setdefault(request.path, _File())
+        offset, data = request.offset, request.data
+        if data and self._prng.chance(plan.torn_write):
+            self.faults["torn_write"] += 1
+            kept = self._sector_prefix(offset, len(data))
+            self.damage.append(Damage(request.path, offset + kept, len(data) - kept, "torn_write"))
+            data = data[:kept]
+        elif data and self._prng.chance(plan.misdirected_write):
+            self.faults["misdirected_write"] += 1
+            shift = SECTOR_SIZE * self._prng.between(1, MISDIRECT_SECTORS_MAX)
+            landing = offset + shift if offset < shift or self._prng.chance(0.5) else offset - shift
+            self.damage.append(Damage(request.path, offset, len(data), "misdirected_write"))
+            self.damage.append(Damage(request.path, landing, len(data), "misdirected_write"))
+            offset = landing
+        _apply_write(file.current, offset, data)
+        file.unsynced.append((offset, data))
+        if self._prng.chance(plan.corruption_at_rest):
+            self._rot_somewhere()
+        return WriteDone(request.io_id)
+
+    def _list(self, folder: str) -> tuple[FileInfo, ...]:
+        prefix = f"{folder}/" if folder else ""
+        found = []
+        for path in sorted(self._files):
+            name = path[len(prefix) :]
+            if path.startswith(prefix) and "/" not in name:
+                found.append(FileInfo(name, len(self._files[path].current)))
+        return tuple(found)
+
+    # --- fault helpers -----------------------------------------------------------------------
+
+    def _sector_prefix(self, offset: int, length: int) -> int:
+        """How many bytes of a write at ``offset`` land when it tears at a sector boundary."""
+        boundaries = [
+            b - offset
+            for b in range((offset // SECTOR_SIZE + 1) * SECTOR_SIZE, offset + length, SECTOR_SIZE)
+        ]
+        return self._prng.choice([0, *boundaries])
+
+    def _replay_on_crash(self, rebuilt: bytearray, operation: tuple[int, bytes] | int) -> None:
+        plan = self.fault_plan
+        if self._prng.chance(plan.crash_lose_unsynced):
+            self.faults["crash_lost_write"] += 1
+            return
+        if isinstance(operation, int):
+            _resize(rebuilt, operation)
+            return
+        offset, data = operation
+        if data and self._prng.chance(plan.crash_tear_unsynced):
+            self.faults["crash_torn_write"] += 1
+            data = data[: self._sector_prefix(offset, len(data))]
+        _apply_write(rebuilt, offset, data)
+
+    def _rot_somewhere(self) -> None:
+        candidates = [path for path in sorted(self._files) if self._files[path].durable]
+        if not candidates:
+            return
+        path = self._prng.choice(candidates)
+        file = self._files[path]
+        offset = self._prng.below(len(file.durable))
+        bit = 1 << self._prng.below(8)
+        file.durable[offset] ^= bit
+        if offset < len(file.current):
+            file.current[offset] ^= bit
+        self.faults["corruption_at_rest"] += 1
+        self.damage.append(Damage(path, offset, 1, "corruption_at_rest"))
+
+
+def _apply_write(content: bytearray, offset: int, data: bytes) -> None:
+    if offset > len(content):
+        content.extend(bytes(offset - len(content)))
+    content[offset : offset + len(data)] = data
+
+
+def _resize(content: bytearray, length: int) -> None:
+    if length < len(content):
+        del content[length:]
+    else:
+        content.extend(bytes(length - len(content)))
