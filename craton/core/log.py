@@ -40,7 +40,7 @@ import attrs
 
 from craton.core import record, superblock
 from craton.core.record import GENESIS_HASH, HEADER_SIZE, RecordError
-from craton.core.scan import Clean, Corrupt, SegmentScan, Torn, scan_segment
+from craton.core.scan import Clean, Corrupt, SegmentScan, Torn, Verdict, scan_segment
 from craton.core.seal import ENTRY_SIZE, Checkpoint, Sealer, encode_entry, verify_seal
 from craton.core.seam import (
     DiskCompletion,
@@ -67,13 +67,20 @@ SEGMENT_SIZE_MAX_DEFAULT = 64 * 1024 * 1024
 BATCH_SIZE_MAX_DEFAULT = 4 * 1024 * 1024
 CHECKPOINT_INTERVAL_DEFAULT = 4096
 PENDING_RECORDS_MAX_DEFAULT = 65536
-READ_RETRIES_MAX = 2
+SUPERBLOCK_READS = 3  # reads of the superblock merged before a damaged copy is believed
+READ_RETRIES_MAX = 8  # reads fail or flip bits in transit: retry before believing damage
 
 R = TypeVar("R", DiskRead, DiskWrite, DiskSync, DiskTruncate, DiskList)
 
 
 def segment_path(segment: int) -> str:
     return f"{SEGMENT_FOLDER}/{segment:010d}.seg"
+
+
+def _describe(verdict: Torn | Corrupt) -> str:
+    if isinstance(verdict, Torn):
+        return f"offset {verdict.offset}: torn tail ({verdict.reason})"
+    return f"offset {verdict.offset}: record {verdict.position} is damaged: {verdict.reason}"
 
 
 @attrs.frozen
@@ -174,7 +181,11 @@ class _Batch:
 class _Recovery:
     """Bookkeeping while the log recovers."""
 
-    superblock_data: bytes | None = None
+    copies: list[Superblock | None] = attrs.field(factory=lambda: [None] * superblock.COPIES)
+    superblock_reads: int = 0
+    superblock_blank: bool = True  # every read of the superblock file came back all zeros
+    superblock_done: bool = False
+    repairing: bool = False
     segment_files: tuple[FileInfo, ...] | None = None
     root_files: tuple[FileInfo, ...] | None = None
     superblock: Superblock | None = None
@@ -182,6 +193,7 @@ class _Recovery:
     sizes: dict[int, int] = attrs.field(factory=dict)
     index: int = 0  # which segment is being read
     attempts: int = 0
+    seen_verdict: Verdict | None = None
     last_scan: SegmentScan | None = None
     pending_syncs: int = 0
 
@@ -241,13 +253,7 @@ class Log:
         assert self._phase is _Phase.NEW, "start is called once"
         self._phase = _Phase.RECOVERING
         return [
-            self._track(
-                _Io.SUPERBLOCK_READ,
-                None,
-                lambda io: DiskRead(
-                    io, superblock.PATH, 0, superblock.COPIES * superblock.COPY_SIZE
-                ),
-            ),
+            self._read_superblock(),
             self._track(_Io.LIST_SEGMENTS, None, lambda io: DiskList(io, SEGMENT_FOLDER)),
             self._track(_Io.LIST_ROOT, None, lambda io: DiskList(io, "")),
         ]
@@ -358,9 +364,11 @@ class Log:
         match purpose:
             case _Io.SUPERBLOCK_READ:
                 if isinstance(completion, IoFailed):
-                    return self._halt(f"cannot read file 'superblock': {completion.detail}")
+                    return self._retry_superblock(completion.detail)
                 assert isinstance(completion, ReadDone)
-                state.superblock_data = completion.data
+                more = self._merge_superblock(completion.data)
+                if more:
+                    return more
             case _Io.LIST_SEGMENTS:
                 assert isinstance(completion, ListDone)
                 state.segment_files = completion.files
@@ -369,24 +377,53 @@ class Log:
                 state.root_files = completion.files
             case _:
                 raise AssertionError(purpose)
-        if state.superblock_data is None or state.segment_files is None:
+        if not state.superblock_done or state.segment_files is None:
             return []
         if state.root_files is None:
             return []
         return self._plan_recovery()
 
+    def _read_superblock(self) -> DiskRead:
+        size = superblock.COPIES * superblock.COPY_SIZE
+        return self._track(
+            _Io.SUPERBLOCK_READ, None, lambda io: DiskRead(io, superblock.PATH, 0, size)
+        )
+
+    def _retry_superblock(self, detail: str) -> list[LogOutput]:
+        state = self._recovery
+        state.attempts += 1
+        if state.attempts > READ_RETRIES_MAX:
+            return self._halt(f"cannot read file '{superblock.PATH}': {detail}")
+        return [self._read_superblock()]
+
+    def _merge_superblock(self, data: bytes) -> list[LogOutput]:
+        """Keep every copy that checks out on any read (a flip in transit cannot make a copy
+        valid, only invalid); read again while some slot has not checked out yet."""
+        state = self._recovery
+        state.superblock_reads += 1
+        state.superblock_blank = state.superblock_blank and not any(data)
+        for slot, copy in enumerate(superblock.decode_all(data)):
+            if state.copies[slot] is None:
+                state.copies[slot] = copy
+        missing = any(copy is None for copy in state.copies)
+        if missing and not state.superblock_blank and state.superblock_reads < SUPERBLOCK_READS:
+            return [self._read_superblock()]
+        state.attempts = 0
+        state.superblock_done = True
+        return []
+
     def _plan_recovery(self) -> list[LogOutput]:
         state = self._recovery
-        assert state.superblock_data is not None and state.segment_files is not None
+        assert state.segment_files is not None
         for info in state.segment_files:
             matched = SEGMENT_NAME.match(info.name)
             if matched:
                 state.numbers.append(int(matched.group(1)))
                 state.sizes[int(matched.group(1))] = info.size
         state.numbers.sort()
-        chosen = superblock.choose(state.superblock_data)
+        chosen = superblock.newest(state.copies)
         if chosen is None:
-            if any(state.superblock_data) or state.numbers:
+            if not state.superblock_blank or state.numbers:
                 return self._halt(
                     "file 'superblock': no valid copy among "
                     f"{superblock.COPIES}, but the directory holds data"
@@ -397,7 +434,17 @@ class Log:
             return self._halt(problem)
         state.superblock = chosen
         self._superblock = chosen
-        if not state.numbers:
+        if any(copy != chosen for copy in state.copies):
+            # A torn update or a damaged copy: rewrite every copy before anything else acts
+            # on the chosen state, so no later read can see an older or newer disagreeing one.
+            state.repairing = True
+            repaired = attrs.evolve(chosen, sequence=chosen.sequence + 1)
+            notice = Notice("log.superblock_repaired", (("sequence", repaired.sequence),))
+            return [notice, *self._write_superblock(repaired)]
+        return self._read_segments()
+
+    def _read_segments(self) -> list[LogOutput]:
+        if not self._recovery.numbers:
             return self._finish_recovery()
         return [self._read_segment()]
 
@@ -444,16 +491,17 @@ class Log:
             verify_from=0 if checkpoint is None else checkpoint.position,
             certified=self._certified(state.superblock),
             may_tear=state.index == len(state.numbers) - 1,
-            sealed=None
-            if checkpoint is None or checkpoint.position == 0
-            else (checkpoint.position - 1, checkpoint.chain_hash),
+            sealed=None if checkpoint is None else {checkpoint.position - 1: checkpoint.chain_hash},
         )
-        if isinstance(scan.verdict, Corrupt):
-            verdict = scan.verdict
-            return self._retry_segment(
-                f"file '{path}' offset {verdict.offset}: record {verdict.position} is damaged: "
-                f"{verdict.reason}"
-            )
+        verdict = scan.verdict
+        if not isinstance(verdict, Clean) and verdict != state.seen_verdict:
+            # Damage is believed only when two reads in a row show the very same damage: a
+            # bit flipped in transit must neither halt the log nor cut acknowledged records.
+            state.seen_verdict = verdict
+            return self._retry_segment(f"file '{path}': {_describe(verdict)}")
+        if isinstance(verdict, Corrupt):
+            return self._halt(f"file '{path}' {_describe(verdict)}")
+        state.seen_verdict = None
         state.attempts = 0
         segment = _Segment(number, first, scan.end, scan.offsets)
         self._add_segment(segment)
@@ -676,6 +724,9 @@ class Log:
     def _on_superblock_synced(self, fresh: object) -> list[LogOutput]:
         assert isinstance(fresh, Superblock)
         self._superblock = fresh
+        if self._phase is _Phase.RECOVERING and self._recovery.repairing:
+            self._recovery.superblock = fresh
+            return self._read_segments()
         if self._phase is _Phase.RECOVERING:  # the first superblock of a new directory
             return self._open()
         assert self._checkpointing is not None and fresh.checkpoint == self._checkpointing

@@ -19,6 +19,7 @@ verdicts:
 from __future__ import annotations
 
 import array
+from collections.abc import Mapping
 
 import attrs
 
@@ -76,13 +77,13 @@ def scan_segment(
     verify_from: int,
     certified: int,
     may_tear: bool,
-    sealed: tuple[int, bytes] | None = None,
+    sealed: Mapping[int, bytes] | None = None,
 ) -> SegmentScan:
     """Scan ``data`` (a segment's bytes from ``base_offset`` to its end of file).
 
     ``prev_hash`` is the chain hash before ``first_position``; ``verify_from`` is the first
     position whose body is checked; ``may_tear`` is True only for the final segment;
-    ``sealed`` is (position, hash) of the record a checkpoint vouches for."""
+    ``sealed`` maps positions to the chain hashes that checkpoints vouch for."""
     view = memoryview(data)
     scan = SegmentScan(first_position, array.array("Q"), base_offset, prev_hash, 0)
     at = 0
@@ -94,7 +95,7 @@ def scan_segment(
             scan.verdict = attrs.evolve(verdict, offset=base_offset + at)
             return scan
         assert header is not None
-        if sealed is not None and sealed[0] == position and sealed[1] != header.hash:
+        if sealed and sealed.get(position, header.hash) != header.hash:
             reason = "hash differs from the one the checkpoint sealed"
             scan.verdict = Corrupt(base_offset + at, position, reason)
             return scan

@@ -105,11 +105,22 @@ def decode_copy(data: bytes, copy: int) -> Superblock | None:
     return Superblock(sequence, public_key, durable_before, count, checkpoint, owner_state)
 
 
-def choose(data: bytes) -> Superblock | None:
-    """The newest valid copy in the superblock file's bytes, or None when none is valid."""
+def decode_all(data: bytes) -> list[Superblock | None]:
+    """Every slot of the superblock file's bytes: its copy, or None when it is not valid."""
+    return [
+        decode_copy(data[copy * COPY_SIZE : (copy + 1) * COPY_SIZE], copy) for copy in range(COPIES)
+    ]
+
+
+def newest(copies: list[Superblock | None]) -> Superblock | None:
+    """The valid copy with the highest sequence (the first such slot on a tie)."""
     best: Superblock | None = None
-    for copy in range(COPIES):
-        candidate = decode_copy(data[copy * COPY_SIZE : (copy + 1) * COPY_SIZE], copy)
+    for candidate in copies:
         if candidate is not None and (best is None or candidate.sequence > best.sequence):
             best = candidate
     return best
+
+
+def choose(data: bytes) -> Superblock | None:
+    """The newest valid copy in the superblock file's bytes, or None when none is valid."""
+    return newest(decode_all(data))

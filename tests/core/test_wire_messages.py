@@ -23,6 +23,7 @@ from craton.core.wire import (
     command_of,
     decode_frame,
     encode,
+    error_reply,
     parse_frame,
 )
 from craton.core.wire.messages import (
@@ -120,7 +121,7 @@ def test_a_nested_record_round_trips() -> None:
             "events: count 4096 cannot fit",
         ),
         (Command.APPEND_EVENTS, b"\x01\x00\x00\x00\xff", "stream: invalid UTF-8 at byte 0"),
-        (Command.APPEND_EVENTS, b"\x01\x00\x00\x00-", "stream: '-' does not match"),
+        (Command.APPEND_EVENTS, b"\x01\x00\x00\x00-", "stream: text does not match"),
         (Command.APPEND_EVENTS, b"\xff\xff\xff\xff", "stream: length 4294967295 exceeds"),
         (Command.CREATE_STREAM, b"\x01\x00\x00\x00s\x09", "data_class: 9 is not a DataClass"),
         (
@@ -163,3 +164,22 @@ def test_a_field_without_a_wire_type_is_refused_when_the_class_is_made() -> None
         @attrs.frozen(field_transformer=wire_fields)
         class Untyped:
             count: int
+
+
+def test_decode_errors_do_not_quote_what_was_received() -> None:
+    token = "secret-token"
+    body = b"\x01\x00" + b"\x01" * 16 + b"\x01" + len(token + " ").to_bytes(4, "little")
+    with pytest.raises(DecodeError) as caught:
+        decode_frame(body_of(Command.HANDSHAKE, body + (token + " ").encode()))
+    assert "auth_token: text does not match" in caught.value.reason
+    assert token not in caught.value.reason
+    with pytest.raises(ValueError) as refused:
+        Handshake(1, 1, token + " ")
+    assert token not in str(refused.value)
+
+
+def test_error_reply_carries_the_code_and_a_reason_that_fits() -> None:
+    reply = error_reply(DecodeError("x" + "é" * 1000, ErrorCode.TOO_LARGE))
+    assert reply.code == ErrorCode.TOO_LARGE and reply.primary_address is None
+    assert reply.message == "x" + "é" * 511  # byte 1024 would split an "é": it is dropped
+    assert decode_frame(parse_frame(encode(reply, 0))) == reply
