@@ -111,6 +111,13 @@ class Durable:
 
 
 @attrs.frozen
+class Checkpointed:
+    """A checkpoint covering the first ``position`` records is sealed and durable."""
+
+    position: int
+
+
+@attrs.frozen
 class ReadResult:
     tag: int
     position: int
@@ -124,7 +131,7 @@ class ReadFailed:
     reason: str
 
 
-LogOutput = Effect | Recovered | Durable | ReadResult | ReadFailed
+LogOutput = Effect | Recovered | Durable | Checkpointed | ReadResult | ReadFailed
 
 
 class LogError(Exception):
@@ -292,12 +299,17 @@ class Log:
         return [self._read_record(pending)]
 
     def checkpoint_now(self) -> list[LogOutput]:
-        """Seal a checkpoint at the durable position now (e.g. before a clean shutdown)."""
-        if self._phase is not _Phase.OPEN or self._checkpointing is not None:
+        """Seal a checkpoint at the durable position (e.g. before a clean shutdown).
+
+        ``Checkpointed`` follows; at once when the latest checkpoint is already there, and
+        after the one in flight when one is being sealed (it then covers fewer records)."""
+        if self._phase is not _Phase.OPEN:
+            raise LogError(f"log is {self._phase.value}, not open")
+        if self._checkpointing is not None:
             return []
         current = self.checkpoint
         if current is not None and current.position == self.durable:
-            return []
+            return [Checkpointed(current.position)]
         return self._begin_checkpoint()
 
     def on_disk(self, completion: DiskCompletion) -> list[LogOutput]:
@@ -731,7 +743,7 @@ class Log:
             return self._open()
         assert self._checkpointing is not None and fresh.checkpoint == self._checkpointing
         self._checkpointing = None
-        return [Notice("log.checkpoint", (("position", fresh.checkpoint.position),))]
+        return [Checkpointed(fresh.checkpoint.position)]
 
     # --- reads -------------------------------------------------------------------------------
 

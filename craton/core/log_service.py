@@ -7,7 +7,8 @@ machines build on the same log; this one serves the demonstration (``craton demo
 benchmarks and the tests of the driver.
 
 Request bodies: ``b"A" + payload`` appends the payload; ``b"R" + position (u64 LE)`` reads a
-record. Replies: ``b"\\x00" + position (u64) + chain hash (32 bytes)`` for an append,
+record; ``b"C"`` seals a checkpoint at the durable position. Replies: ``b"\\x00" + position
+(u64) + chain hash (32 bytes)`` for an append, ``b"\\x00" + position`` for a checkpoint,
 ``b"\\x00" + payload`` for a read, ``b"\\x01" + reason (UTF-8)`` for a refusal.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import collections
 
 from craton.core.log import (
+    Checkpointed,
     Durable,
     Log,
     LogConfig,
@@ -48,6 +50,7 @@ class LogService:
         # appends waiting for their batch's sync, in position order: (position, hash, client)
         self._waiting: collections.deque[tuple[int, bytes, int, int]] = collections.deque()
         self._reads: dict[int, tuple[int, int]] = {}  # tag -> (client_id, request_id)
+        self._checkpoints: list[tuple[int, int]] = []  # (client_id, request_id) waiting
         self._next_tag = 1
 
     def start(self) -> list[Effect]:
@@ -86,6 +89,13 @@ class LogService:
             self._next_tag += 1
             self._reads[tag] = (request.client_id, request.request_id)
             return self._effects(self.log.read(int.from_bytes(body[1:], "little"), tag))
+        if body == b"C":
+            try:
+                outputs = self.log.checkpoint_now()
+            except LogError as error:
+                return [self._refuse(request, str(error))]
+            self._checkpoints.append((request.client_id, request.request_id))
+            return self._effects(outputs)
         return [self._refuse(request, "unknown request")]
 
     def _refuse(self, request: ClientRequest, reason: str) -> Reply:
@@ -107,6 +117,11 @@ class LogService:
                 case ReadFailed():
                     client_id, request_id = self._reads.pop(output.tag)
                     effects.append(Reply(client_id, request_id, REFUSED + output.reason.encode()))
+                case Checkpointed():
+                    effects.append(Notice("log.checkpoint", (("position", output.position),)))
+                    reply = OK + output.position.to_bytes(8, "little")
+                    effects.extend(Reply(c, r, reply) for c, r in self._checkpoints)
+                    self._checkpoints.clear()
                 case Recovered():
                     effects.append(Notice("log.recovered", (("head", output.head),)))
                 case _:

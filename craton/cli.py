@@ -1,0 +1,144 @@
+"""The ``craton`` command: ``verify``, ``demo`` and ``version``.
+
+Exit codes: 0 success; 1 the data directory is damaged (verify) or the demonstration found
+a broken promise; 2 bad usage or a path that is not a data directory. Every failure prints
+one readable line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from craton import __version__
+from craton.core.audit import AuditReport, audit
+from craton.core.log import SEGMENT_FOLDER
+from craton.core.superblock import PATH as SUPERBLOCK_PATH
+
+EXIT_OK = 0
+EXIT_DAMAGED = 1
+EXIT_USAGE = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        result: int = args.run(args)
+    except KeyboardInterrupt:
+        return 130
+    return result
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="craton", description="Craton command-line tools")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    verify = commands.add_parser("verify", help="check a data directory offline")
+    verify.add_argument("data_dir", metavar="DATA_DIR", type=Path)
+    verify.add_argument("--public-key", metavar="HEX", help="the signing key to pin (64 hex)")
+    verify.add_argument("--json", action="store_true", help="print the summary as JSON")
+    verify.set_defaults(run=_run_verify)
+
+    demo = commands.add_parser("demo", help="a seeded end-to-end run of the log")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--records", type=int, default=2000)
+    demo.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="also run on real files here (default: simulated disk only)",
+    )
+    demo.set_defaults(run=_run_demo)
+
+    version = commands.add_parser("version", help="print the version")
+    version.set_defaults(run=lambda args: print(f"craton {__version__}") or EXIT_OK)
+    return parser
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"craton: {message}", file=sys.stderr)
+    return code
+
+
+# --- verify ----------------------------------------------------------------------------------
+
+
+def _run_verify(args: argparse.Namespace) -> int:
+    data_dir: Path = args.data_dir
+    if not (data_dir / SUPERBLOCK_PATH).is_file():
+        return _fail(
+            f"{data_dir}: not a Craton data directory (no '{SUPERBLOCK_PATH}')", EXIT_USAGE
+        )
+    pinned = None
+    if args.public_key is not None:
+        try:
+            pinned = bytes.fromhex(args.public_key)
+        except ValueError:
+            return _fail("--public-key: expected 64 hexadecimal digits", EXIT_USAGE)
+    try:
+        report = verify_directory(data_dir, public_key=pinned)
+    except OSError as error:
+        return _fail(f"{data_dir}: cannot read: {error.strerror or error}", EXIT_USAGE)
+    if args.json:
+        print(json.dumps(_report_json(data_dir, report), sort_keys=True))
+    else:
+        for warning in report.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        print(_report_line(data_dir, report))
+    return EXIT_OK if report.ok else EXIT_DAMAGED
+
+
+def verify_directory(data_dir: Path, *, public_key: bytes | None = None) -> AuditReport:
+    folder = data_dir / SEGMENT_FOLDER
+    names = sorted(p.name for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+
+    def read(path: str) -> bytes:
+        file = data_dir / path
+        return file.read_bytes() if file.is_file() else b""
+
+    return audit(names, read, public_key=public_key)
+
+
+def _report_line(data_dir: Path, report: AuditReport) -> str:
+    if not report.ok:
+        return f"DAMAGED {data_dir}: {report.problem}"
+    return (
+        f"OK {data_dir}: {report.records} records in {report.segments} segments, "
+        f"{report.checkpoints} sealed checkpoints, head hash {report.head_hash.hex()[:16]}…"
+    )
+
+
+def _report_json(data_dir: Path, report: AuditReport) -> dict[str, object]:
+    return {
+        "data_dir": str(data_dir),
+        "ok": report.ok,
+        "records": report.records,
+        "segments": report.segments,
+        "checkpoints": report.checkpoints,
+        "head_hash": report.head_hash.hex(),
+        "public_key": report.public_key.hex(),
+        "problem": report.problem,
+        "warnings": report.warnings,
+    }
+
+
+# --- demo ------------------------------------------------------------------------------------
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from craton.demo import run_demo
+
+    if args.records < 1 or args.seed < 0:
+        return _fail("--records must be at least 1 and --seed non-negative", EXIT_USAGE)
+    return run_demo(seed=args.seed, records=args.records, data_dir=args.data_dir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
