@@ -65,7 +65,11 @@ class IoIds:
 
 
 class IoError(enum.IntEnum):
-    """Why a disk request failed (reported by ``IoFailed``)."""
+    """Why a disk request failed (reported by ``IoFailed``).
+
+    READ, WRITE and SYNC name the call that failed (a failed listing counts as READ);
+    OTHER means the name could not be opened or created (a folder in the way, permissions,
+    no descriptors left). Medium errors (EIO, ENOSPC, ...) keep the operation's kind."""
 
     READ = 1  # the medium could not return the bytes (EIO on read)
     WRITE = 2  # the write was not performed (EIO/ENOSPC on write)
@@ -103,7 +107,11 @@ class DiskWrite:
 
 @attrs.frozen
 class DiskSync:
-    """Make every completed write to ``path`` (and its existence) durable."""
+    """Make every completed write to ``path`` (and its existence) durable.
+
+    A sync of a missing file completes and creates nothing. Once a sync of a file has
+    failed, every later sync of it fails too (``IoError.SYNC``): the kernel may have
+    dropped the unwritten pages and would report the next sync as clean."""
 
     io_id: int
     path: str
@@ -127,6 +135,22 @@ class DiskList:
 
 
 DiskRequest = DiskRead | DiskWrite | DiskSync | DiskTruncate | DiskList
+
+
+def check_request(request: DiskRequest) -> None:
+    """Raise ``ValueError`` for a malformed request (bad path, negative offset or length).
+
+    Every ``Disk`` calls this in ``submit``: a malformed request is a bug in the caller,
+    not an I/O outcome, so it raises instead of completing."""
+    if isinstance(request, DiskList):
+        if request.path:
+            check_path(request.path)
+        return
+    check_path(request.path)
+    for name in ("offset", "length"):
+        value = getattr(request, name, 0)
+        if value < 0:
+            raise ValueError(f"disk request {name} must not be negative: {value}")
 
 
 @attrs.frozen

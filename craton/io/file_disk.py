@@ -70,7 +70,7 @@ from craton.core.seam import (
     SyncDone,
     TruncateDone,
     WriteDone,
-    check_path,
+    check_request,
 )
 from craton.io.interfaces import Disk, DiskCallback
 
@@ -146,7 +146,7 @@ class FileDisk:
 
     def submit(self, request: DiskRequest, complete: DiskCallback) -> None:
         """Queue ``request``; ``complete`` runs later, through ``post``, with its outcome."""
-        _check_request(request)
+        check_request(request)
         with self._state_lock:
             if self._closed:
                 raise FileDiskClosed(f"FileDisk at {self._root} is closed")
@@ -383,32 +383,6 @@ class FileDisk:
 
 
 # --- Helpers ---------------------------------------------------------------------------------
-
-
-def _check_request(request: DiskRequest) -> None:
-    match request:
-        case DiskRead(path=path, offset=offset, length=length):
-            check_path(path)
-            _check_non_negative("offset", offset)
-            _check_non_negative("length", length)
-        case DiskWrite(path=path, offset=offset):
-            check_path(path)
-            _check_non_negative("offset", offset)
-        case DiskTruncate(path=path, length=length):
-            check_path(path)
-            _check_non_negative("length", length)
-        case DiskSync(path=path):
-            check_path(path)
-        case DiskList(path=path):
-            if path:
-                check_path(path)
-        case _:
-            typing.assert_never(request)
-
-
-def _check_non_negative(name: str, value: int) -> None:
-    if value < 0:
-        raise ValueError(f"disk request {name} must not be negative: {value}")
 
 
 def _name_kind(kind: IoError, exc: OSError) -> IoError:

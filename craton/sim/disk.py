@@ -43,7 +43,7 @@ from craton.core.seam import (
     SyncDone,
     TruncateDone,
     WriteDone,
-    check_path,
+    check_request,
 )
 from craton.io.interfaces import DiskCallback
 from craton.sim.events import EventQueue
@@ -136,8 +136,7 @@ class SimDisk:
     # --- the Disk interface ------------------------------------------------------------------
 
     def submit(self, request: DiskRequest, complete: DiskCallback) -> None:
-        if request.path or not isinstance(request, DiskList):
-            check_path(request.path)
+        check_request(request)
         self.requests += 1
         plan = self.fault_plan
         delay = self._prng.between(plan.latency_ticks_min, plan.latency_ticks_max)
@@ -189,6 +188,9 @@ class SimDisk:
     # --- performing requests -----------------------------------------------------------------
 
     def _perform(self, request: DiskRequest) -> DiskCompletion:
+        clash = self._clash(request)
+        if clash is not None:
+            return IoFailed(request.io_id, IoError.OTHER, clash)
         match request:
             case DiskRead():
                 return self._read(request)
@@ -251,6 +253,22 @@ class SimDisk:
         if self._prng.chance(plan.corruption_at_rest):
             self._rot_somewhere()
         return WriteDone(request.io_id)
+
+    def _clash(self, request: DiskRequest) -> str | None:
+        """Why ``request``'s path cannot name what it asks for (a file/folder clash)."""
+        path = request.path
+        if not path:
+            return None
+        is_folder = any(other.startswith(path + "/") for other in self._files)
+        if isinstance(request, DiskList):
+            return f"{path}: is a file, not a folder" if path in self._files else None
+        if is_folder:
+            return f"{path}: is a folder"
+        parts = path.split("/")
+        for depth in range(1, len(parts)):
+            if "/".join(parts[:depth]) in self._files:
+                return f"{path}: a file stands where a folder is needed"
+        return None
 
     def _list(self, folder: str) -> tuple[FileInfo, ...]:
         prefix = f"{folder}/" if folder else ""

@@ -217,17 +217,7 @@ HARNESSES: list[str] = ["file", "sim"]
 
 # Where an implementation does not yet keep the contract: (implementation, test) -> why.
 # Each is a strict xfail, so a fix shows up as a failure until its entry is removed.
-KNOWN_GAPS: dict[tuple[str, str], str] = {
-    ("sim", "test_negative_offset_or_length_raises_and_never_completes"): (
-        "SimDisk.submit checks paths but not negative offsets/lengths"
-    ),
-    ("sim", "test_name_clash_fails_as_other_without_raising"): (
-        "SimDisk keeps a flat map of paths, so a file and a folder may share a name"
-    ),
-    ("sim", "test_failure_detail_never_carries_payload"): (
-        "SimDisk accepts a file named like an existing folder, so the write succeeds"
-    ),
-}
+KNOWN_GAPS: dict[tuple[str, str], str] = {}
 
 
 @pytest.fixture(params=HARNESSES)
