@@ -101,6 +101,7 @@ class Recovered:
 
     head: int
     chain_hash: bytes
+    owner_state: bytes = b""
 
 
 @attrs.frozen
@@ -118,6 +119,20 @@ class Checkpointed:
 
 
 @attrs.frozen
+class Truncated:
+    """Every record at or after ``position`` is gone, durably."""
+
+    position: int
+
+
+@attrs.frozen
+class OwnerStateSaved:
+    """The owner's state ``state`` is durable in the superblock."""
+
+    state: bytes
+
+
+@attrs.frozen
 class ReadResult:
     tag: int
     position: int
@@ -131,7 +146,16 @@ class ReadFailed:
     reason: str
 
 
-LogOutput = Effect | Recovered | Durable | Checkpointed | ReadResult | ReadFailed
+LogOutput = (
+    Effect
+    | Recovered
+    | Durable
+    | Checkpointed
+    | Truncated
+    | OwnerStateSaved
+    | ReadResult
+    | ReadFailed
+)
 
 
 class LogError(Exception):
@@ -161,6 +185,8 @@ class _Io(enum.Enum):
     SUPERBLOCK_WRITE = 11
     SUPERBLOCK_SYNC = 12
     RECORD_READ = 13
+    TRUNCATE_CUT = 14
+    TRUNCATE_SYNC = 15
 
 
 @attrs.define
@@ -230,12 +256,20 @@ class Log:
         self.head = 0
         self.chain_hash = GENESIS_HASH
         self.durable = 0
-        self._durable_hash = GENESIS_HASH
         self._pending: list[tuple[int, bytes, bytes]] = []  # (position, bytes, hash)
         self._batch: _Batch | None = None
         self._superblock: Superblock | None = None
         self._superblock_writes = 0
-        self._checkpointing: Checkpoint | None = None
+        self._superblock_inflight: Superblock | None = None
+        self._checkpointing: Checkpoint | None = None  # sealed, history entry being written
+        self._history_synced: Checkpoint | None = None  # history entry durable, superblock next
+        self._wanted_owner_state: bytes | None = None
+        self._truncating: int | None = None
+        self._cuts: list[tuple[_Segment, int]] = []
+        # chain hashes of records from the latest checkpoint on (hash of record base + i)
+        self._hashes: list[bytes] = []
+        self._hashes_base = 0
+        self._base_hash = GENESIS_HASH
         self.halt_reason: str | None = None
 
     # --- entry points ------------------------------------------------------------------------
@@ -280,6 +314,7 @@ class Log:
             kind=kind,
         )
         self._pending.append((position, data, own_hash))
+        self._hashes.append(own_hash)
         self.head += 1
         self.chain_hash = own_hash
         return position, self._pump()
@@ -298,19 +333,24 @@ class Log:
         pending = _PendingRead(tag, position, segment.path, offset, end - offset)
         return [self._read_record(pending)]
 
-    def checkpoint_now(self) -> list[LogOutput]:
-        """Seal a checkpoint at the durable position (e.g. before a clean shutdown).
+    def checkpoint_now(self, position: int | None = None) -> list[LogOutput]:
+        """Seal a checkpoint covering the first ``position`` records (default: all durable
+        ones), e.g. at a replica's commit number or before a clean shutdown.
 
         ``Checkpointed`` follows; at once when the latest checkpoint is already there, and
-        after the one in flight when one is being sealed (it then covers fewer records)."""
-        if self._phase is not _Phase.OPEN:
-            raise LogError(f"log is {self._phase.value}, not open")
+        after the one in flight when one is being sealed (it then covers what it covers)."""
+        if self._phase is not _Phase.OPEN or self._truncating is not None:
+            raise LogError(f"log is {self._phase.value}, or a truncation is under way")
+        target = self.durable if position is None else position
+        current = self.checkpoint
+        floor = 0 if current is None else current.position
+        if not floor <= target <= self.durable:
+            raise LogError(f"cannot seal {target}: sealed {floor}, durable {self.durable}")
         if self._checkpointing is not None:
             return []
-        current = self.checkpoint
-        if current is not None and current.position == self.durable:
+        if current is not None and current.position == target:
             return [Checkpointed(current.position)]
-        return self._begin_checkpoint()
+        return self._begin_checkpoint(target)
 
     def on_disk(self, completion: DiskCompletion) -> list[LogOutput]:
         """Hand over the completion of a request this log made."""
@@ -341,7 +381,10 @@ class Log:
                     self._track(_Io.HISTORY_SYNC, None, lambda io: DiskSync(io, CHECKPOINTS_PATH))
                 ]
             case _Io.HISTORY_SYNC:
+                self._history_synced = self._checkpointing
                 return self._write_superblock()
+            case _Io.TRUNCATE_CUT | _Io.TRUNCATE_SYNC:
+                return self._on_truncate_cut(purpose)
             case _Io.SUPERBLOCK_WRITE:
                 return self._on_superblock_written(context)
             case _Io.SUPERBLOCK_SYNC:
@@ -354,8 +397,11 @@ class Log:
     def invariants(self) -> None:
         assert 0 <= self.durable <= self.head
         assert self._phase is _Phase.OPEN or not self._pending or self._phase is _Phase.HALTED
+        cutting = self._truncating is not None
         if self._batch is not None:
-            assert self.durable < self._batch.end_position <= self.head
+            assert self.durable < self._batch.end_position and (
+                cutting or self._batch.end_position <= self.head
+            )
         positions = [position for position, _, _ in self._pending]
         assert positions == list(range(self.head - len(positions), self.head))
         assert len(self._pending) <= self.config.pending_records_max
@@ -363,8 +409,9 @@ class Log:
         for segment in self._segments:
             assert segment.first_position == first
             first += len(segment.offsets)
-        if self._phase is _Phase.OPEN:
+        if self._phase is _Phase.OPEN and not cutting:
             assert first + len(self._pending) == self.head
+            assert self._hashes_base + len(self._hashes) == self.head
         checkpoint = self.checkpoint
         if checkpoint is not None:
             assert checkpoint.position <= self.durable or self._phase is not _Phase.OPEN
@@ -446,6 +493,9 @@ class Log:
             return self._halt(problem)
         state.superblock = chosen
         self._superblock = chosen
+        if chosen.checkpoint is not None:
+            self._hashes_base = chosen.checkpoint.position
+            self._base_hash = chosen.checkpoint.chain_hash
         if any(copy != chosen for copy in state.copies):
             # A torn update or a damaged copy: rewrite every copy before anything else acts
             # on the chosen state, so no later read can see an older or newer disagreeing one.
@@ -517,6 +567,7 @@ class Log:
         state.attempts = 0
         segment = _Segment(number, first, scan.end, scan.offsets)
         self._add_segment(segment)
+        self._hashes.extend(scan.hashes)
         self.head = scan.next_position
         self.chain_hash = scan.last_hash
         state.last_scan = scan
@@ -612,9 +663,9 @@ class Log:
     def _open(self) -> list[LogOutput]:
         self._phase = _Phase.OPEN
         self.durable = self.head
-        self._durable_hash = self.chain_hash
         self._recovery = _Recovery()
-        return [Recovered(self.head, self.chain_hash)]
+        assert self._hashes_base + len(self._hashes) == self.head
+        return [Recovered(self.head, self.chain_hash, self.owner_state)]
 
     # --- appending ---------------------------------------------------------------------------
 
@@ -671,24 +722,99 @@ class Log:
         batch = self._batch
         assert batch is not None
         self._batch = None
+        outputs: list[LogOutput] = []
+        if self._truncating is not None:  # records at or past the cut no longer count
+            self.durable = min(batch.end_position, self._truncating)
+            return [Durable(self.durable), *self._truncate_next()]
         self.durable = batch.end_position
-        self._durable_hash = batch.end_hash
-        outputs: list[LogOutput] = [Durable(self.durable)]
+        outputs.append(Durable(self.durable))
+        interval = self.config.checkpoint_interval
         checkpoint = self.checkpoint
         since = self.durable - (0 if checkpoint is None else checkpoint.position)
-        if since >= self.config.checkpoint_interval and self._checkpointing is None:
-            outputs.extend(self._begin_checkpoint())
+        if interval and since >= interval and self._checkpointing is None:
+            outputs.extend(self._begin_checkpoint(self.durable))
         outputs.extend(self._pump())
         return outputs
 
+    # --- truncation (for the owner: a replica replacing an uncommitted suffix) ---------------
+
+    def truncate(self, position: int) -> list[LogOutput]:
+        """Remove every record at or after ``position``; ``Truncated`` follows once durable.
+
+        Records covered by a checkpoint cannot be removed. Appends made after this call get
+        positions from ``position`` on and are written once the truncation is durable. The
+        files are cut from the last segment backwards, each cut synced before the next, so
+        a crash leaves a shorter valid log, never a gap."""
+        if self._phase is not _Phase.OPEN or self._truncating is not None:
+            raise LogError("log is not open, or a truncation is already under way")
+        sealed = 0 if self.checkpoint is None else self.checkpoint.position
+        if self._checkpointing is not None:
+            sealed = max(sealed, self._checkpointing.position)
+        if not sealed <= position <= self.head:
+            raise LogError(
+                f"cannot truncate to {position}: sealed up to {sealed}, head {self.head}"
+            )
+        self._truncating = position
+        self._pending = [entry for entry in self._pending if entry[0] < position]
+        self.chain_hash = self.hash_before(position)
+        self.head = position
+        del self._hashes[max(0, position - self._hashes_base) :]
+        self.durable = min(self.durable, position)
+        cuts = []
+        for segment in reversed(self._segments):
+            written = len(segment.offsets)
+            if segment.first_position + written <= position:
+                break
+            keep = max(0, position - segment.first_position)
+            cuts.append((segment, segment.offsets[keep] if keep < written else segment.size))
+        self._cuts = cuts
+        if self._batch is not None:
+            return []  # the cut starts once the batch in flight has landed
+        return self._truncate_next()
+
+    def _truncate_next(self) -> list[LogOutput]:
+        if not self._cuts:
+            return self._truncate_done()
+        segment, length = self._cuts[0]
+        return [
+            self._track(_Io.TRUNCATE_CUT, None, lambda io: DiskTruncate(io, segment.path, length))
+        ]
+
+    def _on_truncate_cut(self, purpose: _Io) -> list[LogOutput]:
+        segment, length = self._cuts[0]
+        if purpose is _Io.TRUNCATE_CUT:
+            return [self._track(_Io.TRUNCATE_SYNC, None, lambda io: DiskSync(io, segment.path))]
+        self._cuts.pop(0)
+        keep = bisect.bisect_left(segment.offsets, length)
+        del segment.offsets[keep:]
+        segment.size = length
+        return self._truncate_next()
+
+    def _truncate_done(self) -> list[LogOutput]:
+        position = self._truncating
+        assert position is not None
+        while len(self._segments) > 1 and self._segments[-1].first_position > position:
+            self._segments.pop()
+            self._segment_firsts.pop()
+        self._truncating = None
+        return [Truncated(position), *self._pump()]
+
+    def hash_before(self, position: int) -> bytes:
+        """Chain hash of record ``position - 1`` (for positions from the latest checkpoint)."""
+        if position == 0:
+            return GENESIS_HASH
+        if position == self._hashes_base:
+            return self._base_hash
+        index = position - 1 - self._hashes_base
+        assert 0 <= index < len(self._hashes), f"hash of {position - 1} is not kept"
+        return self._hashes[index]
+
     # --- checkpoints and the superblock ------------------------------------------------------
 
-    def _begin_checkpoint(self) -> list[LogOutput]:
-        assert self._superblock is not None
-        segment = self._segments[-1] if self._segments else None
-        number = 0 if segment is None else segment.number
-        offset = 0 if segment is None else self._durable_end(segment)
-        checkpoint = self._sealer.seal(self.durable, number, offset, self._durable_hash)
+    def _begin_checkpoint(self, position: int) -> list[LogOutput]:
+        assert self._superblock is not None and position <= self.durable
+        number, offset = self._locate(position)
+        checkpoint = self._sealer.seal(position, number, offset, self.hash_before(position))
         self._checkpointing = checkpoint
         at = self._superblock.checkpoint_count * ENTRY_SIZE
         entry = encode_entry(checkpoint)
@@ -698,25 +824,55 @@ class Log:
             )
         ]
 
-    def _durable_end(self, segment: _Segment) -> int:
-        if self._batch is not None and self._batch.segment is segment:
-            return self._batch.offset
-        return segment.size
+    def _locate(self, position: int) -> tuple[int, int]:
+        """(segment, offset) where record ``position`` starts (or would start)."""
+        if not self._segments:
+            return 0, 0
+        index = max(0, bisect.bisect_right(self._segment_firsts, position) - 1)
+        segment = self._segments[index]
+        slot = position - segment.first_position
+        if slot < len(segment.offsets):
+            return segment.number, segment.offsets[slot]
+        return segment.number, segment.size if self._batch is None else self._batch.offset
+
+    def save_owner_state(self, state: bytes) -> list[LogOutput]:
+        """Persist ``state`` in the superblock; ``OwnerStateSaved`` follows once synced."""
+        if self._phase is not _Phase.OPEN:
+            raise LogError(f"log is {self._phase.value}, not open")
+        assert len(state) <= superblock.OWNER_STATE_SIZE_MAX
+        self._wanted_owner_state = state
+        return self._write_superblock()
+
+    @property
+    def owner_state(self) -> bytes:
+        return b"" if self._superblock is None else self._superblock.owner_state
 
     def _write_superblock(self, fresh: Superblock | None = None) -> list[LogOutput]:
-        """Write every copy of the next superblock; a sync follows once all are written.
+        """Write every copy of the next superblock (one update in flight at a time); a sync
+        follows once all copies are written.
 
-        Without ``fresh``, the next superblock records the checkpoint being sealed."""
+        Without ``fresh``, the next superblock carries what is wanted: the checkpoint whose
+        history entry is synced, and the latest owner state asked for."""
+        if self._superblock_inflight is not None:
+            return []  # the next update starts when this one is synced
         if fresh is None:
-            current, checkpoint = self._superblock, self._checkpointing
-            assert current is not None and checkpoint is not None
-            fresh = attrs.evolve(
-                current,
-                sequence=current.sequence + 1,
-                durable_before=checkpoint.position,
-                checkpoint_count=current.checkpoint_count + 1,
-                checkpoint=checkpoint,
-            )
+            current = self._superblock
+            assert current is not None
+            checkpoint = self._history_synced
+            owner = self._wanted_owner_state
+            if checkpoint is None and owner is None:
+                return []
+            fresh = attrs.evolve(current, sequence=current.sequence + 1)
+            if checkpoint is not None:
+                fresh = attrs.evolve(
+                    fresh,
+                    durable_before=checkpoint.position,
+                    checkpoint_count=current.checkpoint_count + 1,
+                    checkpoint=checkpoint,
+                )
+            if owner is not None:
+                fresh = attrs.evolve(fresh, owner_state=owner)
+        self._superblock_inflight = fresh
         self._superblock_writes = superblock.COPIES
         return [self._write_superblock_copy(fresh, copy) for copy in range(superblock.COPIES)]
 
@@ -734,16 +890,32 @@ class Log:
         return [self._track(_Io.SUPERBLOCK_SYNC, fresh, lambda io: DiskSync(io, superblock.PATH))]
 
     def _on_superblock_synced(self, fresh: object) -> list[LogOutput]:
-        assert isinstance(fresh, Superblock)
+        assert isinstance(fresh, Superblock) and fresh is self._superblock_inflight
         self._superblock = fresh
+        self._superblock_inflight = None
         if self._phase is _Phase.RECOVERING and self._recovery.repairing:
             self._recovery.superblock = fresh
             return self._read_segments()
         if self._phase is _Phase.RECOVERING:  # the first superblock of a new directory
             return self._open()
-        assert self._checkpointing is not None and fresh.checkpoint == self._checkpointing
-        self._checkpointing = None
-        return [Checkpointed(fresh.checkpoint.position)]
+        outputs: list[LogOutput] = []
+        if fresh.checkpoint is not None and fresh.checkpoint == self._history_synced:
+            self._history_synced = None
+            self._checkpointing = None
+            self._forget_hashes_before(fresh.checkpoint)
+            outputs.append(Checkpointed(fresh.checkpoint.position))
+        if fresh.owner_state == self._wanted_owner_state:
+            self._wanted_owner_state = None
+            outputs.append(OwnerStateSaved(fresh.owner_state))
+        return [*outputs, *self._write_superblock()]
+
+    def _forget_hashes_before(self, checkpoint: Checkpoint) -> None:
+        """Hashes below a durable checkpoint are never needed again in memory."""
+        drop = checkpoint.position - self._hashes_base
+        if drop > 0:
+            del self._hashes[:drop]
+            self._hashes_base = checkpoint.position
+            self._base_hash = checkpoint.chain_hash
 
     # --- reads -------------------------------------------------------------------------------
 

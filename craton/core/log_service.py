@@ -7,14 +7,18 @@ machines build on the same log; this one serves the demonstration (``craton demo
 benchmarks and the tests of the driver.
 
 Request bodies: ``b"A" + payload`` appends the payload; ``b"R" + position (u64 LE)`` reads a
-record; ``b"C"`` seals a checkpoint at the durable position. Replies: ``b"\\x00" + position
-(u64) + chain hash (32 bytes)`` for an append, ``b"\\x00" + position`` for a checkpoint,
+record; ``b"C"`` seals a checkpoint at the durable position; ``b"T" + position (u64)``
+removes the records from that position on (appends waiting there are refused);
+``b"S" + state`` saves an owner state in the superblock. Replies: ``b"\\x00" + position
+(u64) + chain hash (32 bytes)`` for an append, ``b"\\x00" + position`` for a checkpoint or
+truncation, ``b"\\x00" + state`` for a state save,
 ``b"\\x00" + payload`` for a read, ``b"\\x01" + reason (UTF-8)`` for a refusal.
 """
 
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable
 
 from craton.core.log import (
     Checkpointed,
@@ -23,9 +27,11 @@ from craton.core.log import (
     LogConfig,
     LogError,
     LogOutput,
+    OwnerStateSaved,
     ReadFailed,
     ReadResult,
     Recovered,
+    Truncated,
 )
 from craton.core.seam import (
     ClientRequest,
@@ -50,7 +56,12 @@ class LogService:
         # appends waiting for their batch's sync, in position order: (position, hash, client)
         self._waiting: collections.deque[tuple[int, bytes, int, int]] = collections.deque()
         self._reads: dict[int, tuple[int, int]] = {}  # tag -> (client_id, request_id)
-        self._checkpoints: list[tuple[int, int]] = []  # (client_id, request_id) waiting
+        # (client_id, request_id) waiting for a checkpoint, truncation or state save
+        self._controls: dict[str, list[tuple[int, int]]] = {
+            "checkpoint": [],
+            "truncate": [],
+            "state": [],
+        }
         self._next_tag = 1
 
     def start(self) -> list[Effect]:
@@ -90,13 +101,33 @@ class LogService:
             self._reads[tag] = (request.client_id, request.request_id)
             return self._effects(self.log.read(int.from_bytes(body[1:], "little"), tag))
         if body == b"C":
-            try:
-                outputs = self.log.checkpoint_now()
-            except LogError as error:
-                return [self._refuse(request, str(error))]
-            self._checkpoints.append((request.client_id, request.request_id))
-            return self._effects(outputs)
+            return self._control(request, "checkpoint", self.log.checkpoint_now)
+        if body[:1] == b"T" and len(body) == 9:
+            position = int.from_bytes(body[1:], "little")
+            effects = self._control(request, "truncate", lambda: self.log.truncate(position))
+            while self._waiting and self._waiting[-1][0] >= position and self.log.head <= position:
+                _, _, client_id, request_id = self._waiting.pop()
+                effects.append(Reply(client_id, request_id, REFUSED + b"truncated"))
+            return effects
+        if body[:1] == b"S":
+            state = body[1:]
+            return self._control(request, "state", lambda: self.log.save_owner_state(state))
         return [self._refuse(request, "unknown request")]
+
+    def _control(
+        self, request: ClientRequest, kind: str, call: Callable[[], list[LogOutput]]
+    ) -> list[Effect]:
+        """Start a checkpoint, truncation or state save; the reply follows its completion."""
+        try:
+            outputs = call()
+        except LogError as error:
+            return [self._refuse(request, str(error))]
+        self._controls[kind].append((request.client_id, request.request_id))
+        return self._effects(outputs)
+
+    def _answer(self, kind: str, body: bytes) -> list[Effect]:
+        waiting, self._controls[kind] = self._controls[kind], []
+        return [Reply(client_id, request_id, OK + body) for client_id, request_id in waiting]
 
     def _refuse(self, request: ClientRequest, reason: str) -> Reply:
         return Reply(request.client_id, request.request_id, REFUSED + reason.encode())
@@ -119,9 +150,13 @@ class LogService:
                     effects.append(Reply(client_id, request_id, REFUSED + output.reason.encode()))
                 case Checkpointed():
                     effects.append(Notice("log.checkpoint", (("position", output.position),)))
-                    reply = OK + output.position.to_bytes(8, "little")
-                    effects.extend(Reply(c, r, reply) for c, r in self._checkpoints)
-                    self._checkpoints.clear()
+                    effects.extend(
+                        self._answer("checkpoint", output.position.to_bytes(8, "little"))
+                    )
+                case Truncated():
+                    effects.extend(self._answer("truncate", output.position.to_bytes(8, "little")))
+                case OwnerStateSaved():
+                    effects.extend(self._answer("state", output.state))
                 case Recovered():
                     effects.append(Notice("log.recovered", (("head", output.head),)))
                 case _:

@@ -62,6 +62,7 @@ class SegmentScan:
     last_hash: bytes
     durable_before_max: int
     verdict: Verdict = Clean()
+    hashes: list[bytes] = attrs.field(factory=list)  # of the records from ``verify_from`` on
 
     @property
     def next_position(self) -> int:
@@ -100,6 +101,8 @@ def scan_segment(
             scan.verdict = Corrupt(base_offset + at, position, reason)
             return scan
         scan.offsets.append(base_offset + at)
+        if position >= verify_from:
+            scan.hashes.append(header.hash)
         scan.last_hash = header.hash
         scan.durable_before_max = max(scan.durable_before_max, header.durable_before)
         at += header.size

@@ -96,6 +96,16 @@ class LogWorld:
             return None
         return reply[1:] if reply[:1] == OK else Refused(reply[1:].decode())
 
+    def truncate(self, position: int) -> bool | None:
+        """Cut the log at ``position``: True once durable, False if refused, None on halt."""
+        reply = self._wait_raw(self._submit(b"T" + position.to_bytes(8, "little")))
+        return None if reply is None else reply[:1] == OK
+
+    def save_state(self, state: bytes) -> bool | None:
+        """Save an owner state in the superblock: True once durable, None on halt."""
+        reply = self._wait_raw(self._submit(b"S" + state))
+        return None if reply is None else reply[:1] == OK
+
     def wait(self, request_id: int) -> AppendOk | Refused | None:
         reply = self._wait_raw(request_id)
         if reply is None:

@@ -58,7 +58,9 @@ class LogModel(RuleBasedStateMachine):
         self.world: LogWorld | None = None
         self.acked: list[bytes] = []  # payload at each acknowledged-or-recovered position
         self.sent: list[tuple[int, bytes]] = []  # (request id, payload) awaiting a reply
-        self.expected_head = 0  # the position the next append will get
+        self.floor: int | None = None  # acked records from here on may vanish (cut halted)
+        self.state = b""  # the last owner state saved
+        self.states_tried: list[bytes] = []  # states asked for whose outcome is unknown
 
     @initialize(seed=st.integers(0, 2**32 - 1), segment_kib=st.sampled_from([1, 2, 8]))
     def boot(self, seed: int, segment_kib: int) -> None:
@@ -111,6 +113,31 @@ class LogModel(RuleBasedStateMachine):
             faulty = self.w.disk.faults["read_error"] + self.w.disk.faults["read_corruption"]
             assert faulty or self.damaged(), f"read of {position} failed on a sound disk: {got}"
 
+    @precondition(lambda self: self.world is not None and self.world.is_open and self.acked)
+    @rule(data=st.data())
+    def truncate(self, data: st.DataObject) -> None:
+        """Cut the log like a replica replacing an uncommitted suffix."""
+        self.collect()
+        if not self.w.is_open:
+            return
+        position = data.draw(st.integers(0, len(self.acked)))
+        done = self.w.truncate(position)
+        if done is None:  # halted mid-way: the cut may or may not have landed
+            self.floor = position if self.floor is None else min(self.floor, position)
+        elif done:
+            self.acked = self.acked[:position]
+            assert self.w.service.log.head == position
+
+    @precondition(lambda self: self.world is not None and self.world.is_open)
+    @rule(state=st.binary(max_size=64))
+    def save_state(self, state: bytes) -> None:
+        done = self.w.save_state(state)
+        if done is None:
+            self.states_tried.append(state)
+        else:
+            assert done, "saving an owner state was refused"
+            self.state, self.states_tried = state, []
+
     @precondition(lambda self: self.world is not None)
     @rule()
     def crash_and_recover(self) -> None:
@@ -126,11 +153,16 @@ class LogModel(RuleBasedStateMachine):
             self.world = None  # the directory is damaged beyond what a single node repairs
             return
         head = self.w.service.log.head
-        if head < len(self.acked):
+        floor = len(self.acked) if self.floor is None else self.floor
+        if head < floor:
             assert self.damaged(), f"lost acknowledged records {head}..{len(self.acked) - 1}"
+        self.floor = None
+        saved = self.w.service.log.owner_state
+        assert saved in (self.state, *self.states_tried) or self.damaged(), "owner state lost"
+        self.state, self.states_tried = saved, []
         survivors = (self.acked + pending)[:head]
         assert head <= len(self.acked) + len(pending), "recovered records nobody appended"
-        for position in range(len(self.acked), head):
+        for position in range(min(head, floor), head):
             got = self.w.read(position)
             assert got == survivors[position] or isinstance(got, Refused)
         self.acked = survivors
