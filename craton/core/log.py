@@ -39,8 +39,9 @@ from typing import TypeVar
 import attrs
 
 from craton.core import record, superblock
+from craton.core.checksum import checksum
 from craton.core.record import GENESIS_HASH, HEADER_SIZE, RecordError
-from craton.core.scan import Clean, Corrupt, SegmentScan, Torn, Verdict, scan_segment
+from craton.core.scan import Clean, Corrupt, SegmentScan, Torn, scan_segment
 from craton.core.seal import ENTRY_SIZE, Checkpoint, Sealer, encode_entry, verify_seal
 from craton.core.seam import (
     DiskCompletion,
@@ -226,7 +227,7 @@ class _Recovery:
     sizes: dict[int, int] = attrs.field(factory=dict)
     index: int = 0  # which segment is being read
     attempts: int = 0
-    seen_verdict: Verdict | None = None
+    seen_damage: bytes | None = None  # checksum of the last damaged read of this segment
     last_scan: SegmentScan | None = None
     pending_syncs: int = 0
 
@@ -556,14 +557,15 @@ class Log:
             sealed=None if checkpoint is None else {checkpoint.position - 1: checkpoint.chain_hash},
         )
         verdict = scan.verdict
-        if not isinstance(verdict, Clean) and verdict != state.seen_verdict:
-            # Damage is believed only when two reads in a row show the very same damage: a
+        fingerprint = checksum(completion.data)
+        if not isinstance(verdict, Clean) and fingerprint != state.seen_damage:
+            # Damage is believed only when two reads in a row return the very same bytes: a
             # bit flipped in transit must neither halt the log nor cut acknowledged records.
-            state.seen_verdict = verdict
+            state.seen_damage = fingerprint
             return self._retry_segment(f"file '{path}': {_describe(verdict)}")
         if isinstance(verdict, Corrupt):
             return self._halt(f"file '{path}' {_describe(verdict)}")
-        state.seen_verdict = None
+        state.seen_damage = None
         state.attempts = 0
         segment = _Segment(number, first, scan.end, scan.offsets)
         self._add_segment(segment)
