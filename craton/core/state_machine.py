@@ -1,0 +1,141 @@
+"""The replicated application: the ``StateMachine`` protocol every Craton application keeps.
+
+A replica hands each committed operation, in log order, to its state machine:
+``apply(op, body)`` where ``op`` is the log position (the VSR op number) the operation
+committed at and ``body`` is the client's encoded operation; the returned bytes are the
+encoded reply the client receives. Every replica applies the same committed log, so every
+replica holds the same state and sends the same replies. Craton ships two machines
+(``craton.core.event_store.EventStore`` and ``craton.core.kv_machine.KvMachine``); users plug
+their own by implementing this protocol.
+
+Rules every state machine keeps:
+- Deterministic: the reply and the new state are a function of the state, ``op`` and
+  ``body`` only. No clocks, randomness, I/O, set iteration or hash order.
+- Bad bytes from outside are a reply, never an exception: a malformed, oversized or
+  semantically invalid body yields an encoded error reply and leaves the application state
+  as it was (only the applied op advances).
+- Ops are applied in strictly increasing order (gaps allowed: the log may hold entries
+  that are not client operations). An op at or below the last applied one is a bug in the
+  caller and raises ``OpOrderError``.
+- ``digest()`` is the SHA-256 of a canonical encoding of the whole state, the applied op
+  included: equal states give equal digests on any machine, under any ``PYTHONHASHSEED``.
+- ``snapshot()`` is canonical too (equal states give byte-identical snapshots), and
+  ``restore(snapshot)`` rebuilds an equal machine, whose digest it verifies: a damaged or
+  foreign snapshot raises ``SnapshotError`` and is never installed.
+
+Snapshot envelope (integers little-endian), shared by the built-in machines:
+
+    magic b"CRSM" | u16 SNAPSHOT_FORMAT_VERSION | u32 length + machine name (UTF-8)
+    | u64 length + state (machine-specific) | 32-byte digest of the restored state
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Protocol, Self
+
+OP_MAX = 2**64 - 2  # largest op a machine applies, so that the next op still fits a u64
+DIGEST_SIZE = 32  # bytes: SHA-256
+SNAPSHOT_MAGIC = b"CRSM"
+SNAPSHOT_FORMAT_VERSION = 1
+MACHINE_NAME_SIZE_MAX = 64  # bytes of UTF-8 in a state machine's name
+
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+
+
+class OpOrderError(ValueError):
+    """``apply`` was called with an op not above the last applied one (or out of range)."""
+
+
+class SnapshotError(ValueError):
+    """Snapshot bytes are damaged, truncated, of another machine or of another format."""
+
+
+class StateMachine(Protocol):
+    """A deterministic application replicated by applying the committed log in order."""
+
+    @property
+    def name(self) -> str:
+        """What application this is; snapshots carry it and ``restore`` checks it."""
+        ...
+
+    def apply(self, op: int, body: bytes) -> bytes:
+        """Apply the operation committed at ``op``; return its encoded reply. Never raises
+        because of ``body``; raises ``OpOrderError`` when ``op`` is not above the last op."""
+        ...
+
+    def digest(self) -> bytes:
+        """SHA-256 (32 bytes) of a canonical encoding of the whole state."""
+        ...
+
+    def snapshot(self) -> bytes:
+        """The whole state, canonically encoded; ``restore`` turns it back into a machine."""
+        ...
+
+    @classmethod
+    def restore(cls, snapshot: bytes) -> Self:
+        """A machine equal to the one that took ``snapshot``; ``SnapshotError`` if damaged."""
+        ...
+
+    def invariants(self) -> None:
+        """Assert the machine's internal invariants (the simulator calls this)."""
+        ...
+
+
+def next_op(op_next: int, op: int) -> int:
+    """The op a machine may apply after ``op``, checked against its current ``op_next``.
+
+    ``op_next`` is the smallest op the machine accepts (0 before the first apply)."""
+    if type(op) is not int or not 0 <= op <= OP_MAX:
+        raise OpOrderError(f"op must be an int in 0..{OP_MAX}, got {op!r}")
+    if op < op_next:
+        raise OpOrderError(f"op {op} is not above the last applied op {op_next - 1}")
+    return op + 1
+
+
+def seal_snapshot(name: str, state: bytes, digest: bytes) -> bytes:
+    """Wrap a machine's canonical ``state`` encoding and its ``digest`` in the envelope."""
+    encoded_name = name.encode("utf-8")
+    assert 1 <= len(encoded_name) <= MACHINE_NAME_SIZE_MAX
+    assert len(digest) == DIGEST_SIZE
+    return b"".join(
+        (
+            SNAPSHOT_MAGIC,
+            _U16.pack(SNAPSHOT_FORMAT_VERSION),
+            _U32.pack(len(encoded_name)),
+            encoded_name,
+            _U64.pack(len(state)),
+            state,
+            digest,
+        )
+    )
+
+
+def open_snapshot(name: str, snapshot: bytes) -> tuple[bytes, bytes]:
+    """The (state, digest) inside a snapshot of machine ``name``; ``SnapshotError`` if the
+    envelope is damaged or belongs to another machine or format."""
+    header_size = len(SNAPSHOT_MAGIC) + _U16.size + _U32.size
+    if len(snapshot) < header_size or snapshot[:4] != SNAPSHOT_MAGIC:
+        raise SnapshotError("not a Craton state machine snapshot (bad magic)")
+    (version,) = _U16.unpack_from(snapshot, 4)
+    if version != SNAPSHOT_FORMAT_VERSION:
+        raise SnapshotError(f"snapshot format {version}, expected {SNAPSHOT_FORMAT_VERSION}")
+    (name_size,) = _U32.unpack_from(snapshot, 6)
+    offset = header_size
+    if name_size > MACHINE_NAME_SIZE_MAX or offset + name_size + _U64.size > len(snapshot):
+        raise SnapshotError("snapshot machine name is truncated or too long")
+    found = snapshot[offset : offset + name_size]
+    if found != name.encode("utf-8"):
+        raise SnapshotError(f"snapshot is of another machine, expected {name!r}")
+    offset += name_size
+    (state_size,) = _U64.unpack_from(snapshot, offset)
+    offset += _U64.size
+    if offset + state_size + DIGEST_SIZE != len(snapshot):
+        raise SnapshotError(
+            f"snapshot is {len(snapshot)} bytes, its header says "
+            f"{offset + state_size + DIGEST_SIZE}"
+        )
+    state = snapshot[offset : offset + state_size]
+    return state, snapshot[offset + state_size :]
