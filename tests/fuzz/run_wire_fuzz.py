@@ -38,7 +38,7 @@ def _settings(max_examples: int) -> settings:
         deadline=None,
         print_blob=True,
         suppress_health_check=[HealthCheck.too_slow],
-        stateful_step_count=50,
+        stateful_step_count=25,
     )
 
 
@@ -88,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             spent[name] += examples
             elapsed[name] += time.monotonic() - round_started
+        tried = sum(TRIED[name] for name in chosen)
+        print(f"  ... {tried:,} inputs, {time.monotonic() - started:.0f} s", flush=True)
     _report(chosen, elapsed, started)
     print("ok: no failures", flush=True)
     return 0

@@ -24,7 +24,7 @@ from __future__ import annotations
 import struct
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
-from itertools import pairwise
+from itertools import accumulate, pairwise
 from typing import Any
 
 import attrs
@@ -50,6 +50,7 @@ from craton.core.wire import (
     command_of,
     decode_frame,
     encode,
+    error_reply,
     message_class,
     parse_frame,
 )
@@ -98,6 +99,7 @@ def decode_stream(data: bytes, cuts: Sequence[int] = ()) -> StreamOutcome:
                 frames.append(frame)
             assert decoder.buffered_size < FRAME_SIZE_MAX, "a whole frame stayed buffered"
     except DecodeError as error:
+        check_answerable(error)
         assert decoder.buffered_size == 0, "a failed decoder must drop its buffer"
         try:
             decoder.next_frame()
@@ -107,6 +109,18 @@ def decode_stream(data: bytes, cuts: Sequence[int] = ()) -> StreamOutcome:
             raise AssertionError("a failed decoder must refuse to go on") from None
         return StreamOutcome(tuple(frames), (error.reason, error.code), 0)
     return StreamOutcome(tuple(frames), None, decoder.buffered_size)
+
+
+def check_answerable(error: DecodeError) -> None:
+    """Every decode error can be answered with a valid ErrorReply frame."""
+    assert error.code in (
+        ErrorCode.INVALID_REQUEST,
+        ErrorCode.TOO_LARGE,
+        ErrorCode.UNSUPPORTED_VERSION,
+    ), f"unexpected code for a decode error: {error!r}"
+    assert error.reason, "a decode error says what is wrong"
+    reply = error_reply(error)
+    assert decode_frame(parse_frame(encode(reply, 0))) == reply
 
 
 def check_accepted_frames_are_canonical(data: bytes, outcome: StreamOutcome) -> list[Message]:
@@ -121,7 +135,8 @@ def check_accepted_frames_are_canonical(data: bytes, outcome: StreamOutcome) -> 
         )
         try:
             message = decode_frame(frame)
-        except DecodeError:
+        except DecodeError as error:
+            check_answerable(error)
             continue
         assert encode(message, frame.request_id) == raw, (
             f"accepted {message!r} but it does not re-encode to the bytes received"
@@ -150,10 +165,7 @@ def reseal(data: bytes) -> bytes:
 
 def frame_bounds(frames: Sequence[bytes]) -> list[int]:
     """Start offsets of each frame in their concatenation, then the total size."""
-    bounds = [0]
-    for frame in frames:
-        bounds.append(bounds[-1] + len(frame))
-    return bounds
+    return list(accumulate((len(frame) for frame in frames), initial=0))
 
 
 def sealed_header(

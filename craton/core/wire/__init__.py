@@ -6,7 +6,7 @@ incremental decoder, ``messages`` for the message classes and limits, ``schema``
 machinery that encodes them, ``codec`` for the entry points and ``errors`` for the errors.
 """
 
-from craton.core.wire.codec import command_of, decode_frame, encode, message_class
+from craton.core.wire.codec import command_of, decode_frame, encode, error_reply, message_class
 from craton.core.wire.errors import DecodeError, DecoderNotDrained, ErrorCode, MessageTooLarge
 from craton.core.wire.frame import (
     BODY_SIZE_MAX,
@@ -68,6 +68,7 @@ __all__ = [
     "command_of",
     "decode_frame",
     "encode",
+    "error_reply",
     "message_class",
     "parse_frame",
 ]

@@ -8,15 +8,18 @@ only the canonical encoding: ``encode(decode_frame(f), f.request_id)`` is the fr
 
 A ``DecodeError`` from ``decode_frame`` concerns one frame only: the stream is still in step,
 so a node answers that request with an ``ErrorReply`` and carries on. A ``DecodeError`` from
-``FrameDecoder`` means the stream itself cannot be trusted: answer, then close.
+``FrameDecoder`` means the stream itself cannot be trusted: answer (request id 0), then
+close. ``error_reply(error)`` is that answer.
 """
 
 from __future__ import annotations
 
 from typing import Any, assert_never
 
+from craton.core.wire.errors import DecodeError
 from craton.core.wire.frame import Command, Frame, encode_frame
 from craton.core.wire.messages import (
+    ERROR_MESSAGE_SIZE_MAX,
     AppendEvents,
     AppendEventsReply,
     CreateStream,
@@ -86,6 +89,12 @@ def encode(message: Message, request_id: int) -> bytes:
     body = bytearray()
     _SCHEMAS[command].encode(message, body)
     return encode_frame(command, request_id, bytes(body))
+
+
+def error_reply(error: DecodeError) -> ErrorReply:
+    """The ``ErrorReply`` that answers ``error``: its code, and its reason cut to fit."""
+    message = error.reason.encode("utf-8")[:ERROR_MESSAGE_SIZE_MAX]
+    return ErrorReply(error.code, message.decode("utf-8", errors="ignore"), None)
 
 
 def decode_frame(frame: Frame) -> Message:

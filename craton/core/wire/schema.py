@@ -11,7 +11,8 @@ Rules every wire type keeps:
   length or count, bounded by a named limit that is checked before the bytes are consumed,
   and a count is refused at once if the bytes left cannot hold that many items.
 - ``decode`` returns only values the field's validator accepts, or raises ``DecodeError``
-  (never another exception) naming the field and what is wrong.
+  (never another exception) naming the field and what is wrong. Errors never quote the
+  received text or bytes: a field may hold a credential, and errors end up in logs.
 - The encoding is canonical: a value has exactly one encoding, and decoding accepts only
   that one (presence bytes are 0 or 1, text is strict UTF-8).
 - Construction checks the same rules (``TypeError`` for a wrong type, ``ValueError`` for a
@@ -245,7 +246,7 @@ class Text(WireType[str]):
         if not self.text_size_min <= size <= self.size_max:
             raise ValueError(f"{size} bytes is outside {self.text_size_min}..{self.size_max}")
         if self._regex is not None and self._regex.fullmatch(value) is None:
-            raise ValueError(f"{value!r} does not match {self.pattern}")
+            raise ValueError(f"text does not match {self.pattern}")
 
     def encode(self, value: str, out: bytearray) -> None:
         encoded = value.encode("utf-8")
@@ -259,7 +260,7 @@ class Text(WireType[str]):
         except UnicodeDecodeError as error:
             raise DecodeError(f"invalid UTF-8 at byte {error.start}") from None
         if self._regex is not None and self._regex.fullmatch(value) is None:
-            raise DecodeError(f"{value!r} does not match {self.pattern}")
+            raise DecodeError(f"text does not match {self.pattern}")
         return value
 
     def describe(self) -> str:
