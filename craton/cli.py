@@ -1,8 +1,9 @@
-"""The ``craton`` command: ``verify``, ``demo`` and ``version``.
+"""The ``craton`` command: ``verify``, ``sim run``, ``sim replay``, ``demo`` and ``version``.
 
 Exit codes: 0 success; 1 the data directory is damaged (verify) or the demonstration found
-a broken promise; 2 bad usage or a path that is not a data directory. Every failure prints
-one readable line on stderr, never a traceback.
+a broken promise; 2 bad usage or a path that is not a data directory; for ``sim``: 127 a
+correctness violation, 128 a liveness failure, 129 a crash (see docs/SIMULATION.md). Every
+failure prints one readable line on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -56,6 +57,21 @@ def _parser() -> argparse.ArgumentParser:
         help="also run on real files here (default: simulated disk only)",
     )
     demo.set_defaults(run=_run_demo)
+
+    sim = commands.add_parser("sim", help="run the deterministic cluster simulator")
+    sim_commands = sim.add_subparsers(dest="sim_command", metavar="SIM_COMMAND", required=True)
+    for name, help_text in (("run", "run seeds"), ("replay", "replay one seed, with a trace")):
+        sub = sim_commands.add_parser(name, help=help_text)
+        if name == "run":
+            chosen = sub.add_mutually_exclusive_group(required=True)
+            chosen.add_argument("--seed", type=int)
+            chosen.add_argument("--seeds", metavar="A..B")
+        else:
+            sub.add_argument("--seed", type=int, required=True)
+        sub.add_argument("--replicas", type=int, choices=[1, 2, 3, 4, 5, 6, 7], default=None)
+        sub.add_argument("--ticks", type=int, default=None, help="length of the fault phase")
+        sub.add_argument("--trace", type=Path, default=None, help="write a per-event log here")
+        sub.set_defaults(run=_run_sim)
 
     version = commands.add_parser("version", help="print the version")
     version.set_defaults(run=lambda args: print(f"craton {__version__}") or EXIT_OK)
@@ -127,6 +143,26 @@ def _report_json(data_dir: Path, report: AuditReport) -> dict[str, object]:
         "problem": report.problem,
         "warnings": report.warnings,
     }
+
+
+# --- sim -------------------------------------------------------------------------------------
+
+
+def _run_sim(args: argparse.Namespace) -> int:
+    from craton.sim.runner import parse_seeds, run_seeds
+
+    try:
+        seeds = (
+            parse_seeds(args.seeds) if getattr(args, "seeds", None) else parse_seeds(str(args.seed))
+        )
+    except ValueError as error:
+        return _fail(f"--seeds: {error}", EXIT_USAGE)
+    if args.ticks is not None and args.ticks < 1:
+        return _fail("--ticks must be at least 1", EXIT_USAGE)
+    if args.trace is None:
+        return run_seeds(seeds, replicas=args.replicas, ticks=args.ticks, trace_file=None)
+    with args.trace.open("w", encoding="utf-8") as trace_file:
+        return run_seeds(seeds, replicas=args.replicas, ticks=args.ticks, trace_file=trace_file)
 
 
 # --- demo ------------------------------------------------------------------------------------

@@ -89,7 +89,7 @@ class LogConfig:
     seal_seed: bytes  # 32-byte Ed25519 seed of the data directory's signing key
     segment_size_max: int = SEGMENT_SIZE_MAX_DEFAULT
     batch_size_max: int = BATCH_SIZE_MAX_DEFAULT
-    checkpoint_interval: int = CHECKPOINT_INTERVAL_DEFAULT
+    checkpoint_interval: int = CHECKPOINT_INTERVAL_DEFAULT  # durable records; 0: owner decides
     pending_records_max: int = PENDING_RECORDS_MAX_DEFAULT
 
 
@@ -245,7 +245,7 @@ class _PendingRead:
 class Log:
     def __init__(self, config: LogConfig, io_ids: IoIds) -> None:
         assert config.segment_size_max > HEADER_SIZE
-        assert config.batch_size_max > 0 and config.checkpoint_interval > 0
+        assert config.batch_size_max > 0 and config.checkpoint_interval >= 0
         self.config = config
         self._io_ids = io_ids
         self._sealer = Sealer(config.seal_seed)

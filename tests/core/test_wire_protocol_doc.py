@@ -137,7 +137,9 @@ def test_examples_are_what_encode_produces(message: Message, request_id: int) ->
     assert f"```text\n{hex_block(encode(message, request_id))}\n```" in TEXT
 
 
-def test_reserved_replica_range_is_documented() -> None:
+def test_replica_range_is_documented() -> None:
     low, high = frame.COMMAND_REPLICA_RANGE.start, frame.COMMAND_REPLICA_RANGE.stop - 1
     dash = "\N{EN DASH}"
-    assert re.search(f"`0x{low:04X}`{dash}`0x{high:04X}`: \\*\\*reserved for replica", TEXT)
+    assert re.search(f"`0x{low:04X}`{dash}`0x{high:04X}`: replica-to-replica messages", TEXT)
+    replica_commands = [c for c in Command if c.value in frame.COMMAND_REPLICA_RANGE]
+    assert replica_commands, "the replica range holds the VSR messages"

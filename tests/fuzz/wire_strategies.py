@@ -31,6 +31,7 @@ from craton.core.wire import (
     Sync,
     SyncReply,
 )
+from craton.core.wire import replica as vsr
 from craton.core.wire.frame import REQUEST_ID_MAX
 from craton.core.wire.messages import (
     ADDRESS_SIZE_MAX,
@@ -200,7 +201,59 @@ def message_strategies(heavy: bool) -> dict[Command, SearchStrategy[Message]]:
         Command.SYNC: st.just(Sync()),
         Command.SYNC_REPLY: st.builds(SyncReply, log_position=u64s()),
         Command.ERROR_REPLY: error_replies(),
+        **replica_message_strategies(heavy),
     }
+
+
+def entries(heavy: bool) -> SearchStrategy[vsr.Entry]:
+    size = vsr.PREPARE_BODY_SIZE_MAX if heavy else 256
+    return st.builds(
+        vsr.Entry,
+        op=u64s(),
+        hash=st.binary(min_size=vsr.HASH_SIZE, max_size=vsr.HASH_SIZE),
+        body=st.binary(max_size=size),
+    )
+
+
+def entry_tuples(heavy: bool) -> SearchStrategy[tuple[vsr.Entry, ...]]:
+    count = vsr.SUFFIX_ENTRIES_MAX if heavy else 4
+    return st.lists(entries(heavy=False), max_size=count).map(tuple)
+
+
+def replica_message_strategies(heavy: bool) -> dict[Command, SearchStrategy[Message]]:
+    """Replica-to-replica (VSR) messages, from the limits in ``craton.core.wire.replica``."""
+    views = edgy_ints(0, 2**32 - 1)
+    replicas = edgy_ints(0, vsr.REPLICAS_MAX - 1)
+    suffix = {"suffix_start": u64s(), "entries": entry_tuples(heavy)}
+    strategies: dict[Command, SearchStrategy[object]] = {
+        Command.PREPARE: st.builds(vsr.Prepare, view=views, commit=u64s(), entry=entries(heavy)),
+        Command.PREPARE_OK: st.builds(vsr.PrepareOk, view=views, op=u64s(), replica=replicas),
+        Command.COMMIT: st.builds(vsr.Commit, view=views, commit=u64s()),
+        Command.START_VIEW_CHANGE: st.builds(vsr.StartViewChange, view=views, replica=replicas),
+        Command.DO_VIEW_CHANGE: st.builds(
+            vsr.DoViewChange,
+            view=views,
+            log_view=views,
+            head=u64s(),
+            commit=u64s(),
+            replica=replicas,
+            **suffix,
+        ),
+        Command.START_VIEW: st.builds(
+            vsr.StartView, view=views, head=u64s(), commit=u64s(), **suffix
+        ),
+        Command.REQUEST_START_VIEW: st.builds(vsr.RequestStartView, view=views, replica=replicas),
+        Command.GET_STATE: st.builds(vsr.GetState, view=views, op_from=u64s(), replica=replicas),
+        Command.NEW_STATE: st.builds(
+            vsr.NewState,
+            view=views,
+            commit=u64s(),
+            head=u64s(),
+            op_from=u64s(),
+            entries=entry_tuples(heavy),
+        ),
+    }
+    return strategies  # type: ignore[return-value]
 
 
 MESSAGE_STRATEGIES = message_strategies(heavy=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any, assert_never
 
+from craton.core.wire import replica as vsr
 from craton.core.wire.errors import DecodeError
 from craton.core.wire.frame import Command, Frame, encode_frame
 from craton.core.wire.messages import (
@@ -36,8 +37,10 @@ from craton.core.wire.messages import (
 )
 from craton.core.wire.schema import Reader, Record
 
+AnyMessage = Message | vsr.ReplicaMessage
 
-def message_class(command: Command) -> type[Message]:
+
+def message_class(command: Command) -> type[AnyMessage]:
     """The message class a command tags."""
     match command:
         case Command.HANDSHAKE:
@@ -64,6 +67,24 @@ def message_class(command: Command) -> type[Message]:
             return SyncReply
         case Command.ERROR_REPLY:
             return ErrorReply
+        case Command.PREPARE:
+            return vsr.Prepare
+        case Command.PREPARE_OK:
+            return vsr.PrepareOk
+        case Command.COMMIT:
+            return vsr.Commit
+        case Command.START_VIEW_CHANGE:
+            return vsr.StartViewChange
+        case Command.DO_VIEW_CHANGE:
+            return vsr.DoViewChange
+        case Command.START_VIEW:
+            return vsr.StartView
+        case Command.REQUEST_START_VIEW:
+            return vsr.RequestStartView
+        case Command.GET_STATE:
+            return vsr.GetState
+        case Command.NEW_STATE:
+            return vsr.NewState
         case _:
             assert_never(command)
 
@@ -75,7 +96,7 @@ _COMMANDS: dict[type, Command] = {message_class(command): command for command in
 assert len(_COMMANDS) == len(Command), "each message class has exactly one command"
 
 
-def command_of(message: Message) -> Command:
+def command_of(message: AnyMessage) -> Command:
     """The command that tags ``message`` on the wire."""
     command = _COMMANDS.get(type(message))
     if command is None:
@@ -83,7 +104,7 @@ def command_of(message: Message) -> Command:
     return command
 
 
-def encode(message: Message, request_id: int) -> bytes:
+def encode(message: AnyMessage, request_id: int) -> bytes:
     """One frame carrying ``message``; raises ``MessageTooLarge`` if it cannot fit a frame."""
     command = command_of(message)
     body = bytearray()
@@ -97,9 +118,9 @@ def error_reply(error: DecodeError) -> ErrorReply:
     return ErrorReply(error.code, message.decode("utf-8", errors="ignore"), None)
 
 
-def decode_frame(frame: Frame) -> Message:
+def decode_frame(frame: Frame) -> AnyMessage:
     """The message in ``frame``, or ``DecodeError`` if its body is not one, exactly."""
     reader = Reader(frame.body)
-    message: Message = _SCHEMAS[frame.command].decode(reader)
+    message: AnyMessage = _SCHEMAS[frame.command].decode(reader)
     reader.finish()
     return message

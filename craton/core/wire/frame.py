@@ -82,6 +82,16 @@ class Command(enum.IntEnum):
     SYNC = 0x000A
     SYNC_REPLY = 0x000B
     ERROR_REPLY = 0x000C
+    # replica to replica (craton.core.wire.replica)
+    PREPARE = 0x0101
+    PREPARE_OK = 0x0102
+    COMMIT = 0x0103
+    START_VIEW_CHANGE = 0x0104
+    DO_VIEW_CHANGE = 0x0105
+    START_VIEW = 0x0106
+    REQUEST_START_VIEW = 0x0107
+    GET_STATE = 0x0108
+    NEW_STATE = 0x0109
 
 
 COMMAND_CLIENT_RANGE = range(0x0001, 0x0100)

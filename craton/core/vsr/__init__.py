@@ -1,0 +1,1 @@
+"""Viewstamped Replication: the replica machine and its messages."""

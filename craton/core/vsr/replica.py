@@ -1,0 +1,858 @@
+"""A Viewstamped Replication replica, as a pure machine over the hash-chained log.
+
+Names and protocol follow "Viewstamped Replication Revisited" (Liskov & Cowling, 2012):
+normal operation (§4.1), view changes (§4.2), and state transfer for a replica that fell
+behind (§5.2). Craton's differences, and the rules this machine keeps:
+
+- The prepare log *is* the storage log (``craton.core.log``): op ``n`` is log position
+  ``n`` and its record links to op ``n - 1`` by hash, so two replicas that agree on one op's
+  hash agree on the whole prefix. Entries received from peers are checked against the chain
+  before they are believed.
+- Persist before send: a backup sends ``PrepareOk`` for an op only after the log reported it
+  durable; ``view`` is written to the superblock before the replica sends
+  ``StartViewChange`` or ``DoViewChange`` for it, and ``log_view`` only once the replica's
+  log *is* that view's log (installed and durable) — before a new primary sends
+  ``StartView`` and before a backup acknowledges anything in the view. A restarted replica
+  therefore never votes from a view it forgot, and never claims a log it does not hold.
+- A restarted primary does not resume its view (it may have lost ops its backups hold): it
+  starts a view change instead.
+- Commit needs a quorum (``replica_count // 2 + 1``) of durable copies in the current view;
+  only committed ops are applied to the state machine, in op order.
+- The client table gives exactly-once semantics (see ``_apply``). A client registers with
+  request id 0; the registration's op becomes its *session*. Every later request id is
+  ``session << 32 | number``: it is applied only if its session is the client's current one
+  and its number is above the client's last; a retry of the last gets the cached reply.
+  When the table is full, a registration evicts the client whose last request committed
+  earliest. A request of an evicted or replaced session is refused with
+  ``SESSION_EXPIRED``, and since sessions are ops, never reused, no delayed duplicate of an
+  old request can ever be applied again.
+- Timeouts are counted in ticks; their jitter comes from the seeded generator handed in.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+
+import attrs
+
+from craton.core.log import (
+    Checkpointed,
+    Durable,
+    Log,
+    LogConfig,
+    LogError,
+    LogOutput,
+    OwnerStateSaved,
+    ReadFailed,
+    ReadResult,
+    Recovered,
+    Truncated,
+)
+from craton.core.prng import Prng
+from craton.core.record import GENESIS_HASH, chain_hash
+from craton.core.seam import (
+    ClientRequest,
+    Effect,
+    Halt,
+    Input,
+    IoIds,
+    MessageReceived,
+    Notice,
+    Reply,
+    Send,
+    Tick,
+)
+from craton.core.state_machine import StateMachine
+from craton.core.vsr import codec
+from craton.core.wire.errors import DecodeError
+from craton.core.wire.replica import (
+    PREPARE_BODY,
+    SUFFIX_ENTRIES_MAX,
+    Commit,
+    DoViewChange,
+    Entry,
+    GetState,
+    NewState,
+    Prepare,
+    PrepareBody,
+    PrepareOk,
+    ReplicaMessage,
+    RequestStartView,
+    StartView,
+    StartViewChange,
+)
+from craton.core.wire.schema import Reader
+
+PREPARE_KIND = 1  # the log record kind of a prepare
+OWNER_STATE = struct.Struct("<4sII")  # magic, view, log_view
+OWNER_MAGIC = b"VSR1"
+JOURNAL_OPS_MAX = 4_000_000
+LOAD_READS_MAX = 64  # reads in flight while a restarted replica reloads its journal
+
+
+class ReplyStatus(enum.IntEnum):
+    """The first byte of every reply a replica sends a client."""
+
+    OK = 0  # then: op (u64 LE) and the state machine's reply
+    NOT_PRIMARY = 1  # then: view (u32 LE) and the primary's replica id (u8)
+    BUSY = 2  # the pipeline is full or the cluster is changing views: retry later
+    SESSION_EXPIRED = 3  # register again (request id 0) before sending requests
+    STALE = 4  # a request number at or below the client's last one, with no reply kept
+
+
+SESSION_SHIFT = 32  # request id = session << 32 | number
+NUMBER_MASK = (1 << SESSION_SHIFT) - 1
+
+
+@attrs.frozen
+class ReplicaConfig:
+    replica_id: int
+    replica_count: int
+    seal_seed: bytes
+    pipeline_max: int = 8  # uncommitted ops the primary has in flight
+    heartbeat_ticks: int = 4
+    prepare_retry_ticks: int = 8
+    view_change_timeout_ticks: int = 40
+    view_change_jitter_ticks: int = 30
+    view_change_retry_ticks: int = 60
+    repair_ticks: int = 10
+    client_table_max: int = 64
+    checkpoint_interval_ops: int = 256
+    segment_size_max: int = 64 * 1024 * 1024
+
+    def __attrs_post_init__(self) -> None:
+        assert 1 <= self.replica_count <= 16 and 0 <= self.replica_id < self.replica_count
+        assert 1 <= self.pipeline_max <= SUFFIX_ENTRIES_MAX
+
+    @property
+    def quorum(self) -> int:
+        return self.replica_count // 2 + 1
+
+
+class Status(enum.Enum):
+    LOADING = "loading"  # recovering the log and journal after a start
+    NORMAL = "normal"
+    VIEW_CHANGE = "view_change"
+
+
+@attrs.define
+class _ClientSession:
+    session: int  # the op that registered it
+    number: int  # the last request number applied
+    reply: bytes | None  # the reply to ``number``, once committed
+    op: int  # the op that last touched this session (eviction order)
+
+
+@attrs.define
+class _Install:
+    """Bringing this replica's log in line with ``view``'s log (from a StartView or DVCs)."""
+
+    view: int
+    head: int  # the view's log reaches this op count
+    commit: int
+    entries: tuple[Entry, ...]  # the suffix still to append, in op order
+    source: int  # the replica that holds the view's log: asked for what is missing
+
+
+class Replica:
+    def __init__(self, config: ReplicaConfig, machine: StateMachine, prng: Prng) -> None:
+        self.config = config
+        self.machine = machine
+        self._prng = prng
+        self.log = Log(
+            LogConfig(
+                seal_seed=config.seal_seed,
+                checkpoint_interval=0,
+                segment_size_max=config.segment_size_max,
+            ),
+            IoIds(),
+        )
+        self.status = Status.LOADING
+        self.view = 0
+        self.log_view = 0
+        self.commit = 0
+        self.entries: list[Entry] = []  # the journal: entries[op]
+        self.clients: dict[int, _ClientSession] = {}
+        self._persisted_view = 0
+        self._persisted_log_view = 0
+        self._saving: tuple[int, int] | None = None
+        self._acked: dict[int, int] = {}  # replica -> highest op it holds durably, this view
+        self._ticks = 0
+        self._primary_heard_tick = 0
+        self._view_change_deadline = 0
+        self._heartbeat_due = 0
+        self._svc_from: dict[int, set[int]] = {}
+        self._dvc_from: dict[int, dict[int, DoViewChange]] = {}
+        self._install: _Install | None = None
+        self._loading: dict[int, bytes] = {}  # reloaded bodies waiting for their turn
+        self._load_inflight = 0
+        self._load_next = 0
+        self._load_head = 0
+        self._truncating = False
+        self._get_state_quiet_until = 0
+        self.halted: str | None = None
+
+    # --- entry points ------------------------------------------------------------------------
+
+    @property
+    def head(self) -> int:
+        return len(self.entries)
+
+    @property
+    def primary(self) -> int:
+        return self.view % self.config.replica_count
+
+    @property
+    def is_primary(self) -> bool:
+        return self.primary == self.config.replica_id
+
+    def start(self) -> list[Effect]:
+        return self._route(self.log.start())
+
+    def step(self, event: Input) -> list[Effect]:
+        if self.halted is not None:
+            return []
+        match event:
+            case Tick():
+                return self._on_tick()
+            case MessageReceived():
+                return self._on_message(event)
+            case ClientRequest():
+                return self._on_request(event)
+            case _:
+                return self._route(self.log.on_disk(event))
+
+    def invariants(self) -> None:
+        self.log.invariants()
+        assert self.commit <= self.head <= JOURNAL_OPS_MAX
+        assert self.log_view <= self.view
+        assert self._persisted_view <= self.view
+        assert len(self.clients) <= self.config.client_table_max
+        if not self._truncating and self.status is not Status.LOADING:
+            assert self.log.head == self.head, (self.log.head, self.head)
+
+    # --- log outputs -------------------------------------------------------------------------
+
+    def _route(self, outputs: list[LogOutput]) -> list[Effect]:
+        """Act on the log's owner-facing outputs; pass effects through."""
+        effects: list[Effect] = []
+        for output in outputs:
+            match output:
+                case Recovered():
+                    effects.extend(self._on_recovered(output))
+                case Durable():
+                    effects.extend(self._on_durable())
+                case ReadResult():
+                    effects.extend(self._on_loaded(output.position, output.body))
+                case ReadFailed():
+                    effects.extend(self._halt(f"reloading the journal: {output.reason}"))
+                case OwnerStateSaved():
+                    effects.extend(self._on_saved(output.state))
+                case Truncated():
+                    self._truncating = False
+                    effects.extend(self._continue_install())
+                case Checkpointed():
+                    effects.append(Notice("replica.checkpoint", (("op", output.position),)))
+                case Halt():
+                    self.halted = output.reason
+                    effects.append(output)
+                case _:
+                    effects.append(output)
+        return effects
+
+    def _halt(self, reason: str) -> list[Effect]:
+        self.halted = reason
+        return [Halt(reason)]
+
+    # --- start-up: recovery and reloading the journal ----------------------------------------
+
+    def _on_recovered(self, recovered: Recovered) -> list[Effect]:
+        if recovered.owner_state:
+            magic, view, log_view = OWNER_STATE.unpack(recovered.owner_state)
+            assert magic == OWNER_MAGIC, "superblock holds another owner's state"
+            self.view = self._persisted_view = view
+            self.log_view = self._persisted_log_view = log_view
+        self._load_head = recovered.head
+        return self._load_more()
+
+    def _load_more(self) -> list[Effect]:
+        effects: list[Effect] = []
+        while self._load_next < self._load_head and self._load_inflight < LOAD_READS_MAX:
+            self._load_inflight += 1
+            effects.extend(self._route(self.log.read(self._load_next, self._load_next)))
+            self._load_next += 1
+        if self._load_inflight == 0 and self.status is Status.LOADING:
+            return [*effects, *self._loaded()]
+        return effects
+
+    def _on_loaded(self, op: int, body: bytes) -> list[Effect]:
+        self._load_inflight -= 1
+        self._loading[op] = body
+        while self.head in self._loading:
+            op_body = self._loading.pop(self.head)
+            prev = self.entries[-1].hash if self.entries else GENESIS_HASH
+            self.entries.append(Entry(self.head, chain_hash(prev, self.head, op_body), op_body))
+        return self._load_more()
+
+    def _loaded(self) -> list[Effect]:
+        assert self.head == self._load_head and self.head == self.log.head
+        checkpoint = self.log.checkpoint
+        effects = self._commit_to(0 if checkpoint is None else checkpoint.position)
+        self._primary_heard_tick = self._ticks
+        self._arm_view_change_timer()
+        if self.log_view < self.view or (self.is_primary and self.config.replica_count > 1):
+            # Mid view change, or a restarted primary that may have lost ops its backups
+            # hold: move to a new view rather than resume this one.
+            return [*effects, *self._start_view_change(self.view + 1)]
+        self.status = Status.NORMAL
+        if self.is_primary:  # a cluster of one: its own log is the view's log
+            self._heartbeat_due = self._ticks
+        return [*effects, Notice("replica.started", (("view", self.view), ("head", self.head)))]
+
+    # --- client requests ---------------------------------------------------------------------
+
+    def _on_request(self, request: ClientRequest) -> list[Effect]:
+        client, number = request.client_id, request.request_id
+        if self.status is not Status.NORMAL or not self.is_primary or self._install is not None:
+            if self.status is Status.NORMAL and not self.is_primary:
+                redirect = struct.pack("<IB", self.view, self.primary)
+                return [self._reply(client, number, ReplyStatus.NOT_PRIMARY, redirect)]
+            return [self._reply(client, number, ReplyStatus.BUSY, b"")]
+        if number > 0:
+            refusal = self._check_session(client, number)
+            if refusal is not None:
+                return [refusal]
+        if self._in_pipeline(client, number):
+            return []  # already being prepared: the reply follows its commit
+        if self.head - self.commit >= self.config.pipeline_max:
+            return [self._reply(client, number, ReplyStatus.BUSY, b"")]
+        body = PrepareBody(self.view, client, number, request.body)
+        return self._prepare(codec.encode_body(PREPARE_BODY, body))
+
+    def _check_session(self, client: int, request_id: int) -> Reply | None:
+        """The reply that settles ``request_id`` without preparing it, if any."""
+        session = self.clients.get(client)
+        if session is None or request_id >> SESSION_SHIFT != session.session:
+            return self._reply(client, request_id, ReplyStatus.SESSION_EXPIRED, b"")
+        number = request_id & NUMBER_MASK
+        if number == session.number and session.reply is not None:
+            return Reply(client, request_id, session.reply)
+        if number <= session.number:
+            return self._reply(client, request_id, ReplyStatus.STALE, b"")
+        return None
+
+    def _in_pipeline(self, client: int, number: int) -> bool:
+        for entry in self.entries[self.commit :]:
+            body = decode_prepare_body(entry.body)
+            if body.client_id == client and body.request_number == number:
+                return True
+        return False
+
+    def _reply(self, client: int, number: int, status: ReplyStatus, rest: bytes) -> Reply:
+        return Reply(client, number, bytes([status]) + rest)
+
+    def _prepare(self, body: bytes) -> list[Effect]:
+        op = self.head
+        entry = Entry(op, chain_hash(self._last_hash(), op, body), body)
+        effects = self._append(entry)
+        message = Prepare(self.view, self.commit, entry)
+        return [*effects, *self._broadcast(message)]
+
+    def _append(self, entry: Entry) -> list[Effect]:
+        """Append a verified entry at the head of the journal and the log."""
+        assert entry.op == self.head and entry.hash == chain_hash(
+            self._last_hash(), entry.op, entry.body
+        )
+        self.entries.append(entry)
+        position, outputs = self.log.append(entry.body, PREPARE_KIND)
+        assert position == entry.op and self.log.chain_hash == entry.hash
+        return self._route(outputs)
+
+    def _last_hash(self) -> bytes:
+        return self.entries[-1].hash if self.entries else GENESIS_HASH
+
+    # --- messages ----------------------------------------------------------------------------
+
+    def _on_message(self, received: MessageReceived) -> list[Effect]:
+        try:
+            message = codec.decode_message(received.payload)
+        except DecodeError as error:
+            return [Notice("replica.bad_message", (("from", received.src), ("why", error.reason)))]
+        if self.status is Status.LOADING:
+            return []
+        match message:
+            case Prepare():
+                return self._on_prepare(message)
+            case PrepareOk():
+                return self._on_prepare_ok(message)
+            case Commit():
+                return self._on_commit(message)
+            case StartViewChange():
+                return self._on_start_view_change(message)
+            case DoViewChange():
+                return self._on_do_view_change(message)
+            case StartView():
+                return self._on_start_view(message)
+            case RequestStartView():
+                return self._on_request_start_view(message)
+            case GetState():
+                return self._on_get_state(message, received.src)
+            case NewState():
+                return self._on_new_state(message)
+        raise AssertionError(f"unhandled message {message!r}")
+
+    def _behind(self, view: int) -> list[Effect]:
+        """A message from a later view: join it (the view change messages of this replica
+        ask that view's primary for its StartView)."""
+        return self._start_view_change(view)
+
+    def _on_prepare(self, prepare: Prepare) -> list[Effect]:
+        if prepare.view < self.view:
+            return []
+        if prepare.view > self.view:
+            return self._behind(prepare.view)
+        if self.status is not Status.NORMAL or self.is_primary:
+            return []
+        self._primary_heard_tick = self._ticks
+        entry = prepare.entry
+        effects: list[Effect] = []
+        if entry.op == self.head and not self._truncating:
+            if entry.hash != chain_hash(self._last_hash(), entry.op, entry.body):
+                return [Notice("replica.prepare_rejected", (("op", entry.op),))]
+            effects.extend(self._append(entry))
+        elif entry.op > self.head:
+            effects.extend(self._get_state())
+        elif entry.op < self.log.durable and self._ready_to_ack():
+            effects.append(self._prepare_ok())
+        effects.extend(self._commit_to(min(prepare.commit, self.head)))
+        return effects
+
+    def _ready_to_ack(self) -> bool:
+        return (
+            self.status is Status.NORMAL
+            and self._install is None
+            and self._persisted_log_view == self.view
+            and self.log_view == self.view
+        )
+
+    def _prepare_ok(self) -> Send:
+        ok = PrepareOk(self.view, self.log.durable - 1, self.config.replica_id)
+        return Send(self.primary, self._encode(ok))
+
+    def _on_durable(self) -> list[Effect]:
+        if self.status is not Status.NORMAL:
+            return []
+        if self._install is not None:
+            return self._continue_install()
+        if self.is_primary:
+            return self._advance_commit()
+        if self._ready_to_ack() and self.log.durable > 0:
+            return [self._prepare_ok()]
+        return []
+
+    def _on_prepare_ok(self, ok: PrepareOk) -> list[Effect]:
+        if ok.view != self.view or not self.is_primary or self.status is not Status.NORMAL:
+            return []
+        self._acked[ok.replica] = max(self._acked.get(ok.replica, -1), ok.op)
+        return self._advance_commit()
+
+    def _advance_commit(self) -> list[Effect]:
+        if self._install is not None or self._persisted_log_view != self.view:
+            return []
+        holders = sorted(
+            [self.log.durable - 1]
+            + [
+                op
+                for replica, op in sorted(self._acked.items())
+                if replica != self.config.replica_id
+            ],
+            reverse=True,
+        )
+        if len(holders) < self.config.quorum:
+            return []
+        candidate = min(holders[self.config.quorum - 1] + 1, self.head)
+        return self._commit_to(candidate)
+
+    def _on_commit(self, commit: Commit) -> list[Effect]:
+        if commit.view < self.view:
+            return []
+        if commit.view > self.view:
+            return self._behind(commit.view)
+        if self.status is not Status.NORMAL or self.is_primary:
+            return []
+        self._primary_heard_tick = self._ticks
+        effects = self._commit_to(min(commit.commit, self.head))
+        if commit.commit > self.head and not self._truncating:
+            effects.extend(self._get_state())
+        return effects
+
+    def _get_state(self, source: int | None = None) -> list[Effect]:
+        """Ask ``source`` (the primary by default) for the entries from this head on."""
+        source = self.primary if source is None else source
+        if source == self.config.replica_id or self._ticks < self._get_state_quiet_until:
+            return []
+        self._get_state_quiet_until = self._ticks + self.config.repair_ticks // 2
+        ask = GetState(self.view, self.head, self.config.replica_id)
+        return [Send(source, self._encode(ask))]
+
+    def _on_get_state(self, ask: GetState, src: int) -> list[Effect]:
+        """Serve entries only from a journal known to be the view's log: a replica in normal
+        status that installed the view, or one frozen in its view change (the new primary
+        fetches from the replica whose log it chose)."""
+        del src
+        if ask.view != self.view or self._truncating:
+            return []
+        settled = self._install is None and self.log_view == self.view
+        if not (self.status is Status.VIEW_CHANGE or (self.status is Status.NORMAL and settled)):
+            return []
+        if ask.op_from > self.head:
+            return []
+        entries = tuple(self.entries[ask.op_from : ask.op_from + SUFFIX_ENTRIES_MAX])
+        answer = NewState(self.view, self.commit, self.head, ask.op_from, entries)
+        return [Send(ask.replica, self._encode(answer))]
+
+    def _on_new_state(self, state: NewState) -> list[Effect]:
+        if state.view != self.view or self._truncating:
+            return []
+        if self.status is not Status.NORMAL or self.is_primary:
+            return []
+        self._primary_heard_tick = self._ticks
+        effects = self._extend(state.entries)
+        if self._install is not None:
+            effects.extend(self._continue_install())
+        effects.extend(self._commit_to(min(state.commit, self.head)))
+        return effects
+
+    def _extend(self, entries: tuple[Entry, ...]) -> list[Effect]:
+        """Append the entries that continue this journal; check the ones it already has."""
+        effects: list[Effect] = []
+        for entry in entries:
+            if entry.op < self.head:
+                if self.entries[entry.op].hash != entry.hash:
+                    return [*effects, Notice("replica.diverged", (("op", entry.op),))]
+                continue
+            if entry.op > self.head:
+                break
+            if entry.hash != chain_hash(self._last_hash(), entry.op, entry.body):
+                return [*effects, Notice("replica.entry_rejected", (("op", entry.op),))]
+            effects.extend(self._append(entry))
+        return effects
+
+    # --- committing and applying -------------------------------------------------------------
+
+    def _commit_to(self, commit: int) -> list[Effect]:
+        effects: list[Effect] = []
+        while self.commit < min(commit, self.head):
+            effects.extend(self._apply(self.entries[self.commit]))
+            self.commit += 1
+        if effects or commit:
+            effects.extend(self._maybe_checkpoint())
+        return effects
+
+    def _apply(self, entry: Entry) -> list[Effect]:
+        body = decode_prepare_body(entry.body)
+        client, number = body.client_id, body.request_number
+        if number == 0:
+            session = self.clients.get(client)
+            if session is None and len(self.clients) >= self.config.client_table_max:
+                evicted = min(self.clients, key=lambda c: (self.clients[c].op, c))
+                del self.clients[evicted]
+            reply = bytes([ReplyStatus.OK]) + entry.op.to_bytes(8, "little")
+            self.clients[client] = _ClientSession(entry.op, 0, None, entry.op)
+        else:
+            refusal = self._check_session(client, number)
+            if refusal is not None and refusal.body[0] == ReplyStatus.SESSION_EXPIRED:
+                reply = refusal.body
+            elif refusal is not None:
+                return []  # a duplicate prepared twice: applied once already
+            else:
+                result = self.machine.apply(entry.op, body.operation)
+                reply = bytes([ReplyStatus.OK]) + entry.op.to_bytes(8, "little") + result
+                session = self.clients[client]
+                session.number, session.reply, session.op = number & NUMBER_MASK, reply, entry.op
+        if self.is_primary and self.status is Status.NORMAL:
+            return [Reply(client, number, reply)]
+        return []
+
+    def _maybe_checkpoint(self) -> list[Effect]:
+        checkpoint = self.log.checkpoint
+        sealed = 0 if checkpoint is None else checkpoint.position
+        target = min(self.commit, self.log.durable)
+        if target - sealed < self.config.checkpoint_interval_ops or self._truncating:
+            return []
+        try:
+            return self._route(self.log.checkpoint_now(target))
+        except LogError:
+            return []
+
+    # --- ticks and timeouts ------------------------------------------------------------------
+
+    def _on_tick(self) -> list[Effect]:
+        self._ticks += 1
+        if self.status is Status.LOADING:
+            return []
+        if self.status is Status.NORMAL and self.is_primary:
+            return self._primary_tick()
+        if self.status is Status.NORMAL:
+            silent = self._ticks - self._primary_heard_tick
+            if silent >= self._view_change_deadline:
+                return self._start_view_change(self.view + 1)
+            if self._install is not None and self._ticks % self.config.repair_ticks == 0:
+                self._get_state_quiet_until = 0
+                return self._get_state(self._install.source)
+            return []
+        if self._ticks - self._primary_heard_tick >= self._view_change_deadline:
+            return self._start_view_change(self.view + 1)
+        if self._ticks % self.config.heartbeat_ticks == 0:
+            return self._view_change_messages()
+        return []
+
+    def _primary_tick(self) -> list[Effect]:
+        if self.config.replica_count == 1:
+            return []
+        effects: list[Effect] = []
+        if self._ticks >= self._heartbeat_due:
+            self._heartbeat_due = self._ticks + self.config.heartbeat_ticks
+            effects.extend(self._broadcast(Commit(self.view, self.commit)))
+        if self._ticks % self.config.prepare_retry_ticks == 0 and self._install is None:
+            for replica in self._others():
+                have = self._acked.get(replica, -1) + 1
+                for op in range(max(have, self.commit), self.head):
+                    prepare = Prepare(self.view, self.commit, self.entries[op])
+                    effects.append(Send(replica, self._encode(prepare)))
+        install = self._install
+        if install is not None and self._ticks % self.config.repair_ticks == 0:
+            self._get_state_quiet_until = 0
+            effects.extend(self._get_state(install.source))
+        return effects
+
+    def _arm_view_change_timer(self) -> None:
+        jitter = self._prng.below(self.config.view_change_jitter_ticks + 1)
+        self._view_change_deadline = self.config.view_change_timeout_ticks + jitter
+
+    # --- view change -------------------------------------------------------------------------
+
+    def _start_view_change(self, view: int) -> list[Effect]:
+        assert view > self.view or self.status is Status.LOADING or view == self.view
+        self.view = max(self.view, view)
+        self.status = Status.VIEW_CHANGE
+        self._install = None
+        self._acked = {}
+        self._primary_heard_tick = self._ticks
+        self._arm_view_change_timer()
+        self._svc_from.setdefault(self.view, set()).add(self.config.replica_id)
+        notice = Notice("replica.view_change", (("view", self.view),))
+        return [notice, *self._persist_then(self._view_change_messages())]
+
+    def _persist_then(self, effects: list[Effect]) -> list[Effect]:
+        """Send ``effects`` only once ``view`` (and ``log_view``) are durable."""
+        if self._persisted_view == self.view and self._persisted_log_view == self.log_view:
+            return effects
+        return self._save_state()
+
+    def _save_state(self) -> list[Effect]:
+        wanted = (self.view, self.log_view)
+        if self._saving == wanted:
+            return []
+        self._saving = wanted
+        state = OWNER_STATE.pack(OWNER_MAGIC, self.view, self.log_view)
+        return self._route(self.log.save_owner_state(state))
+
+    def _on_saved(self, state: bytes) -> list[Effect]:
+        _, view, log_view = OWNER_STATE.unpack(state)
+        self._persisted_view, self._persisted_log_view = view, log_view
+        if (view, log_view) == self._saving:
+            self._saving = None
+        if (view, log_view) != (self.view, self.log_view):
+            return self._save_state()
+        match self.status:
+            case Status.VIEW_CHANGE:
+                return self._view_change_messages()
+            case Status.NORMAL:
+                return self._continue_install()
+            case Status.LOADING:
+                return []
+
+    def _view_change_messages(self) -> list[Effect]:
+        """SVC to everyone; DVC to the new primary once a quorum started this view change."""
+        if self._persisted_view != self.view or self.status is not Status.VIEW_CHANGE:
+            return []
+        svc = StartViewChange(self.view, self.config.replica_id)
+        effects = self._broadcast(svc)
+        if not self.is_primary:  # the view may already be running without this replica
+            ask = RequestStartView(self.view, self.config.replica_id)
+            effects.append(Send(self.primary, self._encode(ask)))
+        voters = self._svc_from.get(self.view, set())
+        if len(voters) >= self.config.quorum:
+            effects.extend(self._send_do_view_change())
+        return effects
+
+    def _on_start_view_change(self, svc: StartViewChange) -> list[Effect]:
+        if svc.view < self.view or (svc.view == self.view and self.status is Status.NORMAL):
+            return []
+        effects: list[Effect] = []
+        if svc.view > self.view:
+            effects.extend(self._start_view_change(svc.view))
+        voters = self._svc_from.setdefault(self.view, set())
+        if svc.replica in voters:
+            return effects
+        voters.add(svc.replica)
+        if len(voters) == self.config.quorum:
+            effects.extend(self._view_change_messages())
+        return effects
+
+    def _send_do_view_change(self) -> list[Effect]:
+        # Ops more than a pipeline below the head were committed by the view that
+        # prepared them: only the entries above can be uncommitted.
+        start = max(0, self.head - self.config.pipeline_max)
+        dvc = DoViewChange(
+            self.view,
+            self.log_view,
+            self.head,
+            self.commit,
+            self.config.replica_id,
+            start,
+            tuple(self.entries[start : self.head]),
+        )
+        if self.is_primary:
+            return self._on_do_view_change(dvc)
+        return [Send(self.primary, self._encode(dvc))]
+
+    def _on_do_view_change(self, dvc: DoViewChange) -> list[Effect]:
+        if dvc.view < self.view or dvc.view % self.config.replica_count != self.config.replica_id:
+            return []
+        effects: list[Effect] = []
+        if dvc.view > self.view:
+            effects.extend(self._start_view_change(dvc.view))
+        if self.status is not Status.VIEW_CHANGE or self._install is not None:
+            return effects
+        self._svc_from.setdefault(self.view, set()).add(dvc.replica)
+        received = self._dvc_from.setdefault(self.view, {})
+        received[dvc.replica] = dvc
+        if len(received) < self.config.quorum or self.config.replica_id not in received:
+            return effects
+        return [*effects, *self._become_primary(received)]
+
+    def _become_primary(self, received: dict[int, DoViewChange]) -> list[Effect]:
+        best = max(received.values(), key=lambda d: (d.log_view, d.head, -d.replica))
+        commit = max(d.commit for d in received.values())
+        self.status = Status.NORMAL
+        self._acked = {}
+        self._heartbeat_due = self._ticks
+        notice = Notice("replica.primary", (("view", self.view), ("head", best.head)))
+        install = self._begin_install(
+            best.head, commit, best.suffix_start, best.entries, best.replica
+        )
+        return [notice, *install]
+
+    def _on_start_view(self, start: StartView) -> list[Effect]:
+        if start.view < self.view or (self.is_primary and start.view == self.view):
+            return []
+        if start.view == self.view and self.status is Status.NORMAL:
+            self._primary_heard_tick = self._ticks  # already in (or installing) this view
+            return [] if self._install is not None else self._ack_current()
+        self.view = start.view
+        self.status = Status.NORMAL
+        self._primary_heard_tick = self._ticks
+        self._arm_view_change_timer()
+        return self._begin_install(
+            start.head, start.commit, start.suffix_start, start.entries, self.primary
+        )
+
+    def _ack_current(self) -> list[Effect]:
+        return [self._prepare_ok()] if self._ready_to_ack() and self.log.durable else []
+
+    def _on_request_start_view(self, ask: RequestStartView) -> list[Effect]:
+        if ask.view != self.view or not self.is_primary or self.status is not Status.NORMAL:
+            return []
+        if self._install is not None:
+            return []
+        return [Send(ask.replica, self._encode(self._start_view_message()))]
+
+    def _start_view_message(self) -> StartView:
+        start = max(0, self.head - self.config.pipeline_max)
+        entries = tuple(self.entries[start : self.head])
+        return StartView(self.view, self.head, self.commit, start, entries)
+
+    # --- installing a view's log -------------------------------------------------------------
+
+    def _begin_install(
+        self, head: int, commit: int, suffix_start: int, entries: tuple[Entry, ...], source: int
+    ) -> list[Effect]:
+        """Make this journal the view's log: keep the agreeing prefix, cut what diverges,
+        append the suffix; what is missing before the suffix is fetched by state transfer."""
+        assert all(e.op == suffix_start + i for i, e in enumerate(entries))
+        self._install = _Install(self.view, head, commit, entries, source)
+        cut = self._divergence(head, suffix_start, entries)
+        assert cut >= self.commit, "a committed op differs from the view's log"
+        if cut < self.head:
+            return self._truncate(cut)
+        return self._continue_install()
+
+    def _divergence(self, head: int, suffix_start: int, entries: tuple[Entry, ...]) -> int:
+        """The first op of this journal that is not the view's log, as far as can be told.
+
+        The first suffix entry's hash commits to the hash before it, so when it chains onto
+        this journal, everything below ``suffix_start`` agrees; when it does not (or there
+        is a gap), only the committed prefix is known to agree."""
+        if not entries:
+            assert head == 0 and self.commit == 0
+            return 0
+        if suffix_start > self.head:
+            return self.commit
+        before = self.entries[suffix_start - 1].hash if suffix_start else GENESIS_HASH
+        if chain_hash(before, suffix_start, entries[0].body) != entries[0].hash:
+            return self.commit
+        for entry in entries:
+            if entry.op >= self.head:
+                return self.head
+            if self.entries[entry.op].hash != entry.hash:
+                return entry.op
+        return min(self.head, head)
+
+    def _truncate(self, cut: int) -> list[Effect]:
+        self._truncating = True
+        del self.entries[cut:]
+        return self._route(self.log.truncate(cut))
+
+    def _continue_install(self) -> list[Effect]:
+        install = self._install
+        if install is None or self._truncating:
+            return []
+        effects = self._extend(install.entries)
+        if self.head < install.head:
+            return [*effects, *self._get_state(install.source)]
+        if self.log.durable < install.head:
+            return effects  # wait for the installed log to be durable
+        effects.extend(self._commit_to(min(install.commit, self.head)))
+        if self.log_view != install.view:
+            self.log_view = install.view
+            return [*effects, *self._save_state()]
+        if self._persisted_log_view != install.view:
+            return effects
+        self._install = None
+        if self.is_primary:
+            effects.extend(self._broadcast(self._start_view_message()))
+            effects.extend(self._advance_commit())
+            return effects
+        return [*effects, *self._ack_current()]
+
+    # --- helpers -----------------------------------------------------------------------------
+
+    def _others(self) -> list[int]:
+        return [r for r in range(self.config.replica_count) if r != self.config.replica_id]
+
+    def _broadcast(self, message: ReplicaMessage) -> list[Effect]:
+        payload = self._encode(message)
+        return [Send(replica, payload) for replica in self._others()]
+
+    def _encode(self, message: ReplicaMessage) -> bytes:
+        return codec.encode_message(message)
+
+
+def decode_prepare_body(data: bytes) -> PrepareBody:
+    reader = Reader(data)
+    body: PrepareBody = PREPARE_BODY.decode(reader)
+    reader.finish()
+    return body

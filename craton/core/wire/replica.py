@@ -1,0 +1,169 @@
+"""The replica-to-replica messages of Viewstamped Replication, and the prepare body.
+
+They live in the wire package beside the client messages because they share its framing
+and schema; the replica that sends them is ``craton.core.vsr.replica``.
+
+Names follow "Viewstamped Replication Revisited" (Liskov & Cowling, 2012): ``view``,
+``op``, ``commit``, ``log_view`` (the paper's "latest normal view"). Craton counts ops from
+0, as log positions, and ``commit`` is the number of committed ops (ops ``0..commit-1``).
+
+Each message is a frozen attrs class whose fields carry their wire schema
+(``craton.core.wire.schema``) and travels in a checksummed frame of the wire protocol with a
+``Command`` from the replica range. An entry of a log suffix carries the op, its chain hash
+and its prepare body; the receiver recomputes the hash chain before it believes any of it.
+"""
+
+from typing import Annotated
+
+import attrs
+
+from craton.core.wire.schema import Blob, Record, Seq, UInt, wire_fields
+
+HASH_SIZE = 32
+OPERATION_SIZE_MAX = 1024 * 1024  # bytes of one client operation
+PREPARE_BODY_SIZE_MAX = OPERATION_SIZE_MAX + 64  # the operation and its prepare header
+SUFFIX_ENTRIES_MAX = 64  # entries in one do-view-change, start-view or new-state message
+REPLICAS_MAX = 16
+
+U8 = UInt(8)
+U32 = UInt(32)
+U64 = UInt(64)
+REPLICA = UInt(8, maximum=REPLICAS_MAX - 1)
+HASH = Blob(HASH_SIZE)
+
+
+def _check_hash(value: bytes) -> None:
+    if len(value) != HASH_SIZE:
+        raise ValueError(f"a chain hash is {HASH_SIZE} bytes, not {len(value)}")
+
+
+@attrs.frozen(field_transformer=wire_fields)
+class Entry:
+    """One op of a log: its position, chain hash and prepare body."""
+
+    op: Annotated[int, U64]
+    hash: Annotated[bytes, HASH]
+    body: Annotated[bytes, Blob(PREPARE_BODY_SIZE_MAX)]
+
+    def __attrs_post_init__(self) -> None:
+        _check_hash(self.hash)
+
+
+ENTRIES = Seq(Record(Entry), 0, SUFFIX_ENTRIES_MAX)
+
+
+@attrs.frozen(field_transformer=wire_fields)
+class Prepare:
+    """The primary of ``view`` asks backups to log ``entry``; ``commit`` piggybacks."""
+
+    view: Annotated[int, U32]
+    commit: Annotated[int, U64]
+    entry: Annotated[Entry, Record(Entry)]
+
+
+@attrs.frozen(field_transformer=wire_fields)
+class PrepareOk:
+    """``replica`` holds every op up to ``op`` of ``view``'s log, durably."""
+
+    view: Annotated[int, U32]
+    op: Annotated[int, U64]
+    replica: Annotated[int, REPLICA]
+
+
+@attrs.frozen(field_transformer=wire_fields)
+class Commit:
+    """The primary's heartbeat: ops below ``commit`` are committed."""
+
+    view: Annotated[int, U32]
+    commit: Annotated[int, U64]
+
+
+@attrs.frozen(field_transformer=wire_fields)
+class StartViewChange:
+    view: Annotated[int, U32]
+    replica: Annotated[int, REPLICA]
+
+
+@attrs.frozen(field_transformer=wire_fields)
+class DoViewChange:
+    """``replica``'s log for the new primary: its ``log_view``, ``head`` and ``commit``,
+    and the entries from ``suffix_start`` to its head (the ones that may be uncommitted)."""
+
+    view: Annotated[int, U32]
+    log_view: Annotated[int, U32]
+    head: Annotated[int, U64]
+    commit: Annotated[int, U64]
+    replica: Annotated[int, REPLICA]
+    suffix_start: Annotated[int, U64]
+    entries: Annotated[tuple[Entry, ...], ENTRIES]
+
+
+@attrs.frozen(field_transformer=wire_fields)
+class StartView:
+    """The new primary's log: ``head``, ``commit`` and the entries from ``suffix_start``."""
+
+    view: Annotated[int, U32]
+    head: Annotated[int, U64]
+    commit: Annotated[int, U64]
+    suffix_start: Annotated[int, U64]
+    entries: Annotated[tuple[Entry, ...], ENTRIES]
+
+
+@attrs.frozen(field_transformer=wire_fields)
+class RequestStartView:
+    """``replica`` missed the start of ``view``: the primary sends ``StartView`` again."""
+
+    view: Annotated[int, U32]
+    replica: Annotated[int, REPLICA]
+
+
+@attrs.frozen(field_transformer=wire_fields)
+class GetState:
+    """``replica`` asks for the entries of ``view``'s log from ``op_from`` on."""
+
+    view: Annotated[int, U32]
+    op_from: Annotated[int, U64]
+    replica: Annotated[int, REPLICA]
+
+
+@attrs.frozen(field_transformer=wire_fields)
+class NewState:
+    """Entries of ``view``'s log from ``op_from`` on (as many as fit), with ``commit``."""
+
+    view: Annotated[int, U32]
+    commit: Annotated[int, U64]
+    head: Annotated[int, U64]
+    op_from: Annotated[int, U64]
+    entries: Annotated[tuple[Entry, ...], ENTRIES]
+
+
+ReplicaMessage = (
+    Prepare
+    | PrepareOk
+    | Commit
+    | StartViewChange
+    | DoViewChange
+    | StartView
+    | RequestStartView
+    | GetState
+    | NewState
+)
+
+
+# --- The prepare body: what the log stores for each op -------------------------------------
+
+
+@attrs.frozen(field_transformer=wire_fields)
+class PrepareBody:
+    """A client's operation as the log keeps it: who asked, which request, in which view.
+
+    ``request_number`` is the client's request id: 0 registers a session (the op becomes
+    the session), any other is ``session << 32 | number`` (see the replica's client table)."""
+
+    view: Annotated[int, U32]
+    client_id: Annotated[int, U64]
+    request_number: Annotated[int, U64]
+    operation: Annotated[bytes, Blob(OPERATION_SIZE_MAX)]
+
+
+PREPARE_BODY = Record(PrepareBody)

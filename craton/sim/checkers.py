@@ -1,0 +1,137 @@
+"""The simulator's checkers: they watch the replicas from outside and judge what clients saw.
+
+Nothing here is part of a replica: the checkers read a replica's journal, commit number,
+view and state machine after every step, and keep their own record of the one canonical
+history. On every commit they check:
+
+- the hash chain: each newly committed entry's hash is the chain hash of its body and the
+  hash of the op before it;
+- one history: an op committed on two replicas has the same hash on both;
+- views never go backwards on a replica, even across restarts (the view is persisted), and
+  commit numbers never go backwards within one incarnation (a restarted replica re-applies
+  from its checkpoint, and every op it commits again is checked against the history);
+- state machine digests agree between replicas at equal commit numbers.
+
+At the end of a run: every committed op is a request a client actually sent, and the client
+histories are linearizable against the committed log (``craton.sim.linearizability``):
+acknowledged ops committed where they were told, real-time order respected, and replies
+equal to what replaying the log gives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from craton.core.record import GENESIS_HASH, chain_hash
+from craton.core.state_machine import StateMachine
+from craton.core.vsr.replica import Replica, Status, decode_prepare_body
+from craton.sim.linearizability import Committed, Operation, check_history
+from craton.sim.workload import SimClient
+
+VIOLATIONS_MAX = 50
+REGISTER = b"\x00craton-register"  # stands for a session registration in the history
+REGISTRATION_ID_BASE = 1 << 63  # history ids of registrations: above every request id
+
+
+class _WithRegistrations:
+    """The state machine as the history sees it: registrations are no-ops with an empty
+    reply (the replica answers them itself; they never reach the state machine)."""
+
+    def __init__(self, inner: StateMachine) -> None:
+        self.inner = inner
+        self.name = inner.name
+
+    def apply(self, op: int, body: bytes) -> bytes:
+        return b"" if body == REGISTER else self.inner.apply(op, body)
+
+    def digest(self) -> bytes:
+        return self.inner.digest()
+
+    def snapshot(self) -> bytes:
+        return self.inner.snapshot()
+
+
+class Checker:
+    def __init__(self, replica_count: int, make_machine: Callable[[], StateMachine]) -> None:
+        self._make_machine = make_machine
+        self.violations: list[str] = []
+        self.canonical: list[bytes] = []  # hash of each committed op
+        self.bodies: list[bytes] = []  # prepare body of each committed op
+        self._committed_seen = [0] * replica_count
+        self._view_max = [0] * replica_count
+        self._digests: dict[int, bytes] = {}  # commit number -> state machine digest
+        self.commits_checked = 0
+
+    def _fail(self, message: str) -> None:
+        if len(self.violations) < VIOLATIONS_MAX:
+            self.violations.append(message)
+
+    def restarted(self, index: int) -> None:
+        self._committed_seen[index] = 0
+
+    def observe(self, index: int, replica: Replica) -> None:
+        if replica.status is Status.LOADING:
+            return  # its view and journal are not known until its log is recovered
+        if replica.view < self._view_max[index]:
+            self._fail(
+                f"replica {index}: view went back from {self._view_max[index]} to {replica.view}"
+            )
+        self._view_max[index] = max(self._view_max[index], replica.view)
+        seen = self._committed_seen[index]
+        if replica.commit < seen:
+            self._fail(f"replica {index}: commit went back from {seen} to {replica.commit}")
+            return
+        if replica.commit == seen:
+            return
+        for op in range(seen, replica.commit):
+            self._check_commit(index, replica, op)
+        self._committed_seen[index] = replica.commit
+        digest = replica.machine.digest()
+        known = self._digests.setdefault(replica.commit, digest)
+        if known != digest:
+            self._fail(f"replica {index}: state machine digest differs at commit {replica.commit}")
+
+    def _check_commit(self, index: int, replica: Replica, op: int) -> None:
+        self.commits_checked += 1
+        entry = replica.entries[op]
+        prev = GENESIS_HASH if op == 0 else replica.entries[op - 1].hash
+        if entry.op != op or entry.hash != chain_hash(prev, op, entry.body):
+            self._fail(f"replica {index}: committed op {op} breaks the hash chain")
+        if op < len(self.canonical):
+            if self.canonical[op] != entry.hash:
+                self._fail(
+                    f"replica {index}: committed op {op} differs from the op committed "
+                    "there before (two histories)"
+                )
+        elif op == len(self.canonical):
+            self.canonical.append(entry.hash)
+            self.bodies.append(entry.body)
+        else:
+            self._fail(f"replica {index}: committed op {op} beyond the known history")
+
+    def finish(self, clients: Sequence[SimClient], replicas: Sequence[Replica]) -> None:
+        """The end-of-run checks: committed ops were sent, and histories are linearizable.
+
+        Registrations are not state machine operations: each committed one must come from a
+        client that ran, and it enters the history as an op with an unknown outcome and an
+        id of its own, so positions stay dense and replies are judged for operations only."""
+        del replicas
+        by_id = {client.client_id: client for client in clients}
+        committed: list[Committed] = []
+        operations = [op for client in clients for op in client.history]
+        for op, raw in enumerate(self.bodies):
+            body = decode_prepare_body(raw)
+            client = by_id.get(body.client_id)
+            if client is None:
+                self._fail(f"op {op}: committed for client {body.client_id}, which never ran")
+                continue
+            if body.request_number == 0:
+                key = REGISTRATION_ID_BASE + op
+                committed.append(Committed(op, body.client_id, key, REGISTER))
+                operations.append(Operation(body.client_id, key, REGISTER, 0, None, None, None))
+                continue
+            committed.append(Committed(op, body.client_id, body.request_number, body.operation))
+        for problem in check_history(
+            operations, committed, lambda: _WithRegistrations(self._make_machine())
+        ):
+            self._fail(problem)

@@ -1,0 +1,417 @@
+"""The cluster simulator: real replicas on a simulated network, disks and clocks.
+
+One seeded world runs the very ``Replica``, ``Log``, state machine and ``Driver`` that
+production runs; only ``Disk``, ``Network`` and ``Clock`` are simulated. Each seed draws its
+own *swarm* of options — cluster shape, workload, and the probabilities of every fault —
+and the run has two phases:
+
+1. the fault phase: clients send requests while the network drops, duplicates, delays,
+   reorders, partitions and clogs messages, clocks drift and jump, and replicas crash
+   (losing or tearing unsynced writes), restart and pause;
+2. the liveness phase: the network, clocks and processes heal (every replica is brought
+   back), clients send nothing new, and the cluster must commit every outstanding request
+   within a fixed tick budget.
+
+The checkers (``craton.sim.checkers``) watch every replica after every tick and judge the
+client histories at the end. The run is a function of its seed: every choice comes from one
+``Prng`` split into per-subsystem streams, and ``trace_digest`` hashes what happened.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import zlib
+from collections.abc import Callable
+
+import attrs
+
+from craton.core.kv_machine import KvMachine
+from craton.core.prng import Prng
+from craton.core.seam import ClientRequest, Halt, MessageReceived, Notice, Reply, Tick
+from craton.core.state_machine import StateMachine
+from craton.core.vsr.replica import Replica, ReplicaConfig
+from craton.io.driver import Driver
+from craton.sim.checkers import Checker
+from craton.sim.clock import ClockFaults, SimClocks
+from craton.sim.disk import DiskFaults, SimDisk
+from craton.sim.events import EventQueue
+from craton.sim.network import NetworkFaults, SimNetwork
+from craton.sim.workload import (
+    CLIENT_ID_BASE,
+    SimClient,
+    decode_client_payload,
+    encode_client_payload,
+    kv_operation,
+)
+
+TICK_MS = 10
+LIVENESS_TICKS_DEFAULT = 3000
+
+
+@attrs.frozen
+class ProcessFaults:
+    crash: float = 0.0  # per replica per tick
+    pause: float = 0.0  # per replica per tick
+    down_ticks_min: int = 20
+    down_ticks_max: int = 200
+
+    @classmethod
+    def draw(cls, prng: Prng) -> ProcessFaults:
+        return cls(
+            crash=0.002 * prng.fraction() if prng.chance(0.7) else 0.0,
+            pause=0.002 * prng.fraction() if prng.chance(0.5) else 0.0,
+            down_ticks_min=prng.between(5, 40),
+            down_ticks_max=prng.between(50, 300),
+        )
+
+
+@attrs.frozen
+class SwarmOptions:
+    replica_count: int
+    client_count: int
+    requests_per_client: int
+    fault_ticks: int
+    liveness_ticks: int
+    machine: str
+    network: NetworkFaults
+    disk: DiskFaults
+    clocks: ClockFaults
+    processes: ProcessFaults
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "replicas": self.replica_count,
+            "clients": self.client_count,
+            "requests_per_client": self.requests_per_client,
+            "fault_ticks": self.fault_ticks,
+            "machine": self.machine,
+            "network": attrs.asdict(self.network),
+            "disk": attrs.asdict(self.disk),
+            "clocks": attrs.asdict(self.clocks),
+            "processes": attrs.asdict(self.processes),
+        }
+
+
+def draw_options(
+    seed: int, *, replicas: int | None = None, ticks: int | None = None
+) -> SwarmOptions:
+    prng = Prng(seed, "swarm")
+    replica_count = replicas if replicas is not None else prng.choice([1, 3, 3, 5])
+    return SwarmOptions(
+        replica_count=replica_count,
+        client_count=prng.between(1, 4),
+        requests_per_client=prng.between(10, 60),
+        fault_ticks=ticks if ticks is not None else prng.between(1500, 4000),
+        liveness_ticks=LIVENESS_TICKS_DEFAULT,
+        machine="kv",
+        network=NetworkFaults.draw(prng.split("network")),
+        disk=DiskFaults.draw(prng.split("disk"), destructive=False),
+        clocks=ClockFaults.draw(prng.split("clocks")),
+        processes=ProcessFaults.draw(prng.split("processes")),
+    )
+
+
+class _Outbound:
+    """A replica's side of the network for its driver: sends go out through the node's
+    endpoint; arrivals are dispatched by the cluster (client requests and replica messages
+    become different inputs), so the driver's receiver is not installed."""
+
+    def __init__(self, network: SimNetwork, node: int) -> None:
+        self._endpoint = network.endpoint(node)
+
+    def send(self, dst: int, payload: bytes) -> None:
+        self._endpoint.send(dst, payload)
+
+    def set_receiver(self, receive: Callable[[int, bytes], None]) -> None:
+        del receive
+
+
+@attrs.define
+class _Node:
+    index: int
+    disk: SimDisk
+    replica: Replica
+    driver: Driver
+    up: bool = True
+    paused: bool = False
+    back_at: int = 0  # tick at which a down or paused replica comes back
+    incarnation: int = 0
+
+
+@attrs.frozen
+class RunResult:
+    seed: int
+    result: str  # "pass", "correctness", "liveness"
+    ticks: int
+    trace_digest: str
+    committed_ops: int
+    faults: dict[str, int]
+    liveness: str
+    violations: tuple[str, ...]
+    options: SwarmOptions
+
+
+MachineFactory = Callable[[], StateMachine]
+
+
+class Cluster:
+    def __init__(
+        self,
+        seed: int,
+        options: SwarmOptions,
+        *,
+        trace: Callable[[str], None] | None = None,
+        replica_factory: Callable[[ReplicaConfig, StateMachine, Prng], Replica] = Replica,
+    ) -> None:
+        self.seed = seed
+        self.options = options
+        self._trace = trace
+        self._replica_factory = replica_factory
+        self.prng = Prng(seed, "cluster")
+        self.events = EventQueue()
+        n = options.replica_count
+        client_ids = [CLIENT_ID_BASE + index for index in range(options.client_count)]
+        self.network = SimNetwork(
+            self.prng.split("network"), self.events, options.network, n, client_ids
+        )
+        self.clocks = SimClocks(
+            self.prng.split("clocks"), self.events, options.clocks, [*range(n), *client_ids]
+        )
+        self._faults_prng = self.prng.split("processes")
+        self._seal_seeds = [self.prng.split(f"key-{i}").random_bytes(32) for i in range(n)]
+        self.process_faults: dict[str, int] = {"crashes": 0, "pauses": 0, "restarts": 0}
+        self.digest = hashlib.sha256(f"craton-sim:{seed}".encode())
+        self.checker = Checker(n, self._make_machine)
+        self.nodes = [self._boot(index, None) for index in range(n)]
+        for index in range(n):
+            self.network.endpoint(index).set_receiver(self._receiver(index))
+        self.clients = [
+            SimClient(
+                client_id,
+                self.network.endpoint(client_id),
+                self.prng.split(f"client-{client_id}"),
+                replica_count=n,
+                requests=options.requests_per_client,
+                make_operation=kv_operation,
+                now=lambda: self.events.now,
+            )
+            for client_id in client_ids
+        ]
+        self.phase = "faults"
+
+    # --- nodes -------------------------------------------------------------------------------
+
+    def _make_machine(self) -> StateMachine:
+        return KvMachine()
+
+    def _boot(self, index: int, disk: SimDisk | None) -> _Node:
+        if disk is None:
+            disk = SimDisk(self.prng.split(f"disk-{index}"), self.events, self.options.disk)
+        config = ReplicaConfig(
+            replica_id=index,
+            replica_count=self.options.replica_count,
+            seal_seed=self._seal_seeds[index],
+            segment_size_max=256 * 1024,
+            checkpoint_interval_ops=64,
+        )
+        prng = self.prng.split(f"replica-{index}-{self.process_faults['restarts']}")
+        replica = self._replica_factory(config, self._make_machine(), prng)
+        driver = Driver(
+            replica,
+            disk,
+            network=_Outbound(self.network, index),
+            on_reply=self._reply_sender(index),
+            on_notice=self._notice(index),
+            on_halt=self._halted(index),
+            check_invariants=True,
+        )
+        node = _Node(index, disk, replica, driver)
+        driver.launch(replica.start())
+        return node
+
+    def _receiver(self, index: int) -> Callable[[int, bytes], None]:
+        def receive(src: int, payload: bytes) -> None:
+            node = self.nodes[index]
+            if not node.up or node.paused:
+                return
+            self._record("recv", index, src, payload)
+            if src >= CLIENT_ID_BASE:
+                number, body = decode_client_payload(payload)
+                node.driver.step(ClientRequest(src, number, body))
+            else:
+                node.driver.step(MessageReceived(src, payload))
+            self.checker.observe(index, node.replica)
+
+        return receive
+
+    def _reply_sender(self, index: int) -> Callable[[Reply], None]:
+        def send(reply: Reply) -> None:
+            payload = encode_client_payload(reply.request_id, reply.body)
+            self.network.endpoint(index).send(reply.client_id, payload)
+
+        return send
+
+    def _notice(self, index: int) -> Callable[[Notice], None]:
+        def notice(event: Notice) -> None:
+            if self._trace is not None:
+                fields = " ".join(f"{k}={v}" for k, v in event.fields)
+                self._trace(f"{self.events.now:>7} r{index} {event.event} {fields}")
+
+        return notice
+
+    def _halted(self, index: int) -> Callable[[Halt], None]:
+        def halted(halt: Halt) -> None:
+            self._log(f"r{index} halted: {halt.reason}")
+            self.events.schedule(0, lambda: self._crash(index, self._down_ticks()))
+
+        return halted
+
+    def _crash(self, index: int, down_ticks: int) -> None:
+        node = self.nodes[index]
+        if not node.up:
+            return
+        self.process_faults["crashes"] += 1
+        node.disk.crash()
+        node.up = False
+        node.paused = False
+        node.back_at = self.events.now + down_ticks
+        self.network.set_down(index, True)
+        self._log(f"r{index} crashed until {node.back_at}")
+
+    def _restart(self, index: int) -> None:
+        old = self.nodes[index]
+        self.process_faults["restarts"] += 1
+        self.network.set_down(index, False)
+        node = self._boot(index, old.disk)
+        node.incarnation = old.incarnation + 1
+        self.nodes[index] = node
+        self.checker.restarted(index)
+        self._log(f"r{index} restarted")
+
+    def _down_ticks(self) -> int:
+        plan = self.options.processes
+        return self._faults_prng.between(plan.down_ticks_min, plan.down_ticks_max)
+
+    # --- the run -----------------------------------------------------------------------------
+
+    def run(self) -> RunResult:
+        fault_end = self.options.fault_ticks
+        deadline = fault_end + self.options.liveness_ticks
+        liveness = "pending"
+        while self.events.now < deadline:
+            if self.events.now >= fault_end and self.phase == "faults":
+                self._heal()
+            self._tick()
+            if self.checker.violations:
+                break
+            if self.phase == "liveness" and self._settled():
+                liveness = "pass"
+                break
+            self._advance_one_tick()
+        if liveness == "pending" and not self.checker.violations:
+            liveness = "fail" if self.phase == "liveness" else "pending"
+        for client in self.clients:
+            client.give_up()
+        self.checker.finish(self.clients, [node.replica for node in self.nodes])
+        result = "pass"
+        if self.checker.violations:
+            result = "correctness"
+        elif liveness != "pass":
+            result = "liveness"
+        return RunResult(
+            seed=self.seed,
+            result=result,
+            ticks=self.events.now,
+            trace_digest=self.digest.hexdigest(),
+            committed_ops=max(node.replica.commit for node in self.nodes),
+            faults=self.fault_counts(),
+            liveness=liveness,
+            violations=tuple(self.checker.violations[:5]),
+            options=self.options,
+        )
+
+    def _advance_one_tick(self) -> None:
+        """Run every event due before the next tick (and those due at it, queued earlier)."""
+        arrived: list[bool] = []
+        self.events.schedule(1, lambda: arrived.append(True))
+        while not arrived:
+            self.events.run_next()
+
+    def _tick(self) -> None:
+        now = self.events.now
+        self.network.tick()
+        self.clocks.tick()
+        if self.phase == "faults":
+            self._inject_process_faults()
+        for node in self.nodes:
+            if not node.up and now >= node.back_at:
+                self._restart(node.index)
+            elif node.paused and now >= node.back_at:
+                node.paused = False
+                self.network.set_down(node.index, False)
+        for node in list(self.nodes):
+            if node.up and not node.paused:
+                for _ in range(self.clocks.ticks_due(node.index)):
+                    node.driver.step(Tick())
+                self.checker.observe(node.index, node.replica)
+        for client in self.clients:
+            client.tick()
+
+    def _inject_process_faults(self) -> None:
+        plan = self.options.processes
+        for node in self.nodes:
+            if not node.up or node.paused or self.options.replica_count == 1:
+                continue
+            if self._faults_prng.chance(plan.crash):
+                self._crash(node.index, self._down_ticks())
+            elif self._faults_prng.chance(plan.pause):
+                self.process_faults["pauses"] += 1
+                node.paused = True
+                node.back_at = self.events.now + self._down_ticks()
+                self.network.set_down(node.index, True)
+
+    def _heal(self) -> None:
+        self.phase = "liveness"
+        self.network.heal()
+        self.network.fault_plan = attrs.evolve(
+            self.network.fault_plan, loss=0.0, duplication=0.0, reorder=0.0
+        )
+        self.clocks.heal()
+        for node in self.nodes:
+            if not node.up or node.paused:
+                node.back_at = self.events.now
+        for client in self.clients:
+            client.accepting_new = False
+        self._log("healed: liveness phase")
+
+    def _settled(self) -> bool:
+        if not all(client.done for client in self.clients):
+            return False
+        commits = {node.replica.commit for node in self.nodes if node.up}
+        heads = {node.replica.head for node in self.nodes if node.up}
+        return all(node.up for node in self.nodes) and len(commits) == 1 and commits == heads
+
+    # --- accounting --------------------------------------------------------------------------
+
+    def fault_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for name, value in self.network.faults.items():
+            counts[f"network.{name}"] = value
+        for name, value in self.clocks.faults.items():
+            counts[f"clock.{name}"] = value
+        for node in self.nodes:
+            for name, value in node.disk.faults.items():
+                counts[f"disk.{name}"] = counts.get(f"disk.{name}", 0) + value
+        for name, value in self.process_faults.items():
+            counts[f"process.{name}"] = value
+        return counts
+
+    def _record(self, kind: str, dst: int, src: int, payload: bytes) -> None:
+        header = struct.pack("<QIII", self.events.now, dst, src, zlib.crc32(payload))
+        self.digest.update(kind.encode() + header)
+
+    def _log(self, line: str) -> None:
+        self.digest.update(line.encode())
+        if self._trace is not None:
+            self._trace(f"{self.events.now:>7} {line}")

@@ -1,0 +1,125 @@
+"""``craton sim run`` / ``craton sim replay``: seeds in, one JSON line per seed out.
+
+Exit codes (documented in docs/SIMULATION.md):
+
+    0    every seed passed
+    127  a correctness violation (a checker failed)
+    128  a liveness failure (the healed cluster did not finish its work in the tick budget)
+    129  the simulator or a replica crashed (an exception: a broken assertion is a bug)
+
+With several seeds, the code is the first failing seed's. Every failure prints the exact
+command that replays it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from collections.abc import Callable
+from typing import TextIO
+
+from craton.sim.cluster import TICK_MS, Cluster, draw_options
+
+EXIT_PASS = 0
+EXIT_CORRECTNESS = 127
+EXIT_LIVENESS = 128
+EXIT_CRASH = 129
+EXIT_CODES = {
+    "pass": EXIT_PASS,
+    "correctness": EXIT_CORRECTNESS,
+    "liveness": EXIT_LIVENESS,
+    "crash": EXIT_CRASH,
+}
+
+
+def replay_command(seed: int, replicas: int | None, ticks: int | None) -> str:
+    command = f"craton sim replay --seed {seed}"
+    if replicas is not None:
+        command += f" --replicas {replicas}"
+    if ticks is not None:
+        command += f" --ticks {ticks}"
+    return command
+
+
+def run_seed(
+    seed: int,
+    *,
+    replicas: int | None = None,
+    ticks: int | None = None,
+    trace: Callable[[str], None] | None = None,
+) -> dict[str, object]:
+    """Run one seed; returns its summary (the JSON line's fields)."""
+    options = draw_options(seed, replicas=replicas, ticks=ticks)
+    summary: dict[str, object] = {
+        "seed": seed,
+        "replicas": options.replica_count,
+        "clients": options.client_count,
+    }
+    try:
+        result = Cluster(seed, options, trace=trace).run()
+    except Exception as error:  # a crash is a finding: report it like any other
+        frames = traceback.extract_tb(error.__traceback__)
+        where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
+        summary.update(result="crash", error=f"{type(error).__name__}: {error} at {where}")
+        summary["replay"] = replay_command(seed, replicas, ticks)
+        return summary
+    summary.update(
+        result=result.result,
+        trace_digest=result.trace_digest,
+        ticks=result.ticks,
+        simulated_seconds=result.ticks * TICK_MS / 1000,
+        committed_ops=result.committed_ops,
+        faults={name: count for name, count in sorted(result.faults.items()) if count},
+        fault_kinds=sum(1 for count in result.faults.values() if count),
+        liveness=result.liveness,
+    )
+    if result.violations:
+        summary["violations"] = list(result.violations)
+    if result.result != "pass":
+        summary["replay"] = replay_command(seed, replicas, ticks)
+    return summary
+
+
+def run_seeds(
+    seeds: range,
+    *,
+    replicas: int | None,
+    ticks: int | None,
+    trace_file: TextIO | None,
+    out: TextIO = sys.stdout,
+    progress: TextIO = sys.stderr,
+) -> int:
+    exit_code = EXIT_PASS
+    failures = 0
+    for count, seed in enumerate(seeds, start=1):
+        trace = None
+        if trace_file is not None:
+            trace = lambda line: print(line, file=trace_file)  # noqa: E731
+        summary = run_seed(seed, replicas=replicas, ticks=ticks, trace=trace)
+        print(json.dumps(summary, sort_keys=True), file=out, flush=True)
+        code = EXIT_CODES[str(summary["result"])]
+        if code != EXIT_PASS:
+            failures += 1
+            print(
+                f"seed {seed} failed ({summary['result']}); replay with: {summary['replay']}",
+                file=progress,
+                flush=True,
+            )
+            if exit_code == EXIT_PASS:
+                exit_code = code
+        if len(seeds) > 1 and (count % 10 == 0 or count == len(seeds)):
+            print(f"[{count}/{len(seeds)}] seeds run, {failures} failed", file=progress, flush=True)
+    return exit_code
+
+
+def parse_seeds(text: str) -> range:
+    """``A..B`` (both inclusive) or a single seed."""
+    if ".." in text:
+        low, high = text.split("..", 1)
+        first, last = int(low), int(high)
+    else:
+        first = last = int(text)
+    if first < 0 or last < first:
+        raise ValueError(f"seeds must be N or A..B with 0 <= A <= B, got {text!r}")
+    return range(first, last + 1)
