@@ -24,25 +24,31 @@ from collections.abc import Callable, Sequence
 
 from craton.core.record import GENESIS_HASH, chain_hash
 from craton.core.state_machine import StateMachine
-from craton.core.vsr.replica import Replica, Status, decode_prepare_body
+from craton.core.vsr.replica import (
+    NUMBER_MASK,
+    SESSION_SHIFT,
+    Replica,
+    Status,
+    decode_prepare_body,
+)
 from craton.sim.linearizability import Committed, Operation, check_history
 from craton.sim.workload import SimClient
 
 VIOLATIONS_MAX = 50
-REGISTER = b"\x00craton-register"  # stands for a session registration in the history
-REGISTRATION_ID_BASE = 1 << 63  # history ids of registrations: above every request id
+NO_OP = b"\x00craton-no-op"  # a committed op the state machine never saw (see finish)
+NO_OP_ID_BASE = 1 << 63  # history ids of such ops: above every request id
 
 
-class _WithRegistrations:
-    """The state machine as the history sees it: registrations are no-ops with an empty
-    reply (the replica answers them itself; they never reach the state machine)."""
+class _WithNoOps:
+    """The state machine as the history sees it: registrations, and requests the client
+    table refused, are no-ops (the replica answers them itself)."""
 
     def __init__(self, inner: StateMachine) -> None:
         self.inner = inner
         self.name = inner.name
 
     def apply(self, op: int, body: bytes) -> bytes:
-        return b"" if body == REGISTER else self.inner.apply(op, body)
+        return b"" if body == NO_OP else self.inner.apply(op, body)
 
     def digest(self) -> bytes:
         return self.inner.digest()
@@ -52,13 +58,20 @@ class _WithRegistrations:
 
 
 class Checker:
-    def __init__(self, replica_count: int, make_machine: Callable[[], StateMachine]) -> None:
+    def __init__(
+        self,
+        replica_count: int,
+        make_machine: Callable[[], StateMachine],
+        client_table_max: int,
+    ) -> None:
         self._make_machine = make_machine
+        self._client_table_max = client_table_max
         self.violations: list[str] = []
         self.canonical: list[bytes] = []  # hash of each committed op
         self.bodies: list[bytes] = []  # prepare body of each committed op
         self._committed_seen = [0] * replica_count
         self._view_max = [0] * replica_count
+        self._persisted_max = [0] * replica_count
         self._digests: dict[int, bytes] = {}  # commit number -> state machine digest
         self.commits_checked = 0
 
@@ -68,15 +81,23 @@ class Checker:
 
     def restarted(self, index: int) -> None:
         self._committed_seen[index] = 0
+        self._view_max[index] = 0  # in memory it starts again from the persisted view
 
     def observe(self, index: int, replica: Replica) -> None:
         if replica.status is Status.LOADING:
             return  # its view and journal are not known until its log is recovered
         if replica.view < self._view_max[index]:
             self._fail(
-                f"replica {index}: view went back from {self._view_max[index]} to {replica.view}"
+                f"replica {index}: view went back from {self._view_max[index]} "
+                f"to {replica.view} within one run of the process"
+            )
+        if replica.persisted_view < self._persisted_max[index]:
+            self._fail(
+                f"replica {index}: persisted view went back from "
+                f"{self._persisted_max[index]} to {replica.persisted_view}"
             )
         self._view_max[index] = max(self._view_max[index], replica.view)
+        self._persisted_max[index] = max(self._persisted_max[index], replica.persisted_view)
         seen = self._committed_seen[index]
         if replica.commit < seen:
             self._fail(f"replica {index}: commit went back from {seen} to {replica.commit}")
@@ -112,26 +133,45 @@ class Checker:
     def finish(self, clients: Sequence[SimClient], replicas: Sequence[Replica]) -> None:
         """The end-of-run checks: committed ops were sent, and histories are linearizable.
 
-        Registrations are not state machine operations: each committed one must come from a
-        client that ran, and it enters the history as an op with an unknown outcome and an
-        id of its own, so positions stay dense and replies are judged for operations only."""
+        Which committed ops reached the state machine is worked out here independently of
+        the replicas, from the rules of the client table: a registration opens a session
+        (evicting the least recently used one when the table is full); a request is applied
+        only under its client's current session and above its last number. Registrations and
+        ops that were not applied enter the history as no-ops with ids of their own and an
+        unknown outcome, so positions stay dense and replies are judged for applied ops."""
         del replicas
         by_id = {client.client_id: client for client in clients}
         committed: list[Committed] = []
         operations = [op for client in clients for op in client.history]
+        sessions: dict[int, list[int]] = {}  # client -> [session, last number, last op]
         for op, raw in enumerate(self.bodies):
             body = decode_prepare_body(raw)
-            client = by_id.get(body.client_id)
-            if client is None:
+            if body.client_id not in by_id:
                 self._fail(f"op {op}: committed for client {body.client_id}, which never ran")
                 continue
-            if body.request_number == 0:
-                key = REGISTRATION_ID_BASE + op
-                committed.append(Committed(op, body.client_id, key, REGISTER))
-                operations.append(Operation(body.client_id, key, REGISTER, 0, None, None, None))
+            if self._applies(sessions, op, body.client_id, body.request_number):
+                committed.append(Committed(op, body.client_id, body.request_number, body.operation))
                 continue
-            committed.append(Committed(op, body.client_id, body.request_number, body.operation))
+            key = NO_OP_ID_BASE + op
+            committed.append(Committed(op, body.client_id, key, NO_OP))
+            operations.append(Operation(body.client_id, key, NO_OP, 0, None, None, None))
         for problem in check_history(
-            operations, committed, lambda: _WithRegistrations(self._make_machine())
+            operations, committed, lambda: _WithNoOps(self._make_machine())
         ):
             self._fail(problem)
+
+    def _applies(
+        self, sessions: dict[int, list[int]], op: int, client: int, request_id: int
+    ) -> bool:
+        if request_id == 0:
+            if client not in sessions and len(sessions) >= self._client_table_max:
+                evicted = min(sessions, key=lambda c: (sessions[c][2], c))
+                del sessions[evicted]
+            sessions[client] = [op, 0, op]
+            return False
+        current = sessions.get(client)
+        session, number = request_id >> SESSION_SHIFT, request_id & NUMBER_MASK
+        if current is None or current[0] != session or number <= current[1]:
+            return False
+        current[1], current[2] = number, op
+        return True

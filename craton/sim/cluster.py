@@ -46,6 +46,7 @@ from craton.sim.workload import (
 )
 
 TICK_MS = 10
+CLIENT_TABLE_MAX = 3  # small, so that clients are evicted and must register again
 LIVENESS_TICKS_DEFAULT = 3000
 
 
@@ -182,7 +183,7 @@ class Cluster:
         self._seal_seeds = [self.prng.split(f"key-{i}").random_bytes(32) for i in range(n)]
         self.process_faults: dict[str, int] = {"crashes": 0, "pauses": 0, "restarts": 0}
         self.digest = hashlib.sha256(f"craton-sim:{seed}".encode())
-        self.checker = Checker(n, self._make_machine)
+        self.checker = Checker(n, self._make_machine, CLIENT_TABLE_MAX)
         self.nodes = [self._boot(index, None) for index in range(n)]
         for index in range(n):
             self.network.endpoint(index).set_receiver(self._receiver(index))
@@ -214,6 +215,7 @@ class Cluster:
             seal_seed=self._seal_seeds[index],
             segment_size_max=256 * 1024,
             checkpoint_interval_ops=64,
+            client_table_max=CLIENT_TABLE_MAX,
         )
         prng = self.prng.split(f"replica-{index}-{self.process_faults['restarts']}")
         replica = self._replica_factory(config, self._make_machine(), prng)

@@ -141,6 +141,8 @@ class SimClient:
                 op = int.from_bytes(reply[1:9], "little")
                 self._primary = src
                 if number == 0:
+                    if self.sessions and op <= self.sessions[-1]:
+                        return  # a late reply to an earlier registration
                     self._session, self._number = op, 0
                     self.sessions.append(op)
                 else:

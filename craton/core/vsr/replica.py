@@ -200,6 +200,11 @@ class Replica:
         return len(self.entries)
 
     @property
+    def persisted_view(self) -> int:
+        """The view this replica's superblock holds: it never acts in a later one."""
+        return self._persisted_view
+
+    @property
     def primary(self) -> int:
         return self.view % self.config.replica_count
 
@@ -319,10 +324,13 @@ class Replica:
                 redirect = struct.pack("<IB", self.view, self.primary)
                 return [self._reply(client, number, ReplyStatus.NOT_PRIMARY, redirect)]
             return [self._reply(client, number, ReplyStatus.BUSY, b"")]
-        if number > 0:
+        session = self.clients.get(client)
+        if number > 0 and session is not None and number >> SESSION_SHIFT == session.session:
             refusal = self._check_session(client, number)
             if refusal is not None:
                 return [refusal]
+        # A session this replica does not know may be registered by an op it has not applied
+        # yet: the request is prepared, and applying it decides (the same on every replica).
         if self._in_pipeline(client, number):
             return []  # already being prepared: the reply follows its commit
         if self.head - self.commit >= self.config.pipeline_max:
