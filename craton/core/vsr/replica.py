@@ -311,9 +311,10 @@ class Replica:
             # hold: move to a new view rather than resume this one.
             return [*effects, *self._start_view_change(self.view + 1)]
         self.status = Status.NORMAL
-        if self.is_primary:  # a cluster of one: its own log is the view's log
-            self._heartbeat_due = self._ticks
-        return [*effects, Notice("replica.started", (("view", self.view), ("head", self.head)))]
+        notice = Notice("replica.started", (("view", self.view), ("head", self.head)))
+        if self.is_primary:  # a cluster of one: its own durable log is the view's log
+            return [*effects, notice, *self._advance_commit()]
+        return [*effects, notice]
 
     # --- client requests ---------------------------------------------------------------------
 
