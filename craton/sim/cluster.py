@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 import attrs
 
+from craton.core.event_store import EventStore
 from craton.core.kv_machine import KvMachine
 from craton.core.prng import Prng
 from craton.core.seam import ClientRequest, Halt, MessageReceived, Notice, Reply, Tick
@@ -42,8 +43,14 @@ from craton.sim.workload import (
     SimClient,
     decode_client_payload,
     encode_client_payload,
+    event_store_operation,
     kv_operation,
 )
+
+MACHINES: dict[str, tuple[Callable[[], StateMachine], Callable[[Prng], bytes]]] = {
+    "kv": (KvMachine, kv_operation),
+    "event_store": (EventStore, event_store_operation),
+}
 
 TICK_MS = 10
 CLIENT_TABLE_MAX = 3  # small, so that clients are evicted and must register again
@@ -105,7 +112,7 @@ def draw_options(
         requests_per_client=prng.between(10, 60),
         fault_ticks=ticks if ticks is not None else prng.between(1500, 4000),
         liveness_ticks=LIVENESS_TICKS_DEFAULT,
-        machine="kv",
+        machine=prng.choice(sorted(MACHINES)),
         network=NetworkFaults.draw(prng.split("network")),
         disk=DiskFaults.draw(prng.split("disk"), destructive=False),
         clocks=ClockFaults.draw(prng.split("clocks")),
@@ -153,9 +160,6 @@ class RunResult:
     options: SwarmOptions
 
 
-MachineFactory = Callable[[], StateMachine]
-
-
 class Cluster:
     def __init__(
         self,
@@ -194,7 +198,7 @@ class Cluster:
                 self.prng.split(f"client-{client_id}"),
                 replica_count=n,
                 requests=options.requests_per_client,
-                make_operation=kv_operation,
+                make_operation=MACHINES[options.machine][1],
                 now=lambda: self.events.now,
             )
             for client_id in client_ids
@@ -204,7 +208,7 @@ class Cluster:
     # --- nodes -------------------------------------------------------------------------------
 
     def _make_machine(self) -> StateMachine:
-        return KvMachine()
+        return MACHINES[self.options.machine][0]()
 
     def _boot(self, index: int, disk: SimDisk | None) -> _Node:
         if disk is None:

@@ -19,9 +19,10 @@ from collections.abc import Callable
 
 import attrs
 
-from craton.core import kv_machine
+from craton.core import event_store, kv_machine
 from craton.core.prng import Prng
 from craton.core.vsr.replica import SESSION_SHIFT, ReplyStatus
+from craton.core.wire.messages import DataClass
 from craton.sim.linearizability import Operation
 from craton.sim.network import SimEndpoint
 
@@ -37,6 +38,28 @@ def encode_client_payload(number: int, body: bytes) -> bytes:
 def decode_client_payload(payload: bytes) -> tuple[int, bytes]:
     assert len(payload) >= REQUEST_NUMBER.size, "a simulated payload is at least 8 bytes"
     return REQUEST_NUMBER.unpack_from(payload)[0], payload[REQUEST_NUMBER.size :]
+
+
+STREAMS = ("orders", "payments", "audit")
+TENANTS = (1, 2)  # two tenants: each sees only its own streams
+
+
+def event_store_operation(prng: Prng) -> bytes:
+    """Create, append (with and without an expected offset), read, and read as of a past
+    log position, over a few streams of two tenants: many conflicts, all deterministic."""
+    tenant, stream = prng.choice(TENANTS), prng.choice(STREAMS)
+    pick = prng.below(10)
+    if pick == 0:
+        data_class = prng.choice(list(DataClass))
+        return event_store.encode_create_stream(tenant, stream, data_class)
+    if pick < 6:
+        events = [prng.random_bytes(prng.between(1, 24)) for _ in range(prng.between(1, 3))]
+        expected = prng.below(6) if prng.chance(0.4) else None
+        return event_store.encode_append(tenant, stream, events, expected_offset=expected)
+    if pick < 8:
+        return event_store.encode_read(tenant, stream, prng.below(4), max_events=8)
+    position = prng.below(200)
+    return event_store.encode_read_as_of(tenant, stream, position, 0, max_events=8)
 
 
 def kv_operation(prng: Prng) -> bytes:
