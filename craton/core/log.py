@@ -103,6 +103,7 @@ class Recovered:
     head: int
     chain_hash: bytes
     owner_state: bytes = b""
+    formatted: bool = False  # the directory was blank and has just been formatted
 
 
 @attrs.frozen
@@ -272,6 +273,7 @@ class Log:
         self._hashes_base = 0
         self._base_hash = GENESIS_HASH
         self.halt_reason: str | None = None
+        self._formatted = False
 
     # --- entry points ------------------------------------------------------------------------
 
@@ -524,6 +526,7 @@ class Log:
     def _format(self) -> list[LogOutput]:
         """A new, empty data directory: write the first superblock, then open."""
         fresh = Superblock(1, self._sealer.public_key, 0, 0, None)
+        self._formatted = True
         return [Notice("log.formatted"), *self._write_superblock(fresh)]
 
     def _read_segment(self) -> DiskRead:
@@ -667,7 +670,7 @@ class Log:
         self.durable = self.head
         self._recovery = _Recovery()
         assert self._hashes_base + len(self._hashes) == self.head
-        return [Recovered(self.head, self.chain_hash, self.owner_state)]
+        return [Recovered(self.head, self.chain_hash, self.owner_state, self._formatted)]
 
     # --- appending ---------------------------------------------------------------------------
 

@@ -31,7 +31,9 @@ from craton.core.kv_machine import KvMachine
 from craton.core.prng import Prng
 from craton.core.seam import ClientRequest, Halt, MessageReceived, Notice, Reply, Tick
 from craton.core.state_machine import StateMachine
+from craton.core.vsr import codec
 from craton.core.vsr.replica import Replica, ReplicaConfig
+from craton.core.wire.errors import DecodeError
 from craton.io.driver import Driver
 from craton.sim.checkers import Checker
 from craton.sim.clock import ClockFaults, SimClocks
@@ -416,8 +418,24 @@ class Cluster:
     def _record(self, kind: str, dst: int, src: int, payload: bytes) -> None:
         header = struct.pack("<QIII", self.events.now, dst, src, zlib.crc32(payload))
         self.digest.update(kind.encode() + header)
+        if self._trace is not None:
+            self._trace(f"{self.events.now:>7} r{dst} <- {src}: {_describe(src, payload)}")
 
     def _log(self, line: str) -> None:
         self.digest.update(line.encode())
         if self._trace is not None:
             self._trace(f"{self.events.now:>7} {line}")
+
+
+def _describe(src: int, payload: bytes) -> str:
+    """A short readable form of a payload for the trace."""
+    if src >= CLIENT_ID_BASE:
+        request_id, body = decode_client_payload(payload)
+        return f"client request {request_id:#x} ({len(body)} bytes)"
+    try:
+        message = codec.decode_message(payload)
+    except DecodeError as error:
+        return f"undecodable ({error.reason})"
+    fields = attrs.asdict(message, recurse=False)
+    shown = " ".join(f"{name}={value}" for name, value in fields.items() if isinstance(value, int))
+    return f"{type(message).__name__} {shown}"

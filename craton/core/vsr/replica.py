@@ -187,6 +187,7 @@ class Replica:
         self._install: _Install | None = None
         self._loading: dict[int, bytes] = {}  # reloaded bodies waiting for their turn
         self._load_inflight = 0
+        self._formatted = False  # started on a blank directory (nothing to have lost)
         self._load_next = 0
         self._load_head = 0
         self._truncating = False
@@ -279,6 +280,7 @@ class Replica:
             self.view = self._persisted_view = view
             self.log_view = self._persisted_log_view = log_view
         self._load_head = recovered.head
+        self._formatted = recovered.formatted
         return self._load_more()
 
     def _load_more(self) -> list[Effect]:
@@ -306,7 +308,10 @@ class Replica:
         effects = self._commit_to(0 if checkpoint is None else checkpoint.position)
         self._primary_heard_tick = self._ticks
         self._arm_view_change_timer()
-        if self.log_view < self.view or (self.is_primary and self.config.replica_count > 1):
+        restarted_primary = (
+            self.is_primary and self.config.replica_count > 1 and not self._formatted
+        )
+        if self.log_view < self.view or restarted_primary:
             # Mid view change, or a restarted primary that may have lost ops its backups
             # hold: move to a new view rather than resume this one.
             return [*effects, *self._start_view_change(self.view + 1)]
