@@ -1,0 +1,404 @@
+"""One client connection speaking Craton's binary protocol (docs/PROTOCOL.md).
+
+A ``ClientConnection`` reads frames, answers the handshake, turns each request into an
+event-store operation for the ``ReplicaHost`` and writes each reply as soon as it is ready
+(pipelining: replies carry their request's id and may come back in any order).
+
+Rules it keeps:
+- The first frame must be ``HANDSHAKE``; anything else gets ``INVALID_REQUEST`` with request
+  id 0 and the connection is closed. Frames that arrive before the handshake is answered
+  are held (up to ``HELD_FRAMES_MAX``) and served after it.
+- A frame the decoder refuses (bad magic, version, checksum, size, command) is a connection
+  error: ``ErrorReply`` with request id 0, then close. A sound frame whose body does not
+  decode, or a request not valid here (a reply, a replica message, a second handshake, a
+  write whose request id is above ``REQUEST_NUMBER_MAX``) gets an ``ErrorReply`` with its
+  request id, and the connection goes on.
+- Writes carry the request id to the host so that a retry is applied at most once; reads
+  are applied at their own op; ``SYNC`` is answered once every request received before it
+  on this connection has been answered.
+- At most ``INFLIGHT_REQUESTS_MAX`` requests are in flight: past that the connection stops
+  reading until replies go out, and it also waits while the socket's send buffer is full.
+- With a rate limit, each request after the handshake takes a token from a bucket of
+  ``rate`` tokens per second holding at most ``max(1, rate)``; without one it is refused
+  with ``RATE_LIMITED``.
+- Nothing a client sent is ever logged or echoed: errors name fields, not contents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+import attrs
+
+from craton import __version__
+from craton.core.event_store import StoreRequest, decode_reply, encode_request, to_wire_reply
+from craton.core.wire import (
+    PROTOCOL_VERSION,
+    AppendEvents,
+    Command,
+    CreateStream,
+    DecodeError,
+    ErrorCode,
+    ErrorReply,
+    Frame,
+    FrameDecoder,
+    Handshake,
+    HandshakeReply,
+    ReadEvents,
+    ReadEventsAsOf,
+    Sync,
+    SyncReply,
+    decode_frame,
+    encode,
+    error_reply,
+)
+from craton.core.wire.codec import AnyMessage
+from craton.net.logs import EventLog
+from craton.net.metrics import NodeMetrics
+from craton.net.node import REQUEST_NUMBER_MAX, Applied, Outcome, Refused, ReplicaHost
+
+READ_CHUNK_BYTES = 256 * 1024
+INFLIGHT_REQUESTS_MAX = 1024  # per connection
+HELD_FRAMES_MAX = 1024  # frames received before the handshake was answered
+TENANT_WITHOUT_AUTH = 0  # the one tenant every client belongs to when auth mode is none
+EOF_DRAIN_TIMEOUT_S = 30.0  # how long replies are still awaited after the client's EOF
+
+
+class ConnectionOwner(Protocol):
+    """What a connection needs from the server that accepted it."""
+
+    host: ReplicaHost
+    metrics: NodeMetrics
+    log: EventLog
+    rate_limit_rps: float | None
+
+    @property
+    def shutting_down(self) -> bool: ...
+
+
+class TokenBucket:
+    """``rate_per_s`` tokens a second, at most ``capacity`` saved up."""
+
+    def __init__(self, rate_per_s: float, now_s: float) -> None:
+        assert rate_per_s > 0
+        self._rate = rate_per_s
+        self._capacity = max(1.0, rate_per_s)
+        self._tokens = self._capacity
+        self._updated_s = now_s
+
+    def take(self, now_s: float) -> bool:
+        elapsed = max(0.0, now_s - self._updated_s)
+        self._updated_s = now_s
+        self._tokens = min(self._capacity, self._tokens + elapsed * self._rate)
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+
+@attrs.define
+class _Sync:
+    seq: int
+    request_id: int
+    received_s: float
+
+
+class ClientConnection:
+    def __init__(
+        self,
+        owner: ConnectionOwner,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        peer: str,
+    ) -> None:
+        self._owner = owner
+        self._host = owner.host
+        self._metrics = owner.metrics
+        self._reader = reader
+        self._writer = writer
+        self.peer = peer
+        self._decoder = FrameDecoder()
+        self._client_id: int | None = None
+        self._handshaking = False
+        self._held: list[tuple[Frame, float]] = []
+        self._closing = False
+        now = time.monotonic()
+        self.last_active_s = now
+        rate = owner.rate_limit_rps
+        self._bucket = TokenBucket(rate, now) if rate is not None else None
+        self._seq = 0
+        self._open: dict[int, None] = {}  # seqs of requests in flight, oldest first
+        self._syncs: collections.deque[_Sync] = collections.deque()
+        self._room = asyncio.Event()
+        self._room.set()
+
+    @property
+    def inflight(self) -> int:
+        return len(self._open) + len(self._syncs)
+
+    # --- the read loop ---------------------------------------------------------------------
+
+    async def run(self, first: bytes) -> None:
+        data = first
+        while not self._closing:
+            if data:
+                self.last_active_s = time.monotonic()
+                self._receive(data)
+                if self._closing:
+                    break
+            if self.inflight >= INFLIGHT_REQUESTS_MAX:
+                self._room.clear()
+                await self._room.wait()
+            try:
+                await self._writer.drain()
+                data = await self._reader.read(READ_CHUNK_BYTES)
+            except (ConnectionError, OSError):
+                break
+            if not data:
+                await self._await_replies(EOF_DRAIN_TIMEOUT_S)
+                break
+        self.close()
+
+    def _receive(self, data: bytes) -> None:
+        try:
+            self._decoder.feed(data)
+            while not self._closing:
+                frame = self._decoder.next_frame()
+                if frame is None:
+                    break
+                self._on_frame(frame, time.monotonic())
+        except DecodeError as error:
+            self._metrics.observe_request("Frame", error.code, 0.0)
+            self._owner.log.debug("connection.bad_frame", peer=self.peer, reason=error.reason)
+            self._fail(error_reply(error))
+
+    def close(self) -> None:
+        """Close the socket after what was written so far has been sent."""
+        self._closing = True
+        self._room.set()
+        if not self._writer.is_closing():
+            self._writer.close()
+
+    def refuse(self, why: str) -> None:
+        """Turn the connection away before serving it (a connection error)."""
+        self._fail(ErrorReply(ErrorCode.UNAVAILABLE, why, None))
+
+    def close_idle(self, idle_s: float) -> None:
+        message = f"closed after {idle_s:.0f} s without requests"
+        self._fail(ErrorReply(ErrorCode.UNAVAILABLE, message, None))
+
+    def _fail(self, reply: ErrorReply) -> None:
+        """A connection error: answer with request id 0, then close."""
+        self._write(encode(reply, 0))
+        self.close()
+
+    async def _await_replies(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.inflight and time.monotonic() < deadline and not self._writer.is_closing():
+            await asyncio.sleep(0.01)
+
+    # --- frames ----------------------------------------------------------------------------
+
+    def _on_frame(self, frame: Frame, received_s: float) -> None:
+        if self._client_id is None:
+            if self._handshaking:
+                if len(self._held) >= HELD_FRAMES_MAX:
+                    self._fail(
+                        _error(
+                            ErrorCode.INVALID_REQUEST, "too many frames before the handshake reply"
+                        )
+                    )
+                    return
+                self._held.append((frame, received_s))
+                return
+            self._on_handshake(frame, received_s)
+            return
+        method = _method(frame.command)
+        if frame.command == Command.HANDSHAKE:
+            self._refuse(
+                frame,
+                method,
+                received_s,
+                ErrorCode.INVALID_REQUEST,
+                "the connection's handshake was done already",
+            )
+            return
+        if self._owner.shutting_down:
+            self._refuse(
+                frame, method, received_s, ErrorCode.UNAVAILABLE, "the node is shutting down"
+            )
+            return
+        if self._bucket is not None and not self._bucket.take(received_s):
+            self._refuse(
+                frame,
+                method,
+                received_s,
+                ErrorCode.RATE_LIMITED,
+                "too many requests on this connection; retry later",
+            )
+            return
+        try:
+            message = decode_frame(frame)
+        except DecodeError as error:
+            self._refuse(frame, method, received_s, error.code, error.reason)
+            return
+        self._on_request(frame, message, method, received_s)
+
+    def _on_request(
+        self, frame: Frame, message: AnyMessage, method: str, received_s: float
+    ) -> None:
+        client_id = self._client_id
+        assert client_id is not None
+        request_id = frame.request_id
+        match message:
+            case CreateStream() | AppendEvents():
+                if not 1 <= request_id <= REQUEST_NUMBER_MAX:
+                    self._refuse(
+                        frame,
+                        method,
+                        received_s,
+                        ErrorCode.INVALID_REQUEST,
+                        f"a write's request id must be in 1..{REQUEST_NUMBER_MAX}",
+                    )
+                    return
+                body = encode_request(StoreRequest(TENANT_WITHOUT_AUTH, message))
+                done = self._tracked(request_id, method, received_s)
+                self._host.submit_write(TENANT_WITHOUT_AUTH, client_id, request_id, body, done)
+            case ReadEvents() | ReadEventsAsOf():
+                body = encode_request(StoreRequest(TENANT_WITHOUT_AUTH, message))
+                self._host.submit_read(body, self._tracked(request_id, method, received_s))
+            case Sync():
+                self._syncs.append(_Sync(self._seq, request_id, received_s))
+                self._seq += 1
+                self._release_syncs()
+            case _:
+                self._refuse(
+                    frame,
+                    method,
+                    received_s,
+                    ErrorCode.INVALID_REQUEST,
+                    f"{frame.command.name} is not a request a client may send",
+                )
+
+    def _on_handshake(self, frame: Frame, received_s: float) -> None:
+        if frame.command != Command.HANDSHAKE:
+            self._metrics.observe_request(_method(frame.command), ErrorCode.INVALID_REQUEST, 0.0)
+            self._fail(_error(ErrorCode.INVALID_REQUEST, "the first request must be HANDSHAKE"))
+            return
+        try:
+            handshake = decode_frame(frame)
+        except DecodeError as error:
+            self._metrics.observe_request("Handshake", error.code, 0.0)
+            self._fail(error_reply(error))
+            return
+        assert isinstance(handshake, Handshake)
+        self._handshaking = True
+        client_id = handshake.client_id
+
+        def ready(refusal: Refused | None) -> None:
+            duration_s = time.monotonic() - received_s
+            if refusal is not None:
+                self._metrics.observe_request("Handshake", refusal.code, duration_s)
+                self._fail(_error(refusal.code, refusal.message))
+                return
+            self._client_id = client_id
+            self._handshaking = False
+            reply = HandshakeReply(
+                protocol_version=min(handshake.protocol_version, PROTOCOL_VERSION),
+                server_version=__version__,
+                replica_id=0,
+                cluster_size=1,
+                view=self._host.view,
+            )
+            self._write(encode(reply, frame.request_id))
+            self._metrics.observe_request("Handshake", None, duration_s)
+            held, self._held = self._held, []
+            for held_frame, held_received_s in held:
+                if self._closing:
+                    break
+                self._on_frame(held_frame, held_received_s)
+
+        self._host.open_session(TENANT_WITHOUT_AUTH, client_id, ready)
+
+    # --- replies ---------------------------------------------------------------------------
+
+    def _tracked(
+        self, request_id: int, method: str, received_s: float
+    ) -> Callable[[Outcome], None]:
+        seq = self._seq
+        self._seq += 1
+        self._open[seq] = None
+
+        def done(outcome: Outcome) -> None:
+            self._open.pop(seq, None)
+            code = self._answer(request_id, outcome)
+            self._metrics.observe_request(method, code, time.monotonic() - received_s)
+            self._release_syncs()
+            if self.inflight < INFLIGHT_REQUESTS_MAX:
+                self._room.set()
+
+        return done
+
+    def _answer(self, request_id: int, outcome: Outcome) -> ErrorCode | None:
+        """Write the reply to ``request_id``; returns its error code (None for success)."""
+        if isinstance(outcome, Refused):
+            self._write(encode(_error(outcome.code, outcome.message), request_id))
+            return outcome.code
+        assert isinstance(outcome, Applied)
+        try:
+            reply = to_wire_reply(decode_reply(outcome.reply))
+            frame = encode(reply, request_id)
+        except (DecodeError, ValueError) as error:
+            self._owner.log.error("connection.bad_store_reply", reason=str(error))
+            self._write(
+                encode(
+                    _error(ErrorCode.INTERNAL, "the node could not encode its reply"), request_id
+                )
+            )
+            return ErrorCode.INTERNAL
+        self._write(frame)
+        return reply.code if isinstance(reply, ErrorReply) else None
+
+    def _release_syncs(self) -> None:
+        oldest_open = next(iter(self._open), None)
+        while self._syncs and (oldest_open is None or self._syncs[0].seq < oldest_open):
+            sync = self._syncs.popleft()
+            self._write(encode(SyncReply(self._host.commit), sync.request_id))
+            self._metrics.observe_request("Sync", None, time.monotonic() - sync.received_s)
+        if self.inflight < INFLIGHT_REQUESTS_MAX:
+            self._room.set()
+
+    def _refuse(
+        self, frame: Frame, method: str, received_s: float, code: ErrorCode, message: str
+    ) -> None:
+        self._write(encode(_error(code, message), frame.request_id))
+        self._metrics.observe_request(method, code, time.monotonic() - received_s)
+
+    def _write(self, data: bytes) -> None:
+        self.last_active_s = time.monotonic()
+        if not self._writer.is_closing():
+            self._writer.write(data)
+
+
+def _error(code: ErrorCode, message: str) -> ErrorReply:
+    cut = message.encode("utf-8")[:1024].decode("utf-8", errors="ignore")
+    return ErrorReply(code, cut, None)
+
+
+_METHODS = {
+    Command.HANDSHAKE: "Handshake",
+    Command.CREATE_STREAM: "CreateStream",
+    Command.APPEND_EVENTS: "AppendEvents",
+    Command.READ_EVENTS: "ReadEvents",
+    Command.READ_EVENTS_AS_OF: "ReadEventsAsOf",
+    Command.SYNC: "Sync",
+}
+
+
+def _method(command: Command) -> str:
+    """The ``method`` label of a command: its message name, ``Other`` for non-requests."""
+    return _METHODS.get(command, "Other")

@@ -1,0 +1,102 @@
+"""The node's Prometheus metrics, in a registry of its own.
+
+Names and labels are the deployment guide's:
+
+    vdb_requests_total{method,status}       requests answered, by command and outcome
+    vdb_request_duration_seconds{method}    histogram: frame received to reply written
+    vdb_connections_active                  client-protocol connections open now
+    vdb_connections_total                   client-protocol connections admitted
+    vdb_storage_bytes_written_total         bytes the node's disk wrote (completed writes)
+    vdb_storage_records_total               log records made durable by this process
+    vdb_storage_checkpoints_total           checkpoints sealed by this process
+    vdb_replication_lag_records             ops the slowest replica is behind (0 alone)
+    vdb_replication_view_number             the replica's current VSR view
+
+``method`` is the wire command's message name (``AppendEvents``, ``ReadEvents``, ...,
+``Frame`` for bytes that never became a request); ``status`` is ``success`` or the
+lower-case ``ErrorCode`` name. Both label sets are closed, so the number of series is
+bounded. Counters start at 0 when the process starts, as Prometheus expects.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from craton.core.wire.errors import ErrorCode
+
+METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
+STATUS_SUCCESS = "success"
+# Seconds: from a loopback sync (tens of microseconds) to a stalled disk.
+DURATION_BUCKETS_S = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+
+def status_label(code: ErrorCode | None) -> str:
+    return STATUS_SUCCESS if code is None else code.name.lower()
+
+
+class NodeMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        registry = self.registry
+        self.requests = Counter(
+            "vdb_requests",
+            "Requests answered, by wire command and outcome.",
+            ["method", "status"],
+            registry=registry,
+        )
+        self.request_duration = Histogram(
+            "vdb_request_duration_seconds",
+            "Time from a request's frame arriving to its reply being written.",
+            ["method"],
+            buckets=DURATION_BUCKETS_S,
+            registry=registry,
+        )
+        self.connections_active = Gauge(
+            "vdb_connections_active", "Client-protocol connections open now.", registry=registry
+        )
+        self.connections = Counter(
+            "vdb_connections", "Client-protocol connections admitted.", registry=registry
+        )
+        self.bytes_written = Counter(
+            "vdb_storage_bytes_written", "Bytes written to the data directory.", registry=registry
+        )
+        self.records = Counter(
+            "vdb_storage_records", "Log records made durable by this process.", registry=registry
+        )
+        self.checkpoints = Counter(
+            "vdb_storage_checkpoints", "Checkpoints sealed by this process.", registry=registry
+        )
+        self.replication_lag = Gauge(
+            "vdb_replication_lag_records",
+            "Ops the slowest replica holds fewer than this one (0 without peers).",
+            registry=registry,
+        )
+        self.view = Gauge(
+            "vdb_replication_view_number", "The replica's current VSR view.", registry=registry
+        )
+
+    def observe_request(self, method: str, code: ErrorCode | None, duration_s: float) -> None:
+        self.requests.labels(method, status_label(code)).inc()
+        self.request_duration.labels(method).observe(max(0.0, duration_s))
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)

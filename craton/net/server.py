@@ -1,0 +1,265 @@
+"""The node's listeners: the main port (binary protocol and HTTP probes) and the metrics port.
+
+``Server`` accepts connections on ``VDB_BIND_ADDR`` (TLS when ``VDB_TLS_CERT`` and
+``VDB_TLS_KEY`` are set) and tells the two protocols apart by their first bytes: an HTTP
+method followed by a space is handed to ``MainPortHttp``; anything else is Craton's binary
+protocol (whose frames start with the magic ``CRTN``; a stranger is refused by the frame
+decoder). ``VDB_METRICS_ADDR`` serves the same probes through aiohttp.
+
+Rules it keeps:
+- At most ``VDB_MAX_CONNECTIONS`` binary connections are open; one more gets an
+  ``UNAVAILABLE`` error frame (request id 0) and is closed. Probe requests do not count
+  against that limit (a busy node still answers its orchestrator) but have their own,
+  ``HTTP_CONNECTIONS_MAX``.
+- A binary connection with nothing in flight and no bytes for ``VDB_IDLE_TIMEOUT_SECS`` is
+  closed (with an ``UNAVAILABLE`` frame saying why); a connection that sends nothing at all
+  is closed after the same time.
+- ``shutdown`` stops accepting, refuses new requests with ``UNAVAILABLE``, waits (bounded)
+  for the requests in flight to be answered and for the replica to commit everything it
+  was given, closes the connections, then the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import time
+
+from aiohttp import web
+
+from craton.net.config import Address, ServerConfig
+from craton.net.connection import ClientConnection
+from craton.net.logs import EventLog
+from craton.net.metrics import NodeMetrics
+from craton.net.node import ReplicaHost
+from craton.net.probes import MainPortHttp, Probes, metrics_app
+
+HTTP_METHODS = (b"GET ", b"HEAD ", b"POST ", b"PUT ", b"DELETE ", b"OPTIONS ", b"PATCH ")
+HTTP_CONNECTIONS_MAX = 64  # probe connections on the main port at once
+SNIFF_BYTES_MAX = max(len(method) for method in HTTP_METHODS)
+IDLE_SWEEP_INTERVAL_S = 1.0
+CLOSE_TIMEOUT_S = 2.0  # waiting for a closed connection's buffered replies to go out
+
+
+class ListenError(Exception):
+    """An address could not be bound or TLS could not be set up; names the variable."""
+
+
+class Server:
+    def __init__(
+        self, config: ServerConfig, host: ReplicaHost, metrics: NodeMetrics, log: EventLog
+    ) -> None:
+        self.config = config
+        self.host = host
+        self.log = log
+        self.metrics = metrics
+        self.rate_limit_rps = config.rate_limit_rps
+        self._shutting_down = False
+        self._connections: dict[ClientConnection, asyncio.Task[None]] = {}
+        self._http_connections = 0
+        self._listener: asyncio.Server | None = None
+        self._metrics_runner: web.AppRunner | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self.probes = Probes(
+            host,
+            self.metrics,
+            max_connections=config.max_connections,
+            connections=lambda: len(self._connections),
+        )
+        self._http = MainPortHttp(self.probes)
+        self.main_address: Address | None = None
+        self.metrics_address: Address | None = None
+
+    @property
+    def shutting_down(self) -> bool:
+        return self._shutting_down
+
+    async def start(self) -> None:
+        """Listen on both ports; raises ``OSError`` when an address cannot be bound."""
+        config = self.config
+        tls = _tls_context(config) if config.tls else None
+        try:
+            self._listener = await asyncio.start_server(
+                self._accept, config.bind_addr.host, config.bind_addr.port, ssl=tls
+            )
+        except OSError as error:
+            raise ListenError(_cannot_listen("VDB_BIND_ADDR", config.bind_addr, error)) from None
+        self.main_address = _bound(self._listener, config.bind_addr)
+        runner = web.AppRunner(metrics_app(self.probes), access_log=None, handle_signals=False)
+        await runner.setup()
+        self._metrics_runner = runner
+        site = web.TCPSite(runner, config.metrics_addr.host, config.metrics_addr.port)
+        try:
+            await site.start()
+        except OSError as error:
+            self._listener.close()
+            await runner.cleanup()
+            raise ListenError(
+                _cannot_listen("VDB_METRICS_ADDR", config.metrics_addr, error)
+            ) from None
+        server = getattr(site, "_server", None)
+        self.metrics_address = (
+            _bound(server, config.metrics_addr)
+            if isinstance(server, asyncio.Server)
+            else config.metrics_addr
+        )
+        self._sweeper = asyncio.create_task(self._sweep_idle())
+        self.log.info(
+            "server.listening",
+            addr=str(self.main_address),
+            metrics_addr=str(self.metrics_address),
+            tls=tls is not None,
+        )
+
+    async def shutdown(self, grace_s: float) -> bool:
+        """Stop serving; True if every request in flight was answered within ``grace_s``."""
+        self._shutting_down = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        if self._listener is not None:
+            self._listener.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        answered = True
+        while any(conn.inflight for conn in self._connections):
+            if loop.time() >= deadline or self.host.halted is not None:
+                answered = False
+                break
+            await asyncio.sleep(0.01)
+        committed = await self.host.drain(max(0.0, deadline - loop.time()))
+        for connection in list(self._connections):
+            connection.close()
+        tasks = list(self._connections.values())
+        if tasks:
+            await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT_S)
+        if self._metrics_runner is not None:
+            await self._metrics_runner.cleanup()
+        self.host.close()
+        return answered and committed
+
+    # --- accepting -------------------------------------------------------------------------
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = _peer(writer)
+        try:
+            first = await asyncio.wait_for(_sniff(reader), self.config.idle_timeout_secs)
+        except (TimeoutError, ConnectionError, OSError):
+            writer.close()
+            return
+        if not first:
+            writer.close()
+            return
+        if first.startswith(HTTP_METHODS):
+            await self._serve_http(reader, writer, first)
+            return
+        await self._serve_binary(reader, writer, first, peer)
+
+    async def _serve_http(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bytes
+    ) -> None:
+        if self._http_connections >= HTTP_CONNECTIONS_MAX:
+            writer.close()
+            return
+        self._http_connections += 1
+        try:
+            await self._http.serve(reader, writer, first)
+        finally:
+            self._http_connections -= 1
+            writer.close()
+
+    async def _serve_binary(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        first: bytes,
+        peer: str,
+    ) -> None:
+        connection = ClientConnection(self, reader, writer, peer)
+        if self._shutting_down or len(self._connections) >= self.config.max_connections:
+            why = (
+                "the node is shutting down"
+                if self._shutting_down
+                else f"the node serves at most {self.config.max_connections} connections"
+            )
+            self.log.warn("connection.refused", peer=peer, reason=why)
+            connection.refuse(why)
+            await _close(writer)
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections[connection] = task
+        self.metrics.connections.inc()
+        self.metrics.connections_active.set(len(self._connections))
+        self.log.debug("connection.opened", peer=peer)
+        try:
+            await connection.run(first)
+        finally:
+            del self._connections[connection]
+            self.metrics.connections_active.set(len(self._connections))
+            await _close(writer)
+            self.log.debug("connection.closed", peer=peer)
+
+    async def _sweep_idle(self) -> None:
+        timeout_s = self.config.idle_timeout_secs
+        while True:
+            await asyncio.sleep(IDLE_SWEEP_INTERVAL_S)
+            now = time.monotonic()
+            for connection in list(self._connections):
+                if connection.inflight == 0 and now - connection.last_active_s >= timeout_s:
+                    self.log.debug("connection.idle_closed", peer=connection.peer)
+                    connection.close_idle(timeout_s)
+
+
+async def _sniff(reader: asyncio.StreamReader) -> bytes:
+    """The first bytes of a connection: enough to tell an HTTP method from anything else."""
+    buffer = b""
+    while True:
+        chunk = await reader.read(64 * 1024)
+        if not chunk:
+            return buffer
+        buffer += chunk
+        if buffer.startswith(HTTP_METHODS) or len(buffer) >= SNIFF_BYTES_MAX:
+            return buffer
+        if not any(method.startswith(buffer) for method in HTTP_METHODS):
+            return buffer
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    if not writer.is_closing():
+        writer.close()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(writer.wait_closed(), CLOSE_TIMEOUT_S)
+
+
+def _tls_context(config: ServerConfig) -> ssl.SSLContext:
+    assert config.tls_cert is not None and config.tls_key is not None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(config.tls_cert, config.tls_key)
+    except (OSError, ssl.SSLError) as error:
+        reason = getattr(error, "reason", None) or getattr(error, "strerror", None) or "invalid"
+        raise ListenError(
+            f"VDB_TLS_CERT/VDB_TLS_KEY: cannot load the certificate and key: {reason}"
+        ) from None
+    return context
+
+
+def _cannot_listen(variable: str, address: Address, error: OSError) -> str:
+    return f"{variable}: cannot listen on {address}: {error.strerror or error}"
+
+
+def _bound(server: asyncio.Server, asked: Address) -> Address:
+    """The address actually bound (the port the OS chose when ``asked.port`` is 0)."""
+    for sock in server.sockets:
+        name = sock.getsockname()
+        return Address(asked.host, int(name[1]))
+    return asked
+
+
+def _peer(writer: asyncio.StreamWriter) -> str:
+    name = writer.get_extra_info("peername")
+    if isinstance(name, tuple) and len(name) >= 2:
+        return f"{name[0]}:{name[1]}"
+    return "unknown"
