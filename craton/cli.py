@@ -13,6 +13,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from craton import __version__
 from craton.core.audit import AuditReport, audit
@@ -37,8 +38,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return result
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad usage is one line on stderr and exit 2 (argparse would print the usage first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="craton", description="Craton command-line tools")
+    parser = _Parser(prog="craton", description="Craton command-line tools")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     verify = commands.add_parser("verify", help="check a data directory offline")
@@ -149,19 +157,26 @@ def _report_json(data_dir: Path, report: AuditReport) -> dict[str, object]:
 
 
 def _run_sim(args: argparse.Namespace) -> int:
-    from craton.sim.runner import parse_seeds, run_seeds
+    from craton.sim.runner import parse_seeds, run_header, run_seeds
 
     try:
         seeds = (
             parse_seeds(args.seeds) if getattr(args, "seeds", None) else parse_seeds(str(args.seed))
         )
     except ValueError as error:
-        return _fail(f"--seeds: {error}", EXIT_USAGE)
+        option = "--seeds" if getattr(args, "seeds", None) else "--seed"
+        return _fail(f"{option}: {error}", EXIT_USAGE)
     if args.ticks is not None and args.ticks < 1:
         return _fail("--ticks must be at least 1", EXIT_USAGE)
+    if args.sim_command == "replay":
+        print(run_header(args.seed, replicas=args.replicas, ticks=args.ticks), file=sys.stderr)
     if args.trace is None:
         return run_seeds(seeds, replicas=args.replicas, ticks=args.ticks, trace_file=None)
-    with args.trace.open("w", encoding="utf-8") as trace_file:
+    try:
+        trace_file = args.trace.open("w", encoding="utf-8")
+    except OSError as error:
+        return _fail(f"--trace {args.trace}: cannot write: {error.strerror or error}", EXIT_USAGE)
+    with trace_file:
         return run_seeds(seeds, replicas=args.replicas, ticks=args.ticks, trace_file=trace_file)
 
 

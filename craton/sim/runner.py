@@ -42,6 +42,13 @@ def replay_command(seed: int, replicas: int | None, ticks: int | None) -> str:
     return command
 
 
+def run_header(seed: int, *, replicas: int | None, ticks: int | None) -> str:
+    """The swarm options a seed draws, as one line (the trace's first line; ``replay``
+    prints it on stderr)."""
+    options = draw_options(seed, replicas=replicas, ticks=ticks)
+    return f"seed {seed}: swarm options {json.dumps(options.summary(), sort_keys=True)}"
+
+
 def run_seed(
     seed: int,
     *,
@@ -51,6 +58,8 @@ def run_seed(
 ) -> dict[str, object]:
     """Run one seed; returns its summary (the JSON line's fields)."""
     options = draw_options(seed, replicas=replicas, ticks=ticks)
+    if trace is not None:
+        trace(f"# {run_header(seed, replicas=replicas, ticks=ticks)}")
     summary: dict[str, object] = {
         "seed": seed,
         "replicas": options.replica_count,
@@ -87,9 +96,13 @@ def run_seeds(
     replicas: int | None,
     ticks: int | None,
     trace_file: TextIO | None,
-    out: TextIO = sys.stdout,
-    progress: TextIO = sys.stderr,
+    out: TextIO | None = None,
+    progress: TextIO | None = None,
 ) -> int:
+    """Run ``seeds`` in order: a JSON line each on ``out`` (default: stdout), failures and
+    progress on ``progress`` (default: stderr); returns the exit code."""
+    out = sys.stdout if out is None else out
+    progress = sys.stderr if progress is None else progress
     exit_code = EXIT_PASS
     failures = 0
     for count, seed in enumerate(seeds, start=1):
