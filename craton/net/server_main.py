@@ -29,14 +29,9 @@ import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
-from prometheus_client import disable_created_metrics
-
 from craton import __version__
 from craton.net.config import ConfigError, ReplicationMode, ServerConfig, load_config
 from craton.net.logs import EventLog
-from craton.net.metrics import NodeMetrics
-from craton.net.node import HostError, ReplicaHost
-from craton.net.server import ListenError, Server
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -56,7 +51,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"craton-server: {error}", file=sys.stderr)
         return EXIT_CONFIG
     log = EventLog(config.log_level)
-    disable_created_metrics()  # type: ignore[no-untyped-call]  # one series per counter: the *_created twins add nothing here
     try:
         return asyncio.run(serve(config, log))
     except StartError as error:
@@ -67,6 +61,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 async def serve(config: ServerConfig, log: EventLog) -> int:
     """Run the node until a signal or a fault; returns the exit status."""
+    # Imported here so that a bad configuration is reported before the node's heavier
+    # modules (aiohttp, prometheus-client, the core) are loaded.
+    from prometheus_client import disable_created_metrics
+
+    from craton.net.metrics import NodeMetrics
+    from craton.net.node import HostError, ReplicaHost
+    from craton.net.server import ListenError, Server
+
+    disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created twin series
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

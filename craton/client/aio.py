@@ -1,0 +1,522 @@
+"""``AsyncClient``: Craton's asyncio client for the binary protocol (docs/PROTOCOL.md).
+
+A client is one ``client_id`` (a random u128 drawn when it is created) and at most one
+connection at a time, opened lazily, re-opened after it breaks and always started with a
+``HANDSHAKE``. Requests number from 1 upwards within the client id.
+
+Rules it keeps:
+- Retries reuse the request id, so the node applies a retried write at most once; a
+  request is retried after a broken connection, a timeout of one attempt
+  (``request_timeout_s``) or a retryable error (``RATE_LIMITED``, ``NOT_PRIMARY``,
+  ``UNAVAILABLE``, ``INTERNAL``), with a doubling back-off from ``BACKOFF_FIRST_S`` to
+  ``BACKOFF_MAX_S``, until ``retry_deadline_s`` after the call began; then it raises.
+- Writes (create stream, append) of one client are sent one at a time, in call order:
+  the node applies a client's writes in increasing request-id order, so a write that
+  overtook an earlier one could make the earlier one's retry unanswerable. Reads and
+  syncs are pipelined freely. For parallel writes, use several clients.
+- ``NOT_PRIMARY`` with a ``primary_address`` moves the client to that address; without
+  one, to the next of the addresses it was given.
+- Write request ids stay within ``REQUEST_NUMBER_MAX``; past it the client draws a new
+  client id and starts numbering again.
+- Every failure is a ``craton.client.errors`` exception; nothing else escapes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from types import TracebackType
+from typing import TypeVar
+
+import attrs
+
+from craton.client.errors import (
+    ConnectionFailed,
+    CratonError,
+    NotPrimary,
+    ProtocolError,
+    RequestTimeout,
+    RetryableError,
+    ServerError,
+    error_for,
+)
+from craton.core.wire import (
+    PROTOCOL_VERSION,
+    AppendEvents,
+    AppendEventsReply,
+    CreateStream,
+    CreateStreamReply,
+    DataClass,
+    DecodeError,
+    ErrorReply,
+    FrameDecoder,
+    Handshake,
+    HandshakeReply,
+    Placement,
+    PlacementKind,
+    ReadEvents,
+    ReadEventsAsOf,
+    ReadEventsReply,
+    Sync,
+    SyncReply,
+    decode_frame,
+    encode,
+)
+from craton.core.wire.codec import AnyMessage
+from craton.core.wire.messages import READ_EVENTS_MAX, READ_SIZE_MAX
+
+DEFAULT_ADDRESS = "127.0.0.1:5432"
+CONNECT_TIMEOUT_S = 5.0
+REQUEST_TIMEOUT_S = 10.0
+RETRY_DEADLINE_S = 30.0
+BACKOFF_FIRST_S = 0.02
+BACKOFF_MAX_S = 1.0
+READ_CHUNK_BYTES = 256 * 1024
+REQUEST_NUMBER_MAX = 2**32 - 1  # the node's limit on a write's request id
+READ_MAX_BYTES_DEFAULT = 1024 * 1024
+
+_Reply = TypeVar("_Reply")
+_Outcome = TypeVar("_Outcome")
+
+
+@attrs.frozen
+class AppendResult:
+    """Where an append landed: its first event's offset in the stream, and its log
+    position. Neither ever changes."""
+
+    first_offset: int
+    log_position: int
+
+
+@attrs.frozen
+class ReadResult:
+    """Events from ``from_offset`` on, as of log position ``log_position``."""
+
+    from_offset: int
+    log_position: int
+    events: tuple[bytes, ...]
+
+    @property
+    def next_offset(self) -> int:
+        """The offset to read from next."""
+        return self.from_offset + len(self.events)
+
+
+@attrs.frozen
+class ServerInfo:
+    """What the node said in its handshake reply."""
+
+    address: str
+    protocol_version: int
+    server_version: str
+    replica_id: int
+    cluster_size: int
+    view: int
+
+
+class _LinkBroken(Exception):
+    """The connection ended; ``error`` is the node's connection error, when it sent one."""
+
+    def __init__(self, reason: str, error: ServerError | None = None) -> None:
+        super().__init__(reason)
+        self.error = error
+
+
+class _Link:
+    """One connection: frames out, replies matched to their request ids."""
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, address: str
+    ) -> None:
+        self.address = address
+        self._reader = reader
+        self._writer = writer
+        self._pending: dict[int, asyncio.Future[AnyMessage]] = {}
+        self._broken: _LinkBroken | None = None
+        self._task = asyncio.create_task(self._read_loop())
+
+    @property
+    def broken(self) -> bool:
+        return self._broken is not None
+
+    async def request(self, message: AnyMessage, request_id: int) -> AnyMessage:
+        if self._broken is not None:
+            raise self._broken
+        future: asyncio.Future[AnyMessage] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        try:
+            self._writer.write(encode(message, request_id))
+            await self._writer.drain()
+            return await future
+        except (ConnectionError, OSError) as error:
+            self._break(_LinkBroken(f"connection to {self.address} lost: {error}"))
+            raise self._broken or _LinkBroken("connection lost") from None
+        finally:
+            if self._pending.get(request_id) is future:
+                del self._pending[request_id]
+
+    async def close(self) -> None:
+        self._break(_LinkBroken("closed by the client"))
+        self._task.cancel()
+        with contextlib.suppress(BaseException):
+            await self._task
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._writer.wait_closed(), 1.0)
+
+    async def _read_loop(self) -> None:
+        decoder = FrameDecoder()
+        try:
+            while True:
+                data = await self._reader.read(READ_CHUNK_BYTES)
+                if not data:
+                    self._break(_LinkBroken(f"{self.address} closed the connection"))
+                    return
+                decoder.feed(data)
+                while (frame := decoder.next_frame()) is not None:
+                    self._deliver(frame.request_id, decode_frame(frame))
+        except DecodeError as error:
+            self._break(_LinkBroken(f"undecodable reply from {self.address}: {error.reason}"))
+        except (ConnectionError, OSError) as error:
+            self._break(_LinkBroken(f"connection to {self.address} lost: {error}"))
+
+    def _deliver(self, request_id: int, message: AnyMessage) -> None:
+        if request_id == 0 and isinstance(message, ErrorReply):
+            error = error_for(message.code, message.message, message.primary_address)
+            self._break(_LinkBroken(f"{self.address} closed the connection: {error}", error))
+            return
+        future = self._pending.pop(request_id, None)
+        if future is not None and not future.done():
+            future.set_result(message)
+
+    def _break(self, broken: _LinkBroken) -> None:
+        if self._broken is None:
+            self._broken = broken
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(self._broken)
+        if not self._writer.is_closing():
+            self._writer.close()
+
+
+class AsyncClient:
+    """A Craton client for asyncio programs; use ``async with AsyncClient(...) as c``."""
+
+    def __init__(
+        self,
+        address: str | Sequence[str] = DEFAULT_ADDRESS,
+        *,
+        client_id: int | None = None,
+        auth_token: str | None = None,
+        tls: ssl.SSLContext | bool | None = None,
+        connect_timeout_s: float = CONNECT_TIMEOUT_S,
+        request_timeout_s: float = REQUEST_TIMEOUT_S,
+        retry_deadline_s: float = RETRY_DEADLINE_S,
+    ) -> None:
+        addresses = [address] if isinstance(address, str) else list(address)
+        if not addresses:
+            raise ValueError("at least one address is needed")
+        for each in addresses:
+            _split_address(each)
+        if client_id is not None and not 1 <= client_id < 2**128:
+            raise ValueError("client_id must be in 1..2**128-1")
+        if min(connect_timeout_s, request_timeout_s, retry_deadline_s) <= 0:
+            raise ValueError("timeouts must be positive")
+        self._addresses = addresses
+        self._address = addresses[0]
+        self.client_id = client_id if client_id is not None else _new_client_id()
+        self._auth_token = auth_token
+        self._tls = ssl.create_default_context() if tls is True else (tls or None)
+        self._connect_timeout_s = connect_timeout_s
+        self._request_timeout_s = request_timeout_s
+        self._retry_deadline_s = retry_deadline_s
+        self._next_request_id = 1
+        self._link: _Link | None = None
+        self._link_lock = asyncio.Lock()
+        self._write_lock = asyncio.Lock()
+        self.info: ServerInfo | None = None
+        self._closed = False
+
+    async def __aenter__(self) -> AsyncClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # --- the API ---------------------------------------------------------------------------
+
+    async def connect(self) -> ServerInfo:
+        """Connect and handshake now (requests do it themselves when needed)."""
+        deadline = time.monotonic() + self._retry_deadline_s
+
+        async def attempt() -> ServerInfo | CratonError:
+            try:
+                await self._ensure_link(deadline)
+            except CratonError as error:
+                return error
+            assert self.info is not None
+            return self.info
+
+        return await _retrying(attempt, deadline)
+
+    async def close(self) -> None:
+        self._closed = True
+        link, self._link = self._link, None
+        if link is not None:
+            await link.close()
+
+    async def create_stream(
+        self,
+        name: str,
+        data_class: DataClass = DataClass.INTERNAL,
+        *,
+        region: str | None = None,
+    ) -> int:
+        """Create a stream; returns the log position of its creation."""
+        placement = (
+            Placement(PlacementKind.GLOBAL, "")
+            if region is None
+            else Placement(PlacementKind.REGION, region)
+        )
+        reply = await self._write(CreateStream(name, data_class, placement), CreateStreamReply)
+        return reply.log_position
+
+    async def append(
+        self, stream: str, events: Sequence[bytes], *, expected_offset: int | None = None
+    ) -> AppendResult:
+        """Append ``events`` (all or none), durably; with ``expected_offset``, only if the
+        stream holds exactly that many events (else ``UnexpectedOffset``)."""
+        message = AppendEvents(stream, tuple(events), expected_offset)
+        reply = await self._write(message, AppendEventsReply)
+        return AppendResult(reply.first_offset, reply.log_position)
+
+    async def read(
+        self,
+        stream: str,
+        from_offset: int = 0,
+        *,
+        max_events: int = READ_EVENTS_MAX,
+        max_bytes: int = READ_MAX_BYTES_DEFAULT,
+    ) -> ReadResult:
+        """Committed events of ``stream`` from ``from_offset`` on (the first one always, if
+        it exists; then up to ``max_events`` and ``max_bytes``)."""
+        message = ReadEvents(stream, from_offset, max_events, min(max_bytes, READ_SIZE_MAX))
+        reply = await self._request(message, ReadEventsReply)
+        return ReadResult(reply.from_offset, reply.log_position, reply.events)
+
+    async def read_as_of(
+        self,
+        stream: str,
+        log_position: int,
+        from_offset: int = 0,
+        *,
+        max_events: int = READ_EVENTS_MAX,
+        max_bytes: int = READ_MAX_BYTES_DEFAULT,
+    ) -> ReadResult:
+        """The stream as it was when the log ended at ``log_position``."""
+        message = ReadEventsAsOf(
+            stream, log_position, from_offset, max_events, min(max_bytes, READ_SIZE_MAX)
+        )
+        reply = await self._request(message, ReadEventsReply)
+        return ReadResult(reply.from_offset, reply.log_position, reply.events)
+
+    async def sync(self) -> int:
+        """Wait until everything this client sent before is durable; returns the number of
+        committed log positions (every position below it is committed)."""
+        reply = await self._request(Sync(), SyncReply)
+        return reply.log_position
+
+    # --- requests --------------------------------------------------------------------------
+
+    async def _write(self, message: AnyMessage, expected: type[_Reply]) -> _Reply:
+        async with self._write_lock:
+            if self._next_request_id > REQUEST_NUMBER_MAX:
+                self.client_id = _new_client_id()
+                self._next_request_id = 1
+                link, self._link = self._link, None
+                if link is not None:
+                    await link.close()
+            return await self._request(message, expected)
+
+    async def _request(self, message: AnyMessage, expected: type[_Reply]) -> _Reply:
+        if self._closed:
+            raise ConnectionFailed("the client is closed")
+        request_id = self._take_request_id()
+        deadline = time.monotonic() + self._retry_deadline_s
+
+        async def attempt() -> AnyMessage | CratonError:
+            return await self._attempt(message, request_id, deadline)
+
+        reply = await _retrying(attempt, deadline)
+        if not isinstance(reply, expected):
+            raise ProtocolError(f"the node answered with {type(reply).__name__}")
+        return reply
+
+    async def _attempt(
+        self, message: AnyMessage, request_id: int, deadline: float
+    ) -> AnyMessage | CratonError:
+        """One try: the reply, or the error that decides whether to try again."""
+        try:
+            link = await self._ensure_link(deadline)
+        except CratonError as error:
+            return error
+        timeout_s = max(0.001, min(self._request_timeout_s, deadline - time.monotonic()))
+        try:
+            reply = await asyncio.wait_for(link.request(message, request_id), timeout_s)
+        except TimeoutError:
+            await self._drop(link)
+            return RequestTimeout(f"no answer from {link.address} within {timeout_s:.1f} s")
+        except _LinkBroken as broken:
+            await self._drop(link)
+            return broken.error or ConnectionFailed(str(broken))
+        if isinstance(reply, ErrorReply):
+            refused = error_for(reply.code, reply.message, reply.primary_address)
+            if isinstance(refused, NotPrimary):
+                await self._redirect(refused.primary_address)
+            return refused
+        return reply
+
+    # --- connections -----------------------------------------------------------------------
+
+    async def _ensure_link(self, deadline: float) -> _Link:
+        async with self._link_lock:
+            link = self._link
+            if link is not None and not link.broken:
+                return link
+            self._link = None
+            link = await self._open_link(deadline)
+            self._link = link
+            return link
+
+    async def _open_link(self, deadline: float) -> _Link:
+        address = self._address
+        host, port = _split_address(address)
+        timeout_s = max(0.001, min(self._connect_timeout_s, deadline - time.monotonic()))
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(host, port, ssl=self._tls, limit=READ_CHUNK_BYTES),
+                timeout_s,
+            )
+        except (TimeoutError, OSError) as error:
+            self._next_address()
+            raise ConnectionFailed(f"cannot connect to {address}: {_why(error)}") from None
+        link = _Link(reader, writer, address)
+        handshake = Handshake(PROTOCOL_VERSION, self.client_id, self._auth_token)
+        try:
+            reply = await asyncio.wait_for(
+                link.request(handshake, self._take_request_id()), timeout_s
+            )
+        except TimeoutError:
+            await link.close()
+            raise ConnectionFailed(f"no handshake reply from {address}") from None
+        except _LinkBroken as broken:
+            await link.close()
+            raise broken.error or ConnectionFailed(str(broken)) from None
+        if isinstance(reply, ErrorReply):
+            await link.close()
+            raise error_for(reply.code, reply.message, reply.primary_address)
+        if not isinstance(reply, HandshakeReply):
+            await link.close()
+            raise ProtocolError(f"{address} answered the handshake with {type(reply).__name__}")
+        self.info = ServerInfo(
+            address,
+            reply.protocol_version,
+            reply.server_version,
+            reply.replica_id,
+            reply.cluster_size,
+            reply.view,
+        )
+        return link
+
+    async def _drop(self, link: _Link) -> None:
+        if self._link is link:
+            self._link = None
+        await link.close()
+
+    async def _redirect(self, primary_address: str | None) -> None:
+        if primary_address is not None:
+            try:
+                _split_address(primary_address)
+            except ValueError:
+                primary_address = None
+        if primary_address is not None:
+            self._address = primary_address
+        else:
+            self._next_address()
+        link, self._link = self._link, None
+        if link is not None:
+            await link.close()
+
+    def _next_address(self) -> None:
+        if self._address in self._addresses:
+            index = self._addresses.index(self._address)
+            self._address = self._addresses[(index + 1) % len(self._addresses)]
+        else:
+            self._address = self._addresses[0]
+
+    def _take_request_id(self) -> int:
+        request_id = self._next_request_id
+        self._next_request_id += 1
+        return request_id
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+async def _retrying(
+    attempt: Callable[[], Awaitable[_Outcome | CratonError]], deadline: float
+) -> _Outcome:
+    """Run ``attempt`` until it succeeds, fails for good, or ``deadline`` passes."""
+    backoff_s = BACKOFF_FIRST_S
+    while True:
+        outcome = await attempt()
+        if not isinstance(outcome, CratonError):
+            return outcome
+        if not _retryable(outcome):
+            raise outcome
+        wait_s = min(backoff_s, deadline - time.monotonic())
+        if wait_s <= 0:
+            raise outcome
+        await asyncio.sleep(wait_s)
+        backoff_s = min(BACKOFF_MAX_S, backoff_s * 2)
+
+
+def _retryable(error: CratonError) -> bool:
+    if isinstance(error, ServerError):
+        return isinstance(error, RetryableError)
+    return isinstance(error, ConnectionFailed | RequestTimeout)
+
+
+def _new_client_id() -> int:
+    while True:
+        client_id = int.from_bytes(os.urandom(16), "little")
+        if client_id:
+            return client_id
+
+
+def _split_address(address: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port``) → (host, port); ``ValueError`` when malformed."""
+    host, sep, port = address.strip().rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65_535:
+        raise ValueError(f"expected host:port, got {address!r}")
+    return host, int(port)
+
+
+def _why(error: BaseException) -> str:
+    if isinstance(error, TimeoutError):
+        return "timed out"
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return str(error) or type(error).__name__

@@ -1,0 +1,140 @@
+"""Bad configuration: every invalid ``VDB_*`` variable makes ``craton-server`` exit with
+status 2 and exactly one line on stderr naming that variable; secrets are never echoed.
+Valid values parse to the guide's defaults."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from craton.net.config import (
+    Address,
+    AuthMode,
+    ConfigError,
+    LogLevel,
+    ReplicationMode,
+    load_config,
+    parse_address,
+)
+
+SECRET = "s3cr3t-never-shown"
+PEERS = "10.0.0.1:5432,10.0.0.2:5432,10.0.0.3:5432"
+
+CASES: list[tuple[str, dict[str, str], str]] = [
+    ("data dir missing", {"VDB_DATA_DIR": ""}, "VDB_DATA_DIR"),
+    ("address without port", {"VDB_BIND_ADDR": "localhost"}, "VDB_BIND_ADDR"),
+    ("port out of range", {"VDB_BIND_ADDR": "127.0.0.1:99999"}, "VDB_BIND_ADDR"),
+    ("address without host", {"VDB_METRICS_ADDR": ":9090"}, "VDB_METRICS_ADDR"),
+    ("bad ipv6", {"VDB_METRICS_ADDR": "[::zz]:9090"}, "VDB_METRICS_ADDR"),
+    ("unknown replication", {"VDB_REPLICATION_MODE": "raft"}, "VDB_REPLICATION_MODE"),
+    ("unknown level", {"VDB_LOG_LEVEL": "verbose"}, "VDB_LOG_LEVEL"),
+    ("unknown auth", {"VDB_AUTH_MODE": "kerberos"}, "VDB_AUTH_MODE"),
+    ("jwt without secret", {"VDB_AUTH_MODE": "jwt"}, "VDB_JWT_SECRET"),
+    ("jwt not built", {"VDB_AUTH_MODE": "jwt", "VDB_JWT_SECRET": SECRET}, "VDB_AUTH_MODE"),
+    ("apikey not built", {"VDB_AUTH_MODE": "apikey"}, "VDB_AUTH_MODE"),
+    ("cluster without peers", {"VDB_REPLICATION_MODE": "cluster"}, "VDB_CLUSTER_PEERS"),
+    (
+        "replica id past peers",
+        {"VDB_REPLICATION_MODE": "cluster", "VDB_CLUSTER_PEERS": PEERS, "VDB_REPLICA_ID": "3"},
+        "VDB_REPLICA_ID",
+    ),
+    (
+        "cluster not built",
+        {"VDB_REPLICATION_MODE": "cluster", "VDB_CLUSTER_PEERS": PEERS, "VDB_REPLICA_ID": "1"},
+        "VDB_REPLICATION_MODE",
+    ),
+    ("bad peer", {"VDB_CLUSTER_PEERS": "10.0.0.1:5432,nope"}, "VDB_CLUSTER_PEERS"),
+    ("replica id too big", {"VDB_REPLICA_ID": "16"}, "VDB_REPLICA_ID"),
+    (
+        "single node id",
+        {"VDB_REPLICATION_MODE": "single-node", "VDB_REPLICA_ID": "2"},
+        "VDB_REPLICA_ID",
+    ),
+    ("zero connections", {"VDB_MAX_CONNECTIONS": "0"}, "VDB_MAX_CONNECTIONS"),
+    ("idle not a number", {"VDB_IDLE_TIMEOUT_SECS": "-1"}, "VDB_IDLE_TIMEOUT_SECS"),
+    ("rate not a number", {"VDB_RATE_LIMIT_RPS": "fast"}, "VDB_RATE_LIMIT_RPS"),
+    ("rate zero", {"VDB_RATE_LIMIT_RPS": "0"}, "VDB_RATE_LIMIT_RPS"),
+    ("tls cert alone", {"VDB_TLS_CERT": "/etc/hostname"}, "VDB_TLS_KEY"),
+    ("tls files missing", {"VDB_TLS_CERT": "/no/cert", "VDB_TLS_KEY": "/no/key"}, "VDB_TLS_CERT"),
+    ("jwt expiration", {"VDB_JWT_EXPIRATION_SECS": "0"}, "VDB_JWT_EXPIRATION_SECS"),
+]
+
+
+def run_server(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("VDB_")}
+    clean.update(env)
+    return subprocess.run(
+        [sys.executable, "-m", "craton.net.server_main"],
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+@pytest.mark.parametrize(("env", "variable"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_each_bad_variable_is_one_line_and_a_failed_exit(
+    tmp_path: Path, env: dict[str, str], variable: str
+) -> None:
+    result = run_server({"VDB_DATA_DIR": str(tmp_path / "data"), **env})
+    lines = result.stderr.splitlines()
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1, f"expected one line, got: {result.stderr!r}"
+    assert lines[0].startswith(f"craton-server: {variable}:"), lines[0]
+    assert "Traceback" not in result.stderr and SECRET not in result.stderr
+    assert not (tmp_path / "data").exists(), "nothing is created before the config is valid"
+
+
+def test_a_data_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    result = run_server({"VDB_DATA_DIR": str(tmp_path / "file")})
+    assert result.returncode == 2 and result.stderr.startswith("craton-server: VDB_DATA_DIR:")
+
+
+def test_defaults_are_the_guides(tmp_path: Path) -> None:
+    config = load_config({"VDB_DATA_DIR": str(tmp_path)})
+    assert config.bind_addr == Address("0.0.0.0", 5432)
+    assert config.metrics_addr == Address("0.0.0.0", 9090)
+    assert (config.max_connections, config.idle_timeout_secs) == (1024, 300)
+    assert config.rate_limit_rps is None and not config.tls
+    assert config.auth_mode is AuthMode.NONE
+    assert (config.jwt.issuer, config.jwt.audience, config.jwt.expiration_secs) == (
+        "craton",
+        "craton",
+        3600,
+    )
+    assert config.replication_mode is ReplicationMode.NONE and config.replica_id == 0
+    assert config.cluster_peers == () and config.log_level is LogLevel.INFO
+
+
+def test_values_parse_and_the_summary_hides_the_secret(tmp_path: Path) -> None:
+    config = load_config(
+        {
+            "VDB_DATA_DIR": str(tmp_path),
+            "VDB_BIND_ADDR": "[::1]:7000",
+            "VDB_RATE_LIMIT_RPS": "2.5",
+            "VDB_REPLICATION_MODE": " Single-Node ",
+            "VDB_LOG_LEVEL": "WARN",
+            "VDB_JWT_SECRET": SECRET,
+        }
+    )
+    assert config.bind_addr == Address("::1", 7000) and str(config.bind_addr) == "[::1]:7000"
+    assert config.rate_limit_rps == 2.5 and config.log_level is LogLevel.WARN
+    assert config.replication_mode is ReplicationMode.SINGLE_NODE
+    assert SECRET not in repr(config) and SECRET not in str(config.summary())
+
+
+@pytest.mark.parametrize("text", ["db.internal:1", "10.0.0.1:0", "[fe80::1]:65535", "a_b:2"])
+def test_addresses_that_parse(text: str) -> None:
+    assert str(parse_address(text, "X")) == text
+
+
+@pytest.mark.parametrize("text", ["", ":1", "host:", "host:port", "a b:1", "::1:80", "[::1]80"])
+def test_addresses_that_do_not(text: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_address(text, "VDB_X")
+    assert str(raised.value).startswith("VDB_X: ")
