@@ -1,8 +1,11 @@
-"""The ``craton`` command: ``verify``, ``sim run``, ``sim replay``, ``demo`` and ``version``.
+"""The ``craton`` command: ``verify``, ``sim run``, ``sim replay``, ``demo`` and ``version``,
+and the client commands ``stream create``, ``append``, ``read`` and ``status`` that talk to
+a running node (``craton.client.commands``).
 
 Exit codes: 0 success; 1 the data directory is damaged (verify) or the demonstration found
 a broken promise; 2 bad usage or a path that is not a data directory; for ``sim``: 127 a
-correctness violation, 128 a liveness failure, 129 a crash (see docs/SIMULATION.md). Every
+correctness violation, 128 a liveness failure, 129 a crash (see docs/SIMULATION.md); for the
+client commands: 1 the node refused the request, 3 the node could not be reached. Every
 failure prints one readable line on stderr, never a traceback.
 """
 
@@ -80,6 +83,10 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--ticks", type=int, default=None, help="length of the fault phase")
         sub.add_argument("--trace", type=Path, default=None, help="write a per-event log here")
         sub.set_defaults(run=_run_sim)
+
+    from craton.client.commands import add_client_commands
+
+    add_client_commands(commands)
 
     version = commands.add_parser("version", help="print the version")
     version.set_defaults(run=lambda args: print(f"craton {__version__}") or EXIT_OK)
