@@ -2,10 +2,10 @@
 
 - ``REGRESSION_SEEDS``: a fixed list of (seed, replicas) runs that must pass on every
   commit. Every seed that ever failed (in CI, in ``scripts/swarm``, on a laptop) is added
-  here once its bug is fixed, so that it is run for good.
+  here, so that it is run for good; while its bug is open it is also in ``KNOWN_BUGS``.
 - Fresh seeds: ``FRESH_SEED_COUNT`` consecutive seeds starting at a base derived from the
   commit under test (``git rev-parse HEAD``; a fixed fallback when git cannot answer), with
-  the cluster shape drawn by the swarm. Each commit explores seeds no earlier commit ran.
+  the cluster shape drawn by the swarm, so each commit explores seeds of its own.
   ``CRATON_SIM_FRESH_BASE=N`` pins the base, to rerun a batch seen in a CI log.
 - Determinism: a few seeds run in separate processes under different ``PYTHONHASHSEED``
   values, through ``craton sim run`` and ``craton sim replay``, must give one digest and
@@ -56,7 +56,8 @@ from craton.sim.runner import (
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # Every seed that ever failed goes in this list, with the replica count it failed with
-# (None: the count the swarm draws), once the bug it found is fixed. Never remove one.
+# (None: the count the swarm draws); until its bug is fixed, also in KNOWN_BUGS. Never
+# remove one.
 # The first entries are a spread over cluster sizes 1, 3 and 5 and over the seed space.
 REGRESSION_SEEDS: list[tuple[int, int | None]] = [
     *((seed, 1) for seed in (0, 3, 7, 19, 42, 137, 1009, 2024, 31337, 99991)),
@@ -65,7 +66,18 @@ REGRESSION_SEEDS: list[tuple[int, int | None]] = [
         for seed in (0, 1, 2, 4, 5, 8, 13, 21, 34, 55, 89, 144, 233, 377, 610, 1597, 4181, 10946)
     ),
     *((seed, 5) for seed in (0, 6, 11, 17, 23, 64, 128, 500, 777, 2048, 8191, 65535)),
+    (1368139169, None),  # a fresh CI seed: liveness (see KNOWN_BUGS)
+    (3758383098, None),  # found by scripts/swarm: liveness (see KNOWN_BUGS)
 ]
+
+# Regression seeds whose bug is not fixed yet: each runs as a strict xfail, so the tier stays
+# green and the day the bug is fixed the seed XPASSes and fails, asking for its entry here to
+# be removed (the seed itself stays in REGRESSION_SEEDS for good).
+KNOWN_BUGS: dict[tuple[int, int | None], str] = {
+    (1368139169, None): "a replica whose first superblock write fails while formatting halts, "
+    "and then never starts again ('no valid copy among 4, but the directory holds data')",
+    (3758383098, None): "the same: a superblock write error while formatting bricks replica 1",
+}
 
 FRESH_SEED_COUNT = 24
 FRESH_BASE_ENV = "CRATON_SIM_FRESH_BASE"
@@ -141,11 +153,21 @@ def failure_message(summary: dict[str, object], replicas: int | None) -> str:
 # --- the seeded runs -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("seed", "replicas"),
-    REGRESSION_SEEDS,
-    ids=[f"seed{seed}-r{replicas}" for seed, replicas in REGRESSION_SEEDS],
-)
+def regression_params() -> list[object]:
+    params: list[object] = []
+    for seed, replicas in REGRESSION_SEEDS:
+        bug = KNOWN_BUGS.get((seed, replicas))
+        marks = (
+            []
+            if bug is None
+            else [pytest.mark.xfail(raises=AssertionError, strict=True, reason=bug)]
+        )
+        shape = "swarm" if replicas is None else replicas
+        params.append(pytest.param(seed, replicas, marks=marks, id=f"seed{seed}-r{shape}"))
+    return params
+
+
+@pytest.mark.parametrize(("seed", "replicas"), regression_params())
 def test_regression_seed_passes(seed: int, replicas: int | None) -> None:
     summary = run_seed(seed, replicas=replicas)
     assert summary["result"] == "pass", failure_message(summary, replicas)
@@ -165,6 +187,8 @@ def test_regression_list_is_well_formed() -> None:
     assert {1, 3, 5} <= shapes, f"expected seeds for 1, 3 and 5 replicas, got {shapes}"
     for seed, replicas in REGRESSION_SEEDS:
         assert seed >= 0 and replicas in (None, 1, 2, 3, 4, 5, 6, 7), (seed, replicas)
+    unknown = [key for key in KNOWN_BUGS if key not in REGRESSION_SEEDS]
+    assert not unknown, f"KNOWN_BUGS names seeds missing from REGRESSION_SEEDS: {unknown}"
 
 
 @pytest.mark.parametrize("index", range(FRESH_SEED_COUNT), ids=lambda i: f"fresh{i:02}")
@@ -176,7 +200,7 @@ def test_fresh_seed_passes(index: int) -> None:
     summary = run_seed(seed)
     assert summary["result"] == "pass", (
         f"fresh seed from {origin}: {failure_message(summary, None)}\n"
-        f"add ({seed}, None) to REGRESSION_SEEDS once fixed"
+        f"add ({seed}, None) to REGRESSION_SEEDS (and to KNOWN_BUGS until it is fixed)"
     )
 
 
