@@ -89,6 +89,31 @@ class EventLog:
                 pass  # a closed or broken log stream must not take the node down
 
 
+class _Bridge(logging.Handler):
+    """Records of Python's ``logging`` (asyncio, aiohttp) as lines of the node's log."""
+
+    def __init__(self, log: EventLog) -> None:
+        super().__init__(level=logging.WARNING)
+        self._log = log
+
+    def emit(self, record: logging.LogRecord) -> None:
+        fields: dict[str, FieldValue] = {"message": record.getMessage()}
+        if record.exc_info and record.exc_info[1] is not None:
+            error = record.exc_info[1]
+            fields["error"] = f"{type(error).__name__}: {error}"
+        self._log.emit(record.levelno, f"python.{record.name}", fields)
+
+
+def route_python_logging(log: EventLog) -> None:
+    """Send warnings and errors of Python's ``logging`` to ``log`` as JSON lines, one per
+    record (exceptions as their type and message, without a traceback)."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    root.addHandler(_Bridge(log))
+    root.setLevel(logging.WARNING)
+
+
 def _clip(value: FieldValue) -> FieldValue:
     if isinstance(value, str) and len(value) > FIELD_CHARS_MAX:
         return value[:FIELD_CHARS_MAX] + "..."

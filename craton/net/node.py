@@ -225,6 +225,7 @@ class ReplicaHost:
         self._ready = asyncio.Event()
         self._after_ready: list[Callable[[], None]] = []
         self._lock_fd: int | None = None
+        self._closed = False
         self._disk: FileDisk | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.replica: Replica | None = None
@@ -241,7 +242,7 @@ class ReplicaHost:
             seed = load_or_create_seal_seed(self.data_dir)
         except (OSError, ValueError) as error:
             raise HostError(f"data directory {self.data_dir}: {_reason(error)}") from None
-        self._disk = FileDisk(self.data_dir, self._loop.call_soon_threadsafe)
+        self._disk = FileDisk(self.data_dir, self._post)
         config = ReplicaConfig(
             replica_id=0,
             replica_count=1,
@@ -261,6 +262,15 @@ class ReplicaHost:
         )
         self._driver.launch(self.replica.start())
         self._ticker = self._loop.call_later(TICK_INTERVAL_S, self._tick)
+
+    def _post(self, callback: Callable[[], None]) -> None:
+        """Run a disk completion on the loop (called from the disk's worker threads)."""
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._run_unless_closed, callback)
+
+    def _run_unless_closed(self, callback: Callable[[], None]) -> None:
+        if not self._closed:  # after close the replica is gone: late completions are moot
+            callback()
 
     async def wait_ready(self) -> None:
         """Return once the log is recovered and the replica serves (or it halted)."""
@@ -303,6 +313,7 @@ class ReplicaHost:
 
     def close(self) -> None:
         """Stop ticking, let the disk finish what it was given, and unlock the directory."""
+        self._closed = True
         if self._ticker is not None:
             self._ticker.cancel()
             self._ticker = None

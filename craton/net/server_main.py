@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -31,7 +32,7 @@ from typing import Any
 
 from craton import __version__
 from craton.net.config import ConfigError, ReplicationMode, ServerConfig, load_config
-from craton.net.logs import EventLog
+from craton.net.logs import EventLog, route_python_logging
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -70,7 +71,9 @@ async def serve(config: ServerConfig, log: EventLog) -> int:
     from craton.net.server import ListenError, Server
 
     disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created twin series
+    route_python_logging(log)
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, context: _unhandled(log, context))
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
@@ -83,15 +86,15 @@ async def serve(config: ServerConfig, log: EventLog) -> int:
             note="one replica and no peers: no replication protocol runs; the log and "
             "event store are those of single-node mode",
         )
+    server = Server(config, host, metrics, log)
+    try:
+        await server.start()  # before recovery: probes answer (not ready) meanwhile
+    except ListenError as error:
+        raise StartError(str(error)) from None
     try:
         host.open()
     except HostError as error:
-        raise StartError(str(error)) from None
-    server = Server(config, host, metrics, log)
-    try:
-        await server.start()
-    except ListenError as error:
-        host.close()
+        await server.shutdown(0.0)
         raise StartError(str(error)) from None
     await _first_of(host.wait_ready(), stop.wait())
     if host.halted is not None:
@@ -110,6 +113,17 @@ async def serve(config: ServerConfig, log: EventLog) -> int:
         return EXIT_FAILED
     log.info("server.stopped", clean=True, commit=host.commit)
     return EXIT_OK
+
+
+def _unhandled(log: EventLog, context: dict[str, Any]) -> None:
+    """An exception nothing caught: one JSON line (type and message), never a traceback."""
+    error = context.get("exception")
+    fields: dict[str, str | int | float | bool | None] = {
+        "message": str(context.get("message", ""))
+    }
+    if error is not None:
+        fields["error"] = f"{type(error).__name__}: {error}"
+    log.emit(logging.ERROR, "server.unhandled_error", fields)
 
 
 async def _first_of(*waits: Coroutine[Any, Any, object]) -> None:

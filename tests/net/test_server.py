@@ -272,3 +272,14 @@ def test_the_log_is_verifiable_while_served(node: ServerProcess, tmp_path: Path)
         timeout=30,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_logs_are_json_lines_without_payloads_or_frames(node: ServerProcess) -> None:
+    text = node.log_path.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    assert lines, "the node logs"
+    for line in lines:
+        record = json.loads(line)  # every line is one JSON object
+        assert {"ts", "level", "event"} <= set(record)
+    for payload in ("placed", "shipped", "still served", "exactly", "payload", "not a craton"):
+        assert payload not in text, f"an event payload reached the log: {payload!r}"

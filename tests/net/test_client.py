@@ -1,0 +1,262 @@
+"""The client against scripted nodes: retries keep the client id and request id, redirects
+are followed, writes go one at a time, deadlines hold, errors are typed.
+
+A ``ScriptedNode`` is a small asyncio server speaking frames, whose answer to each request
+is chosen by the test, and which records every request it saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Awaitable, Callable
+
+import attrs
+import pytest
+
+from craton.client import (
+    AccessDenied,
+    AsyncClient,
+    AuthenticationFailed,
+    Client,
+    NotPrimary,
+    RateLimited,
+    RequestRejected,
+    RequestTimeout,
+    RetryableError,
+    StreamError,
+    StreamNotFound,
+)
+from craton.client.errors import error_class
+from craton.core.wire import (
+    AppendEvents,
+    AppendEventsReply,
+    ErrorCode,
+    ErrorReply,
+    FrameDecoder,
+    Handshake,
+    HandshakeReply,
+    decode_frame,
+    encode,
+)
+from craton.core.wire.codec import AnyMessage
+
+Answer = AnyMessage | None  # None: close the connection without answering
+Script = Callable[["ScriptedNode", AnyMessage], Awaitable[Answer]]
+
+
+@attrs.define
+class Seen:
+    connection: int
+    client_id: int
+    request_id: int
+    message: AnyMessage
+    at_s: float
+
+
+class ScriptedNode:
+    def __init__(self, script: Script) -> None:
+        self.script = script
+        self.seen: list[Seen] = []
+        self.connections = 0
+        self.address = ""
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> ScriptedNode:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.address = f"127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def stop(self) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    def requests(self) -> list[Seen]:
+        return [s for s in self.seen if not isinstance(s.message, Handshake)]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        connection, client_id, decoder = self.connections, 0, FrameDecoder()
+        try:
+            while data := await reader.read(65536):
+                decoder.feed(data)
+                while (frame := decoder.next_frame()) is not None:
+                    message = decode_frame(frame)
+                    if isinstance(message, Handshake):
+                        client_id = message.client_id
+                    self.seen.append(
+                        Seen(connection, client_id, frame.request_id, message, time.monotonic())
+                    )
+                    if isinstance(message, Handshake):
+                        answer: Answer = HandshakeReply(1, "test", 0, 1, 0)
+                    else:
+                        answer = await self.script(self, message)
+                    if answer is None:
+                        writer.close()
+                        return
+                    writer.write(encode(answer, frame.request_id))
+        finally:
+            writer.close()
+
+
+APPENDED = AppendEventsReply(7, 42)
+
+
+def run(test: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(asyncio.wait_for(test(), 20))
+
+
+def test_a_dropped_connection_is_retried_with_the_same_ids() -> None:
+    async def script(node: ScriptedNode, message: AnyMessage) -> Answer:
+        return None if node.connections == 1 else APPENDED
+
+    async def scenario() -> None:
+        node = await ScriptedNode(script).start()
+        async with AsyncClient(node.address, retry_deadline_s=5) as client:
+            result = await client.append("s", [b"e"])
+        assert (result.first_offset, result.log_position) == (7, 42)
+        appends = node.requests()
+        assert len(appends) == 2 and appends[0].connection != appends[1].connection
+        assert appends[0].request_id == appends[1].request_id
+        assert appends[0].client_id == appends[1].client_id == client.client_id
+        await node.stop()
+
+    run(scenario)
+
+
+def test_not_primary_redirects_to_the_named_primary() -> None:
+    async def primary_script(node: ScriptedNode, message: AnyMessage) -> Answer:
+        return APPENDED
+
+    async def scenario() -> None:
+        primary = await ScriptedNode(primary_script).start()
+
+        async def backup_script(node: ScriptedNode, message: AnyMessage) -> Answer:
+            return ErrorReply(ErrorCode.NOT_PRIMARY, "not the primary", primary.address)
+
+        backup = await ScriptedNode(backup_script).start()
+        async with AsyncClient(backup.address, retry_deadline_s=5) as client:
+            result = await client.append("s", [b"e"])
+            assert result.log_position == 42 and client.info is not None
+            assert client.info.address == primary.address
+        assert backup.requests()[0].request_id == primary.requests()[0].request_id
+        assert backup.requests()[0].client_id == primary.requests()[0].client_id
+        await primary.stop()
+        await backup.stop()
+
+    run(scenario)
+
+
+def test_retryable_errors_are_retried_and_final_ones_raised_at_once() -> None:
+    async def script(node: ScriptedNode, message: AnyMessage) -> Answer:
+        assert isinstance(message, AppendEvents)
+        if message.stream == "missing":
+            return ErrorReply(ErrorCode.STREAM_NOT_FOUND, "no such stream", None)
+        limited = [s for s in node.requests() if s.message == message]
+        if len(limited) <= 2:
+            return ErrorReply(ErrorCode.RATE_LIMITED, "slow down", None)
+        return APPENDED
+
+    async def scenario() -> None:
+        node = await ScriptedNode(script).start()
+        async with AsyncClient(node.address, retry_deadline_s=5) as client:
+            assert (await client.append("busy", [b"e"])).log_position == 42
+            assert len({s.request_id for s in node.requests()}) == 1, "one id for all tries"
+            before = len(node.requests())
+            with pytest.raises(StreamNotFound):
+                await client.append("missing", [b"e"])
+            assert len(node.requests()) == before + 1, "a final error is not retried"
+        await node.stop()
+
+    run(scenario)
+
+
+def test_the_retry_deadline_bounds_every_call() -> None:
+    async def silent(node: ScriptedNode, message: AnyMessage) -> Answer:
+        await asyncio.sleep(30)
+        return APPENDED
+
+    async def limited(node: ScriptedNode, message: AnyMessage) -> Answer:
+        return ErrorReply(ErrorCode.RATE_LIMITED, "slow down", None)
+
+    async def scenario() -> None:
+        for script, expected in ((silent, RequestTimeout), (limited, RateLimited)):
+            node = await ScriptedNode(script).start()
+            client = AsyncClient(node.address, request_timeout_s=0.2, retry_deadline_s=0.8)
+            started = time.monotonic()
+            with pytest.raises(expected):
+                await client.append("s", [b"e"])
+            assert time.monotonic() - started < 3.0
+            await client.close()
+            await node.stop()
+
+    run(scenario)
+
+
+def test_writes_of_one_client_go_one_at_a_time_and_reads_do_not_wait() -> None:
+    async def script(node: ScriptedNode, message: AnyMessage) -> Answer:
+        await asyncio.sleep(0.1)
+        return APPENDED
+
+    async def scenario() -> None:
+        node = await ScriptedNode(script).start()
+        async with AsyncClient(node.address) as client:
+            await asyncio.gather(*(client.append("s", [b"%d" % n]) for n in range(3)))
+        appends = node.requests()
+        gaps = [b.at_s - a.at_s for a, b in itertools.pairwise(appends)]
+        assert all(gap >= 0.09 for gap in gaps), f"a write overtook another: gaps {gaps}"
+        ids = [s.request_id for s in appends]
+        assert ids == sorted(ids), "writes carry increasing request ids"
+        await node.stop()
+
+    run(scenario)
+
+
+def test_a_refused_handshake_raises_its_typed_error() -> None:
+    async def scenario() -> None:
+        async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read(65536)
+            reply = ErrorReply(ErrorCode.AUTHENTICATION_FAILED, "bad token", None)
+            writer.write(encode(reply, 0))
+            writer.close()
+
+        server = await asyncio.start_server(refuse, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        with pytest.raises(AuthenticationFailed):
+            await AsyncClient(f"127.0.0.1:{port}", retry_deadline_s=2).connect()
+        server.close()
+
+    run(scenario)
+
+
+def test_the_blocking_client_wraps_the_same_behaviour() -> None:
+    async def script(node: ScriptedNode, message: AnyMessage) -> Answer:
+        return ErrorReply(ErrorCode.STREAM_NOT_FOUND, "no such stream", None)
+
+    def scenario(address: str) -> None:
+        with Client(address, retry_deadline_s=2) as client, pytest.raises(StreamNotFound):
+            client.append("s", [b"e"])
+
+    async def host() -> None:
+        node = await ScriptedNode(script).start()
+        await asyncio.get_running_loop().run_in_executor(None, scenario, node.address)
+        await node.stop()
+
+    run(host)
+
+
+@pytest.mark.parametrize("code", list(ErrorCode), ids=lambda c: c.name)
+def test_every_error_code_has_its_class_and_family(code: ErrorCode) -> None:
+    cls = error_class(code)
+    assert cls.code == code
+    families = (RequestRejected, AccessDenied, StreamError, RetryableError)
+    assert sum(issubclass(cls, family) for family in families) == 1
+    assert cls.retryable == issubclass(cls, RetryableError)
+    assert issubclass(error_class(ErrorCode.NOT_PRIMARY), NotPrimary)
+
+
+@pytest.mark.parametrize("address", ["nowhere", "host:", ":5432", "host:0", "host:70000"])
+def test_malformed_addresses_are_refused_up_front(address: str) -> None:
+    with pytest.raises(ValueError):
+        AsyncClient(address)
