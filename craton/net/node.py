@@ -30,6 +30,10 @@ Rules it keeps:
 - ``SESSIONS_MAX`` is the replica's client-table size. It decides, when the log is
   replayed, which requests of evicted sessions are refused, so it is part of what a data
   directory means and never changes for an existing one.
+- Sessions this host tracks are pruned to those in the replica's client table once there
+  are more than ``SESSIONS_MAX``. Sessions are ops, and request numbers must fit 64 bits,
+  so a session registered at op ``SESSION_OPS_MAX`` (2**32) or later cannot be used:
+  such requests are refused with ``INTERNAL`` rather than overflowing.
 - A ``Halt`` from the core is final: every waiting request is refused with ``INTERNAL`` and
   the owner is told (the server then exits non-zero).
 """
@@ -86,7 +90,8 @@ PIPELINE_OPS_MAX = SUFFIX_ENTRIES_MAX  # uncommitted ops in flight: a group comm
 SESSIONS_MAX = 4096  # the replica's client table; fixed for a data directory (see above)
 CHECKPOINT_INTERVAL_OPS = 1024  # committed ops between sealed checkpoints
 QUEUE_REQUESTS_MAX = 65_536  # requests waiting for the pipeline, all connections together
-WRITE_REPLIES_KEPT = 256  # most recent write replies kept per client, for retries
+WRITE_REPLIES_KEPT = 64  # most recent write replies kept per client, for retries
+SESSION_OPS_MAX = 1 << (64 - SESSION_SHIFT)  # a session (an op) must leave room for numbers
 REQUEST_NUMBER_MAX = NUMBER_MASK  # largest wire request id of a write
 OPERATION_BYTES_MAX = OPERATION_SIZE_MAX  # bytes of one encoded event-store operation
 LOCK_FILE = "node.lock"
@@ -421,6 +426,8 @@ class ReplicaHost:
         session.state = _State.ACTIVE
         session.session = int.from_bytes(body[1 : 1 + _U64], "little")
         session.replies.clear()
+        if len(self._sessions) > SESSIONS_MAX:
+            self._prune_sessions()
         waiting, session.waiting = session.waiting, []
         ready, session.ready = session.ready, []
         if session is self._reads:
@@ -433,7 +440,20 @@ class ReplicaHost:
         for callback in ready:
             callback(None)
 
+    def _prune_sessions(self) -> None:
+        """Forget the sessions the replica evicted from its client table (and that wait for
+        nothing), so that this host holds about as many as the replica does."""
+        assert self.replica is not None
+        known = self.replica.clients
+        for client in [c for c, s in self._sessions.items() if c not in known]:
+            session = self._sessions[client]
+            if session.state is _State.ACTIVE and not session.waiting and not session.ready:
+                del self._sessions[client]
+
     def _send_write(self, session: _Session, request_id: int, body: bytes, done: Done) -> None:
+        if session.session >= SESSION_OPS_MAX:
+            done(_exhausted())
+            return
         number = session.session << SESSION_SHIFT | request_id
 
         def replied(reply: bytes) -> None:
@@ -470,6 +490,9 @@ class ReplicaHost:
 
     def _send_read(self, body: bytes, done: Done) -> None:
         session = self._reads
+        if session.session >= SESSION_OPS_MAX:
+            done(_exhausted())
+            return
         self._read_number += 1
         number = session.session << SESSION_SHIFT | self._read_number
 
@@ -576,6 +599,16 @@ class ReplicaHost:
 
 def _applied(reply: bytes) -> Applied:
     return Applied(int.from_bytes(reply[1 : 1 + _U64], "little"), reply[1 + _U64 :])
+
+
+def _exhausted() -> Refused:
+    # Request numbers are ``session << 32 | number`` in 64 bits: a session registered at an
+    # op of 2**32 or more cannot number its requests.
+    return Refused(
+        ErrorCode.INTERNAL,
+        f"the log has passed op {SESSION_OPS_MAX}, beyond which client sessions cannot be "
+        "numbered in this version",
+    )
 
 
 def _refusal(reply: bytes, what: str) -> Refused:

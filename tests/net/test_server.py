@@ -283,3 +283,20 @@ def test_logs_are_json_lines_without_payloads_or_frames(node: ServerProcess) -> 
         assert {"ts", "level", "event"} <= set(record)
     for payload in ("placed", "shipped", "still served", "exactly", "payload", "not a craton"):
         assert payload not in text, f"an event payload reached the log: {payload!r}"
+
+
+def test_requests_sent_with_the_handshake_are_served_after_it(node: ServerProcess) -> None:
+    connection = RawConnection(node.address)
+    placement = Placement(PlacementKind.GLOBAL, "")
+    connection.send_bytes(
+        encode(Handshake(1, 0x5EED_0006, None), 1)
+        + encode(CreateStream("eager", DataClass.PUBLIC, placement), 2)
+        + encode(AppendEvents("eager", (b"early",), None), 3)
+        + encode(Sync(), 4)
+    )
+    replies = [connection.receive() for _ in range(4)]
+    assert replies[0][0] == 1 and isinstance(replies[0][1], HandshakeReply)
+    assert {request_id for request_id, _ in replies} == {1, 2, 3, 4}
+    appended = dict(replies)[3]
+    assert isinstance(appended, AppendEventsReply) and appended.first_offset == 0
+    connection.close()
