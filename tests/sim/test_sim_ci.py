@@ -284,7 +284,8 @@ def test_same_seed_same_digest_in_other_processes(seed: int, replicas: int, tmp_
         )
     assert here["trace_digest"] == first_summary["trace_digest"], (
         f"seed {seed}: in-process digest {here['trace_digest']} differs from the "
-        f"subprocess digest {first_summary['trace_digest']}"
+        f"subprocess digest {first_summary['trace_digest']} (state left over from an earlier "
+        "run in this process, or the code changed while the test ran)"
     )
 
 
