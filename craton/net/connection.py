@@ -35,7 +35,7 @@ from typing import Protocol
 import attrs
 
 from craton import __version__
-from craton.core.event_store import StoreRequest, decode_reply, encode_request, to_wire_reply
+from craton.core.event_store import ReplyKind, RequestKind, decode_reply, to_wire_reply
 from craton.core.wire import (
     PROTOCOL_VERSION,
     AppendEvents,
@@ -57,6 +57,7 @@ from craton.core.wire import (
     error_reply,
 )
 from craton.core.wire.codec import AnyMessage
+from craton.core.wire.frame import encode_frame
 from craton.net.logs import EventLog
 from craton.net.metrics import NodeMetrics
 from craton.net.node import REQUEST_NUMBER_MAX, Applied, Outcome, Refused, ReplicaHost
@@ -265,11 +266,11 @@ class ClientConnection:
                         f"a write's request id must be in 1..{REQUEST_NUMBER_MAX}",
                     )
                     return
-                body = encode_request(StoreRequest(TENANT_WITHOUT_AUTH, message))
+                body = store_request(frame, TENANT_WITHOUT_AUTH)
                 done = self._tracked(request_id, method, received_s)
                 self._host.submit_write(TENANT_WITHOUT_AUTH, client_id, request_id, body, done)
             case ReadEvents() | ReadEventsAsOf():
-                body = encode_request(StoreRequest(TENANT_WITHOUT_AUTH, message))
+                body = store_request(frame, TENANT_WITHOUT_AUTH)
                 self._host.submit_read(body, self._tracked(request_id, method, received_s))
             case Sync():
                 self._syncs.append(_Sync(self._seq, request_id, received_s))
@@ -349,6 +350,10 @@ class ClientConnection:
             self._write(encode(_error(outcome.code, outcome.message), request_id))
             return outcome.code
         assert isinstance(outcome, Applied)
+        spliced = wire_reply(outcome.reply, request_id)
+        if spliced is not None:
+            self._write(spliced)
+            return None
         try:
             reply = to_wire_reply(decode_reply(outcome.reply))
             frame = encode(reply, request_id)
@@ -382,6 +387,36 @@ class ClientConnection:
         self.last_active_s = time.monotonic()
         if not self._writer.is_closing():
             self._writer.write(data)
+
+
+# The event store's records are the wire protocol's own (``craton.core.event_store``), so a
+# request's frame body becomes an operation, and a successful reply becomes a frame body, by
+# adding or removing the event store's tag (and the tenant) — no decoding and re-encoding.
+_STORE_KINDS = {
+    Command.CREATE_STREAM: RequestKind.CREATE_STREAM,
+    Command.APPEND_EVENTS: RequestKind.APPEND_EVENTS,
+    Command.READ_EVENTS: RequestKind.READ_EVENTS,
+    Command.READ_EVENTS_AS_OF: RequestKind.READ_EVENTS_AS_OF,
+}
+_REPLY_COMMANDS: dict[int, Command] = {
+    ReplyKind.STREAM_CREATED: Command.CREATE_STREAM_REPLY,
+    ReplyKind.EVENTS_APPENDED: Command.APPEND_EVENTS_REPLY,
+    ReplyKind.EVENTS_READ: Command.READ_EVENTS_REPLY,
+}
+
+
+def store_request(frame: Frame, tenant_id: int) -> bytes:
+    """The event-store operation of a checked client request frame (for ``tenant_id``)."""
+    return bytes([_STORE_KINDS[frame.command]]) + tenant_id.to_bytes(8, "little") + frame.body
+
+
+def wire_reply(store_reply: bytes, request_id: int) -> bytes | None:
+    """The reply frame of a successful event-store reply; None for an error (whose store
+    record carries more than the wire's ``ErrorReply``)."""
+    command = _REPLY_COMMANDS.get(store_reply[0]) if store_reply else None
+    if command is None:
+        return None
+    return encode_frame(command, request_id, store_reply[1:])
 
 
 def _error(code: ErrorCode, message: str) -> ErrorReply:
