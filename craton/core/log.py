@@ -263,6 +263,7 @@ class Log:
         self._superblock: Superblock | None = None
         self._superblock_writes = 0
         self._superblock_inflight: Superblock | None = None
+        self._superblock_half = 0  # which half of the copies is being written
         self._checkpointing: Checkpoint | None = None  # sealed, history entry being written
         self._history_synced: Checkpoint | None = None  # history entry durable, superblock next
         self._wanted_owner_state: bytes | None = None
@@ -485,11 +486,14 @@ class Log:
         state.numbers.sort()
         chosen = superblock.newest(state.copies)
         if chosen is None:
-            if not state.superblock_blank or state.numbers:
+            history = self._recovery_sizes().get(CHECKPOINTS_PATH, 0)
+            if history or any(state.sizes.values()):
                 return self._halt(
                     "file 'superblock': no valid copy among "
                     f"{superblock.COPIES}, but the directory holds data"
                 )
+            # Blank, or a format that a crash interrupted before its first sync completed
+            # (nothing else is ever written before that): format it (again).
             return self._format()
         problem = self._check_superblock(chosen, state.numbers)
         if problem is not None:
@@ -512,6 +516,10 @@ class Log:
         if not self._recovery.numbers:
             return self._finish_recovery()
         return [self._read_segment()]
+
+    def _recovery_sizes(self) -> dict[str, int]:
+        files = self._recovery.root_files or ()
+        return {info.name: info.size for info in files}
 
     def _check_superblock(self, chosen: Superblock, numbers: list[int]) -> str | None:
         if chosen.public_key != self._sealer.public_key:
@@ -878,8 +886,16 @@ class Log:
             if owner is not None:
                 fresh = attrs.evolve(fresh, owner_state=owner)
         self._superblock_inflight = fresh
-        self._superblock_writes = superblock.COPIES
-        return [self._write_superblock_copy(fresh, copy) for copy in range(superblock.COPIES)]
+        return self._write_superblock_half(fresh, 0)
+
+    def _write_superblock_half(self, fresh: Superblock, half: int) -> list[LogOutput]:
+        """Copies are written in two halves, each synced before the next starts, so a crash
+        tears at most one half: the other holds either the old or the new superblock."""
+        self._superblock_half = half
+        count = superblock.COPIES // 2
+        copies = range(half * count, (half + 1) * count)
+        self._superblock_writes = len(copies)
+        return [self._write_superblock_copy(fresh, copy) for copy in copies]
 
     def _write_superblock_copy(self, fresh: Superblock, copy: int) -> DiskWrite:
         data = superblock.encode_copy(fresh, copy)
@@ -896,6 +912,8 @@ class Log:
 
     def _on_superblock_synced(self, fresh: object) -> list[LogOutput]:
         assert isinstance(fresh, Superblock) and fresh is self._superblock_inflight
+        if self._superblock_half == 0:
+            return self._write_superblock_half(fresh, 1)
         self._superblock = fresh
         self._superblock_inflight = None
         if self._phase is _Phase.RECOVERING and self._recovery.repairing:

@@ -66,18 +66,14 @@ REGRESSION_SEEDS: list[tuple[int, int | None]] = [
         for seed in (0, 1, 2, 4, 5, 8, 13, 21, 34, 55, 89, 144, 233, 377, 610, 1597, 4181, 10946)
     ),
     *((seed, 5) for seed in (0, 6, 11, 17, 23, 64, 128, 500, 777, 2048, 8191, 65535)),
-    (1368139169, None),  # a fresh CI seed: liveness (see KNOWN_BUGS)
-    (3758383098, None),  # found by scripts/swarm: liveness (see KNOWN_BUGS)
+    (1368139169, None),  # a fresh CI seed: a format interrupted by a write error
+    (3758383098, None),  # found by scripts/swarm: the same
 ]
 
 # Regression seeds whose bug is not fixed yet: each runs as a strict xfail, so the tier stays
 # green and the day the bug is fixed the seed XPASSes and fails, asking for its entry here to
 # be removed (the seed itself stays in REGRESSION_SEEDS for good).
-KNOWN_BUGS: dict[tuple[int, int | None], str] = {
-    (1368139169, None): "a replica whose first superblock write fails while formatting halts, "
-    "and then never starts again ('no valid copy among 4, but the directory holds data')",
-    (3758383098, None): "the same: a superblock write error while formatting bricks replica 1",
-}
+KNOWN_BUGS: dict[tuple[int, int | None], str] = {}
 
 FRESH_SEED_COUNT = 24
 FRESH_BASE_ENV = "CRATON_SIM_FRESH_BASE"

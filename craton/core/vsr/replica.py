@@ -89,6 +89,7 @@ OWNER_STATE = struct.Struct("<4sII")  # magic, view, log_view
 OWNER_MAGIC = b"VSR1"
 JOURNAL_OPS_MAX = 4_000_000
 LOAD_READS_MAX = 64  # reads in flight while a restarted replica reloads its journal
+VIEW_CHANGE_BACKOFF_MAX = 4  # doublings of the view change timeout
 
 
 class ReplyStatus(enum.IntEnum):
@@ -181,6 +182,7 @@ class Replica:
         self._ticks = 0
         self._primary_heard_tick = 0
         self._view_change_deadline = 0
+        self._view_changes_unsettled = 0  # view changes since this replica was last normal
         self._heartbeat_due = 0
         self._svc_from: dict[int, set[int]] = {}
         self._dvc_from: dict[int, dict[int, DoViewChange]] = {}
@@ -493,9 +495,14 @@ class Replica:
             return []
         if commit.view > self.view:
             return self._behind(commit.view)
-        if self.status is not Status.NORMAL or self.is_primary:
+        if self.is_primary:
             return []
-        self._primary_heard_tick = self._ticks
+        self._primary_heard_tick = self._ticks  # only this view's primary sends its heartbeat
+        if self.status is not Status.NORMAL:
+            # The new primary is alive (installing its log): wait for its StartView rather
+            # than give up on the view; ask for it in case it was lost.
+            ask = RequestStartView(self.view, self.config.replica_id)
+            return [Send(self.primary, self._encode(ask))]
         effects = self._commit_to(min(commit.commit, self.head))
         if commit.commit > self.head and not self._truncating:
             effects.extend(self._get_state())
@@ -527,10 +534,10 @@ class Replica:
         return [Send(ask.replica, self._encode(answer))]
 
     def _on_new_state(self, state: NewState) -> list[Effect]:
-        if state.view != self.view or self._truncating:
+        if state.view != self.view or self._truncating or self.status is not Status.NORMAL:
             return []
-        if self.status is not Status.NORMAL or self.is_primary:
-            return []
+        if self.is_primary and self._install is None:
+            return []  # a primary fetches only while installing its view's log
         self._primary_heard_tick = self._ticks
         effects = self._extend(state.entries)
         if self._install is not None:
@@ -642,13 +649,19 @@ class Replica:
         return effects
 
     def _arm_view_change_timer(self) -> None:
+        """Time out after the base timeout plus jitter; each view change that follows another
+        without the cluster settling waits twice as long (up to 16 times), so that slow
+        disks or a slow new primary do not make views churn forever."""
         jitter = self._prng.below(self.config.view_change_jitter_ticks + 1)
-        self._view_change_deadline = self.config.view_change_timeout_ticks + jitter
+        backoff = 1 << min(self._view_changes_unsettled, VIEW_CHANGE_BACKOFF_MAX)
+        self._view_change_deadline = self.config.view_change_timeout_ticks * backoff + jitter
 
     # --- view change -------------------------------------------------------------------------
 
     def _start_view_change(self, view: int) -> list[Effect]:
         assert view > self.view or self.status is Status.LOADING or view == self.view
+        if self.status is Status.VIEW_CHANGE:
+            self._view_changes_unsettled += 1
         self.view = max(self.view, view)
         self.status = Status.VIEW_CHANGE
         self._install = None
@@ -846,6 +859,8 @@ class Replica:
         if self._persisted_log_view != install.view:
             return effects
         self._install = None
+        self._view_changes_unsettled = 0
+        self._arm_view_change_timer()
         if self.is_primary:
             effects.extend(self._broadcast(self._start_view_message()))
             effects.extend(self._advance_commit())
