@@ -174,6 +174,8 @@ class Replica:
         self.log_view = 0
         self.commit = 0
         self.entries: list[Entry] = []  # the journal: entries[op]
+        # (client, request id) -> op, for the journal's uncommitted entries
+        self._uncommitted: dict[tuple[int, int], int] = {}
         self.clients: dict[int, _ClientSession] = {}
         self._persisted_view = 0
         self._persisted_log_view = 0
@@ -237,6 +239,7 @@ class Replica:
         assert self.log_view <= self.view
         assert self._persisted_view <= self.view
         assert len(self.clients) <= self.config.client_table_max
+        assert all(self.commit <= op < self.head for op in self._uncommitted.values())
         if not self._truncating and self.status is not Status.LOADING:
             assert self.log.head == self.head, (self.log.head, self.head)
 
@@ -301,7 +304,7 @@ class Replica:
         while self.head in self._loading:
             op_body = self._loading.pop(self.head)
             prev = self.entries[-1].hash if self.entries else GENESIS_HASH
-            self.entries.append(Entry(self.head, chain_hash(prev, self.head, op_body), op_body))
+            self._journal(Entry(self.head, chain_hash(prev, self.head, op_body), op_body))
         return self._load_more()
 
     def _loaded(self) -> list[Effect]:
@@ -359,11 +362,19 @@ class Replica:
         return None
 
     def _in_pipeline(self, client: int, number: int) -> bool:
-        for entry in self.entries[self.commit :]:
-            body = decode_prepare_body(entry.body)
-            if body.client_id == client and body.request_number == number:
-                return True
-        return False
+        return (client, number) in self._uncommitted
+
+    def _journal(self, entry: Entry) -> None:
+        """Add ``entry`` to the journal, and its request to the uncommitted index."""
+        body = decode_prepare_body(entry.body)
+        self._uncommitted[(body.client_id, body.request_number)] = entry.op
+        self.entries.append(entry)
+
+    def _forget_request(self, entry: Entry) -> None:
+        body = decode_prepare_body(entry.body)
+        key = (body.client_id, body.request_number)
+        if self._uncommitted.get(key) == entry.op:
+            del self._uncommitted[key]
 
     def _reply(self, client: int, number: int, status: ReplyStatus, rest: bytes) -> Reply:
         return Reply(client, number, bytes([status]) + rest)
@@ -380,7 +391,7 @@ class Replica:
         assert entry.op == self.head and entry.hash == chain_hash(
             self._last_hash(), entry.op, entry.body
         )
-        self.entries.append(entry)
+        self._journal(entry)
         position, outputs = self.log.append(entry.body, PREPARE_KIND)
         assert position == entry.op and self.log.chain_hash == entry.hash
         return self._route(outputs)
@@ -565,7 +576,9 @@ class Replica:
     def _commit_to(self, commit: int) -> list[Effect]:
         effects: list[Effect] = []
         while self.commit < min(commit, self.head):
-            effects.extend(self._apply(self.entries[self.commit]))
+            entry = self.entries[self.commit]
+            self._forget_request(entry)
+            effects.extend(self._apply(entry))
             self.commit += 1
         if effects or commit:
             effects.extend(self._maybe_checkpoint())
@@ -840,6 +853,8 @@ class Replica:
 
     def _truncate(self, cut: int) -> list[Effect]:
         self._truncating = True
+        for entry in self.entries[cut:]:
+            self._forget_request(entry)
         del self.entries[cut:]
         return self._route(self.log.truncate(cut))
 
