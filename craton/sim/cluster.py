@@ -275,6 +275,12 @@ class Cluster:
 
         return halted
 
+    def crash(self, index: int, *, down_ticks: int) -> None:
+        """Crash replica ``index`` now; it restarts ``down_ticks`` later (an explicit fault
+        for scenario tests, counted like a drawn one; a replica already down is left so)."""
+        assert 0 <= index < self.options.replica_count and down_ticks >= 1
+        self._crash(index, down_ticks)
+
     def _crash(self, index: int, down_ticks: int) -> None:
         node = self.nodes[index]
         if not node.up:
