@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 
 from craton.core.record import GENESIS_HASH, chain_hash
 from craton.core.state_machine import StateMachine
+from craton.core.vsr import codec
 from craton.core.vsr.replica import (
     NUMBER_MASK,
     SESSION_SHIFT,
@@ -31,6 +32,7 @@ from craton.core.vsr.replica import (
     Status,
     decode_prepare_body,
 )
+from craton.core.wire.replica import DoViewChange, PrepareOk, StartView, StartViewChange
 from craton.sim.linearizability import Committed, Operation, check_history
 from craton.sim.workload import SimClient
 
@@ -82,6 +84,27 @@ class Checker:
     def restarted(self, index: int) -> None:
         self._committed_seen[index] = 0
         self._view_max[index] = 0  # in memory it starts again from the persisted view
+
+    def sent(self, index: int, replica: Replica, payload: bytes) -> None:
+        """Persist before send: a message may only claim what its sender has made durable.
+
+        A view-change vote needs its view in the superblock; a do-view-change or start-view
+        also its log view; a prepare-ok needs the op on disk. (The replica object is still
+        the one that emitted the message: the driver sends effects as it runs them.)"""
+        message = codec.decode_message(payload)
+        problem = None
+        match message:
+            case StartViewChange() | DoViewChange() if message.view > replica.persisted_view:
+                problem = f"view {message.view} before persisting it ({replica.persisted_view})"
+            case DoViewChange() if message.log_view > replica.persisted_log_view:
+                problem = f"log view {message.log_view} before persisting it"
+            case StartView() if message.view > replica.persisted_log_view:
+                problem = f"view {message.view}'s log before persisting it as its log view"
+            case PrepareOk() if message.op >= replica.log.durable:
+                problem = f"op {message.op} before it was durable ({replica.log.durable})"
+            case _:
+                return
+        self._fail(f"replica {index}: sent {type(message).__name__} for {problem}")
 
     def observe(self, index: int, replica: Replica) -> None:
         if replica.status is Status.LOADING:

@@ -57,6 +57,8 @@ MACHINES: dict[str, tuple[Callable[[], StateMachine], Callable[[Prng], bytes]]] 
 TICK_MS = 10
 CLIENT_TABLE_MAX = 3  # small, so that clients are evicted and must register again
 LIVENESS_TICKS_DEFAULT = 3000
+MESSAGE_LOSS_FLOOR = 0.01  # per message, when a seed drew no network fault at all
+CRASH_FLOOR = 0.0005  # per replica per tick, when a cluster's seed drew no crashes
 
 
 @attrs.frozen
@@ -108,6 +110,13 @@ def draw_options(
 ) -> SwarmOptions:
     prng = Prng(seed, "swarm")
     replica_count = replicas if replicas is not None else prng.choice([1, 3, 3, 5])
+    network = NetworkFaults.draw(prng.split("network"))
+    if not (network.loss or network.duplication or network.reorder or network.partition):
+        # Every seed breaks the network somehow: a swarm may switch knobs off, not all.
+        network = attrs.evolve(network, loss=MESSAGE_LOSS_FLOOR)
+    processes = ProcessFaults.draw(prng.split("processes"))
+    if replica_count > 1 and not processes.crash:
+        processes = attrs.evolve(processes, crash=CRASH_FLOOR)  # and every cluster crashes
     return SwarmOptions(
         replica_count=replica_count,
         client_count=prng.between(1, 4),
@@ -115,10 +124,10 @@ def draw_options(
         fault_ticks=ticks if ticks is not None else prng.between(1500, 4000),
         liveness_ticks=LIVENESS_TICKS_DEFAULT,
         machine=prng.choice(sorted(MACHINES)),
-        network=NetworkFaults.draw(prng.split("network")),
+        network=network,
         disk=DiskFaults.draw(prng.split("disk"), destructive=False),
         clocks=ClockFaults.draw(prng.split("clocks")),
-        processes=ProcessFaults.draw(prng.split("processes")),
+        processes=processes,
     )
 
 
@@ -127,10 +136,12 @@ class _Outbound:
     endpoint; arrivals are dispatched by the cluster (client requests and replica messages
     become different inputs), so the driver's receiver is not installed."""
 
-    def __init__(self, network: SimNetwork, node: int) -> None:
+    def __init__(self, network: SimNetwork, node: int, watch: Callable[[bytes], None]) -> None:
         self._endpoint = network.endpoint(node)
+        self._watch = watch
 
     def send(self, dst: int, payload: bytes) -> None:
+        self._watch(payload)  # the checkers see every message as it leaves its replica
         self._endpoint.send(dst, payload)
 
     def set_receiver(self, receive: Callable[[int, bytes], None]) -> None:
@@ -228,7 +239,7 @@ class Cluster:
         driver = Driver(
             replica,
             disk,
-            network=_Outbound(self.network, index),
+            network=_Outbound(self.network, index, self._sent_by(index)),
             on_reply=self._reply_sender(index),
             on_notice=self._notice(index),
             on_halt=self._halted(index),
@@ -252,6 +263,12 @@ class Cluster:
             self.checker.observe(index, node.replica)
 
         return receive
+
+    def _sent_by(self, index: int) -> Callable[[bytes], None]:
+        def watch(payload: bytes) -> None:
+            self.checker.sent(index, self.nodes[index].replica, payload)
+
+        return watch
 
     def _reply_sender(self, index: int) -> Callable[[Reply], None]:
         def send(reply: Reply) -> None:

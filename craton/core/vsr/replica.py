@@ -210,6 +210,10 @@ class Replica:
         return self._persisted_view
 
     @property
+    def persisted_log_view(self) -> int:
+        return self._persisted_log_view
+
+    @property
     def primary(self) -> int:
         return self.view % self.config.replica_count
 
