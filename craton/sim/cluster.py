@@ -410,6 +410,8 @@ class Cluster:
         )
         self.clocks.heal()
         for node in self.nodes:
+            # A failed write stops a replica for good reason; healed disks stop failing.
+            node.disk.fault_plan = attrs.evolve(node.disk.fault_plan, write_error=0.0)
             if not node.up or node.paused:
                 node.back_at = self.events.now
         for client in self.clients:
