@@ -15,7 +15,9 @@ Rules it keeps:
   overtook an earlier one could make the earlier one's retry unanswerable. Reads and
   syncs are pipelined freely. For parallel writes, use several clients.
 - ``NOT_PRIMARY`` with a ``primary_address`` moves the client to that address; without
-  one, to the next of the addresses it was given.
+  one, to the next of the addresses it was given. In a cluster (the node's handshake said
+  so, and the client was given several addresses), ``UNAVAILABLE`` moves it to the next
+  address too: a replica in a view change may be the one cut off from the others.
 - Write request ids stay within ``REQUEST_NUMBER_MAX``; past it the client draws a new
   client id and starts numbering again.
 - Every failure is a ``craton.client.errors`` exception; nothing else escapes.
@@ -42,6 +44,7 @@ from craton.client.errors import (
     RequestTimeout,
     RetryableError,
     ServerError,
+    Unavailable,
     error_for,
 )
 from craton.core.wire import (
@@ -383,6 +386,8 @@ class AsyncClient:
             refused = error_for(reply.code, reply.message, reply.primary_address)
             if isinstance(refused, NotPrimary):
                 await self._redirect(refused.primary_address)
+            elif isinstance(refused, Unavailable) and self._in_cluster():
+                await self._redirect(None)  # this replica may be cut off: try another
             return refused
         return reply
 
@@ -456,6 +461,12 @@ class AsyncClient:
         link, self._link = self._link, None
         if link is not None:
             await link.close()
+
+    def _in_cluster(self) -> bool:
+        """Whether there are other replicas to try: several addresses, and the node said it
+        is one of several."""
+        info = self.info
+        return len(self._addresses) > 1 and info is not None and info.cluster_size > 1
 
     def _next_address(self) -> None:
         if self._address in self._addresses:

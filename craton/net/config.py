@@ -28,9 +28,12 @@ Rules: an empty value counts as unset (container tooling often sets ``VAR=``); e
 values are matched without regard to case or surrounding spaces; an address is
 ``host:port`` (IPv6 hosts in brackets) with a port in 0..65535, 0 meaning "any free
 port"; values quoted in errors are cut to ``QUOTED_VALUE_CHARS_MAX`` characters, and
-``VDB_JWT_SECRET`` is never quoted. Features this build does not have (authentication
-other than ``none``, ``cluster`` replication) are refused here, after their variables were
-checked, with a line that says so, rather than accepted and ignored.
+``VDB_JWT_SECRET`` is never quoted. A feature this build does not have (authentication
+other than ``none``) is refused here, after its variables were checked, with a line that
+says so, rather than accepted and ignored. In ``cluster`` mode ``VDB_CLUSTER_PEERS`` is
+required, lists 1..16 distinct addresses with real ports, and ``VDB_REPLICA_ID`` is an index
+into it; the address at that index is where the other replicas and redirected clients
+reach this node (``VDB_BIND_ADDR`` is where it listens, e.g. ``0.0.0.0:5432``).
 """
 
 from __future__ import annotations
@@ -352,10 +355,10 @@ def _check_replication(mode: ReplicationMode, replica_id: int, peers: tuple[Addr
                     f"{replica_id} is out of range: VDB_CLUSTER_PEERS lists {len(peers)} "
                     f"replicas (ids 0..{len(peers) - 1})",
                 )
-            raise ConfigError(
-                "VDB_REPLICATION_MODE",
-                "cluster is not available in this build (use single-node or none)",
-            )
+            if any(peer.port == 0 for peer in peers):
+                raise ConfigError(
+                    "VDB_CLUSTER_PEERS", "port 0 cannot be reached: give every replica's port"
+                )
 
 
 def _check_auth(mode: AuthMode, jwt: JwtSettings) -> None:

@@ -13,6 +13,9 @@ Rules it keeps:
   decode, or a request not valid here (a reply, a replica message, a second handshake, a
   write whose request id is above ``REQUEST_NUMBER_MAX``) gets an ``ErrorReply`` with its
   request id, and the connection goes on.
+- In a cluster, only the primary takes requests: elsewhere they are refused with
+  ``NOT_PRIMARY`` carrying the primary's ``host:port`` (``UNAVAILABLE`` while no primary is
+  known), and the handshake reply names this replica and the cluster's size.
 - Writes carry the request id to the host so that a retry is applied at most once; reads
   are applied at their own op; ``SYNC`` is answered once every request received before it
   on this connection has been answered.
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import re
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -58,6 +62,7 @@ from craton.core.wire import (
 )
 from craton.core.wire.codec import AnyMessage
 from craton.core.wire.frame import encode_frame
+from craton.core.wire.messages import ADDRESS_SIZE_MAX, ERROR_MESSAGE_SIZE_MAX
 from craton.net.logs import EventLog
 from craton.net.metrics import NodeMetrics
 from craton.net.node import REQUEST_NUMBER_MAX, Applied, Outcome, Refused, ReplicaHost
@@ -67,6 +72,7 @@ INFLIGHT_REQUESTS_MAX = 1024  # per connection
 HELD_FRAMES_MAX = 1024  # frames received before the handshake was answered
 TENANT_WITHOUT_AUTH = 0  # the one tenant every client belongs to when auth mode is none
 EOF_DRAIN_TIMEOUT_S = 30.0  # how long replies are still awaited after the client's EOF
+_ADDRESS = re.compile(rf"[!-~]{{1,{ADDRESS_SIZE_MAX}}}")  # what ErrorReply.primary_address holds
 
 
 class ConnectionOwner(Protocol):
@@ -304,15 +310,15 @@ class ClientConnection:
             duration_s = time.monotonic() - received_s
             if refusal is not None:
                 self._metrics.observe_request("Handshake", refusal.code, duration_s)
-                self._fail(_error(refusal.code, refusal.message))
+                self._fail(_error(refusal.code, refusal.message, refusal.primary_address))
                 return
             self._client_id = client_id
             self._handshaking = False
             reply = HandshakeReply(
                 protocol_version=min(handshake.protocol_version, PROTOCOL_VERSION),
                 server_version=__version__,
-                replica_id=0,
-                cluster_size=1,
+                replica_id=self._host.replica_id,
+                cluster_size=self._host.cluster_size,
                 view=self._host.view,
             )
             self._write(encode(reply, frame.request_id))
@@ -347,7 +353,8 @@ class ClientConnection:
     def _answer(self, request_id: int, outcome: Outcome) -> ErrorCode | None:
         """Write the reply to ``request_id``; returns its error code (None for success)."""
         if isinstance(outcome, Refused):
-            self._write(encode(_error(outcome.code, outcome.message), request_id))
+            error = _error(outcome.code, outcome.message, outcome.primary_address)
+            self._write(encode(error, request_id))
             return outcome.code
         assert isinstance(outcome, Applied)
         spliced = wire_reply(outcome.reply, request_id)
@@ -419,9 +426,14 @@ def wire_reply(store_reply: bytes, request_id: int) -> bytes | None:
     return encode_frame(command, request_id, store_reply[1:])
 
 
-def _error(code: ErrorCode, message: str) -> ErrorReply:
-    cut = message.encode("utf-8")[:1024].decode("utf-8", errors="ignore")
-    return ErrorReply(code, cut, None)
+def _error(code: ErrorCode, message: str, primary_address: str | None = None) -> ErrorReply:
+    """An error reply; ``primary_address`` is kept only with ``NOT_PRIMARY`` and only when
+    the wire can carry it."""
+    cut = message.encode("utf-8")[:ERROR_MESSAGE_SIZE_MAX].decode("utf-8", errors="ignore")
+    address = primary_address if code is ErrorCode.NOT_PRIMARY else None
+    if address is not None and not _ADDRESS.fullmatch(address):
+        address = None
+    return ErrorReply(code, cut, address)
 
 
 _METHODS = {

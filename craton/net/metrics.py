@@ -9,13 +9,22 @@ Names and labels are the deployment guide's:
     vdb_storage_bytes_written_total         bytes the node's disk wrote (completed writes)
     vdb_storage_records_total               log records made durable by this process
     vdb_storage_checkpoints_total           checkpoints sealed by this process
-    vdb_replication_lag_records             ops the slowest replica is behind (0 alone)
+    vdb_replication_lag_records             ops behind, as this replica knows (0 alone): on
+                                            the primary, its commit number minus the ops
+                                            the slowest backup acknowledged; on a backup,
+                                            the primary's commit number minus its own
     vdb_replication_view_number             the replica's current VSR view
+    vdb_replication_peer_connected{peer}    1 while the connection to replica ``peer`` is up
+    vdb_replication_messages_sent_total{peer}      replica messages written to ``peer``
+    vdb_replication_messages_received_total{peer}  replica messages received from ``peer``
+    vdb_replication_messages_dropped_total{peer}   messages for ``peer`` dropped because its
+                                                   queue was full (VSR resends what matters)
 
 ``method`` is the wire command's message name (``AppendEvents``, ``ReadEvents``, ...,
 ``Frame`` for bytes that never became a request); ``status`` is ``success`` or the
-lower-case ``ErrorCode`` name. Both label sets are closed, so the number of series is
-bounded. Counters start at 0 when the process starts, as Prometheus expects.
+lower-case ``ErrorCode`` name; ``peer`` is a replica id (0..15). Every label set is
+closed, so the number of series is bounded. Counters start at 0 when the process starts, as
+Prometheus expects.
 """
 
 from __future__ import annotations
@@ -86,11 +95,36 @@ class NodeMetrics:
         )
         self.replication_lag = Gauge(
             "vdb_replication_lag_records",
-            "Ops the slowest replica holds fewer than this one (0 without peers).",
+            "Committed ops not yet held: on the primary, by its slowest backup; on a backup, "
+            "by itself (0 without peers).",
             registry=registry,
         )
         self.view = Gauge(
             "vdb_replication_view_number", "The replica's current VSR view.", registry=registry
+        )
+        self.peer_connected = Gauge(
+            "vdb_replication_peer_connected",
+            "1 while this replica's connection to the peer is open.",
+            ["peer"],
+            registry=registry,
+        )
+        self.peer_sent = Counter(
+            "vdb_replication_messages_sent",
+            "Replica messages written to the peer's connection.",
+            ["peer"],
+            registry=registry,
+        )
+        self.peer_received = Counter(
+            "vdb_replication_messages_received",
+            "Replica messages received from the peer.",
+            ["peer"],
+            registry=registry,
+        )
+        self.peer_dropped = Counter(
+            "vdb_replication_messages_dropped",
+            "Replica messages for the peer dropped because its send queue was full.",
+            ["peer"],
+            registry=registry,
         )
 
     def observe_request(self, method: str, code: ErrorCode | None, duration_s: float) -> None:

@@ -2,9 +2,21 @@
 
 ``ReplicaHost`` runs the very objects the simulator runs — ``Replica``, ``Log``,
 ``EventStore`` and the one ``Driver`` — against the production ``FileDisk`` (completions
-posted with ``loop.call_soon_threadsafe``), feeds the driver a ``Tick`` every
-``TICK_INTERVAL_S``, and turns client operations into the replica's ``ClientRequest``
-inputs and its ``Reply`` effects back into outcomes for the connections.
+posted with ``loop.call_soon_threadsafe``) and, in a cluster, the ``PeerNetwork``
+(``craton.net.peers``: ``Send`` effects go to a peer's queue, frames from peers come back
+as ``MessageReceived``); it feeds the driver a ``Tick`` every ``TICK_INTERVAL_S``, and turns
+client operations into the replica's ``ClientRequest`` inputs and its ``Reply`` effects
+back into outcomes for the connections.
+
+States, as clients and probes see them:
+- *recovering*: the log is being read back; requests are refused with ``UNAVAILABLE``, a
+  handshake waits (it needs the client table).
+- *serving*: the replica is the primary of its view in normal status; requests are queued
+  for it.
+- *backup*: normal status, another replica is the primary; requests are refused with
+  ``NOT_PRIMARY`` carrying the primary's address from ``VDB_CLUSTER_PEERS``.
+- *view change*: no primary is known; requests are refused with ``UNAVAILABLE``.
+``ready`` (for ``/ready``) means recovered and in normal status: the node knows a primary.
 
 Client sessions (the replica's client table gives exactly-once semantics):
 - A wire client (``Handshake.client_id``, u128, in a tenant) maps to one replica client id,
@@ -34,6 +46,15 @@ Rules it keeps:
   are more than ``SESSIONS_MAX``. Sessions are ops, and request numbers must fit 64 bits,
   so a session registered at op ``SESSION_OPS_MAX`` (2**32) or later cannot be used:
   such requests are refused with ``INTERNAL`` rather than overflowing.
+- When the host stops serving (its replica lost the primary role, or changed view), every
+  request it was waiting for is refused at once — ``NOT_PRIMARY`` with the new primary's
+  address when known, else ``UNAVAILABLE`` — and its session cache is dropped: a request
+  whose outcome is unknown is retried by the client with the same request id, and the
+  next primary's client table decides it. Its reply is never invented here.
+- A session is looked up in the replica's client table before a registration is
+  prepared, and only once the table is final for this view (everything in the log is
+  applied), so that a client whose registration committed in an earlier view keeps its
+  session — and its retried request is not applied a second time.
 - A ``Halt`` from the core is final: every waiting request is refused with ``INTERNAL`` and
   the owner is told (the server then exits non-zero).
 """
@@ -75,8 +96,9 @@ from craton.core.vsr.replica import (
     ReplyStatus,
     Status,
 )
+from craton.core.wire import Command, DecodeError, Frame, decode_frame
 from craton.core.wire.errors import ErrorCode
-from craton.core.wire.replica import OPERATION_SIZE_MAX, SUFFIX_ENTRIES_MAX
+from craton.core.wire.replica import OPERATION_SIZE_MAX, SUFFIX_ENTRIES_MAX, Commit, PrepareOk
 from craton.io.driver import Driver
 from craton.io.entropy import OsEntropy
 from craton.io.file_disk import FileDisk
@@ -84,8 +106,12 @@ from craton.io.interfaces import DiskCallback
 from craton.io.local import load_or_create_seal_seed
 from craton.net.logs import EventLog
 from craton.net.metrics import NodeMetrics
+from craton.net.peers import ClusterSettings, PeerNetwork
 
 TICK_INTERVAL_S = 0.010  # one core tick
+HEARTBEAT_TICKS = 5  # a primary's commit heartbeat every 50 ms
+VIEW_CHANGE_TIMEOUT_TICKS = 100  # a backup gives up on a silent primary after 1 s ...
+VIEW_CHANGE_JITTER_TICKS = 50  # ... plus up to 0.5 s, drawn per timer
 PIPELINE_OPS_MAX = SUFFIX_ENTRIES_MAX  # uncommitted ops in flight: a group commit's size
 SESSIONS_MAX = 4096  # the replica's client table; fixed for a data directory (see above)
 CHECKPOINT_INTERVAL_OPS = 1024  # committed ops between sealed checkpoints
@@ -108,10 +134,12 @@ class Applied:
 
 @attrs.frozen
 class Refused:
-    """The operation was not (or not knowably) applied; ``code`` says what a client does."""
+    """The operation was not (or not knowably) applied; ``code`` says what a client does.
+    ``primary_address`` comes with ``NOT_PRIMARY`` when the primary is known."""
 
     code: ErrorCode
     message: str
+    primary_address: str | None = None
 
 
 Outcome = Applied | Refused
@@ -182,27 +210,54 @@ class _CountingDisk:
 
 
 class _Observed:
-    """The replica as the driver's machine, with its progress reported to the metrics."""
+    """The replica as the driver's machine: after every step the host looks at it (metrics,
+    serving or not) before the step's effects are carried out."""
 
-    def __init__(self, replica: Replica, metrics: NodeMetrics) -> None:
+    def __init__(self, replica: Replica, after_step: Callable[[], None]) -> None:
         self.replica = replica
-        self._metrics = metrics
-        self._durable = 0
-        self._counting = False
+        self._after_step = after_step
 
     def step(self, event: Input) -> list[Effect]:
         effects = self.replica.step(event)
-        durable = self.replica.log.durable
-        if not self._counting and self.replica.status is not Status.LOADING:
-            self._counting, self._durable = True, durable  # recovered records are not new
-        elif self._counting and durable > self._durable:
-            self._metrics.records.inc(durable - self._durable)
-        self._durable = durable
-        self._metrics.view.set(self.replica.view)
+        self._after_step()
         return effects
 
     def invariants(self) -> None:
         self.replica.invariants()
+
+
+@attrs.define
+class _Progress:
+    """What this replica heard of the others' progress, for ``vdb_replication_lag_records``:
+    each peer's latest acknowledged op (``PrepareOk``, by view) and the primary's latest
+    commit number (``Commit`` heartbeats)."""
+
+    acked: dict[int, tuple[int, int]] = attrs.Factory(dict)  # replica -> (view, op)
+    primary_commit: tuple[int, int] = (0, 0)  # (view, commit)
+
+    def observe(self, frame: Frame) -> None:
+        if frame.command not in (Command.PREPARE_OK, Command.COMMIT):
+            return
+        try:
+            message = decode_frame(frame)
+        except DecodeError:
+            return  # the replica reports it
+        if isinstance(message, PrepareOk):
+            known = self.acked.get(message.replica, (-1, -1))
+            if (message.view, message.op) > known:
+                self.acked[message.replica] = (message.view, message.op)
+        elif isinstance(message, Commit) and (message.view, message.commit) > self.primary_commit:
+            self.primary_commit = (message.view, message.commit)
+
+    def lag(self, replica: Replica) -> int:
+        count = replica.config.replica_count
+        if count == 1:
+            return 0
+        if replica.is_primary:
+            others = [r for r in range(count) if r != replica.config.replica_id]
+            held = min(self.acked.get(r, (0, -1))[1] + 1 for r in others)
+            return max(0, replica.commit - held)
+        return max(0, self.primary_commit[1] - replica.commit)
 
 
 class ReplicaHost:
@@ -212,11 +267,13 @@ class ReplicaHost:
         log: EventLog,
         metrics: NodeMetrics,
         *,
+        cluster: ClusterSettings | None = None,
         on_halt: Callable[[str], None] | None = None,
     ) -> None:
         self.data_dir = data_dir
         self._log = log
         self._metrics = metrics
+        self._cluster = cluster
         self._on_halt_callback = on_halt
         self.halted: str | None = None
         self._queue: collections.deque[_Pending] = collections.deque()
@@ -228,13 +285,28 @@ class ReplicaHost:
         self._busy = False  # the request just stepped was answered BUSY
         self._ticker: asyncio.TimerHandle | None = None
         self._ready = asyncio.Event()
-        self._after_ready: list[Callable[[], None]] = []
+        self._after_recovery: list[Callable[[], None]] = []
+        self._recovered_seen = False
+        self._serving_view: int | None = None  # the view this host serves as primary in
+        self._table_final = False  # the client table holds every op of the serving view's log
+        self._durable = 0
+        self._counting = False
+        self._progress = _Progress()
         self._lock_fd: int | None = None
         self._closed = False
         self._disk: FileDisk | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.replica: Replica | None = None
         self._driver: Driver | None = None
+        self.peers: PeerNetwork | None = None
+        if cluster is not None:
+            self.peers = PeerNetwork(
+                cluster,
+                metrics,
+                log,
+                view=lambda: self.view,
+                observe=lambda _src, frame: self._progress.observe(frame),
+            )
 
     # --- life cycle ------------------------------------------------------------------------
 
@@ -249,23 +321,29 @@ class ReplicaHost:
             raise HostError(f"data directory {self.data_dir}: {_reason(error)}") from None
         self._disk = FileDisk(self.data_dir, self._post)
         config = ReplicaConfig(
-            replica_id=0,
-            replica_count=1,
+            replica_id=self.replica_id,
+            replica_count=self.cluster_size,
             seal_seed=seed,
             pipeline_max=PIPELINE_OPS_MAX,
+            heartbeat_ticks=HEARTBEAT_TICKS,
+            view_change_timeout_ticks=VIEW_CHANGE_TIMEOUT_TICKS,
+            view_change_jitter_ticks=VIEW_CHANGE_JITTER_TICKS,
             client_table_max=SESSIONS_MAX,
             checkpoint_interval_ops=CHECKPOINT_INTERVAL_OPS,
         )
         jitter_seed = int.from_bytes(OsEntropy().random_bytes(8), "little")
         self.replica = Replica(config, EventStore(), Prng(jitter_seed, "replica"))
         self._driver = Driver(
-            _Observed(self.replica, self._metrics),
+            _Observed(self.replica, self._after_step),
             _CountingDisk(self._disk, self._metrics),
+            network=self.peers,
             on_reply=self._on_reply,
             on_notice=self._on_notice,
             on_halt=self._on_halt,
         )
         self._driver.launch(self.replica.start())
+        if self.peers is not None:
+            self.peers.start()
         self._ticker = self._loop.call_later(TICK_INTERVAL_S, self._tick)
 
     def _post(self, callback: Callable[[], None]) -> None:
@@ -278,11 +356,30 @@ class ReplicaHost:
             callback()
 
     async def wait_ready(self) -> None:
-        """Return once the log is recovered and the replica serves (or it halted)."""
+        """Return once the log is recovered and a primary is known (or the node halted)."""
         await self._ready.wait()
 
     @property
-    def ready(self) -> bool:
+    def replica_id(self) -> int:
+        return 0 if self._cluster is None else self._cluster.replica_id
+
+    @property
+    def cluster_size(self) -> int:
+        return 1 if self._cluster is None else self._cluster.size
+
+    @property
+    def in_cluster(self) -> bool:
+        return self._cluster is not None
+
+    @property
+    def recovered(self) -> bool:
+        """The log is read back and the replica runs (whatever its status)."""
+        replica = self.replica
+        return replica is not None and replica.status is not Status.LOADING
+
+    @property
+    def serving(self) -> bool:
+        """The replica is the primary of its view, in normal status: it takes requests."""
         replica = self.replica
         return (
             self.halted is None
@@ -292,10 +389,40 @@ class ReplicaHost:
         )
 
     @property
-    def idle(self) -> bool:
-        """Nothing queued and nothing prepared but uncommitted."""
+    def ready(self) -> bool:
+        """Recovered, not halted, and in normal status: this node knows the primary."""
         replica = self.replica
-        pipeline_empty = replica is None or replica.head == replica.commit
+        return self.halted is None and replica is not None and replica.status is Status.NORMAL
+
+    @property
+    def primary_address(self) -> str | None:
+        """``host:port`` of the primary, when this node knows one (normal status)."""
+        replica = self.replica
+        if not self.ready or replica is None:
+            return None
+        if self._cluster is None:
+            return None
+        return str(self._cluster.addresses[replica.primary])
+
+    @property
+    def status(self) -> str:
+        """What this node is doing, in words, for probes and logs."""
+        replica = self.replica
+        if self.halted is not None:
+            return "stopped after a fault"
+        if replica is None or replica.status is Status.LOADING:
+            return "recovering the log"
+        if replica.status is Status.VIEW_CHANGE:
+            return f"no primary known: view change to view {replica.view} in progress"
+        if replica.is_primary:
+            return f"primary of view {replica.view}"
+        return f"backup in view {replica.view}, primary is replica {replica.primary}"
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued, and as primary, nothing prepared but uncommitted."""
+        replica = self.replica
+        pipeline_empty = replica is None or replica.head == replica.commit or not self.serving
         return not self._queue and pipeline_empty
 
     @property
@@ -317,11 +444,14 @@ class ReplicaHost:
         return self.halted is None
 
     def close(self) -> None:
-        """Stop ticking, let the disk finish what it was given, and unlock the directory."""
+        """Stop ticking and talking to peers, let the disk finish what it was given, and
+        unlock the directory."""
         self._closed = True
         if self._ticker is not None:
             self._ticker.cancel()
             self._ticker = None
+        if self.peers is not None:
+            self.peers.close()
         if self._disk is not None:
             self._disk.close()
             self._disk = None
@@ -334,15 +464,20 @@ class ReplicaHost:
     def open_session(
         self, tenant_id: int, client_id: int, done: Callable[[Refused | None], None]
     ) -> None:
-        """Make sure the client has a session; ``done(None)`` once it has.
+        """Make sure the client has a session on the primary; ``done(None)`` once it has.
 
-        Before the log is recovered the client table is not known yet, so the session is
-        looked up only once the replica serves."""
-        if not self.ready and self.halted is None:
-            self._after_ready.append(lambda: self.open_session(tenant_id, client_id, done))
+        Before the log is recovered the client table is not known yet, so the answer waits
+        for recovery. A node that is not serving answers at once: the client's requests
+        will be redirected (or refused until a primary is known), and the primary opens
+        the session when the first of them reaches it."""
+        if not self.recovered and self.halted is None:
+            self._after_recovery.append(lambda: self.open_session(tenant_id, client_id, done))
             return
         if self.halted is not None:
             done(Refused(ErrorCode.UNAVAILABLE, "the node stopped after a fault"))
+            return
+        if not self.serving:
+            done(None)
             return
         session = self._session(replica_client_id(tenant_id, client_id))
         if session.state is _State.ACTIVE:
@@ -383,10 +518,8 @@ class ReplicaHost:
         self._send_read(body, done)
 
     def _check(self, body: bytes) -> Refused | None:
-        if self.halted is not None:
-            return Refused(ErrorCode.UNAVAILABLE, "the node stopped after a fault")
-        if not self.ready:
-            return Refused(ErrorCode.UNAVAILABLE, "the node is recovering its log")
+        if not self.serving:
+            return self._not_serving()
         if len(body) > OPERATION_BYTES_MAX:
             return Refused(
                 ErrorCode.TOO_LARGE,
@@ -395,6 +528,22 @@ class ReplicaHost:
         if len(self._queue) >= QUEUE_REQUESTS_MAX:
             return Refused(ErrorCode.UNAVAILABLE, "the node's request queue is full")
         return None
+
+    def _not_serving(self) -> Refused:
+        """The refusal for a request this node cannot take now, by what it is doing."""
+        replica = self.replica
+        if self.halted is not None:
+            return Refused(ErrorCode.UNAVAILABLE, "the node stopped after a fault")
+        if replica is None or replica.status is Status.LOADING:
+            return Refused(ErrorCode.UNAVAILABLE, "the node is recovering its log")
+        address = self.primary_address
+        if address is not None and not replica.is_primary:
+            return Refused(
+                ErrorCode.NOT_PRIMARY,
+                f"this replica is not the primary; replica {replica.primary} is",
+                address,
+            )
+        return Refused(ErrorCode.UNAVAILABLE, f"{self.status}; retry later")
 
     def _session(self, client: int) -> _Session:
         session = self._sessions.get(client)
@@ -415,7 +564,7 @@ class ReplicaHost:
     def _registered(self, session: _Session, body: bytes) -> None:
         if body[0] != ReplyStatus.OK:
             session.state = _State.NEW
-            refusal = _refusal(body, "registering the client session")
+            refusal = self._refusal(body, "registering the client session")
             waiting, session.waiting = session.waiting, []
             ready, session.ready = session.ready, []
             for _, _, done in waiting:
@@ -484,7 +633,7 @@ class ReplicaHost:
                     )
                 )
             else:
-                done(_refusal(reply, "write"))
+                done(self._refusal(reply, "write"))
 
         self._enqueue(session.client, number, body, replied)
 
@@ -504,7 +653,7 @@ class ReplicaHost:
                     session.state = _State.NEW
                 self.submit_read(body, done)  # reads change nothing: run it again
             else:
-                done(_refusal(reply, "read"))
+                done(self._refusal(reply, "read"))
 
         self._enqueue(session.client, number, body, replied)
 
@@ -527,15 +676,92 @@ class ReplicaHost:
         self._pump_scheduled = False
         replica, driver = self.replica, self._driver
         assert replica is not None and driver is not None
-        while self._queue and self.ready:
+        while self._queue and self.serving:
             if replica.head - replica.commit >= PIPELINE_OPS_MAX:
                 return  # a commit's replies schedule the next round
-            pending = self._queue.popleft()
+            pending = self._queue[0]
+            if pending.number == 0 and pending.client != READ_CLIENT_ID:
+                if not self._table_final:
+                    return  # the next tick tries again
+                known = replica.clients.get(pending.client)
+                if known is not None:  # registered in an earlier view: keep that session
+                    self._queue.popleft()
+                    reply = bytes([ReplyStatus.OK]) + known.session.to_bytes(_U64, "little")
+                    for replied in self._waiters.pop((pending.client, 0), []):
+                        replied(reply)
+                    continue
+            self._queue.popleft()
             self._busy = False
             driver.step(ClientRequest(pending.client, pending.number, pending.body))
             if self._busy:
                 self._queue.appendleft(pending)
                 return  # the next tick tries again
+
+    # --- watching the replica --------------------------------------------------------------
+
+    def _after_step(self) -> None:
+        """Called inside the driver after every replica step, before its effects run: the
+        host's view of the replica is brought up to date; callbacks that answer clients
+        are scheduled, never run here."""
+        replica, loop = self.replica, self._loop
+        assert replica is not None and loop is not None
+        self._count_records(replica)
+        self._metrics.view.set(replica.view)
+        self._metrics.replication_lag.set(self._progress.lag(replica))
+        if self._serving_view is not None and (
+            not self.serving or replica.view != self._serving_view
+        ):
+            self._stop_serving()
+        if self.serving and self._serving_view is None:
+            self._serving_view = replica.view
+            self._table_final = False
+            if self.in_cluster:
+                self._log.info("replica.serving", view=replica.view, commit=replica.commit)
+        if self.serving and not self._table_final and _table_is_final(replica):
+            self._table_final = True
+            if self._queue:
+                self._schedule_pump()
+        if not self._recovered_seen and replica.status is not Status.LOADING:
+            self._recovered_seen = True
+            loop.call_soon(self._run_after_recovery)
+        if not self._ready.is_set() and self.ready:
+            self._log.info(
+                "replica.ready", view=replica.view, commit=self.commit, status=self.status
+            )
+            self._ready.set()
+
+    def _count_records(self, replica: Replica) -> None:
+        durable = replica.log.durable
+        if not self._counting and replica.status is not Status.LOADING:
+            self._counting, self._durable = True, durable  # recovered records are not new
+        elif self._counting and durable > self._durable:
+            self._metrics.records.inc(durable - self._durable)
+        self._durable = durable
+
+    def _stop_serving(self) -> None:
+        """The replica is no longer the primary of the view this host served in: every
+        request waiting for it is refused (soon, outside the driver) and the session cache
+        is dropped; the next primary's client table is the truth."""
+        assert self._loop is not None
+        self._log.info(
+            "replica.not_serving",
+            view=self._serving_view,
+            now=self.status,
+            waiting=sum(len(callbacks) for callbacks in self._waiters.values()),
+        )
+        self._serving_view = None
+        waiters, self._waiters = self._waiters, {}
+        self._queue.clear()
+        self._sessions = {}
+        self._reads = _Session(READ_CLIENT_ID)
+        self._read_number = 0
+        lost = bytes([ReplyStatus.NOT_PRIMARY])
+        self._loop.call_soon(_answer_all, waiters, lost)
+
+    def _run_after_recovery(self) -> None:
+        after, self._after_recovery = self._after_recovery, []
+        for callback in after:
+            callback()
 
     # --- driver callbacks ------------------------------------------------------------------
 
@@ -544,12 +770,6 @@ class ReplicaHost:
         self._ticker = self._loop.call_later(TICK_INTERVAL_S, self._tick)
         if self.halted is None:
             self._driver.step(Tick())
-            if not self._ready.is_set() and self.ready:
-                self._log.info("replica.ready", view=self.view, commit=self.commit)
-                self._ready.set()
-                after, self._after_ready = self._after_ready, []
-                for callback in after:
-                    callback()
             if self._queue:
                 self._pump()
 
@@ -562,12 +782,31 @@ class ReplicaHost:
         if self._queue:
             self._schedule_pump()
 
+    def _refusal(self, reply: bytes, what: str) -> Refused:
+        status = reply[0] if reply else -1
+        if status == ReplyStatus.NOT_PRIMARY:
+            refused = self._not_serving()
+            message = (
+                f"the primary changed before the {what} was answered (it may or may not have "
+                f"been applied; a retry with the same request id is safe): {refused.message}"
+            )
+            return attrs.evolve(refused, message=message)
+        if status == ReplyStatus.BUSY:
+            return Refused(ErrorCode.INTERNAL, f"the node stopped during a {what}")
+        return Refused(ErrorCode.INTERNAL, f"unexpected replica answer {status} to a {what}")
+
     def _on_notice(self, notice: Notice) -> None:
         fields = {name: value for name, value in notice.fields}
         if notice.event == "replica.checkpoint":
             self._metrics.checkpoints.inc()
             self._log.debug(notice.event, **fields)
-        elif notice.event in ("log.formatted", "replica.started", "log.torn_tail_truncated"):
+        elif notice.event in (
+            "log.formatted",
+            "replica.started",
+            "log.torn_tail_truncated",
+            "replica.view_change",
+            "replica.primary",
+        ):
             self._log.info(notice.event, **fields)
         else:
             self._log.debug(notice.event, **fields)
@@ -586,9 +825,7 @@ class ReplicaHost:
             waiting, session.waiting = session.waiting, []
             for _, _, done in waiting:
                 done(refusal)
-        after, self._after_ready = self._after_ready, []
-        for callback in after:
-            callback()
+        self._run_after_recovery()
         self._ready.set()
         if self._on_halt_callback is not None:
             self._on_halt_callback(halt.reason)
@@ -611,13 +848,17 @@ def _exhausted() -> Refused:
     )
 
 
-def _refusal(reply: bytes, what: str) -> Refused:
-    status = reply[0] if reply else -1
-    if status == ReplyStatus.NOT_PRIMARY:
-        return Refused(ErrorCode.NOT_PRIMARY, "this replica is not the primary")
-    if status == ReplyStatus.BUSY:
-        return Refused(ErrorCode.INTERNAL, f"the node stopped during a {what}")
-    return Refused(ErrorCode.INTERNAL, f"unexpected replica answer {status} to a {what}")
+def _table_is_final(replica: Replica) -> bool:
+    """Whether the replica's client table reflects every op of its view's log: the log is
+    installed (``log_view`` is the view, set only once the view's whole log is held) and
+    every op in it is applied."""
+    return replica.log_view == replica.view and replica.commit == replica.head
+
+
+def _answer_all(waiters: dict[tuple[int, int], list[Callable[[bytes], None]]], body: bytes) -> None:
+    for callbacks in waiters.values():
+        for replied in callbacks:
+            replied(body)
 
 
 def _lock(path: Path) -> int:

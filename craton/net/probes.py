@@ -15,7 +15,9 @@ serve); the HTTP status is 200 for the first two and 503 for the last. Readiness
 measured); ``memory`` — open connections as a proxy (degraded from
 ``CONNECTIONS_WARN_FRACTION`` of ``VDB_MAX_CONNECTIONS``, unhealthy at the limit);
 ``data_dir`` — a probe file can be created and removed there; ``log`` — the log is
-recovered and the replica serves (unhealthy while recovering and after a fault). A check
+recovered and the replica runs (unhealthy while recovering and after a fault);
+``replication``, in cluster mode only — the replica is in normal status, so it knows the
+primary (unhealthy during a view change: clients would only be told to retry). A check
 that is not ok carries a ``detail`` line. ``/health`` is liveness: unhealthy only once the
 node stopped after a fault, degraded when connections are near the limit.
 
@@ -106,12 +108,15 @@ class Probes:
 
     def ready(self) -> dict[str, object]:
         checks: dict[str, dict[str, object]] = {}
-        for name, check in (
+        named = [
             ("disk", self._check_disk),
             ("memory", self._connection_status),
             ("data_dir", self._check_data_dir),
             ("log", self._check_log),
-        ):
+        ]
+        if self._host.in_cluster:
+            named.append(("replication", self._check_replication))
+        for name, check in named:
             started = time.perf_counter()
             status, detail = check()
             result: dict[str, object] = {
@@ -165,10 +170,17 @@ class Probes:
         return OK, ""
 
     def _check_log(self) -> tuple[str, str]:
-        if self._host.halted is not None:
+        host = self._host
+        if host.halted is not None:
             return UNHEALTHY, "the node stopped after a fault"
-        if not self._host.ready:
+        if not host.recovered or (not host.in_cluster and not host.ready):
             return UNHEALTHY, "recovering the log"
+        return OK, ""
+
+    def _check_replication(self) -> tuple[str, str]:
+        host = self._host
+        if not host.ready:
+            return UNHEALTHY, host.status
         return OK, ""
 
     # --- helpers ---------------------------------------------------------------------------

@@ -4,10 +4,13 @@
 ``VDB_TLS_KEY`` are set) and tells the two protocols apart by their first bytes: an HTTP
 method followed by a space is handed to ``MainPortHttp``; anything else is Craton's binary
 protocol (whose frames start with the magic ``CRTN``; a stranger is refused by the frame
-decoder). ``VDB_METRICS_ADDR`` serves the same probes through aiohttp.
+decoder). ``VDB_METRICS_ADDR`` serves the same probes through aiohttp. A binary connection
+whose first frame is a replica's hello (``craton.net.peers``) is handed to the node's
+``PeerNetwork``; a node that is not in a cluster refuses it.
 
 Rules it keeps:
-- At most ``VDB_MAX_CONNECTIONS`` binary connections are open; one more gets an
+- At most ``VDB_MAX_CONNECTIONS`` client connections are open (replica connections are
+  not counted: there is at most one from each peer); one more gets an
   ``UNAVAILABLE`` error frame (request id 0) and is closed. Probe requests do not count
   against that limit (a busy node still answers its orchestrator) but have their own,
   ``HTTP_CONNECTIONS_MAX``.
@@ -26,13 +29,28 @@ import contextlib
 import ssl
 import time
 
+import attrs
 from aiohttp import web
 
+from craton.core.wire import (
+    HEADER_SIZE,
+    Command,
+    DecodeError,
+    ErrorCode,
+    ErrorReply,
+    Frame,
+    FrameDecoder,
+    Handshake,
+    decode_frame,
+    encode,
+)
+from craton.core.wire.frame import MAGIC
 from craton.net.config import Address, ServerConfig
 from craton.net.connection import ClientConnection
 from craton.net.logs import EventLog
 from craton.net.metrics import NodeMetrics
 from craton.net.node import ReplicaHost
+from craton.net.peers import HELLO_BODY_SIZE_MAX, PeerHello, parse_hello
 from craton.net.probes import MainPortHttp, Probes, metrics_app
 
 HTTP_METHODS = (b"GET ", b"HEAD ", b"POST ", b"PUT ", b"DELETE ", b"OPTIONS ", b"PATCH ")
@@ -40,6 +58,8 @@ HTTP_CONNECTIONS_MAX = 64  # probe connections on the main port at once
 SNIFF_BYTES_MAX = max(len(method) for method in HTTP_METHODS)
 IDLE_SWEEP_INTERVAL_S = 1.0
 CLOSE_TIMEOUT_S = 2.0  # waiting for a closed connection's buffered replies to go out
+_COMMAND_AT = slice(6, 8)  # the command field of a frame header (docs/PROTOCOL.md)
+_BODY_SIZE_AT = slice(12, 16)  # the body_size field
 
 
 class ListenError(Exception):
@@ -57,6 +77,7 @@ class Server:
         self.rate_limit_rps = config.rate_limit_rps
         self._shutting_down = False
         self._connections: dict[ClientConnection, asyncio.Task[None]] = {}
+        self._peer_tasks: set[asyncio.Task[None]] = set()  # replica connections served
         self._http_connections = 0
         self._listener: asyncio.Server | None = None
         self._metrics_runner: web.AppRunner | None = None
@@ -135,7 +156,9 @@ class Server:
             await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT_S)
         if self._metrics_runner is not None:
             await self._metrics_runner.cleanup()
-        self.host.close()
+        self.host.close()  # closes the replica connections too
+        if self._peer_tasks:
+            await asyncio.wait(list(self._peer_tasks), timeout=CLOSE_TIMEOUT_S)
         return answered and committed
 
     # --- accepting -------------------------------------------------------------------------
@@ -153,7 +176,40 @@ class Server:
         if first.startswith(HTTP_METHODS):
             await self._serve_http(reader, writer, first)
             return
+        try:
+            first, hello = await asyncio.wait_for(
+                _first_frame(reader, first), self.config.idle_timeout_secs
+            )
+        except (TimeoutError, ConnectionError, OSError):
+            writer.close()
+            return
+        if hello is not None:
+            await self._serve_peer(reader, writer, hello, peer)
+            return
         await self._serve_binary(reader, writer, first, peer)
+
+    async def _serve_peer(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, hello: _Hello, peer: str
+    ) -> None:
+        peers = self.host.peers
+        task = asyncio.current_task()
+        assert task is not None
+        self._peer_tasks.add(task)
+        try:
+            if peers is None:
+                self.log.warn("peer.refused", peer=peer, reason="not in cluster mode")
+                refusal = ErrorReply(
+                    ErrorCode.INVALID_REQUEST,
+                    "this node is not in cluster mode: it accepts no replica connections",
+                    None,
+                )
+                writer.write(encode(refusal, 0))
+            else:
+                await peers.serve_inbound(
+                    reader, writer, hello.decoder, hello.hello, hello.request_id, peer
+                )
+        finally:
+            await _close(writer)
 
     async def _serve_http(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bytes
@@ -209,6 +265,53 @@ class Server:
                 if connection.inflight == 0 and now - connection.last_active_s >= timeout_s:
                     self.log.debug("connection.idle_closed", peer=connection.peer)
                     connection.close_idle(timeout_s)
+
+
+@attrs.frozen
+class _Hello:
+    """A replica's hello, the first frame of a connection; ``decoder`` holds what followed."""
+
+    hello: PeerHello
+    request_id: int
+    decoder: FrameDecoder
+
+
+async def _first_frame(reader: asyncio.StreamReader, first: bytes) -> tuple[bytes, _Hello | None]:
+    """The bytes read so far and, when the connection starts with a replica's hello, that.
+
+    Only a ``HANDSHAKE`` frame small enough to be a hello is waited for whole; anything
+    else (a client's frames, bytes that do not decode) is left to the client connection,
+    which answers exactly as it would have from the first byte."""
+    data = bytearray(first)
+    while len(data) < HEADER_SIZE:
+        if not MAGIC.startswith(bytes(data[: len(MAGIC)])):
+            return bytes(data), None
+        chunk = await reader.read(HEADER_SIZE)
+        if not chunk:
+            return bytes(data), None
+        data += chunk
+    command = int.from_bytes(data[_COMMAND_AT], "little")
+    body_size = int.from_bytes(data[_BODY_SIZE_AT], "little")
+    if command != Command.HANDSHAKE or body_size > HELLO_BODY_SIZE_MAX:
+        return bytes(data), None
+    while len(data) < HEADER_SIZE + body_size:
+        chunk = await reader.read(HEADER_SIZE + body_size - len(data))
+        if not chunk:
+            return bytes(data), None
+        data += chunk
+    decoder = FrameDecoder()
+    try:
+        decoder.feed(data)
+        frame: Frame | None = decoder.next_frame()
+        message = None if frame is None else decode_frame(frame)
+    except DecodeError:
+        return bytes(data), None
+    if frame is None or not isinstance(message, Handshake):
+        return bytes(data), None
+    hello = parse_hello(message.client_id)
+    if hello is None:
+        return bytes(data), None
+    return bytes(data), _Hello(hello, frame.request_id, decoder)
 
 
 async def _sniff(reader: asyncio.StreamReader) -> bytes:

@@ -9,8 +9,11 @@ replica commit what it was given, close; bounded by ``SHUTDOWN_GRACE_S``.
 Replication modes: ``single-node`` runs a one-replica VSR cluster — the same ``Replica``,
 ``Log``, ``EventStore`` and ``Driver`` as the simulator and as a cluster member. ``none``
 runs that same one-replica path (there are no peers, so no replication message is ever
-sent); its data directory is the same format. ``cluster`` is refused at configuration time
-in this build.
+sent); its data directory is the same format. ``cluster`` runs replica ``VDB_REPLICA_ID``
+of the cluster ``VDB_CLUSTER_PEERS`` lists, talking to its peers on their main ports
+(``craton.net.peers``); with TLS configured, it connects to them over TLS and trusts the
+certificate chain in ``VDB_TLS_CERT``. ``server.ready`` is logged once the log is recovered
+and, in a cluster, a primary is known.
 
 Exit statuses: 0 after a clean shutdown; 1 when the node cannot start (data directory
 locked or damaged, an address that cannot be bound, TLS files that do not load) or stopped
@@ -26,13 +29,17 @@ import contextlib
 import logging
 import os
 import signal
+import ssl
 import sys
 from collections.abc import Coroutine, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from craton import __version__
 from craton.net.config import ConfigError, ReplicationMode, ServerConfig, load_config
 from craton.net.logs import EventLog, route_python_logging
+
+if TYPE_CHECKING:
+    from craton.net.peers import ClusterSettings
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -78,7 +85,10 @@ async def serve(config: ServerConfig, log: EventLog) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     metrics = NodeMetrics()
-    host = ReplicaHost(config.data_dir, log, metrics, on_halt=lambda _reason: stop.set())
+    cluster = _cluster_settings(config)
+    host = ReplicaHost(
+        config.data_dir, log, metrics, cluster=cluster, on_halt=lambda _reason: stop.set()
+    )
     log.info("server.starting", version=__version__, **config.summary())
     if config.replication_mode is ReplicationMode.NONE:
         log.info(
@@ -101,7 +111,7 @@ async def serve(config: ServerConfig, log: EventLog) -> int:
         await server.shutdown(0.0)
         raise StartError(f"data directory {config.data_dir}: {host.halted}")
     if host.ready:
-        log.info("server.ready", commit=host.commit, view=host.view)
+        log.info("server.ready", commit=host.commit, view=host.view, status=host.status)
     await stop.wait()
     log.info("server.stopping", grace_s=SHUTDOWN_GRACE_S)
     clean = await server.shutdown(SHUTDOWN_GRACE_S)
@@ -113,6 +123,28 @@ async def serve(config: ServerConfig, log: EventLog) -> int:
         return EXIT_FAILED
     log.info("server.stopped", clean=True, commit=host.commit)
     return EXIT_OK
+
+
+def _cluster_settings(config: ServerConfig) -> ClusterSettings | None:
+    """This node's place in the cluster (None unless in cluster mode); ``StartError`` when
+    the TLS files cannot serve as the trust for peer connections."""
+    from craton.net.peers import ClusterSettings
+
+    if config.replication_mode is not ReplicationMode.CLUSTER:
+        return None
+    tls = None
+    if config.tls_cert is not None:
+        tls = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+        # A cluster may share one certificate, or list its CA in the same file: a trusted
+        # certificate need not be self-signed or a root.
+        tls.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+        try:
+            tls.load_verify_locations(cafile=str(config.tls_cert))
+        except (OSError, ssl.SSLError) as error:
+            raise StartError(
+                f"VDB_TLS_CERT: cannot trust it for replica connections: {error}"
+            ) from None
+    return ClusterSettings(config.replica_id, config.cluster_peers, tls)
 
 
 def _unhandled(log: EventLog, context: dict[str, Any]) -> None:

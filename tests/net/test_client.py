@@ -27,6 +27,7 @@ from craton.client import (
     RetryableError,
     StreamError,
     StreamNotFound,
+    Unavailable,
 )
 from craton.client.errors import error_class
 from craton.core.wire import (
@@ -56,8 +57,9 @@ class Seen:
 
 
 class ScriptedNode:
-    def __init__(self, script: Script) -> None:
+    def __init__(self, script: Script, *, cluster_size: int = 1) -> None:
         self.script = script
+        self.cluster_size = cluster_size
         self.seen: list[Seen] = []
         self.connections = 0
         self.address = ""
@@ -89,7 +91,7 @@ class ScriptedNode:
                         Seen(connection, client_id, frame.request_id, message, time.monotonic())
                     )
                     if isinstance(message, Handshake):
-                        answer: Answer = HandshakeReply(1, "test", 0, 1, 0)
+                        answer: Answer = HandshakeReply(1, "test", 0, self.cluster_size, 0)
                     else:
                         answer = await self.script(self, message)
                     if answer is None:
@@ -144,6 +146,32 @@ def test_not_primary_redirects_to_the_named_primary() -> None:
         assert backup.requests()[0].client_id == primary.requests()[0].client_id
         await primary.stop()
         await backup.stop()
+
+    run(scenario)
+
+
+def test_unavailable_moves_to_another_replica_only_in_a_cluster() -> None:
+    async def cut_off(node: ScriptedNode, message: AnyMessage) -> Answer:
+        return ErrorReply(ErrorCode.UNAVAILABLE, "view change in progress", None)
+
+    async def serving(node: ScriptedNode, message: AnyMessage) -> Answer:
+        return APPENDED
+
+    async def scenario() -> None:
+        stuck = await ScriptedNode(cut_off, cluster_size=3).start()
+        primary = await ScriptedNode(serving, cluster_size=3).start()
+        addresses = [stuck.address, primary.address]
+        async with AsyncClient(addresses, retry_deadline_s=5) as client:
+            assert (await client.append("s", [b"e"])).log_position == 42
+        assert len(stuck.requests()) == 1 and len(primary.requests()) == 1
+        alone = await ScriptedNode(cut_off).start()  # a single node: retry it, not the other
+        other = await ScriptedNode(serving).start()
+        async with AsyncClient([alone.address, other.address], retry_deadline_s=0.5) as client:
+            with pytest.raises(Unavailable):
+                await client.append("s", [b"e"])
+        assert len(alone.requests()) >= 2 and not other.requests()
+        for node in (stuck, primary, alone, other):
+            await node.stop()
 
     run(scenario)
 

@@ -1,6 +1,6 @@
 """Bad configuration: every invalid ``VDB_*`` variable makes ``craton-server`` exit with
 status 2 and exactly one line on stderr naming that variable; secrets are never echoed.
-Valid values parse to the guide's defaults."""
+Valid values parse to the guide's defaults, and a cluster's peers to addresses."""
 
 from __future__ import annotations
 
@@ -43,9 +43,17 @@ CASES: list[tuple[str, dict[str, str], str]] = [
         "VDB_REPLICA_ID",
     ),
     (
-        "cluster not built",
-        {"VDB_REPLICATION_MODE": "cluster", "VDB_CLUSTER_PEERS": PEERS, "VDB_REPLICA_ID": "1"},
-        "VDB_REPLICATION_MODE",
+        "peer port zero",
+        {
+            "VDB_REPLICATION_MODE": "cluster",
+            "VDB_CLUSTER_PEERS": "10.0.0.1:5432,10.0.0.2:0,10.0.0.3:5432",
+        },
+        "VDB_CLUSTER_PEERS",
+    ),
+    (
+        "peer listed twice",
+        {"VDB_REPLICATION_MODE": "cluster", "VDB_CLUSTER_PEERS": "h:1,h:1"},
+        "VDB_CLUSTER_PEERS",
     ),
     ("bad peer", {"VDB_CLUSTER_PEERS": "10.0.0.1:5432,nope"}, "VDB_CLUSTER_PEERS"),
     ("replica id too big", {"VDB_REPLICA_ID": "16"}, "VDB_REPLICA_ID"),
@@ -126,6 +134,20 @@ def test_values_parse_and_the_summary_hides_the_secret(tmp_path: Path) -> None:
     assert config.rate_limit_rps == 2.5 and config.log_level is LogLevel.WARN
     assert config.replication_mode is ReplicationMode.SINGLE_NODE
     assert SECRET not in repr(config) and SECRET not in str(config.summary())
+
+
+def test_cluster_mode_parses(tmp_path: Path) -> None:
+    config = load_config(
+        {
+            "VDB_DATA_DIR": str(tmp_path),
+            "VDB_REPLICATION_MODE": "cluster",
+            "VDB_CLUSTER_PEERS": PEERS,
+            "VDB_REPLICA_ID": "2",
+        }
+    )
+    assert config.replication_mode is ReplicationMode.CLUSTER and config.replica_id == 2
+    assert config.cluster_peers[2] == Address("10.0.0.3", 5432)
+    assert config.summary()["cluster_peers"] == PEERS
 
 
 @pytest.mark.parametrize("text", ["db.internal:1", "10.0.0.1:0", "[fe80::1]:65535", "a_b:2"])

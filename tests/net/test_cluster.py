@@ -1,0 +1,225 @@
+"""Cluster mode on real processes: three ``craton-server`` replicas on loopback, each with
+its own data directory, started and stopped by PID.
+
+- kill -9 of the primary under load: the others elect a new primary and keep serving
+  (clients follow the redirects), the old primary rejoins and catches up, no acknowledged
+  append is lost, and the whole client history is linearizable against the committed log
+  (the simulator's checker, with the event store as the model);
+- SIGTERM of a backup under load: it exits 0 promptly, the other two keep serving, and on
+  restart it catches up; nothing acknowledged is lost;
+- a backup answers requests with ``NOT_PRIMARY`` and the primary's address, which the
+  client follows; replica hellos that claim an impossible identity are refused; probes and
+  replication metrics say what each replica is doing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from pathlib import Path
+
+from craton.client import Client
+from craton.core.wire import (
+    AppendEvents,
+    Command,
+    ErrorCode,
+    ErrorReply,
+    Handshake,
+    HandshakeReply,
+    Sync,
+    SyncReply,
+)
+from craton.core.wire.frame import encode_frame
+from craton.net.peers import PEER_MARKER, hello_client_id
+from tests.net.cluster_support import (
+    LocalCluster,
+    Workload,
+    check_acknowledged_appends,
+    check_linearizable,
+    commits_converge,
+    read_log,
+)
+from tests.net.support import RawConnection, ServerProcess, http_get
+from tests.net.test_lifecycle import verify
+
+SHUTDOWN_BOUND_S = 12.0  # the node's grace (10 s) and the process's exit
+RECONNECT_BOUND_S = 5.0  # a replica's back-off is at most 1 s
+
+
+def test_kill_9_of_the_primary_under_load(tmp_path: Path) -> None:
+    with LocalCluster(tmp_path) as cluster:
+        cluster.start()
+        first = cluster.wait_primary()
+        workload = Workload(cluster.addresses)
+
+        async def scenario() -> int:
+            await workload.start()
+            await workload.wait_acknowledged(60)
+            await asyncio.to_thread(cluster.nodes[first].kill9)
+            killed_at = workload.acknowledged
+            await workload.wait_acknowledged(killed_at + 60)
+            second = await asyncio.to_thread(cluster.wait_primary, other_than=first)
+            assert second != first
+            await asyncio.to_thread(cluster.nodes[first].start)  # ready: it rejoined
+            await workload.wait_acknowledged(workload.acknowledged + 30)
+            await workload.stop()
+            assert await check_acknowledged_appends(cluster.addresses, workload) > 150
+            return await commits_converge(cluster.addresses)  # the old primary caught up
+
+        commit = asyncio.run(scenario())
+        views = [_metric(n.metrics_address, "vdb_replication_view_number") for n in cluster.nodes]
+        assert len(set(views)) == 1 and views[0] >= 1, f"views after the failover: {views}"
+        commits = cluster.stop_all()
+    assert set(commits.values()) == {commit}, commits
+    logs = [read_log(node.data_dir) for node in cluster.nodes]
+    for index, log in enumerate(logs):
+        assert log[:commit] == logs[0][:commit], f"replica {index}'s committed log differs"
+    violations = check_linearizable(workload.history, logs[0], commit)
+    assert not violations, "\n".join(violations)
+    for node in cluster.nodes:
+        verify(node.data_dir)
+
+
+def _metric(address: str, name: str) -> float:
+    status, _, body = http_get(address, "/metrics")
+    assert status == 200
+    for line in body.decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} is not in /metrics of {address}")
+
+
+def test_sigterm_of_a_backup_under_load_loses_nothing(tmp_path: Path) -> None:
+    with LocalCluster(tmp_path) as cluster:
+        cluster.start()
+        primary = cluster.wait_primary()
+        backup = (primary + 1) % len(cluster.nodes)
+        node = cluster.nodes[backup]
+        workload = Workload(cluster.addresses)
+
+        async def scenario() -> int:
+            await workload.start()
+            await workload.wait_acknowledged(60)
+            started = time.monotonic()
+            node.signal(signal.SIGTERM)
+            status = await asyncio.to_thread(node.wait, SHUTDOWN_BOUND_S)
+            assert status == 0, node.tail()
+            assert time.monotonic() - started < SHUTDOWN_BOUND_S
+            await workload.wait_acknowledged(workload.acknowledged + 60)  # two of three serve
+            lag = _metric(cluster.nodes[primary].metrics_address, "vdb_replication_lag_records")
+            assert lag >= 60, f"the primary counts {lag} ops its stopped backup lacks"
+            await asyncio.to_thread(node.start)
+            await workload.wait_acknowledged(workload.acknowledged + 30)
+            await workload.stop()
+            assert await check_acknowledged_appends(cluster.addresses, workload) > 150
+            return await commits_converge(cluster.addresses)  # the backup caught up
+
+        commit = asyncio.run(scenario())
+        assert cluster.wait_primary() == primary, "the primary kept its role throughout"
+        for each in cluster.nodes:  # caught up, as every replica sees it
+            _wait_metric(each.metrics_address, "vdb_replication_lag_records", 0.0)
+        stopped = [e for e in node.events() if e["event"] == "server.stopped"]
+        assert len(stopped) == 1 and stopped[0]["clean"] is True
+        commits = cluster.stop_all()
+    assert set(commits.values()) == {commit}, commits
+    logs = [read_log(n.data_dir) for n in cluster.nodes]
+    assert all(log[:commit] == logs[primary][:commit] for log in logs)
+    violations = check_linearizable(workload.history, logs[primary], commit)
+    assert not violations, "\n".join(violations)
+    verify(node.data_dir)
+
+
+def test_backups_redirect_and_replica_hellos_are_checked(tmp_path: Path) -> None:
+    with LocalCluster(tmp_path / "cluster") as cluster:
+        cluster.start()
+        primary = cluster.wait_primary()
+        backup = (primary + 1) % 3
+        at_backup = RawConnection(cluster.addresses[backup])
+        at_backup.send(Handshake(1, 0xFEED, None), 1)
+        _, hello = at_backup.receive()
+        assert isinstance(hello, HandshakeReply)
+        assert (hello.replica_id, hello.cluster_size) == (backup, 3)
+        at_backup.send(AppendEvents("s", (b"x",), None), 2)
+        request_id, refused = at_backup.receive()
+        assert request_id == 2 and isinstance(refused, ErrorReply)
+        assert refused.code == ErrorCode.NOT_PRIMARY
+        assert refused.primary_address == cluster.addresses[primary]
+        at_backup.close()
+
+        with Client(cluster.addresses[backup], retry_deadline_s=10) as client:
+            client.create_stream("redirected")
+            assert client.append("redirected", [b"followed"]).first_offset == 0
+            assert client.info is not None and client.info.replica_id == primary
+
+        own = cluster.addresses[backup]
+        for claimed, size in ((backup, 3), (3, 3), (7, 8), (primary, 4)):
+            raw = RawConnection(own)
+            client_id = PEER_MARKER << 64 | size << 8 | claimed
+            raw.send(Handshake(1, client_id, None), 1)
+            request_id, refused = raw.receive()
+            assert request_id == 0 and isinstance(refused, ErrorReply), (claimed, size)
+            assert refused.code == ErrorCode.INVALID_REQUEST and raw.closed_by_peer()
+            raw.close()
+        reserved = RawConnection(own)
+        reserved.send(Handshake(1, hello_client_id(primary, 3) | 1 << 20, None), 1)
+        assert reserved.receive()[0] == 0 and reserved.closed_by_peer()
+        reserved.close()
+
+        posing = RawConnection(own)  # a hello that checks out, then a client's frame
+        posing.send(Handshake(1, hello_client_id(primary, 3), None), 5)
+        request_id, accepted = posing.receive()
+        assert request_id == 5 and isinstance(accepted, HandshakeReply)
+        assert accepted.replica_id == backup
+        posing.send_bytes(encode_frame(Command.SYNC, 6, b""))
+        request_id, refused = posing.receive()
+        assert request_id == 0 and isinstance(refused, ErrorReply) and posing.closed_by_peer()
+        posing.close()
+
+        for index, node in enumerate(cluster.nodes):
+            status, _, body = http_get(node.metrics_address, "/ready")
+            ready = json.loads(body)
+            assert status == 200 and ready["checks"]["replication"]["status"] == "ok", ready
+            # The impostor replaced the primary's connection to the backup for a moment;
+            # the primary reconnects after its back-off.
+            deadline = time.monotonic() + RECONNECT_BOUND_S
+            while True:
+                metrics = http_get(node.metrics_address, "/metrics")[2].decode()
+                up = [p for p in range(3) if f'connected{{peer="{p}"}} 1.0' in metrics]
+                if up == [p for p in range(3) if p != index]:
+                    break
+                assert time.monotonic() < deadline, f"replica {index} is connected to {up}"
+                time.sleep(0.05)
+            assert f'vdb_replication_messages_dropped_total{{peer="{primary}"}}' in metrics or (
+                index == primary
+            )
+        assert _metric(cluster.nodes[primary].metrics_address, "vdb_replication_lag_records") >= 0
+
+        with Client(cluster.addresses[primary]) as client:  # the real replicas still agree
+            client.append("redirected", [b"after the impostor"])
+        assert cluster.stop_all()
+
+    single = ServerProcess(tmp_path / "single", tmp_path / "single.log")
+    with single:
+        single.start()
+        raw = RawConnection(single.address)
+        raw.send(Handshake(1, hello_client_id(1, 3), None), 1)
+        request_id, refused = raw.receive()
+        assert request_id == 0 and isinstance(refused, ErrorReply)
+        assert "not in cluster mode" in refused.message and raw.closed_by_peer()
+        raw.close()
+        sync = RawConnection(single.address)  # ordinary clients are unaffected
+        sync.send(Handshake(1, 0xAB, None), 1)
+        assert isinstance(sync.receive()[1], HandshakeReply)
+        sync.send(Sync(), 2)
+        assert isinstance(sync.receive()[1], SyncReply)
+        sync.close()
+        assert single.stop() == 0
+
+
+def _wait_metric(address: str, name: str, value: float) -> None:
+    deadline = time.monotonic() + RECONNECT_BOUND_S
+    while (seen := _metric(address, name)) != value:
+        assert time.monotonic() < deadline, f"{name} of {address} is {seen}, expected {value}"
+        time.sleep(0.05)
