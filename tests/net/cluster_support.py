@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import time
 from pathlib import Path
 
@@ -130,9 +131,11 @@ class LocalCluster:
             node.__exit__(None, None, None)
 
 
-async def commits_converge(addresses: list[str], timeout_s: float = 20.0) -> int:
+async def commits_converge(
+    addresses: list[str], timeout_s: float = 20.0, *, tls: ssl.SSLContext | None = None
+) -> int:
     """Wait until every replica reports the same commit number; returns it."""
-    clients = [AsyncClient(address, retry_deadline_s=5.0) for address in addresses]
+    clients = [AsyncClient(address, retry_deadline_s=5.0, tls=tls) for address in addresses]
     deadline = time.monotonic() + timeout_s
     seen: list[int] = []
     try:

@@ -9,7 +9,8 @@ its own data directory, started and stopped by PID.
   restart it catches up; nothing acknowledged is lost;
 - a backup answers requests with ``NOT_PRIMARY`` and the primary's address, which the
   client follows; replica hellos that claim an impossible identity are refused; probes and
-  replication metrics say what each replica is doing.
+  replication metrics say what each replica is doing;
+- with TLS configured, replicas connect to each other over TLS.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import ssl
 import time
 from pathlib import Path
 
@@ -43,6 +45,7 @@ from tests.net.cluster_support import (
 )
 from tests.net.support import RawConnection, ServerProcess, http_get
 from tests.net.test_lifecycle import verify
+from tests.net.test_tls import self_signed
 
 SHUTDOWN_BOUND_S = 12.0  # the node's grace (10 s) and the process's exit
 RECONNECT_BOUND_S = 5.0  # a replica's back-off is at most 1 s
@@ -80,6 +83,32 @@ def test_kill_9_of_the_primary_under_load(tmp_path: Path) -> None:
     assert not violations, "\n".join(violations)
     for node in cluster.nodes:
         verify(node.data_dir)
+
+
+def test_replicas_talk_over_tls_when_the_node_has_it(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)  # one certificate for the cluster, naming 127.0.0.1
+    env = {"VDB_TLS_CERT": str(cert), "VDB_TLS_KEY": str(key)}
+    trust = ssl.create_default_context(cafile=str(cert))
+    with LocalCluster(tmp_path / "cluster", **env) as cluster:
+        cluster.start()
+        primary = cluster.wait_primary()
+        backup = (primary + 1) % 3
+        with Client(cluster.addresses[backup], tls=trust, retry_deadline_s=10) as client:
+            client.create_stream("sealed")
+            for number in range(20):
+                client.append("sealed", [b"over tls %d" % number])
+            assert client.info is not None and client.info.replica_id == primary
+        asyncio.run(commits_converge(cluster.addresses, tls=trust))
+        for index, node in enumerate(cluster.nodes):
+            metrics = http_get(node.metrics_address, "/metrics")[2].decode()
+            up = [p for p in range(3) if f'connected{{peer="{p}"}} 1.0' in metrics]
+            assert up == [p for p in range(3) if p != index], (index, up)
+        plain = RawConnection(cluster.addresses[backup])  # a plain-text hello gets nowhere
+        plain.send(Handshake(1, hello_client_id(primary, 3), None), 1)
+        assert plain.closed_by_peer()
+        plain.close()
+        commits = cluster.stop_all()
+    assert len(commits) == 3 and len(set(commits.values())) == 1, commits
 
 
 def _metric(address: str, name: str) -> float:
