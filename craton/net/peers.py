@@ -332,18 +332,25 @@ class _PeerLink:
     async def _run(self) -> None:
         backoff_s = PEER_BACKOFF_FIRST_S
         log = self._network.log
+        quiet = False  # the current outage was logged already: retries log at debug only
         while not self._closed:
             writer: asyncio.StreamWriter | None = None
             try:
                 reader, writer = await self._connect()
-                backoff_s = PEER_BACKOFF_FIRST_S
+                backoff_s, quiet = PEER_BACKOFF_FIRST_S, False
                 self._set_connected(True)
                 log.info("peer.connected", replica=self.replica, addr=str(self.address))
-                await self._pump(reader, writer)
+                last_word = await self._pump(reader, writer)
+                if isinstance(last_word, ErrorReply):
+                    log.warn("peer.closed", replica=self.replica, reason=last_word.message)
             except PeerRefused as refused:
                 log.error("peer.misconfigured", replica=self.replica, reason=str(refused))
-            except (OSError, TimeoutError, DecodeError, ssl.SSLError) as error:
-                log.debug("peer.unreachable", replica=self.replica, reason=_why(error))
+            except (OSError, TimeoutError, DecodeError) as error:
+                emit = log.debug if quiet else log.info
+                emit("peer.unreachable", replica=self.replica, reason=_why(error))
+                quiet = True
+            except Exception as error:  # a link must outlive any one connection's failure
+                log.error("peer.link_failed", replica=self.replica, reason=_why(error))
             finally:
                 if self.connected:
                     log.info("peer.disconnected", replica=self.replica, direction="out")
@@ -390,14 +397,14 @@ class _PeerLink:
                 f"but VDB_CLUSTER_PEERS lists it as replica {self.replica} of {settings.size}"
             )
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Write queued frames until the connection fails or the peer closes it."""
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> object:
+        """Write queued frames until the connection fails or the peer closes it; returns the
+        peer's last message, if it sent one before closing."""
         closed_by_peer = asyncio.ensure_future(_one_frame(reader))
         try:
             while not self._closed:
                 if closed_by_peer.done():
-                    closed_by_peer.result()  # raises why, or returns the peer's last word
-                    return
+                    return closed_by_peer.result()  # raises why the connection ended
                 while self._queue:
                     payload = self._queue.popleft()
                     self._queued_bytes -= len(payload)
@@ -411,10 +418,12 @@ class _PeerLink:
                         [wakeup, closed_by_peer], return_when=asyncio.FIRST_COMPLETED
                     )
                     wakeup.cancel()
+            return None
         finally:
-            closed_by_peer.cancel()
-            with contextlib.suppress(BaseException):
-                await closed_by_peer
+            if not closed_by_peer.done():
+                closed_by_peer.cancel()
+            elif not closed_by_peer.cancelled():
+                closed_by_peer.exception()  # seen: how the connection ended is handled above
 
     def _set_connected(self, connected: bool) -> None:
         self.connected = connected
