@@ -210,6 +210,11 @@ class Replica:
         return self._persisted_view
 
     @property
+    def installing(self) -> bool:
+        """True while this replica brings its log in line with its view's log."""
+        return self._install is not None
+
+    @property
     def persisted_log_view(self) -> int:
         return self._persisted_log_view
 
@@ -558,6 +563,10 @@ class Replica:
         if self._install is not None:
             effects.extend(self._continue_install())
         effects.extend(self._commit_to(min(state.commit, self.head)))
+        if self.head < state.head and len(state.entries) == SUFFIX_ENTRIES_MAX:
+            self._get_state_quiet_until = 0  # a full batch: the next one at once
+            source = None if self._install is None else self._install.source
+            effects.extend(self._get_state(source))
         return effects
 
     def _extend(self, entries: tuple[Entry, ...]) -> list[Effect]:
