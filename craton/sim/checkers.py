@@ -41,7 +41,34 @@ NO_OP = b"\x00craton-no-op"  # a committed op the state machine never saw (see f
 NO_OP_ID_BASE = 1 << 63  # history ids of such ops: above every request id
 
 
-class _WithNoOps:
+class ClientTableModel:
+    """Which committed requests reached the state machine, by the client table's rules,
+    modelled apart from the replicas: a registration (request id 0) opens a session (the
+    registration's op), evicting the least recently used client when ``table_max`` are
+    open; a request applies only under its client's current session, above its last
+    number. Call it on every committed op, in order."""
+
+    def __init__(self, table_max: int) -> None:
+        self._table_max = table_max
+        self._sessions: dict[int, list[int]] = {}  # client -> [session, last number, last op]
+
+    def __call__(self, op: int, client: int, request_id: int) -> bool:
+        sessions = self._sessions
+        if request_id == 0:
+            if client not in sessions and len(sessions) >= self._table_max:
+                evicted = min(sessions, key=lambda c: (sessions[c][2], c))
+                del sessions[evicted]
+            sessions[client] = [op, 0, op]
+            return False
+        current = sessions.get(client)
+        session, number = request_id >> SESSION_SHIFT, request_id & NUMBER_MASK
+        if current is None or current[0] != session or number <= current[1]:
+            return False
+        current[1], current[2] = number, op
+        return True
+
+
+class WithNoOps:
     """The state machine as the history sees it: registrations, and requests the client
     table refused, are no-ops (the replica answers them itself)."""
 
@@ -166,35 +193,19 @@ class Checker:
         by_id = {client.client_id: client for client in clients}
         committed: list[Committed] = []
         operations = [op for client in clients for op in client.history]
-        sessions: dict[int, list[int]] = {}  # client -> [session, last number, last op]
+        applies = ClientTableModel(self._client_table_max)
         for op, raw in enumerate(self.bodies):
             body = decode_prepare_body(raw)
             if body.client_id not in by_id:
                 self._fail(f"op {op}: committed for client {body.client_id}, which never ran")
                 continue
-            if self._applies(sessions, op, body.client_id, body.request_number):
+            if applies(op, body.client_id, body.request_number):
                 committed.append(Committed(op, body.client_id, body.request_number, body.operation))
                 continue
             key = NO_OP_ID_BASE + op
             committed.append(Committed(op, body.client_id, key, NO_OP))
             operations.append(Operation(body.client_id, key, NO_OP, 0, None, None, None))
         for problem in check_history(
-            operations, committed, lambda: _WithNoOps(self._make_machine())
+            operations, committed, lambda: WithNoOps(self._make_machine())
         ):
             self._fail(problem)
-
-    def _applies(
-        self, sessions: dict[int, list[int]], op: int, client: int, request_id: int
-    ) -> bool:
-        if request_id == 0:
-            if client not in sessions and len(sessions) >= self._client_table_max:
-                evicted = min(sessions, key=lambda c: (sessions[c][2], c))
-                del sessions[evicted]
-            sessions[client] = [op, 0, op]
-            return False
-        current = sessions.get(client)
-        session, number = request_id >> SESSION_SHIFT, request_id & NUMBER_MASK
-        if current is None or current[0] != session or number <= current[1]:
-            return False
-        current[1], current[2] = number, op
-        return True

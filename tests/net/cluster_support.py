@@ -27,16 +27,15 @@ from craton.core.event_store import EventStore, ReplyKind
 from craton.core.log import SEGMENT_FOLDER, SEGMENT_NAME
 from craton.core.record import HEADER_SIZE as RECORD_HEADER_SIZE
 from craton.core.record import decode, decode_header
-from craton.core.vsr.replica import NUMBER_MASK, SESSION_SHIFT, decode_prepare_body
+from craton.core.vsr.replica import decode_prepare_body
 from craton.core.wire import HEADER_SIZE, AppendEventsReply, DataClass, ReadEventsReply, encode
 from craton.core.wire.codec import AnyMessage
 from craton.net.node import READ_CLIENT_ID, SESSIONS_MAX, replica_client_id
+from craton.sim.checkers import NO_OP, NO_OP_ID_BASE, ClientTableModel, WithNoOps
 from craton.sim.linearizability import Committed, Operation, check_history
 from tests.net.support import ServerProcess
 
 TENANT = 0  # the one tenant of a node without authentication
-NO_OP = b"\x00craton-no-op"  # a committed op the event store never saw (registrations, ...)
-NO_OP_ID_BASE = 1 << 63  # history ids of such ops: above every operation number
 READ_BYTES_BASE = 1_000_000  # reads ask for this many bytes plus their number: unique bodies
 READ_EVENTS = 8
 CLIENT_REQUEST_TIMEOUT_S = 2.0
@@ -361,7 +360,7 @@ def check_linearizable(
     operations = [record.operation() for record in history]
     committed: list[Committed] = []
     used: set[int] = set()
-    applies = _SessionRules()
+    applies = ClientTableModel(SESSIONS_MAX)
     for op in range(commit):
         body = decode_prepare_body(log[op][1])
         matched: Recorded | None = None
@@ -384,7 +383,7 @@ def check_linearizable(
             continue
         used.add(matched.number)
         committed.append(Committed(op, matched.client, matched.number, matched.body))
-    return check_history(operations, committed, lambda: _WithNoOps(EventStore()))
+    return check_history(operations, committed, lambda: WithNoOps(EventStore()))
 
 
 def _the_execution(read: Recorded, op: int, used: set[int]) -> bool:
@@ -394,36 +393,3 @@ def _the_execution(read: Recorded, op: int, used: set[int]) -> bool:
     if read.position is not None:
         return op == read.position
     return read.number not in used
-
-
-class _SessionRules:
-    """Which committed requests reached the event store, by the client table's rules: a
-    registration (request number 0) opens a session, evicting the least recently used
-    client when ``SESSIONS_MAX`` are open; a request applies only under its client's
-    current session and above its last number."""
-
-    def __init__(self) -> None:
-        self._sessions: dict[int, list[int]] = {}  # client -> [session, last number, last op]
-
-    def __call__(self, op: int, client: int, request: int) -> bool:
-        sessions = self._sessions
-        if request == 0:
-            if client not in sessions and len(sessions) >= SESSIONS_MAX:
-                evicted = min(sessions, key=lambda c: (sessions[c][2], c))
-                del sessions[evicted]
-            sessions[client] = [op, 0, op]
-            return False
-        current = sessions.get(client)
-        session, number = request >> SESSION_SHIFT, request & NUMBER_MASK
-        if current is None or current[0] != session or number <= current[1]:
-            return False
-        current[1], current[2] = number, op
-        return True
-
-
-class _WithNoOps:
-    def __init__(self, inner: EventStore) -> None:
-        self._inner = inner
-
-    def apply(self, op: int, body: bytes) -> bytes:
-        return b"" if body == NO_OP else self._inner.apply(op, body)
