@@ -487,17 +487,23 @@ class AsyncClient:
 async def _retrying(
     attempt: Callable[[], Awaitable[_Outcome | CratonError]], deadline: float
 ) -> _Outcome:
-    """Run ``attempt`` until it succeeds, fails for good, or ``deadline`` passes."""
+    """Run ``attempt`` until it succeeds, fails for good, or ``deadline`` passes.
+
+    When the deadline passes, the error raised is the last one a node answered with, if
+    any: a try cut short by the deadline itself says less than the node's own refusal."""
     backoff_s = BACKOFF_FIRST_S
+    last: CratonError | None = None
     while True:
         outcome = await attempt()
         if not isinstance(outcome, CratonError):
             return outcome
         if not _retryable(outcome):
             raise outcome
+        if isinstance(outcome, ServerError) or last is None or not isinstance(last, ServerError):
+            last = outcome
         wait_s = min(backoff_s, deadline - time.monotonic())
         if wait_s <= 0:
-            raise outcome
+            raise last
         await asyncio.sleep(wait_s)
         backoff_s = min(BACKOFF_MAX_S, backoff_s * 2)
 

@@ -166,7 +166,7 @@ def test_unavailable_moves_to_another_replica_only_in_a_cluster() -> None:
         assert len(stuck.requests()) == 1 and len(primary.requests()) == 1
         alone = await ScriptedNode(cut_off).start()  # a single node: retry it, not the other
         other = await ScriptedNode(serving).start()
-        async with AsyncClient([alone.address, other.address], retry_deadline_s=0.5) as client:
+        async with AsyncClient([alone.address, other.address], retry_deadline_s=1.0) as client:
             with pytest.raises(Unavailable):
                 await client.append("s", [b"e"])
         assert len(alone.requests()) >= 2 and not other.requests()
