@@ -42,11 +42,11 @@ import enum
 import hashlib
 import struct
 from collections.abc import Sequence
-from typing import Annotated, Any, Self, assert_never
+from typing import Annotated, Any, assert_never
 
 import attrs
 
-from craton.core.state_machine import OP_MAX, SnapshotError, next_op, open_snapshot, seal_snapshot
+from craton.core.state_machine import OP_MAX, SnapshotMachine, next_op
 from craton.core.wire.errors import DecodeError, ErrorCode
 from craton.core.wire.frame import BODY_SIZE_MAX
 from craton.core.wire.messages import (
@@ -391,7 +391,7 @@ class _Stream:
         return self.append_ends[index - 1] if index else 0
 
 
-class EventStore:
+class EventStore(SnapshotMachine):
     """Craton's event store: per-tenant streams of events, changed only by committed ops."""
 
     name = NAME
@@ -399,11 +399,11 @@ class EventStore:
     def __init__(self) -> None:
         self._streams: dict[tuple[int, str], _Stream] = {}
         self._op_next = 0  # the smallest op ``apply`` accepts
-        self._digest: bytes | None = None  # cached until the next apply
+        super().__init__()
 
     def apply(self, op: int, body: bytes) -> bytes:
         self._op_next = next_op(self._op_next, op)
-        self._digest = None
+        self._changed()
         try:
             request = decode_request(body)
         except DecodeError as error:
@@ -419,26 +419,6 @@ class EventStore:
         """The current length of a stream, None if it does not exist (a local query)."""
         stream = self._streams.get((tenant_id, name))
         return None if stream is None else len(stream.events)
-
-    def digest(self) -> bytes:
-        if self._digest is None:
-            self._digest = self._compute_digest()
-        return self._digest
-
-    def snapshot(self) -> bytes:
-        return seal_snapshot(NAME, self._encode_state(), self.digest())
-
-    @classmethod
-    def restore(cls, snapshot: bytes) -> Self:
-        state, digest = open_snapshot(NAME, snapshot)
-        machine = cls()
-        try:
-            machine._decode_state(state)
-        except DecodeError as error:
-            raise SnapshotError(f"event store snapshot: {error.reason}") from None
-        if machine.digest() != digest:
-            raise SnapshotError("event store snapshot does not match its digest")
-        return machine
 
     def invariants(self) -> None:
         assert len(self._streams) <= STREAMS_MAX

@@ -25,17 +25,11 @@ schema of the records is read from their annotations when each class is created.
 import enum
 import hashlib
 import struct
-from typing import Annotated, Self, assert_never
+from typing import Annotated, assert_never
 
 import attrs
 
-from craton.core.state_machine import (
-    OP_MAX,
-    SnapshotError,
-    next_op,
-    open_snapshot,
-    seal_snapshot,
-)
+from craton.core.state_machine import OP_MAX, SnapshotMachine, next_op
 from craton.core.wire.errors import DecodeError, ErrorCode
 from craton.core.wire.schema import Blob, EnumType, Option, Reader, Record, Text, UInt, wire_fields
 
@@ -208,7 +202,7 @@ _OK = encode_reply(KvReply(None, None, ""))
 # --- The machine -----------------------------------------------------------------------------
 
 
-class KvMachine:
+class KvMachine(SnapshotMachine):
     """Registers from keys to values, changed only by committed puts."""
 
     name = NAME
@@ -216,11 +210,11 @@ class KvMachine:
     def __init__(self) -> None:
         self._values: dict[bytes, bytes] = {}
         self._op_next = 0  # the smallest op ``apply`` accepts
-        self._digest: bytes | None = None  # cached until the next apply
+        super().__init__()
 
     def apply(self, op: int, body: bytes) -> bytes:
         self._op_next = next_op(self._op_next, op)
-        self._digest = None
+        self._changed()
         try:
             request = decode_request(body)
         except DecodeError as error:
@@ -246,25 +240,8 @@ class KvMachine:
         """The smallest op ``apply`` accepts: one past the last applied op (0 at first)."""
         return self._op_next
 
-    def digest(self) -> bytes:
-        if self._digest is None:
-            self._digest = _digest_of(self._encode_state())
-        return self._digest
-
-    def snapshot(self) -> bytes:
-        return seal_snapshot(NAME, self._encode_state(), self.digest())
-
-    @classmethod
-    def restore(cls, snapshot: bytes) -> Self:
-        state, digest = open_snapshot(NAME, snapshot)
-        machine = cls()
-        try:
-            machine._decode_state(state)
-        except DecodeError as error:
-            raise SnapshotError(f"key-value snapshot: {error.reason}") from None
-        if machine.digest() != digest:
-            raise SnapshotError("key-value snapshot does not match its digest")
-        return machine
+    def _compute_digest(self) -> bytes:
+        return _digest_of(self._encode_state())
 
     def invariants(self) -> None:
         assert len(self._values) <= KEYS_MAX

@@ -34,6 +34,8 @@ from __future__ import annotations
 import struct
 from typing import Protocol, Self
 
+from craton.core.wire.errors import DecodeError
+
 OP_MAX = 2**64 - 2  # largest op a machine applies, so that the next op still fits a u64
 DIGEST_SIZE = 32  # bytes: SHA-256
 SNAPSHOT_MAGIC = b"CRSM"
@@ -139,3 +141,47 @@ def open_snapshot(name: str, snapshot: bytes) -> tuple[bytes, bytes]:
         )
     state = snapshot[offset : offset + state_size]
     return state, snapshot[offset + state_size :]
+
+
+class SnapshotMachine:
+    """What the built-in machines share: a digest cached until the next ``apply`` (which
+    calls ``_changed``), and snapshots in the envelope above, restored only when their
+    state decodes and matches their digest. A subclass sets ``name`` and implements
+    ``_encode_state``, ``_decode_state`` and ``_compute_digest``."""
+
+    name = ""
+
+    def __init__(self) -> None:
+        self._digest: bytes | None = None
+
+    def _changed(self) -> None:
+        self._digest = None
+
+    def digest(self) -> bytes:
+        if self._digest is None:
+            self._digest = self._compute_digest()
+        return self._digest
+
+    def snapshot(self) -> bytes:
+        return seal_snapshot(self.name, self._encode_state(), self.digest())
+
+    @classmethod
+    def restore(cls, snapshot: bytes) -> Self:
+        state, digest = open_snapshot(cls.name, snapshot)
+        machine = cls()
+        try:
+            machine._decode_state(state)
+        except DecodeError as error:
+            raise SnapshotError(f"{cls.name} snapshot: {error.reason}") from None
+        if machine.digest() != digest:
+            raise SnapshotError(f"{cls.name} snapshot does not match its digest")
+        return machine
+
+    def _encode_state(self) -> bytes:
+        raise NotImplementedError
+
+    def _decode_state(self, state: bytes) -> None:
+        raise NotImplementedError
+
+    def _compute_digest(self) -> bytes:
+        raise NotImplementedError
