@@ -223,8 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         mains = [args.port + i for i in range(count)]
         metrics = [args.metrics_port + i for i in range(count)]
     replicas = [
-        Replica(i, folder, f"127.0.0.1:{mains[i]}", f"127.0.0.1:{metrics[i]}")
-        for i in range(count)
+        Replica(i, folder, f"127.0.0.1:{mains[i]}", f"127.0.0.1:{metrics[i]}") for i in range(count)
     ]
     folder.mkdir(parents=True, exist_ok=True)
     if args.fresh:
