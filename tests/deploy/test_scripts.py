@@ -208,4 +208,4 @@ def test_the_wrappers_run_the_scripts() -> None:
         wrapper = ROOT / "scripts" / name
         assert os.access(wrapper, os.X_OK), f"scripts/{name} is not executable"
         text = wrapper.read_text()
-        assert "_venv.sh" in text and f"exec python scripts/{module}" in text, text
+        assert "_venv.sh" in text and f"exec python \"$ROOT/scripts/{module}\"" in text, text
