@@ -130,8 +130,8 @@ def _wait_ready(replicas: list[Replica], offsets: list[int], stop: threading.Eve
 
 
 def _print_cluster(replicas: list[Replica], folder: Path, tls: Path | None) -> None:
-    scheme = "https" if tls else "http"
     first, second = replicas[0].address, replicas[min(1, len(replicas) - 1)].address
+    metrics = replicas[0].metrics
     print(f"Craton cluster of {len(replicas)} replicas; data and logs under {folder}")
     for r in replicas:
         assert r.process is not None
@@ -140,13 +140,21 @@ def _print_cluster(replicas: list[Replica], folder: Path, tls: Path | None) -> N
             f"metrics {r.metrics}  log {r.log_path}"
         )
     print("Talk to it from another shell (after: source .venv/bin/activate):")
-    if tls:
-        print("  (TLS: the craton commands and Client take the CA via tls=; curl --cacert)")
-    print(f"  craton status --address {first}          # role: primary or backup")
-    print(f"  craton stream create orders --address {second}   # a backup redirects")
-    print(f"  craton append orders 'order 1 placed' --address {first}")
-    print(f"  craton read orders --address {second}")
-    print(f"  curl {scheme}://{first}/ready; curl http://{replicas[0].metrics}/metrics")
+    if tls:  # the craton commands speak plain TCP: use the Python client with the CA
+        ca = tls / "ca.crt"
+        print(
+            '  python -c "import ssl; from craton.client import Client; '
+            f"c = Client('{second}', tls=ssl.create_default_context(cafile='{ca}')); "
+            "print(c.connect()); c.create_stream('orders'); print(c.append('orders', [b'hi'])); "
+            'c.close()"'
+        )
+        print(f"  curl --cacert {ca} https://{first}/ready; curl http://{metrics}/metrics")
+    else:
+        print(f"  craton status --address {first}          # role: primary or backup")
+        print(f"  craton stream create orders --address {second}   # a backup redirects")
+        print(f"  craton append orders 'order 1 placed' --address {first}")
+        print(f"  craton read orders --address {second}")
+        print(f"  curl http://{first}/ready; curl http://{metrics}/metrics")
     print("Stop one replica with kill PID: the other two go on. Ctrl-C stops them all.")
     print("cluster ready", flush=True)
 

@@ -78,9 +78,7 @@ def test_a_node_serves_tls_that_the_ca_and_host_name_verify(certs: Path, tmp_pat
         assert server.stop() == 0, server.tail()
 
 
-def test_gen_certs_again_rotates_the_leaves_under_the_same_ca(
-    certs: Path, tmp_path: Path
-) -> None:
+def test_gen_certs_again_rotates_the_leaves_under_the_same_ca(certs: Path, tmp_path: Path) -> None:
     folder = tmp_path / "certs"
     shutil.copytree(certs, folder)
     script = ROOT / "scripts" / "gen_certs.py"
@@ -102,11 +100,11 @@ class ClusterScript:
     """``scripts/cluster.py`` as a developer runs it, its output read line by line (by a
     thread, so a wait is bounded by a timeout)."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, *extra: str) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("VDB_")}
         script = str(ROOT / "scripts" / "cluster.py")
         self.process = subprocess.Popen(
-            [sys.executable, script, "--dir", str(folder), "--port", "0"],
+            [sys.executable, script, "--dir", str(folder), "--port", "0", *extra],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -203,9 +201,25 @@ def test_scripts_cluster_forms_a_cluster_that_survives_a_stopped_primary(
         script.kill()
 
 
+def test_scripts_cluster_over_tls_with_gen_certs_files(tmp_path: Path, certs: Path) -> None:
+    script = ClusterScript(tmp_path / "cluster", "--tls", str(certs))
+    try:
+        script.read_until(r"^cluster ready$", CLUSTER_START_S)
+        addresses = re.findall(r"address (\S+)", script.text())
+        assert len(addresses) == 3 and "cafile=" in script.text(), script.text()
+        trust = ssl.create_default_context(cafile=str(certs / "ca.crt"))
+        with Client(addresses[1], tls=trust) as client:  # a backup: redirected over TLS
+            client.create_stream("sealed")
+            assert client.append("sealed", [b"over tls"]).first_offset == 0
+        script.process.send_signal(signal.SIGINT)
+        assert script.process.wait(timeout=STOP_S) == 0, script.text()
+    finally:
+        script.kill()
+
+
 def test_the_wrappers_run_the_scripts() -> None:
     for name, module in (("cluster", "cluster.py"), ("gen-certs", "gen_certs.py")):
         wrapper = ROOT / "scripts" / name
         assert os.access(wrapper, os.X_OK), f"scripts/{name} is not executable"
         text = wrapper.read_text()
-        assert "_venv.sh" in text and f"exec python \"$ROOT/scripts/{module}\"" in text, text
+        assert "_venv.sh" in text and f'exec python "$ROOT/scripts/{module}"' in text, text
