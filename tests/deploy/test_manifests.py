@@ -299,3 +299,22 @@ def test_the_deployment_doc_covers_every_variable_and_file() -> None:
         assert name in text, f"docs/DEPLOYMENT.md does not mention {name}"
         if " " not in name:
             assert (ROOT / name).exists(), f"docs/DEPLOYMENT.md names a missing {name}"
+
+
+def test_the_build_context_has_the_sources_and_no_secrets() -> None:
+    ignored = {
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    builder = (ROOT / "Dockerfile.craton-server").read_text()
+    copied = [
+        source
+        for line in builder.splitlines()
+        if line.startswith("COPY ") and "--from" not in line
+        for source in line.split()[1:-1]
+    ]
+    assert copied, "the builder copies the sources"
+    for source in copied:
+        assert source.rstrip("/") not in ignored, f".dockerignore drops {source}, which is built"
+    assert ignored >= {".git", ".venv", "certs", ".env", "data", "cluster-data"}
