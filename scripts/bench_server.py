@@ -10,15 +10,17 @@ each for ``--seconds``. Systems, measured in the same run:
                       its own data directory on the same disk; clients talk to the primary
   sqlite              one connection per client, WAL, synchronous=FULL: one transaction
                       per request (1 or 100 rows of 128 bytes), the baseline everybody has
+  postgres            when installed: a throwaway cluster driven by pgbench, one transaction
+                      per request, durable defaults (scripts/bench_postgres.py)
 
-Every figure is durable: Craton answers an append only after its fsync; SQLite's commit
-returns after its WAL fsync. Printed: requests/s, events/s, p50 and p99 latency, and the
-peak RSS of the process that did the storing (the server, or the SQLite worker). Then the
-ratio of craton/single-node with 64 clients, 1 event per request, to the best SQLite figure
-with one row per transaction. Every process shares the machine's cores with the benchmark's
-clients; the cluster's peak RSS is the largest of its three replicas. PostgreSQL and etcd
-are not measured by this build (no PostgreSQL driver or etcd client is bundled): the report
-says whether they are installed.
+Every figure is durable: Craton answers an append only after its fsync; SQLite's and
+PostgreSQL's commits return after their WAL flush. Printed: requests/s, events/s, p50 and
+p99 latency, and the peak RSS of the process that did the storing (the server, the largest
+replica of the cluster, the SQLite worker, the largest PostgreSQL process). Then the ratio
+of each Craton system with 64 clients to the best baseline figure with as many rows per
+transaction. Every process shares the machine's cores with the benchmark's clients. etcd is
+not driven by this build (no etcd client is bundled): the report says whether it is
+installed.
 
 Usage: scripts/bench [--seconds S] [--dir PATH] [--only SYSTEM ...]
 (PATH defaults to a temporary folder under the current directory, so it measures the disk
@@ -43,12 +45,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import bench_postgres as bench_postgres_module  # type: ignore[import-not-found]
+
 from craton.client import AsyncClient
 
 EVENT_SIZE = 128
 CLIENT_COUNTS = (1, 64)
 BATCH_SIZES = (1, 100)
-SYSTEMS = ("none", "single-node", "cluster", "sqlite")
+SYSTEMS = ("none", "single-node", "cluster", "sqlite", "postgres")
 START_TIMEOUT_S = 30.0
 
 
@@ -282,7 +286,31 @@ def bench_sqlite(folder: Path, seconds: float) -> list[dict[str, object]]:
 # --- report ----------------------------------------------------------------------------------
 
 
-def report(results: list[dict[str, object]]) -> None:
+def bench_postgres(folder: Path, seconds: float) -> tuple[list[dict[str, object]], str | None]:
+    """The PostgreSQL rows (scripts/bench_postgres.py), or none and the reason why."""
+    reason = bench_postgres_module.unavailable_reason()
+    bin_dir = bench_postgres_module.find_bin()
+    if reason is not None or bin_dir is None:
+        return [], reason
+    results = []
+    try:
+        server = bench_postgres_module.Postgres(folder, bin_dir)
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as error:
+        return [], f"could not start a throwaway cluster: {error}"
+    try:
+        for clients in CLIENT_COUNTS:
+            for batch in BATCH_SIZES:
+                latencies, elapsed = server.pgbench(clients, batch, seconds)
+                rss_kib = server.peak_rss_kib()
+                results.append(summary("postgres", clients, batch, latencies, elapsed, rss_kib))
+    except (RuntimeError, subprocess.TimeoutExpired) as error:
+        return results, f"pgbench failed: {error}"
+    finally:
+        server.stop()
+    return results, None
+
+
+def report(results: list[dict[str, object]], postgres_note: str | None = None) -> None:
     header = (
         f"{'system':<20} {'clients':>7} {'batch':>5} {'req/s':>10} {'events/s':>11} "
         f"{'p50 ms':>8} {'p99 ms':>8} {'peak RSS MiB':>13}"
@@ -299,24 +327,29 @@ def report(results: list[dict[str, object]]) -> None:
     for r in results:
         if not str(r["system"]).startswith("craton/") or r["clients"] != 64:
             continue
-        sqlite = [
-            float(str(q["requests_per_s"]))
-            for q in results
-            if q["system"] == "sqlite" and q["batch"] == r["batch"]
-        ]
-        if not sqlite:
-            continue
-        ratio = float(str(r["requests_per_s"])) / max(sqlite)
-        target = "; target 3x" if r["system"] == "craton/single-node" and r["batch"] == 1 else ""
-        print(
-            f"{r['system']}, 64 clients, {r['batch']} event(s) per request: {ratio:.2f}x the "
-            f"best SQLite figure with {r['batch']} row(s) per transaction "
-            f"({max(sqlite):.0f}/s){target}"
-        )
-    for name in ("postgres", "etcd"):
-        found = shutil.which(name)
-        note = "installed, not driven by this build" if found else "not installed"
-        print(f"{name}: {note}")
+        for baseline in ("sqlite", "postgres"):
+            figures = [
+                float(str(q["requests_per_s"]))
+                for q in results
+                if q["system"] == baseline and q["batch"] == r["batch"]
+            ]
+            if not figures:
+                continue
+            ratio = float(str(r["requests_per_s"])) / max(figures)
+            target = (
+                "; target 3x"
+                if (r["system"], r["batch"], baseline) == ("craton/single-node", 1, "sqlite")
+                else ""
+            )
+            print(
+                f"{r['system']}, 64 clients, {r['batch']} event(s) per request: {ratio:.2f}x "
+                f"the best {baseline} figure with {r['batch']} row(s) per transaction "
+                f"({max(figures):.0f}/s){target}"
+            )
+    if postgres_note is not None:
+        print(f"postgres: {postgres_note}")
+    found = shutil.which("etcd")
+    print(f"etcd: {'installed, not driven by this build' if found else 'not installed'}")
 
 
 def main() -> int:
@@ -331,6 +364,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix=".bench-", dir=args.dir or Path.cwd()))
+    folder.chmod(0o755)  # PostgreSQL's own account must reach its cluster inside
     try:
         results = []
         for mode in ("none", "single-node"):
@@ -340,7 +374,11 @@ def main() -> int:
             results.extend(bench_cluster(folder / "cluster", args.seconds))
         if "sqlite" in args.only:
             results.extend(bench_sqlite(folder, args.seconds))
-        report(results)
+        postgres_note = None
+        if "postgres" in args.only:
+            results_pg, postgres_note = bench_postgres(folder / "postgres", args.seconds)
+            results.extend(results_pg)
+        report(results, postgres_note)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return 0
