@@ -35,6 +35,7 @@ APPEND_DEADLINE_S = 15.0  # keeps retrying (same msg id) through a NATS restart 
 APPEND_ATTEMPT_TIMEOUT_S = 2.0
 RETRY_PAUSE_S = 0.1
 WRONG_LAST_SEQUENCE = (10071, 10164)  # JetStream's error codes for a failed expectation
+JETSTREAM_UNAVAILABLE = 503
 COMMIT_BYTES_MAX = 64 * 1024
 AGGREGATE_KINDS = ("user", "org", "cluster")
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -137,6 +138,9 @@ class EventStore:
                 )
                 return int(ack.seq)
             except nats.js.errors.APIError as error:
+                if error.code == JETSTREAM_UNAVAILABLE and time.monotonic() < deadline:
+                    await asyncio.sleep(RETRY_PAUSE_S)  # JetStream is still starting
+                    continue
                 if error.err_code not in WRONG_LAST_SEQUENCE:
                     raise
                 if attempts > 1:

@@ -26,9 +26,9 @@ from aiohttp import web
 from craton import __version__
 from craton.platform import domain as d
 from craton.platform import fleet, github
-from craton.platform.eventstore import valid_id
+from craton.platform.eventstore import StoreUnavailable, valid_id
 from craton.platform.metrics import METRICS_CONTENT_TYPE
-from craton.platform.service import Platform, Refused
+from craton.platform.service import Platform, ProjectionBehind, Refused
 from craton.platform.sessions import Session
 
 COOKIE = "craton_session"
@@ -86,6 +86,12 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         response = error_response(
             _REFUSAL_STATUS[refusal.code], refusal.code.value, refusal.message
         )
+    except ProjectionBehind:
+        response = error_response(
+            503, "projection_behind", "the change was recorded but is not visible yet; retry"
+        )
+    except StoreUnavailable:
+        response = error_response(503, "unavailable", "the event store is unreachable; retry")
     except web.HTTPException as error:
         if error.status < 400:
             raise

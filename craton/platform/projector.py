@@ -226,8 +226,15 @@ def dump(db: sqlite3.Connection) -> dict[str, list[tuple[Any, ...]]]:
 class Projector:
     """Keeps the read models in ``db`` up to date with the stream."""
 
-    def __init__(self, db: sqlite3.Connection, js: JetStreamContext, stream: str = STREAM) -> None:
+    def __init__(
+        self,
+        db: sqlite3.Connection,
+        js: JetStreamContext,
+        stream: str = STREAM,
+        fetch_batch: int = FETCH_BATCH,
+    ) -> None:
         self.db = db
+        self.fetch_batch = fetch_batch
         self.js = js
         self.stream = stream
         self.applied = applied_seq(db)
@@ -266,7 +273,7 @@ class Projector:
         try:
             while True:
                 try:
-                    messages = await sub.fetch(FETCH_BATCH, timeout=FETCH_WAIT_S)
+                    messages = await sub.fetch(self.fetch_batch, timeout=FETCH_WAIT_S)
                 except nats.errors.TimeoutError:
                     continue
                 for message in messages:

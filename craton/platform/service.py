@@ -55,6 +55,10 @@ class Refused(Exception):
         self.refusal = refusal
 
 
+class ProjectionBehind(Exception):
+    """The command was recorded, but the read models did not show it in time."""
+
+
 def now_iso() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
 
@@ -153,7 +157,8 @@ class Platform:
                 self.metrics.commands.labels(kind, "conflict").inc()
                 continue
             self.metrics.commands.labels(kind, "accepted").inc()
-            await self.projector.wait_for(landed, PROJECTION_WAIT_S)
+            if not await self.projector.wait_for(landed, PROJECTION_WAIT_S):
+                raise ProjectionBehind(landed)
             return decision
         raise Refused(d.Refusal(d.RefusalCode.CONFLICT, "too many concurrent changes; retry"))
 
