@@ -466,13 +466,6 @@ async def register_cluster(request: web.Request) -> web.Response:
     org_id, user_id, _ = org_access(request, d.Role.ADMIN)
     platform = request.app[PLATFORM]
     body = await json_body(request)
-    key = platform.config.secret_key
-    if key is None:
-        raise ApiError(
-            503,
-            "not_configured",
-            "PLATFORM_SECRET_KEY is not set: clusters' secrets cannot be stored",
-        )
     nodes = body.get("nodes")
     if not isinstance(nodes, list):
         raise ApiError(400, "invalid", "'nodes' must be a list of host:port strings")
@@ -484,11 +477,19 @@ async def register_cluster(request: web.Request) -> web.Response:
             f"'jwt_secret' must be {fleet.JWT_SECRET_BYTES_MIN}.."
             f"{fleet.JWT_SECRET_BYTES_MAX} bytes",
         )
+    addresses = tuple(_address(n) for n in nodes)
+    key = platform.config.secret_key
+    if key is None:
+        raise ApiError(
+            503,
+            "not_configured",
+            "PLATFORM_SECRET_KEY is not set: clusters' secrets cannot be stored",
+        )
     cluster_id = secrets.token_hex(8)
     command = d.RegisterCluster(
         org_id,
         text_field(body, "name"),
-        tuple(_address(n) for n in nodes),
+        addresses,
         text_field(body, "issuer", "craton"),
         text_field(body, "audience", "craton"),
         fleet.seal(key, cluster_id, secret),
