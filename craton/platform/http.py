@@ -239,7 +239,7 @@ def _uptime(platform: Platform) -> int:
 # --- Sign-in -----------------------------------------------------------------------------------
 
 
-def _limited(request: web.Request, method: str) -> None:
+def limited(request: web.Request, method: str) -> None:
     limiter = request.app[LIMITER]
     if not limiter.allow(request.remote or "unknown"):
         request.app[PLATFORM].metrics.signins.labels(method, "limited").inc()
@@ -258,7 +258,7 @@ async def github_start(request: web.Request) -> web.Response:
     settings = platform.config.github
     if settings is None:
         raise ApiError(404, "not_configured", "GitHub sign-in is not configured")
-    _limited(request, "github")
+    limited(request, "github")
     verifier = github.new_verifier()
     redirect_uri = _redirect_uri(request)
     state = await platform.sessions.remember_flow(
@@ -272,7 +272,7 @@ async def github_callback(request: web.Request) -> web.Response:
     settings = platform.config.github
     if settings is None:
         raise ApiError(404, "not_configured", "GitHub sign-in is not configured")
-    _limited(request, "github")
+    limited(request, "github")
     if "error" in request.query:
         platform.metrics.signins.labels("github", "failed").inc()
         raise ApiError(400, "oauth_denied", "GitHub sign-in was not approved")
@@ -634,4 +634,7 @@ def build_app(platform: Platform) -> web.Application:
     app.router.add_post("/api/orgs/{org}/invitations/accept", accept_invitation)
     for method, path, handler, _ in ORG_ROUTES:
         app.router.add_route(method, path, handler)
+    from craton.platform import passkeys  # it builds on this module's helpers
+
+    passkeys.add_routes(app)
     return app
