@@ -14,9 +14,11 @@ import asyncio
 import contextlib
 import datetime
 import logging
+import random
 import sqlite3
 import time
 import uuid
+import zlib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -37,7 +39,9 @@ from craton.platform.metrics import PlatformMetrics
 from craton.platform.projector import Projector, open_database
 from craton.platform.sessions import Sessions
 
-CONFLICT_RETRIES = 5
+CONFLICT_RETRIES = 8
+CONFLICT_PAUSE_S = 0.01
+AGGREGATE_LOCK_STRIPES = 256
 PROJECTION_WAIT_S = 10.0
 NATS_CONNECT_TIMEOUT_S = 2.0
 NATS_RECONNECT_WAIT_S = 0.25
@@ -70,6 +74,8 @@ class Platform:
         self.nc: NatsClient | None = None
         self.db: sqlite3.Connection | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._locks = [asyncio.Lock() for _ in range(AGGREGATE_LOCK_STRIPES)]
+        self._closing = False
         self.started_s = time.monotonic()
 
     async def start(self) -> None:
@@ -101,6 +107,7 @@ class Platform:
         self._tasks.append(asyncio.create_task(self._poll_forever(), name="poller"))
 
     async def stop(self) -> None:
+        self._closing = True
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -119,7 +126,8 @@ class Platform:
         log.warning("nats: %s", type(error).__name__)
 
     async def _nats_disconnected(self) -> None:
-        log.warning("nats: disconnected; reconnecting")
+        if not self._closing:
+            log.warning("nats: disconnected; reconnecting")
 
     async def _nats_reconnected(self) -> None:
         log.warning("nats: reconnected")
@@ -139,8 +147,27 @@ class Platform:
         actor: str,
         decide: Callable[[S], d.Decision],
     ) -> list[d.Event]:
-        """Decide and append, re-deciding on conflicts; the events appended (maybe none)."""
-        for _ in range(CONFLICT_RETRIES):
+        """Decide and append, re-deciding on conflicts; the events appended (maybe none).
+
+        Commands on one aggregate from this process take turns (a striped lock), so only
+        another process's commands can conflict; those are re-decided after a short,
+        random pause.
+        """
+        stripe = zlib.crc32(f"{kind}/{aggregate_id}".encode()) % AGGREGATE_LOCK_STRIPES
+        async with self._locks[stripe]:
+            return await self._execute(aggregates, kind, aggregate_id, actor, decide)
+
+    async def _execute(
+        self,
+        aggregates: Aggregates[S],
+        kind: str,
+        aggregate_id: str,
+        actor: str,
+        decide: Callable[[S], d.Decision],
+    ) -> list[d.Event]:
+        for attempt in range(CONFLICT_RETRIES):
+            if attempt:
+                await asyncio.sleep(random.uniform(0, CONFLICT_PAUSE_S * attempt))
             state, seq = await aggregates.load(aggregate_id)
             decision = decide(state)
             if isinstance(decision, d.Refusal):
