@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,9 @@ from craton.platform.eventstore import STREAM, SUBJECT_PREFIX, Commit, parse_com
 FETCH_BATCH = 256
 FETCH_WAIT_S = 1.0
 RESUBSCRIBE_PAUSE_S = 0.2
+FAILURE_PAUSE_S = 1.0
+CONSUMER_INACTIVE_S = 30.0
+log = logging.getLogger("craton.platform")
 
 READ_MODELS = (
     "users",
@@ -239,6 +243,7 @@ class Projector:
         self.stream = stream
         self.applied = applied_seq(db)
         self.applied_total = 0
+        self.failure: str | None = None
         self._advanced = asyncio.Condition()
 
     def rebuild(self) -> None:
@@ -252,7 +257,9 @@ class Projector:
         self.applied = 0
 
     async def run(self) -> None:
-        """Project until cancelled; survives NATS outages by resubscribing."""
+        """Project until cancelled. A NATS outage, a lost consumer or a lost delivery ends
+        in a new subscription from the last applied commit; any other failure is logged,
+        shown by ``failure`` (and so by /ready) and retried after a pause."""
         while True:
             try:
                 await self._follow()
@@ -260,14 +267,28 @@ class Projector:
                 raise
             except (nats.errors.Error, OSError):
                 await asyncio.sleep(RESUBSCRIBE_PAUSE_S)
+            except Exception as error:
+                self.failure = f"{type(error).__name__}: {error}"
+                log.exception("the projector failed; retrying")
+                await asyncio.sleep(FAILURE_PAUSE_S)
+
+    async def _stream_state(self) -> tuple[int, int]:
+        info = await self.js.stream_info(self.stream)
+        return int(info.state.first_seq), int(info.state.last_seq)
 
     async def _follow(self) -> None:
-        start = self.applied + 1
+        _, last = await self._stream_state()
+        if self.applied > last:
+            # The stream was replaced (deleted and created again): its history is the truth.
+            log.error(
+                "read models are ahead of the stream (%d > %d): rebuilding", self.applied, last
+            )
+            self.rebuild()
         config = api.ConsumerConfig(
             deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=start,
+            opt_start_seq=self.applied + 1,
             ack_policy=api.AckPolicy.NONE,
-            inactive_threshold=30.0,
+            inactive_threshold=CONSUMER_INACTIVE_S,
         )
         sub = await self.js.pull_subscribe(f"{SUBJECT_PREFIX}.>", stream=self.stream, config=config)
         try:
@@ -275,23 +296,21 @@ class Projector:
                 try:
                     messages = await sub.fetch(self.fetch_batch, timeout=FETCH_WAIT_S)
                 except nats.errors.TimeoutError:
+                    if (await self._stream_state())[1] > self.applied:
+                        return  # commits exist that this consumer does not deliver
                     continue
                 for message in messages:
                     seq = int(message.metadata.sequence.stream)
                     if seq <= self.applied:
                         continue
-                    if seq != self.applied + 1 and not await self._gap_is_real(seq):
-                        return  # resubscribe from the last applied commit
+                    if seq != self.applied + 1 and (await self._stream_state())[0] < seq:
+                        return  # a delivery was lost: resubscribe from the last applied
                     self.apply(parse_commit(seq, message.data))
+                self.failure = None
                 await self._notify()
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
-
-    async def _gap_is_real(self, seq: int) -> bool:
-        """A jump in sequences is fine only where the stream has no message (never, here)."""
-        info = await self.js.stream_info(self.stream)
-        return int(info.state.first_seq) >= seq or self.applied >= int(info.state.last_seq)
 
     def apply(self, commit: Commit) -> None:
         if apply_commit(self.db, commit):

@@ -284,6 +284,8 @@ class Platform:
                 last = await self.store.last_seq()
         except (TimeoutError, nats.errors.Error) as error:
             return False, f"stream state unavailable: {type(error).__name__}"
+        if self.projector.failure is not None:
+            return False, f"the projector is failing: {self.projector.failure}"
         lag = max(0, last - self.projector.applied)
         self.metrics.projection_lag.set(lag)
         if lag > READY_LAG_COMMITS_MAX:

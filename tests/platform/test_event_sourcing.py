@@ -224,3 +224,29 @@ def test_a_nats_restart_during_commands_loses_no_acknowledged_command(
             assert count >= len(acknowledged)
 
     run(scenario())
+
+
+def test_the_projector_recovers_from_a_deleted_consumer_and_a_replaced_stream(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    async def scenario() -> None:
+        async with running(tmp_path, nats_server) as stack:
+            browser = await stack.sign_in("octocat")
+            status, _ = await browser.call("POST", "/api/orgs", {"name": "first"})
+            assert status == 201
+            js = stack.platform.store.js
+            for consumer in await js.consumers_info("PLATFORM_EVENTS"):
+                await js.delete_consumer("PLATFORM_EVENTS", consumer.name)
+            status, body = await browser.call("POST", "/api/orgs", {"name": "second"})
+            assert status == 201, f"expected the write projected after losing the consumer: {body}"
+            await js.delete_stream("PLATFORM_EVENTS")
+            await stack.platform.store.ensure_stream()
+            projector = stack.platform.projector
+            for _ in range(100):
+                if projector.applied == 0:
+                    break
+                await asyncio.sleep(0.05)
+            assert projector.applied == 0, "read models ahead of a new stream must be rebuilt"
+            assert dump(stack.platform.database)["orgs"] == []
+
+    run(scenario())
