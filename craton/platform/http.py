@@ -95,7 +95,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except web.HTTPException as error:
         if error.status < 400:
             raise
-        code = error.reason.lower().replace(" ", "_")
+        code = "too_large" if error.status == 413 else error.reason.lower().replace(" ", "_")
         response = error_response(error.status, code, error.reason)
     except Exception:
         log.exception("unexpected error answering %s %s", request.method, label)

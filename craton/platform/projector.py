@@ -75,6 +75,7 @@ CREATE TABLE IF NOT EXISTS clusters (
 CREATE TABLE IF NOT EXISTS cluster_nodes (
     cluster_id TEXT NOT NULL, position INTEGER NOT NULL, address TEXT NOT NULL,
     PRIMARY KEY (cluster_id, position));
+CREATE TABLE IF NOT EXISTS ready_probe (id INTEGER PRIMARY KEY, at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS node_health (
     cluster_id TEXT NOT NULL, address TEXT NOT NULL, health TEXT NOT NULL, ready TEXT NOT NULL,
     detail TEXT NOT NULL, checked_at TEXT NOT NULL, PRIMARY KEY (cluster_id, address));

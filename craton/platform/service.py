@@ -268,8 +268,11 @@ class Platform:
         connected = self.nc is not None and self.nc.is_connected
         checks["nats"] = (connected, "" if connected else "not connected to NATS")
         try:
-            self.database.execute("BEGIN IMMEDIATE")
-            self.database.execute("ROLLBACK")
+            self.database.execute(
+                "INSERT INTO ready_probe (id, at) VALUES (1, ?) "
+                "ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+                (now_iso(),),
+            )
             checks["sqlite"] = (True, "")
         except sqlite3.Error as error:
             checks["sqlite"] = (False, f"SQLite is not writable: {error}")

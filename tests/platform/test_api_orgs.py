@@ -146,6 +146,8 @@ def test_csrf_cookie_flags_and_json_errors(tmp_path: Path, nats_server: NatsServ
             ) as response:
                 body = await response.json()
                 assert response.status == 400 and body["error"]["code"] == "invalid_json"
+            status, body = await browser.call("POST", "/api/orgs", {"name": "x" * 70_000})
+            assert status == 413 and body["error"]["code"] == "too_large", body
             status, body = await browser.call("POST", "/api/orgs", {"name": ""})
             assert status == 400 and body["error"]["code"] == "invalid", body
             status, body = await browser.call("GET", "/api/orgs/..%2F/members")

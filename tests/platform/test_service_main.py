@@ -131,5 +131,9 @@ def test_ready_turns_unhealthy_while_nats_is_away_and_back_after(
                     break
                 await asyncio.sleep(0.05)
             assert status == 200, f"expected ready again after NATS came back: {ready}"
+            stack.platform.database.close()
+            status, ready = await browser.call("GET", "/ready")
+            assert status == 503 and ready["checks"]["sqlite"]["status"] == "unhealthy", ready
+            stack.platform.db = None  # closed already
 
     run(scenario())
