@@ -33,6 +33,8 @@ FETCH_WAIT_S = 1.0
 RESUBSCRIBE_PAUSE_S = 0.2
 FAILURE_PAUSE_S = 1.0
 CONSUMER_INACTIVE_S = 30.0
+STOP_TIMEOUT_S = 10.0
+STOP_RETRY_S = 0.2
 log = logging.getLogger("craton.platform")
 
 READ_MODELS = (
@@ -228,6 +230,21 @@ def dump(db: sqlite3.Connection) -> dict[str, list[tuple[Any, ...]]]:
     }
 
 
+async def stop_task(task: asyncio.Task[None], timeout_s: float = STOP_TIMEOUT_S) -> None:
+    """Cancel ``task`` and wait until it has ended (at most ``timeout_s``).
+
+    Python 3.11's ``asyncio.wait_for`` (used inside nats-py) can swallow a cancellation
+    that arrives as the awaited result does; so the task is cancelled again until it ends.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not task.done() and loop.time() < deadline:
+        task.cancel()
+        await asyncio.wait({task}, timeout=STOP_RETRY_S)
+    if task.done() and not task.cancelled() and task.exception() is not None:
+        log.error("a background task ended with %r", task.exception())
+
+
 class Projector:
     """Keeps the read models in ``db`` up to date with the stream."""
 
@@ -245,7 +262,12 @@ class Projector:
         self.applied = applied_seq(db)
         self.applied_total = 0
         self.failure: str | None = None
+        self._stopping = False
         self._advanced = asyncio.Condition()
+
+    def stop(self) -> None:
+        """Ask ``run()`` to return at its next step (``stop_task`` makes sure it does)."""
+        self._stopping = True
 
     def rebuild(self) -> None:
         """Drop the read models; ``run()`` then replays the stream from its start."""
@@ -261,7 +283,7 @@ class Projector:
         """Project until cancelled. A NATS outage, a lost consumer or a lost delivery ends
         in a new subscription from the last applied commit; any other failure is logged,
         shown by ``failure`` (and so by /ready) and retried after a pause."""
-        while True:
+        while not self._stopping:
             try:
                 await self._follow()
             except asyncio.CancelledError:
@@ -293,7 +315,7 @@ class Projector:
         )
         sub = await self.js.pull_subscribe(f"{SUBJECT_PREFIX}.>", stream=self.stream, config=config)
         try:
-            while True:
+            while not self._stopping:
                 try:
                     messages = await sub.fetch(self.fetch_batch, timeout=FETCH_WAIT_S)
                 except nats.errors.TimeoutError:

@@ -36,7 +36,7 @@ from craton.platform.eventstore import (
 )
 from craton.platform.fleet import poll_node
 from craton.platform.metrics import PlatformMetrics
-from craton.platform.projector import Projector, open_database
+from craton.platform.projector import Projector, open_database, stop_task
 from craton.platform.sessions import Sessions
 
 CONFLICT_RETRIES = 8
@@ -108,11 +108,10 @@ class Platform:
 
     async def stop(self) -> None:
         self._closing = True
+        if getattr(self, "projector", None) is not None:
+            self.projector.stop()
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await stop_task(task)
         self._tasks.clear()
         if getattr(self, "http", None) is not None:
             await self.http.close()
@@ -229,7 +228,7 @@ class Platform:
     # --- Fleet -------------------------------------------------------------------------------
 
     async def _poll_forever(self) -> None:
-        while True:
+        while not self._closing:
             with contextlib.suppress(sqlite3.Error):
                 await self.poll_once()
             await asyncio.sleep(self.config.health_poll_secs)

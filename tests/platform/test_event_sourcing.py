@@ -13,7 +13,7 @@ import pytest
 from craton.platform import domain as d
 from craton.platform.eventstore import Commit, ConcurrencyConflict, EventStore
 from craton.platform.metrics import PlatformMetrics
-from craton.platform.projector import Projector, apply_commit, dump, open_database
+from craton.platform.projector import Projector, apply_commit, dump, open_database, stop_task
 from craton.platform.service import Platform, Refused
 from tests.platform.support import NatsServer, config_for, run, running
 
@@ -123,29 +123,27 @@ def test_projector_restart_mid_stream_neither_skips_nor_doubles_and_rebuild_is_e
         first = Projector(db, js, fetch_batch=4)
         task = asyncio.create_task(first.run())
         assert await first.wait_for(20, 10.0)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        await stop_task(task)
         stopped_at = first.applied
         assert 20 <= stopped_at < last, f"expected a stop mid-stream, at {stopped_at} of {last}"
         second = Projector(db, js)  # a restart: resumes from the recorded sequence
         assert second.applied == stopped_at
         task = asyncio.create_task(second.run())
         assert await second.wait_for(last, 10.0)
-        task.cancel()
+        await stop_task(task)
         assert first.applied_total + second.applied_total == last, "each commit applied once"
         fresh = open_database(tmp_path / "fresh.db")
         third = Projector(fresh, js)
         task = asyncio.create_task(third.run())
         assert await third.wait_for(last, 10.0)
-        task.cancel()
+        await stop_task(task)
         assert dump(db) == dump(fresh), "incremental and from-scratch projections differ"
         assert len(dump(db)["users"]) == 60
         third.rebuild()
         assert dump(fresh)["users"] == []
         task = asyncio.create_task(third.run())
         assert await third.wait_for(last, 10.0)
-        task.cancel()
+        await stop_task(task)
         assert dump(db) == dump(fresh), "a rebuild must give the same read models"
         await nc.close()
 
