@@ -21,6 +21,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import nats.errors
 from aiohttp import web
 
 from craton import __version__
@@ -90,8 +91,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         response = error_response(
             503, "projection_behind", "the change was recorded but is not visible yet; retry"
         )
-    except StoreUnavailable:
-        response = error_response(503, "unavailable", "the event store is unreachable; retry")
+    except (StoreUnavailable, nats.errors.Error):
+        response = error_response(503, "unavailable", "NATS is unreachable; retry")
     except web.HTTPException as error:
         if error.status < 400:
             raise

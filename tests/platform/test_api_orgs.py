@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import nats.errors
+
 from craton.platform import domain as d
 from craton.platform.http import COOKIE, ORG_ROUTES
 from tests.platform.support import Browser, NatsServer, Stack, cookie_attributes, run, running
@@ -191,5 +193,31 @@ def test_oauth_refuses_a_replayed_or_unknown_state_and_rate_limits(
                 status, body = await browser.call("GET", "/auth/github/callback?state=x")
                 statuses.append(status)
             assert statuses[-1] == 429 and body["error"]["code"] == "rate_limited", statuses
+
+    run(scenario())
+
+
+def test_nats_trouble_during_a_request_is_a_503_not_a_traceback(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    async def scenario() -> None:
+        async with running(tmp_path, nats_server) as stack:
+            browser = await stack.sign_in("octocat")
+
+            async def unreachable(token: str) -> None:
+                raise nats.errors.TimeoutError
+
+            stack.platform.sessions.get = unreachable  # type: ignore[method-assign]
+            status, body = await browser.call("GET", "/api/me")
+            assert status == 503 and body["error"]["code"] == "unavailable", body
+
+            async def broken(token: str) -> None:
+                raise RuntimeError("a bug")
+
+            stack.platform.sessions.get = broken  # type: ignore[method-assign]
+            status, body = await browser.call("GET", "/api/me")
+            assert status == 500 and body == {
+                "error": {"code": "internal", "message": "internal error"}
+            }, body
 
     run(scenario())
