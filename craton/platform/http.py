@@ -27,6 +27,7 @@ from aiohttp import web
 from craton import __version__
 from craton.platform import domain as d
 from craton.platform import fleet, github
+from craton.platform.config import parse_address
 from craton.platform.eventstore import StoreUnavailable, valid_id
 from craton.platform.metrics import METRICS_CONTENT_TYPE
 from craton.platform.service import Platform, ProjectionBehind, Refused
@@ -433,8 +434,8 @@ async def remove_member(request: web.Request) -> web.Response:
 async def audit(request: web.Request) -> web.Response:
     org_id, _, _ = org_access(request, d.Role.ADMIN)
     try:
-        after = int(request.query.get("after", "0"))
-        limit = min(int(request.query.get("limit", "100")), AUDIT_PAGE_MAX)
+        after = min(max(int(request.query.get("after", "0")), 0), TENANT_ID_MAX)
+        limit = min(max(int(request.query.get("limit", "100")), 1), AUDIT_PAGE_MAX)
     except ValueError:
         raise ApiError(400, "invalid", "'after' and 'limit' must be whole numbers") from None
     rows = request.app[PLATFORM].rows(
@@ -442,7 +443,7 @@ async def audit(request: web.Request) -> web.Response:
         "ORDER BY seq, idx LIMIT ?",
         org_id,
         after,
-        max(limit, 1),
+        limit,
     )
     for row in rows:
         row["data"] = json.loads(row["data"])
@@ -455,8 +456,6 @@ async def audit(request: web.Request) -> web.Response:
 def _address(text: object) -> str:
     if not isinstance(text, str):
         raise ApiError(400, "invalid", "'nodes' must be a list of host:port strings")
-    from craton.platform.config import parse_address
-
     parsed = parse_address(text)
     if parsed is None or parsed[1] == 0:
         raise ApiError(400, "invalid", f"node address {text[:64]!r} is not host:port")

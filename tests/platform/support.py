@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import shutil
 import signal
 import socket
@@ -232,6 +231,3 @@ def cookie_attributes(set_cookie: str) -> set[str]:
 
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
-
-
-_SEQ = re.compile(r"\d+")

@@ -111,6 +111,11 @@ def test_members_roles_audit_and_the_last_owner_over_http(
             assert ("RoleChanged", ids["admin"]) in kinds
             assert kinds[-1] == ("MemberRemoved", ids["viewer"])
             assert all(e["at"] for e in audit["events"]), "every change carries its time"
+            status, page = await owner.call("GET", f"/api/orgs/{org}/audit?after={10**30}&limit=-5")
+            assert status == 200 and page["events"] == [], page
+            first = audit["events"][0]["seq"]
+            status, page = await owner.call("GET", f"/api/orgs/{org}/audit?after={first}&limit=1")
+            assert [e["seq"] for e in page["events"]] == [audit["events"][1]["seq"]], page
             status, page = await owner.call("GET", f"/api/orgs/{org}/audit?after=x")
             assert status == 400 and page["error"]["code"] == "invalid"
 
