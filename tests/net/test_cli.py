@@ -62,6 +62,7 @@ def test_create_append_read_and_status(node: ServerProcess) -> None:
     status = craton("status", address=node.address)
     assert status.returncode == 0, status.stderr
     assert "replica 0 of 1, view 0" in status.stdout and "health: ok" in status.stdout
+    assert "role: single" in status.stdout, status.stdout
     status_json = json.loads(craton("status", "--json", address=node.address).stdout)
     assert status_json["health"]["status"] == "ok" and status_json["committed"] > position
 
@@ -84,3 +85,15 @@ def test_failures_are_one_line_with_distinct_exit_codes(node: ServerProcess) -> 
     assert "cannot connect" in unreachable.stderr and "Traceback" not in unreachable.stderr
     bad_address = craton("status", "--address", "nowhere")
     assert bad_address.returncode == 2 and bad_address.stderr.startswith("craton: --address")
+
+
+@pytest.mark.parametrize(
+    ("replica_id", "cluster_size", "view", "expected"),
+    [(0, 1, 0, "single"), (0, 3, 0, "primary"), (1, 3, 0, "backup"), (1, 3, 4, "primary")],
+)
+def test_status_role_is_the_primary_of_the_nodes_view(
+    replica_id: int, cluster_size: int, view: int, expected: str
+) -> None:
+    from craton.client.commands import role
+
+    assert role(replica_id, cluster_size, view) == expected
