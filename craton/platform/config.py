@@ -28,6 +28,11 @@ Variables (the deployment guide's, then the ones the control plane adds):
     PLATFORM_TOKEN_TTL_SECS              3600           lifetime of minted cluster tokens
     PLATFORM_HEALTH_POLL_SECS            10             how often nodes' /health, /ready are polled
     PLATFORM_SIGNIN_RATE_PER_MIN         30             sign-in attempts per client address
+    PLATFORM_NATS_TLS_CA                 (none)         CA file that NATS's certificate must chain
+                                                        to (else the system's CAs); setting any
+                                                        PLATFORM_NATS_TLS_* makes the connection TLS
+    PLATFORM_NATS_TLS_CERT               (none)         client certificate for a NATS that verifies
+    PLATFORM_NATS_TLS_KEY                (none)         clients (mutual TLS); both or neither
 
 Rules: an empty value counts as unset; values quoted in errors are cut to
 ``QUOTED_VALUE_CHARS_MAX`` characters and secrets are never quoted.
@@ -88,6 +93,16 @@ class WebAuthnSettings:
 
 
 @attrs.frozen
+class NatsTls:
+    """TLS towards NATS: the CA to trust (None: the system's) and the client certificate
+    and key a NATS with ``verify: true`` asks for (both or neither)."""
+
+    ca_file: Path | None
+    cert_file: Path | None
+    key_file: Path | None
+
+
+@attrs.frozen
 class PlatformConfig:
     http_host: str
     http_port: int
@@ -102,6 +117,7 @@ class PlatformConfig:
     token_ttl_secs: int
     health_poll_secs: int
     signin_rate_per_min: int
+    nats_tls: NatsTls | None = None
 
     def summary(self) -> dict[str, object]:
         """The configuration as the start-up log shows it: no secrets."""
@@ -114,6 +130,7 @@ class PlatformConfig:
             "webauthn": self.webauthn is not None,
             "cookie_secure": self.cookie_secure,
             "secret_key_set": self.secret_key is not None,
+            "nats_tls": self.nats_tls is not None,
         }
 
 
@@ -186,6 +203,7 @@ def load_config(environ: Mapping[str, str]) -> PlatformConfig:
     rate = env.integer(
         "PLATFORM_SIGNIN_RATE_PER_MIN", SIGNIN_RATE_PER_MIN_DEFAULT, 1, SIGNIN_RATE_PER_MIN_MAX
     )
+    nats_tls = _nats_tls(env)
     if env.errors:
         raise ConfigErrors(env.errors)
     assert sqlite_path is not None
@@ -203,6 +221,7 @@ def load_config(environ: Mapping[str, str]) -> PlatformConfig:
         token_ttl_secs=token_ttl,
         health_poll_secs=poll,
         signin_rate_per_min=rate,
+        nats_tls=nats_tls,
     )
 
 
@@ -247,6 +266,22 @@ def _sqlite_path(env: _Env) -> Path | None:
     elif not path.parent.is_dir():
         env.fail("PLATFORM_SQLITE_PATH", f"the directory of {_quote(value)} does not exist")
     return path
+
+
+def _nats_tls(env: _Env) -> NatsTls | None:
+    files: dict[str, Path | None] = {}
+    for name in ("PLATFORM_NATS_TLS_CA", "PLATFORM_NATS_TLS_CERT", "PLATFORM_NATS_TLS_KEY"):
+        value = env.get(name)
+        files[name] = None if value is None else Path(value)
+        if value is not None and not Path(value).is_file():
+            env.fail(name, f"{_quote(value)} is not a file")
+    cert, key = files["PLATFORM_NATS_TLS_CERT"], files["PLATFORM_NATS_TLS_KEY"]
+    if (cert is None) != (key is None):
+        missing = "PLATFORM_NATS_TLS_KEY" if key is None else "PLATFORM_NATS_TLS_CERT"
+        env.fail(missing, "is required when the other of the client certificate and key is set")
+    if not any(files.values()):
+        return None
+    return NatsTls(files["PLATFORM_NATS_TLS_CA"], cert, key)
 
 
 def _github(env: _Env) -> GithubOAuth | None:

@@ -16,6 +16,7 @@ import datetime
 import logging
 import random
 import sqlite3
+import ssl
 import time
 import uuid
 import zlib
@@ -27,7 +28,7 @@ import nats
 from nats.aio.client import Client as NatsClient
 
 from craton.platform import domain as d
-from craton.platform.config import PlatformConfig
+from craton.platform.config import NatsTls, PlatformConfig
 from craton.platform.eventstore import (
     Aggregates,
     Commit,
@@ -63,6 +64,17 @@ class ProjectionBehind(Exception):
     """The command was recorded, but the read models did not show it in time."""
 
 
+def nats_tls_context(settings: NatsTls) -> ssl.SSLContext:
+    """The client side of TLS to NATS: verify its certificate (against ``ca_file`` or the
+    system's CAs) and present ours when one is configured."""
+    context = ssl.create_default_context(
+        cafile=None if settings.ca_file is None else str(settings.ca_file)
+    )
+    if settings.cert_file is not None and settings.key_file is not None:
+        context.load_cert_chain(str(settings.cert_file), str(settings.key_file))
+    return context
+
+
 def now_iso() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
 
@@ -79,8 +91,10 @@ class Platform:
         self.started_s = time.monotonic()
 
     async def start(self) -> None:
+        settings = self.config.nats_tls
         self.nc = await nats.connect(
             servers=list(self.config.nats_urls),
+            tls=None if settings is None else nats_tls_context(settings),
             connect_timeout=NATS_CONNECT_TIMEOUT_S,
             reconnect_time_wait=NATS_RECONNECT_WAIT_S,
             max_reconnect_attempts=NATS_START_ATTEMPTS,

@@ -107,3 +107,25 @@ def test_empty_values_count_as_unset(tmp_path: Path) -> None:
         {**_base(tmp_path), "PLATFORM_HTTP_ADDR": "", "PLATFORM_SESSION_TTL_SECS": " "}
     )
     assert config.http_port == 8080 and config.session_ttl_secs == 3600
+
+
+def test_nats_tls_files_must_exist_and_cert_and_key_come_together(tmp_path: Path) -> None:
+    assert load_config(_base(tmp_path)).nats_tls is None, "plain NATS unless TLS is asked for"
+    ca, cert = tmp_path / "ca.crt", tmp_path / "client.crt"
+    ca.write_text("ca"), cert.write_text("cert")
+    config = load_config({**_base(tmp_path), "PLATFORM_NATS_TLS_CA": str(ca)})
+    assert config.nats_tls is not None and config.nats_tls.ca_file == ca
+    assert config.nats_tls.cert_file is None and config.summary()["nats_tls"] is True
+    lines = _errors(
+        {
+            **_base(tmp_path),
+            "PLATFORM_NATS_TLS_CA": str(tmp_path / "missing.crt"),
+            "PLATFORM_NATS_TLS_CERT": str(cert),
+        }
+    )
+    assert len(lines) == 2, f"expected the missing CA file and the missing key: {lines}"
+    assert lines[0].startswith("PLATFORM_NATS_TLS_CA: '") and lines[0].endswith(" is not a file")
+    assert lines[1] == (
+        "PLATFORM_NATS_TLS_KEY: is required when the other of the client certificate "
+        "and key is set"
+    ), lines
