@@ -30,7 +30,7 @@ Variables (the deployment guide's, then the ones the control plane adds):
     PLATFORM_SIGNIN_RATE_PER_MIN         30             sign-in attempts per client address
     PLATFORM_NATS_TLS_CA                 (none)         CA file that NATS's certificate must chain
                                                         to (else the system's CAs); setting any
-                                                        PLATFORM_NATS_TLS_* makes the connection TLS
+                                                        of these three makes the connection TLS
     PLATFORM_NATS_TLS_CERT               (none)         client certificate for a NATS that verifies
     PLATFORM_NATS_TLS_KEY                (none)         clients (mutual TLS); both or neither
 

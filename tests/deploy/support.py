@@ -24,6 +24,8 @@ COMPOSE_FILES = (ROOT / "docker-compose.yml", ROOT / "docker-compose.cluster.yml
 DOCKERFILES = tuple(sorted(ROOT.glob("Dockerfile*")))
 GUIDE_DOC = ROOT / "docs" / "DEPLOYMENT.md"
 TOOL_TIMEOUT_S = 60
+# A well-formed PLATFORM_SECRET_KEY (32 bytes, urlsafe base64) for the tests only.
+PLATFORM_TEST_KEY = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE="
 SKIPPED_FOLDERS = {".venv", ".git", "node_modules", "build", "dist"}
 # Series Prometheus makes itself for every target; a rule may use them.
 PROMETHEUS_SERIES = {"up", "scrape_duration_seconds", "scrape_samples_scraped"}

@@ -16,6 +16,7 @@ from tests.deploy.support import (
     COMPOSE_FILES,
     DOCKERFILES,
     K8S,
+    PLATFORM_TEST_KEY,
     ROOT,
     run,
     tool,
@@ -78,8 +79,8 @@ def test_kubernetes_validate_refuses_a_misspelt_field(tmp_path: Path) -> None:
 
 
 def compose_config(path: Path, *extra: str) -> tuple[int, str]:
-    """``docker compose config`` of a file, with .env.example's variables (and a JWT
-    secret): no Docker engine is needed to interpolate and validate."""
+    """``docker compose config`` of a file, with .env.example's variables (and the
+    secrets it leaves empty): no Docker engine is needed to interpolate and validate."""
     result = run(
         compose_binary(),
         "-f",
@@ -92,6 +93,7 @@ def compose_config(path: Path, *extra: str) -> tuple[int, str]:
         *extra,
         VDB_JWT_SECRET="not-a-real-secret",
         VDB_CLUSTER_SECRET="not-a-real-cluster-secret",
+        PLATFORM_SECRET_KEY=PLATFORM_TEST_KEY,
     )
     return result.returncode, result.stdout + result.stderr
 
@@ -109,18 +111,22 @@ def test_compose_refuses_a_broken_file_and_a_missing_secret(tmp_path: Path) -> N
     bad.write_text(COMPOSE_FILES[0].read_text().replace("healthcheck:", "healthchek:", 1))
     code, output = compose_config(bad, "-q")
     assert code != 0 and "healthchek" in output, output
-    env_file = ROOT / ".env.example"  # its VDB_JWT_SECRET is empty, as a local .env's may not be
-    result = run(
-        compose_binary(),
-        "-f",
-        COMPOSE_FILES[0],
-        "--env-file",
-        env_file,
-        "config",
-        "-q",
-        VDB_JWT_SECRET="",
-    )
-    assert result.returncode != 0 and "VDB_JWT_SECRET" in result.stderr, result.stderr
+    env_file = ROOT / ".env.example"  # its secrets are empty, as a local .env's may not be
+    secrets = {"VDB_JWT_SECRET": "not-a-real-secret", "PLATFORM_SECRET_KEY": PLATFORM_TEST_KEY}
+    for missing in secrets:
+        result = run(
+            compose_binary(),
+            "-f",
+            COMPOSE_FILES[0],
+            "--env-file",
+            env_file,
+            "config",
+            "-q",
+            **{**secrets, missing: ""},
+        )
+        assert result.returncode != 0 and missing in result.stderr, (
+            f"expected Compose to refuse an empty {missing}: {result.stderr}"
+        )
 
 
 @pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)

@@ -179,7 +179,7 @@ def compose_services(path: Path) -> dict[str, Any]:
 
 def test_compose_single_node_environment_is_accepted(tmp_path: Path, certs: Path) -> None:
     services = compose_services(COMPOSE_FILES[0])
-    assert set(services) == {"craton-server", "nats"}
+    assert set(services) == {"craton-server", "nats", "platform-app"}
     server = services["craton-server"]
     config = accepted(with_local_files(server["environment"], tmp_path, certs))
     assert config.replication_mode is ReplicationMode.SINGLE_NODE and config.tls
@@ -248,7 +248,7 @@ def test_the_health_checks_answer_against_a_live_node(node: ServerProcess) -> No
     commands = {"Dockerfile": healthcheck_command(ROOT / "Dockerfile.craton-server")}
     for path in COMPOSE_FILES:
         for name, service in compose_services(path).items():
-            if name != "nats":
+            if name not in ("nats", "platform-app"):  # platform-app: test_platform.py
                 test = service["healthcheck"]["test"]
                 assert test[0] == "CMD", test
                 commands[f"{path.name}:{name}"] = test[1:]
@@ -282,10 +282,12 @@ def test_the_deployment_doc_covers_every_variable_and_file() -> None:
         assert f"`{variable}`" in text, f"docs/DEPLOYMENT.md does not describe {variable}"
     kit = [
         "Dockerfile.craton-server",
+        "Dockerfile.platform-app",
         "docker-compose.yml",
         "docker-compose.cluster.yml",
         ".env.example",
         "deploy/k8s/statefulset.yaml",
+        "deploy/k8s/platform-app.yaml",
         "deploy/nats/nats.conf",
         "deploy/nats/nats-cluster.conf",
         "deploy/grafana/craton-dashboard.json",
@@ -307,10 +309,10 @@ def test_the_build_context_has_the_sources_and_no_secrets() -> None:
         for line in (ROOT / ".dockerignore").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     }
-    builder = (ROOT / "Dockerfile.craton-server").read_text()
     copied = [
         source
-        for line in builder.splitlines()
+        for path in DOCKERFILES
+        for line in path.read_text().splitlines()
         if line.startswith("COPY ") and "--from" not in line
         for source in line.split()[1:-1]
     ]
