@@ -112,8 +112,7 @@ def test_compose_refuses_a_broken_file_and_a_missing_secret(tmp_path: Path) -> N
     code, output = compose_config(bad, "-q")
     assert code != 0 and "healthchek" in output, output
     env_file = ROOT / ".env.example"  # its secrets are empty, as a local .env's may not be
-    secrets = {"VDB_JWT_SECRET": "not-a-real-secret", "PLATFORM_SECRET_KEY": PLATFORM_TEST_KEY}
-    for missing in secrets:
+    for missing in ("VDB_JWT_SECRET", "PLATFORM_SECRET_KEY"):
         result = run(
             compose_binary(),
             "-f",
@@ -122,7 +121,8 @@ def test_compose_refuses_a_broken_file_and_a_missing_secret(tmp_path: Path) -> N
             env_file,
             "config",
             "-q",
-            **{**secrets, missing: ""},
+            VDB_JWT_SECRET="" if missing == "VDB_JWT_SECRET" else "not-a-real-secret",
+            PLATFORM_SECRET_KEY="" if missing == "PLATFORM_SECRET_KEY" else PLATFORM_TEST_KEY,
         )
         assert result.returncode != 0 and missing in result.stderr, (
             f"expected Compose to refuse an empty {missing}: {result.stderr}"

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 import craton.platform.config
-from craton.platform.config import PlatformConfig, load_config
+from craton.platform.config import ConfigErrors, PlatformConfig, load_config
 from tests.deploy.support import (
     COMPOSE_FILES,
     DOCKERFILES,
@@ -110,6 +110,18 @@ def test_the_pod_environment_is_accepted_by_platform_app(
     assert config.public_url == f"https://{host}", config.public_url
 
 
+def test_the_loader_refuses_a_broken_copy_of_the_pod_environment(
+    k8s: dict[tuple[str, str], dict[str, Any]], tmp_path: Path, certs: Path
+) -> None:
+    env = pod_environment(k8s)
+    del env["PLATFORM_NATS_TLS_KEY"]
+    env["PLATFORM_NATS_URL"] = "nats:4222"
+    with pytest.raises(ConfigErrors) as caught:
+        accepted(env, tmp_path, certs)
+    named = sorted(line.split(":")[0] for line in caught.value.lines)
+    assert named == ["PLATFORM_NATS_TLS_KEY", "PLATFORM_NATS_URL"], caught.value.lines
+
+
 def test_probes_ports_volumes_and_secrets_fit_the_image(
     k8s: dict[tuple[str, str], dict[str, Any]],
 ) -> None:
@@ -133,9 +145,9 @@ def test_probes_ports_volumes_and_secrets_fit_the_image(
     tls_paths = [PurePosixPath(env[variable]) for variable in CERT_FILES]
     certs_volume = next(n for n, p in mounts.items() if PurePosixPath(p) == tls_paths[0].parent)
     secret = k8s[("Secret", volumes[certs_volume]["secret"]["secretName"])]
-    for path in tls_paths:
-        assert path.parent == tls_paths[0].parent and path.name in secret["data"], (
-            f"expected {path} to be a key of Secret {secret['metadata']['name']}"
+    for tls_path in tls_paths:
+        assert tls_path.parent == tls_paths[0].parent and tls_path.name in secret["data"], (
+            f"expected {tls_path} to be a key of Secret {secret['metadata']['name']}"
         )
     user = [line.split()[1] for line in final_stage(DOCKERFILE)[1] if line.startswith("USER ")]
     assert pod["securityContext"]["runAsUser"] == int(user[-1].split(":")[0])
@@ -317,6 +329,5 @@ def _local(command: list[str], port: int) -> list[str]:
     """A container's health check command, run here against ``port``."""
     python, address = str(tool("python")), f"127.0.0.1:{port}"
     return [
-        python if part == "python" else part.replace("127.0.0.1:8080", address)
-        for part in command
+        python if part == "python" else part.replace("127.0.0.1:8080", address) for part in command
     ]
