@@ -135,9 +135,7 @@ class NodeMetrics:
         key = (method, code)
         counter = self._request_counters.get(key)
         if counter is None:
-            counter = self._request_counters[key] = self.requests.labels(
-                method, status_label(code)
-            )
+            counter = self._request_counters[key] = self.requests.labels(method, status_label(code))
         histogram = self._duration_histograms.get(method)
         if histogram is None:
             histogram = self._duration_histograms[method] = self.request_duration.labels(method)

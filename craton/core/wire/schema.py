@@ -354,7 +354,8 @@ class Record(WireType[T]):
         self.size_min = sum(wire.size_min for _, wire in self.fields)
         self._post_init = getattr(record_class, "__attrs_post_init__", None)
         self._built_directly = all(
-            field.converter is None for field in attrs.fields(record_class)  # type: ignore[arg-type]
+            field.converter is None
+            for field in attrs.fields(record_class)  # type: ignore[arg-type]
         ) and "__slots__" in vars(record_class)
 
     def check(self, value: object) -> None:
