@@ -75,6 +75,8 @@ class Server:
         self.log = log
         self.metrics = metrics
         self.rate_limit_rps = config.rate_limit_rps
+        self.auth_mode = config.auth_mode
+        self.jwt_policy = config.jwt.policy()
         self._shutting_down = False
         self._connections: dict[ClientConnection, asyncio.Task[None]] = {}
         self._peer_tasks: set[asyncio.Task[None]] = set()  # replica connections served
@@ -308,7 +310,7 @@ async def _first_frame(reader: asyncio.StreamReader, first: bytes) -> tuple[byte
         return bytes(data), None
     if frame is None or not isinstance(message, Handshake):
         return bytes(data), None
-    hello = parse_hello(message.client_id)
+    hello = parse_hello(message.client_id, message.auth_token)
     if hello is None:
         return bytes(data), None
     return bytes(data), _Hello(hello, frame.request_id, decoder)
