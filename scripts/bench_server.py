@@ -19,6 +19,12 @@ this build (cluster mode is not available yet; no PostgreSQL driver or etcd is b
 Usage: scripts/bench [--seconds S] [--dir PATH]   (PATH defaults to a temporary folder
 under the current directory, so it measures the disk the project lives on; never /tmp,
 which may be memory)
+
+       scripts/bench --auth none,jwt,apikey [--seconds S]   the cost of authentication:
+craton/single-node in each auth mode (every client authenticated with a JWT, or with an
+API key made for the run), the same workloads, no SQLite. A node authenticates a
+connection once, at its handshake; each request then carries its principal into the log,
+where the event store checks its role (and its key) when it is applied.
 """
 
 from __future__ import annotations
@@ -70,8 +76,21 @@ def summary(
 # --- craton ----------------------------------------------------------------------------------
 
 
+JWT_SECRET = "the benchmark's JWT secret, 32 bytes or more"
+AUTH_MODES = ("none", "jwt", "apikey")
+
+
+def bench_token(role: str = "member") -> str:
+    import jwt
+
+    now = int(time.time())
+    claims = {"sub": "bench", "tenant_id": 1, "role": role, "iss": "craton", "aud": "craton",
+              "iat": now, "exp": now + 3600}  # fmt: skip
+    return jwt.encode(claims, JWT_SECRET, algorithm="HS256")
+
+
 class Node:
-    def __init__(self, mode: str, folder: Path) -> None:
+    def __init__(self, mode: str, folder: Path, auth: str = "none") -> None:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self.log = folder / "server.log"
@@ -82,8 +101,11 @@ class Node:
             VDB_METRICS_ADDR="127.0.0.1:0",
             VDB_REPLICATION_MODE=mode,
             VDB_LOG_LEVEL="info",
+            VDB_AUTH_MODE=auth,
+            VDB_JWT_SECRET=JWT_SECRET,
         )
-        with self.log.open("wb") as log:
+        self._log_start = self.log.stat().st_size if self.log.exists() else 0
+        with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "craton.net.server_main"], env=env, stderr=log
             )
@@ -92,11 +114,8 @@ class Node:
     def _wait_listening(self) -> str:
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
-            events = [
-                json.loads(line)
-                for line in self.log.read_text().splitlines()
-                if line.startswith("{")
-            ]
+            text = self.log.read_bytes()[self._log_start :].decode(errors="replace")
+            events = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
             if any(e["event"] == "server.ready" for e in events):
                 return next(str(e["addr"]) for e in events if e["event"] == "server.listening")
             if self.process.poll() is not None:
@@ -120,9 +139,11 @@ class Node:
 
 
 async def craton_workload(
-    address: str, clients: int, batch: int, seconds: float, stream: str
+    address: str, clients: int, batch: int, seconds: float, stream: str, token: str | None = None
 ) -> tuple[list[float], float]:
-    connections = [AsyncClient(address, retry_deadline_s=30) for _ in range(clients)]
+    connections = [
+        AsyncClient(address, auth_token=token, retry_deadline_s=30) for _ in range(clients)
+    ]
     await asyncio.gather(*(c.connect() for c in connections))
     await connections[0].create_stream(stream)
     events = [b"e" * EVENT_SIZE] * batch
@@ -142,24 +163,39 @@ async def craton_workload(
     return latencies, elapsed
 
 
-def bench_craton(mode: str, folder: Path, seconds: float) -> list[dict[str, object]]:
-    node = Node(mode, folder)
+def bench_craton(
+    mode: str, folder: Path, seconds: float, auth: str = "none"
+) -> list[dict[str, object]]:
+    token = None
+    if auth == "apikey":  # the first key is made with a JWT (mode both), then apikey only
+        token = asyncio.run(make_api_key(Node(mode, folder, "both")))
+    elif auth == "jwt":
+        token = bench_token()
+    node = Node(mode, folder, auth)
+    system = f"craton/{mode}" if auth == "none" else f"craton/{mode}+{auth}"
     results = []
     try:
         for clients in CLIENT_COUNTS:
             for batch in BATCH_SIZES:
                 stream = f"bench-{clients}-{batch}"
                 latencies, elapsed = asyncio.run(
-                    craton_workload(node.address, clients, batch, seconds, stream)
+                    craton_workload(node.address, clients, batch, seconds, stream, token)
                 )
-                results.append(
-                    summary(
-                        f"craton/{mode}", clients, batch, latencies, elapsed, node.peak_rss_kib()
-                    )
-                )
+                rss_kib = node.peak_rss_kib()
+                results.append(summary(system, clients, batch, latencies, elapsed, rss_kib))
     finally:
         node.stop()
     return results
+
+
+async def make_api_key(node: Node) -> str:
+    from craton.client import Role
+
+    try:
+        async with AsyncClient(node.address, auth_token=bench_token("admin")) as admin:
+            return (await admin.create_api_key(Role.MEMBER, label="bench")).api_key
+    finally:
+        node.stop()
 
 
 # --- sqlite ----------------------------------------------------------------------------------
@@ -232,18 +268,26 @@ def bench_sqlite(folder: Path, seconds: float) -> list[dict[str, object]]:
 
 
 def report(results: list[dict[str, object]]) -> None:
+    report_rows(results)
+    report_ratio(results)
+
+
+def report_rows(results: list[dict[str, object]]) -> None:
     header = (
-        f"{'system':<20} {'clients':>7} {'batch':>5} {'req/s':>10} {'events/s':>11} "
+        f"{'system':<26} {'clients':>7} {'batch':>5} {'req/s':>10} {'events/s':>11} "
         f"{'p50 ms':>8} {'p99 ms':>8} {'peak RSS MiB':>13}"
     )
     print(header)
     print("-" * len(header))
     for r in results:
         print(
-            f"{r['system']:<20} {r['clients']:>7} {r['batch']:>5} "
+            f"{r['system']:<26} {r['clients']:>7} {r['batch']:>5} "
             f"{r['requests_per_s']:>10.0f} {r['events_per_s']:>11.0f} "
             f"{r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['peak_rss_mib']:>13.1f}"
         )
+
+
+def report_ratio(results: list[dict[str, object]]) -> None:
     craton = next(
         r
         for r in results
@@ -266,6 +310,18 @@ def report(results: list[dict[str, object]]) -> None:
     print("a 3-node craton cluster: not measured by this script yet")
 
 
+def report_auth(results: list[dict[str, object]]) -> None:
+    report_rows(results)
+    base = {(r["clients"], r["batch"]): float(str(r["events_per_s"])) for r in results
+            if r["system"] == "craton/single-node"}  # fmt: skip
+    print()
+    for r in results:
+        if r["system"] != "craton/single-node":
+            ratio = float(str(r["events_per_s"])) / base[(r["clients"], r["batch"])]
+            print(f"{r['system']}, {r['clients']} clients, batch {r['batch']}: "
+                  f"{ratio:.2f}x the appends/s without auth")  # fmt: skip
+
+
 def main() -> int:
     if len(sys.argv) == 6 and sys.argv[1] == "--sqlite-worker":
         sqlite_worker(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]))
@@ -273,8 +329,21 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="per workload")
     parser.add_argument("--dir", type=Path, default=None, help="where the data goes")
+    parser.add_argument("--auth", default=None, help="compare auth modes: none,jwt,apikey")
     args = parser.parse_args()
+    auths = [] if args.auth is None else [a.strip() for a in args.auth.split(",")]
+    if any(auth not in AUTH_MODES for auth in auths) or (auths and "none" not in auths):
+        parser.error(f"--auth takes modes among {', '.join(AUTH_MODES)}, none included")
     folder = Path(tempfile.mkdtemp(prefix=".bench-", dir=args.dir or Path.cwd()))
+    if auths:
+        try:
+            results = []
+            for auth in auths:
+                results.extend(bench_craton("single-node", folder / auth, args.seconds, auth))
+            report_auth(results)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        return 0
     try:
         results = []
         for mode in ("none", "single-node"):
