@@ -147,14 +147,19 @@ class AuthRefusal:
 
 @attrs.frozen
 class JwtPolicy:
+    """How tokens are checked. ``previous`` is a retired secret still accepted (never
+    needed to sign), while tokens signed with it run out: docs/SECURITY.md, rotation."""
+
     secret: bytes = attrs.field(repr=False)  # never in logs or reprs
     issuer: str
     audience: str
     lifetime_max_s: int
+    previous: bytes | None = attrs.field(default=None, repr=False)
 
     def __attrs_post_init__(self) -> None:
-        if len(self.secret) < JWT_SECRET_SIZE_MIN:
-            raise ValueError(f"the JWT secret must be at least {JWT_SECRET_SIZE_MIN} bytes")
+        for secret in (self.secret, self.previous):
+            if secret is not None and len(secret) < JWT_SECRET_SIZE_MIN:
+                raise ValueError(f"a JWT secret must be at least {JWT_SECRET_SIZE_MIN} bytes")
 
 
 @attrs.frozen
@@ -263,14 +268,22 @@ def authenticate_jwt(token: str, now_ms: int, policy: JwtPolicy) -> Principal | 
         return AuthRefusal(Refusal.MALFORMED)
     if header.get("alg") != JWT_ALGORITHM:
         return AuthRefusal(Refusal.ALGORITHM)
-    try:
-        verified = api_jws.PyJWS().decode_complete(token, policy.secret, algorithms=[JWT_ALGORITHM])
-    except jwt.InvalidSignatureError:
+    payload: bytes | None = None
+    for secret in (policy.secret, policy.previous):
+        if secret is None:
+            continue
+        try:
+            verified = api_jws.PyJWS().decode_complete(token, secret, algorithms=[JWT_ALGORITHM])
+        except jwt.InvalidSignatureError:
+            continue
+        except jwt.PyJWTError:
+            return AuthRefusal(Refusal.MALFORMED)
+        payload = verified["payload"]
+        break
+    if payload is None:
         return AuthRefusal(Refusal.SIGNATURE)
-    except jwt.PyJWTError:
-        return AuthRefusal(Refusal.MALFORMED)
     try:
-        claims = json.loads(verified["payload"])
+        claims = json.loads(payload)
     except (ValueError, UnicodeDecodeError):
         return AuthRefusal(Refusal.MALFORMED)
     if not isinstance(claims, dict):

@@ -38,10 +38,12 @@ def make_proof(secret: bytes, client_id: int, receiver: int, time_ms: int, nonce
 
 
 class ProofChecker:
-    """Checks proofs sent to replica ``receiver``; remembers the nonces it accepted."""
+    """Checks proofs sent to replica ``receiver``; remembers the nonces it accepted. A proof
+    made with any of ``secrets`` is good (more than one only while the secret rotates)."""
 
-    def __init__(self, secret: bytes, receiver: int) -> None:
-        self._secret = secret
+    def __init__(self, secrets: tuple[bytes, ...], receiver: int) -> None:
+        assert 1 <= len(secrets) <= 2
+        self._secrets = secrets
         self._receiver = receiver
         self._seen: dict[bytes, int] = {}  # nonce -> time_ms of its proof, oldest first
 
@@ -53,8 +55,12 @@ class ProofChecker:
         time_ms, nonce = int(match.group(1)), bytes.fromhex(match.group(2))
         if time_ms >= 2**64:
             return "the hello's proof is malformed"
-        expected = _mac(self._secret, client_id, self._receiver, time_ms, nonce)
-        if not hmac.compare_digest(expected, bytes.fromhex(match.group(3))):
+        given = bytes.fromhex(match.group(3))
+        matches = [
+            hmac.compare_digest(_mac(secret, client_id, self._receiver, time_ms, nonce), given)
+            for secret in self._secrets
+        ]
+        if not any(matches):
             return "the hello's proof does not match this cluster's secret"
         if abs(now_ms - time_ms) > PROOF_AGE_MS_MAX:
             return "the hello's proof is too old or from the future (check the clocks)"

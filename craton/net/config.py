@@ -19,8 +19,10 @@ Variables (deployment guide, plus ``VDB_CLUSTER_PEERS`` and ``VDB_METRICS_ADDR``
     VDB_JWT_ISSUER           craton
     VDB_JWT_AUDIENCE         craton
     VDB_JWT_EXPIRATION_SECS  3600       the longest lifetime (exp - iat) a token may have
+    VDB_JWT_SECRET_PREVIOUS  (none)     a retired JWT secret still accepted while rotating
     VDB_CLUSTER_SECRET       (none)     required in cluster mode: replicas prove membership
                                         with it (at least 32 bytes; never printed or logged)
+    VDB_CLUSTER_SECRET_SECONDARY (none) also accepted from peers, never sent: for rotation
     VDB_REPLICATION_MODE     none       none | single-node | cluster
     VDB_REPLICA_ID           0          0..15, below the number of peers in a cluster
     VDB_CLUSTER_PEERS        (none)     host:port of every replica, in replica-id order
@@ -117,12 +119,19 @@ class JwtSettings:
     audience: str
     expiration_secs: int
 
+    previous: str | None = attrs.field(default=None, repr=False)
+
     def policy(self) -> JwtPolicy | None:
         """The core's JWT policy; None without a secret."""
         if self.secret is None:
             return None
+        previous = None if self.previous is None else self.previous.encode("utf-8")
         return JwtPolicy(
-            self.secret.encode("utf-8"), self.issuer, self.audience, self.expiration_secs
+            self.secret.encode("utf-8"),
+            self.issuer,
+            self.audience,
+            self.expiration_secs,
+            previous,
         )
 
 
@@ -143,6 +152,7 @@ class ServerConfig:
     cluster_peers: tuple[Address, ...]
     log_level: LogLevel
     cluster_secret: bytes | None = attrs.field(default=None, repr=False)  # never logged
+    cluster_secret_secondary: bytes | None = attrs.field(default=None, repr=False)
 
     @property
     def tls(self) -> bool:
@@ -160,7 +170,9 @@ class ServerConfig:
             "tls": self.tls,
             "auth_mode": self.auth_mode.value,
             "jwt_secret_set": self.jwt.secret is not None,
+            "jwt_previous_secret_set": self.jwt.previous is not None,
             "cluster_secret_set": self.cluster_secret is not None,
+            "cluster_secret_secondary_set": self.cluster_secret_secondary is not None,
             "replication_mode": self.replication_mode.value,
             "replica_id": self.replica_id,
             "cluster_peers": ",".join(str(peer) for peer in self.cluster_peers) or None,
@@ -195,14 +207,17 @@ def load_config(environ: Mapping[str, str]) -> ServerConfig:
         expiration_secs=env.integer(
             "VDB_JWT_EXPIRATION_SECS", JWT_EXPIRATION_SECS_DEFAULT, 1, JWT_EXPIRATION_SECS_MAX
         ),
+        previous=env.get("VDB_JWT_SECRET_PREVIOUS"),
     )
     replication_mode = env.choice("VDB_REPLICATION_MODE", ReplicationMode, ReplicationMode.NONE)
     replica_id = env.integer("VDB_REPLICA_ID", 0, 0, REPLICA_ID_MAX)
     cluster_peers = _peers(env)
     log_level = env.choice("VDB_LOG_LEVEL", LogLevel, LogLevel.INFO)
     cluster_secret = env.get("VDB_CLUSTER_SECRET")
+    secondary = env.get("VDB_CLUSTER_SECRET_SECONDARY")
     _check_replication(replication_mode, replica_id, cluster_peers)
     _check_cluster_secret(replication_mode, cluster_secret)
+    _check_secret_size("VDB_CLUSTER_SECRET_SECONDARY", secondary, CLUSTER_SECRET_SIZE_MIN)
     _check_auth(auth_mode, jwt)
     return ServerConfig(
         data_dir=data_dir,
@@ -220,6 +235,7 @@ def load_config(environ: Mapping[str, str]) -> ServerConfig:
         cluster_peers=cluster_peers,
         log_level=log_level,
         cluster_secret=None if cluster_secret is None else cluster_secret.encode("utf-8"),
+        cluster_secret_secondary=None if secondary is None else secondary.encode("utf-8"),
     )
 
 
@@ -378,13 +394,8 @@ def _check_auth(mode: AuthMode, jwt: JwtSettings) -> None:
         return
     if jwt.secret is None:
         raise ConfigError("VDB_JWT_SECRET", f"is required with VDB_AUTH_MODE={mode.value}")
-    size = len(jwt.secret.encode("utf-8"))
-    if size < JWT_SECRET_SIZE_MIN:
-        raise ConfigError(
-            "VDB_JWT_SECRET",
-            f"is {size} bytes; at least {JWT_SECRET_SIZE_MIN} are required "
-            "(e.g. openssl rand -hex 32)",
-        )
+    _check_secret_size("VDB_JWT_SECRET", jwt.secret, JWT_SECRET_SIZE_MIN)
+    _check_secret_size("VDB_JWT_SECRET_PREVIOUS", jwt.previous, JWT_SECRET_SIZE_MIN)
 
 
 def _check_cluster_secret(mode: ReplicationMode, secret: str | None) -> None:
@@ -395,12 +406,18 @@ def _check_cluster_secret(mode: ReplicationMode, secret: str | None) -> None:
             "VDB_CLUSTER_SECRET",
             "is required with VDB_REPLICATION_MODE=cluster (replicas authenticate with it)",
         )
+    _check_secret_size("VDB_CLUSTER_SECRET", secret, CLUSTER_SECRET_SIZE_MIN)
+
+
+def _check_secret_size(variable: str, secret: str | None, size_min: int) -> None:
+    """A secret, when given, has at least ``size_min`` bytes; it is never quoted."""
+    if secret is None:
+        return
     size = len(secret.encode("utf-8"))
-    if size < CLUSTER_SECRET_SIZE_MIN:
+    if size < size_min:
         raise ConfigError(
-            "VDB_CLUSTER_SECRET",
-            f"is {size} bytes; at least {CLUSTER_SECRET_SIZE_MIN} are required "
-            "(e.g. openssl rand -hex 32)",
+            variable,
+            f"is {size} bytes; at least {size_min} are required (e.g. openssl rand -hex 32)",
         )
 
 

@@ -100,6 +100,8 @@ class ClusterSettings:
     addresses: tuple[Address, ...]  # in replica-id order, this node's own included
     secret: bytes = attrs.field(repr=False)  # VDB_CLUSTER_SECRET; never logged
     tls: ssl.SSLContext | None = None  # for outbound peer connections, when TLS is on
+    # VDB_CLUSTER_SECRET_SECONDARY: also accepted in proofs, never used to make them
+    secondary: bytes | None = attrs.field(default=None, repr=False)
 
     def __attrs_post_init__(self) -> None:
         assert 0 <= self.replica_id < len(self.addresses) <= 16
@@ -162,7 +164,10 @@ class PeerNetwork:
             if replica != settings.replica_id
         }
         self._inbound: dict[int, asyncio.StreamWriter] = {}
-        self._proofs = ProofChecker(settings.secret, settings.replica_id)
+        accepted = (settings.secret,) if settings.secondary is None else (
+            settings.secret, settings.secondary
+        )  # fmt: skip
+        self._proofs = ProofChecker(accepted, settings.replica_id)
         self._closed = False
         for replica in self._links:  # every series exists from the start, at zero
             label = str(replica)

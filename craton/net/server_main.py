@@ -152,7 +152,13 @@ def _cluster_settings(config: ServerConfig) -> ClusterSettings | None:
                 f"VDB_TLS_CERT: cannot trust it for replica connections: {error}"
             ) from None
     assert config.cluster_secret is not None, "the configuration requires it in a cluster"
-    return ClusterSettings(config.replica_id, config.cluster_peers, config.cluster_secret, tls)
+    return ClusterSettings(
+        config.replica_id,
+        config.cluster_peers,
+        config.cluster_secret,
+        tls,
+        secondary=config.cluster_secret_secondary,
+    )
 
 
 def _unhandled(log: EventLog, context: dict[str, Any]) -> None:

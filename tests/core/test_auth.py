@@ -358,3 +358,14 @@ def test_key_hashes_not_keys_are_stored() -> None:
     store.apply(1, es.encode_request(StoreRequest(3, message, Role.ADMIN)))
     snapshot = store.snapshot()
     assert text.encode() not in snapshot and hashlib.sha256(text.encode()).digest() in snapshot
+
+
+def test_a_previous_secret_is_accepted_while_rotating() -> None:
+    rotating = JwtPolicy(b"n" * 32, "craton", "craton", 3600, previous=SECRET)
+    old = authenticate(AuthMode.JWT, token(), NOW_MS, rotating, EventStore())
+    new = authenticate(AuthMode.JWT, token(secret=b"n" * 32), NOW_MS, rotating, EventStore())
+    other = authenticate(AuthMode.JWT, token(secret=b"o" * 32), NOW_MS, rotating, EventStore())
+    assert old == new == Principal(7, "alice", Role.MEMBER)
+    assert isinstance(other, AuthRefusal) and other.reason is Refusal.SIGNATURE
+    with pytest.raises(ValueError, match="at least 32 bytes"):
+        JwtPolicy(SECRET, "craton", "craton", 60, previous=b"short")

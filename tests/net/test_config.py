@@ -44,6 +44,16 @@ CASES: list[tuple[str, dict[str, str], str]] = [
         "VDB_CLUSTER_SECRET",
     ),
     (
+        "short previous jwt secret",
+        {"VDB_AUTH_MODE": "jwt", "VDB_JWT_SECRET": LONG_SECRET, "VDB_JWT_SECRET_PREVIOUS": "x"},
+        "VDB_JWT_SECRET_PREVIOUS",
+    ),
+    (
+        "short secondary cluster secret",
+        {"VDB_CLUSTER_SECRET_SECONDARY": "x"},
+        "VDB_CLUSTER_SECRET_SECONDARY",
+    ),
+    (
         "cluster with a short secret",
         {
             "VDB_REPLICATION_MODE": "cluster",
