@@ -337,8 +337,8 @@ def _run_token_issue(args: argparse.Namespace) -> int:
             "bytes)",
             EXIT_USAGE,
         )
-    if not 1 <= args.tenant <= TENANT_ID_MAX:
-        return _fail(f"--tenant must be in 1..{TENANT_ID_MAX}", EXIT_USAGE)
+    if not 0 <= args.tenant <= TENANT_ID_MAX:
+        return _fail(f"--tenant must be in 0..{TENANT_ID_MAX}", EXIT_USAGE)
     if re.fullmatch(rf"[!-~]{{1,{SUBJECT_SIZE_MAX}}}", args.subject) is None:
         return _fail(f"--subject must be 1..{SUBJECT_SIZE_MAX} printable characters", EXIT_USAGE)
     try:

@@ -15,7 +15,7 @@ Modes:
   and every other algorithm are refused before any key is used); the signature is checked
   with the configured secret (pyjwt's JWS layer, which reads no clock); then the claims, here:
   ``iss`` and ``aud`` equal the configured ones, ``sub`` is printable text, ``tenant_id`` a
-  whole number in ``1..TENANT_ID_MAX``, ``role`` a ``Role`` name, ``exp`` and ``iat``
+  whole number in ``0..TENANT_ID_MAX``, ``role`` a ``Role`` name, ``exp`` and ``iat``
   present, ``exp - iat`` at most the configured lifetime, and with ``JWT_LEEWAY_S`` of
   slack: ``iat`` and ``nbf`` (if present) not after now, ``exp`` not before now.
 - ``apikey``: a key ``crtn_<16 hex key id>_<secret>`` as ``create_api_key`` made it. Its id
@@ -25,8 +25,9 @@ Modes:
 
 Rules: a refusal never quotes the credential; the claimed tenant of a refused credential
 is given only when the credential was genuine (signature or key hash matched), so an
-audit record never trusts what an attacker wrote. Tenant 0 is reserved for ``none``: a
-token that names it is refused.
+audit record never trusts what an attacker wrote. Tenant 0 is the *system* tenant: every
+client's in mode ``none``; with authentication, only credentials naming it reach it (give
+them to operators only), and refused handshakes nobody can be held to are audited there.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ import attrs
 import jwt
 from jwt import api_jws
 
-TENANT_WITHOUT_AUTH = 0  # the one tenant of mode none; never a tenant of a credential
+TENANT_WITHOUT_AUTH = 0  # the one tenant of mode none; with auth, the operators' tenant
 TENANT_ID_MAX = 2**64 - 1
 KEY_ID_MAX = 2**64 - 1
 JWT_LEEWAY_S = 30  # clock slack allowed for exp, nbf and iat between nodes and issuers
@@ -323,7 +324,7 @@ def _principal_of(claims: dict[str, Any]) -> Principal | None:
     subject, tenant, role = claims.get("sub"), claims.get("tenant_id"), claims.get("role")
     if not isinstance(subject, str) or _SUBJECT.fullmatch(subject) is None:
         return None
-    if type(tenant) is not int or not 1 <= tenant <= TENANT_ID_MAX:
+    if type(tenant) is not int or not 0 <= tenant <= TENANT_ID_MAX:
         return None
     if not isinstance(role, str) or role.upper() not in Role.__members__:
         return None

@@ -740,7 +740,7 @@ class EventStore(SnapshotMachine):
             return store_error(ErrorCode.PERMISSION_DENIED, "only a node records these")
         if not self._audit_room(request.tenant_id):
             return store_error(ErrorCode.TOO_LARGE, f"{AUDIT_STREAMS_MAX} audit streams exist")
-        actor = attrs.evolve(request, subject=message.subject)
+        actor = attrs.evolve(request, subject=message.subject or request.subject)
         self._audit(op, actor, "authenticate", f"refused: {message.reason}")
         return Recorded(op)
 

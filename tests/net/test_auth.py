@@ -131,6 +131,22 @@ def test_every_bad_credential_is_refused_and_counted(node: ServerProcess) -> Non
     )
     assert total == len(BAD_CREDENTIALS) + 1, f"expected every refusal counted:\n{metrics}"
     assert 'vdb_auth_failures_total{reason="algorithm"} 2.0' in metrics
+    # Refusals of genuine credentials are audited in their tenant; the rest in tenant 0.
+    with Client(node.address, auth_token=token(tenant=1, role="admin")) as tenant_admin:
+        genuine = [json.loads(e) for e in tenant_admin.read(AUDIT_STREAM).events]
+    with Client(node.address, auth_token=token(tenant=0, role="admin")) as operator:
+        unattributed = [json.loads(e) for e in operator.read(AUDIT_STREAM).events]
+    assert sorted(r["outcome"] for r in genuine) == [
+        "refused: audience", "refused: expired", "refused: expired", "refused: issuer",
+        "refused: not_yet_valid",
+    ], genuine  # fmt: skip
+    assert sorted(r["outcome"] for r in unattributed) == [
+        "refused: algorithm", "refused: algorithm", "refused: missing", "refused: signature",
+        "refused: signature", "refused: unknown_key",
+    ], unattributed  # fmt: skip
+    assert all(r["action"] == "authenticate" for r in genuine + unattributed)
+    assert all(r["actor"] == "user-of-1" for r in genuine)
+    assert all(r["actor"].startswith("connection from 127.0.0.1:") for r in unattributed)
     assert "Traceback" not in node.log_path.read_text()
     assert SECRET not in node.log_path.read_text()
 

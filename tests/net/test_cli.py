@@ -130,7 +130,7 @@ def test_token_issue_refuses_what_a_node_would_refuse() -> None:
     for env, args, why in [
         ({}, ("--tenant", "1", "--role", "owner"), "VDB_JWT_SECRET"),
         ({"VDB_JWT_SECRET": "short"}, ("--tenant", "1", "--role", "owner"), "VDB_JWT_SECRET"),
-        ({"VDB_JWT_SECRET": SECRET}, ("--tenant", "0", "--role", "owner"), "--tenant"),
+        ({"VDB_JWT_SECRET": SECRET}, ("--tenant", "-1", "--role", "owner"), "--tenant"),
         (
             {"VDB_JWT_SECRET": SECRET},
             ("--tenant", "1", "--role", "owner", "--ttl", "9999"),
