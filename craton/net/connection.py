@@ -394,6 +394,17 @@ class ClientConnection:
             self._fail(error_reply(error))
             return
         assert isinstance(handshake, Handshake)
+        self._handshaking = True
+        # API keys are looked up in the replicated table: wait until the log is read back
+        self._host.when_recovered(lambda: self._authenticate(handshake, frame, received_s))
+
+    def _authenticate(self, handshake: Handshake, frame: Frame, received_s: float) -> None:
+        if self._closing:
+            return
+        if self._host.halted is not None:  # its key table may be incomplete: say why instead
+            self._metrics.observe_request("Handshake", ErrorCode.UNAVAILABLE, 0.0)
+            self._fail(_error(ErrorCode.UNAVAILABLE, "the node stopped after a fault"))
+            return
         owner = self._owner
         principal = authenticate(
             owner.auth_mode, handshake.auth_token, _now_ms(), owner.jwt_policy, self._host
@@ -406,7 +417,6 @@ class ClientConnection:
         self._prefix = encode_principal(
             principal.tenant_id, principal.role, principal.key_id, principal.subject
         )
-        self._handshaking = True
         client_id = handshake.client_id
 
         def ready(refusal: Refused | None) -> None:

@@ -487,6 +487,13 @@ class ReplicaHost:
         session.ready.append(done)
         self._register(session)
 
+    def when_recovered(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the log is read back (or the node halted): now, if so."""
+        if self.recovered or self.halted is not None:
+            callback()
+        else:
+            self._after_recovery.append(callback)
+
     def api_key(self, key_id: int) -> ApiKeyEntry | None:
         """The API key as this replica last applied it (``craton.core.auth.KeyTable``)."""
         machine = None if self.replica is None else self.replica.machine
