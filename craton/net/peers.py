@@ -35,9 +35,10 @@ Rules it keeps:
   client id, the receiving replica's id, the time and a nonce, good once and for
   ``PROOF_AGE_MS_MAX``). A hello without a good proof is refused with
   ``AUTHENTICATION_FAILED`` (request id 0), the connection is closed, and the refusal is
-  counted in ``vdb_peer_auth_failures_total``; no frame after it is read. TLS, when
-  configured, also encrypts replica traffic and lets a replica check the certificate of
-  the peer it connects to.
+  counted in ``vdb_peer_auth_failures_total``; no frame after it is read. With TLS
+  configured, replica connections are mutual TLS as well: the opener checks the
+  receiver's certificate against ``VDB_TLS_CERT``'s chain and presents its own, and the
+  receiver refuses (the same way) a hello on a connection without a verified one.
 """
 
 from __future__ import annotations
@@ -237,6 +238,8 @@ class PeerNetwork:
 
         ``decoder`` holds whatever followed the hello."""
         unproven = self._proofs.check(hello.proof, hello.client_id, time.time_ns() // 1_000_000)
+        if unproven is None and self.settings.tls is not None and not _peer_certified(writer):
+            unproven = "a replica must present a certificate of the cluster's chain (mTLS)"
         if unproven is not None:
             self.metrics.peer_auth_failures.inc()
             self.log.warn("peer.auth_failed", peer=peer, reason=unproven)
@@ -475,6 +478,13 @@ async def _one_frame(reader: asyncio.StreamReader) -> object:
 def _write(writer: asyncio.StreamWriter, data: bytes) -> None:
     if not writer.is_closing():
         writer.write(data)
+
+
+def _peer_certified(writer: asyncio.StreamWriter) -> bool:
+    """Whether the connection is TLS and the peer presented a certificate that verified
+    (the listener asks for one, optionally, in a cluster with TLS)."""
+    tls = writer.get_extra_info("ssl_object")
+    return isinstance(tls, ssl.SSLObject) and bool(tls.getpeercert())
 
 
 def _keepalive(writer: asyncio.StreamWriter) -> None:

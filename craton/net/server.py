@@ -45,7 +45,7 @@ from craton.core.wire import (
     encode,
 )
 from craton.core.wire.frame import MAGIC
-from craton.net.config import Address, ServerConfig
+from craton.net.config import Address, ReplicationMode, ServerConfig
 from craton.net.connection import ClientConnection
 from craton.net.logs import EventLog
 from craton.net.metrics import NodeMetrics
@@ -338,10 +338,17 @@ async def _close(writer: asyncio.StreamWriter) -> None:
 
 
 def _tls_context(config: ServerConfig) -> ssl.SSLContext:
+    """The main port's TLS. In a cluster it also asks for a client certificate, optional
+    (clients have none) but checked against ``VDB_TLS_CERT``'s chain when given: a replica
+    must present one (``craton.net.peers``), which is mutual TLS between replicas."""
     assert config.tls_cert is not None and config.tls_key is not None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
+        if config.replication_mode is ReplicationMode.CLUSTER:
+            context.verify_mode = ssl.CERT_OPTIONAL
+            context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+            context.load_verify_locations(cafile=str(config.tls_cert))
         context.load_cert_chain(config.tls_cert, config.tls_key)
     except (OSError, ssl.SSLError) as error:
         reason = getattr(error, "reason", None) or getattr(error, "strerror", None) or "invalid"

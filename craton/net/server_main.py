@@ -147,6 +147,8 @@ def _cluster_settings(config: ServerConfig) -> ClusterSettings | None:
         tls.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
         try:
             tls.load_verify_locations(cafile=str(config.tls_cert))
+            assert config.tls_key is not None
+            tls.load_cert_chain(config.tls_cert, config.tls_key)  # shown to the peer (mTLS)
         except (OSError, ssl.SSLError) as error:
             raise StartError(
                 f"VDB_TLS_CERT: cannot trust it for replica connections: {error}"

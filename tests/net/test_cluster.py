@@ -112,6 +112,17 @@ def test_replicas_talk_over_tls_when_the_node_has_it(tmp_path: Path) -> None:
         plain.send(Handshake(1, hello_client_id(primary, 3), None), 1)
         assert plain.closed_by_peer()
         plain.close()
+        # TLS and the secret, but no certificate of the cluster: not a replica (mutual TLS)
+        uncertified = RawConnection(cluster.addresses[backup], tls=trust)
+        hello_id = hello_client_id(primary, 3)
+        uncertified.send(Handshake(1, hello_id, proof(hello_id, backup)), 1)
+        request_id, refused = uncertified.receive()
+        assert request_id == 0 and isinstance(refused, ErrorReply), refused
+        assert refused.code == ErrorCode.AUTHENTICATION_FAILED and "certificate" in refused.message
+        assert uncertified.closed_by_peer()
+        uncertified.close()
+        failures = _metric(cluster.nodes[backup].metrics_address, "vdb_peer_auth_failures_total")
+        assert failures == 1, f"expected the uncertified hello counted, got {failures}"
         commits = cluster.stop_all()
     assert len(commits) == 3 and len(set(commits.values())) == 1, commits
 
