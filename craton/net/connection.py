@@ -27,11 +27,13 @@ Rules it keeps:
 - Authentication happens once, at the handshake (``craton.core.auth.authenticate`` with
   the wall clock's time and this replica's API-key table): a refused credential gets
   ``AUTHENTICATION_FAILED`` with request id 0 and the connection is closed — one failed
-  attempt per connection, counted in ``vdb_auth_failures_total`` and, on the primary,
-  recorded in the audit stream of the credential's tenant (tenant 0 when nothing in it
-  was genuine). Each request then carries the connection's principal and the time it was
-  received into the log, where the event store authorizes it (role, tenant, a key that
-  was revoked or expired since): the same decision on every replica.
+  attempt per connection, counted in ``vdb_auth_failures_total``, logged and, on the
+  primary, recorded in the audit stream of the credential's tenant (tenant 0 when nothing
+  in it was genuine) — at most ``AUTH_FAILURE_RECORDS_PER_S`` a second node-wide, so that
+  a flood of bad connections cannot turn into a flood of log writes (the log line says
+  whether the refusal was audited). Each request then carries the connection's principal
+  and the time it was received into the log, where the event store authorizes it (role,
+  tenant, a key that was revoked or expired since): the same decision on every replica.
 - An API key is drawn here (``secrets``) when an admin asks for one; only its hash enters
   the log, and the key goes back in the reply once.
 - Nothing a client sent is ever logged or echoed: errors name fields, not contents.
@@ -115,6 +117,7 @@ from craton.net.node import REQUEST_NUMBER_MAX, Applied, Outcome, Refused, Repli
 READ_CHUNK_BYTES = 256 * 1024
 INFLIGHT_REQUESTS_MAX = 1024  # per connection
 HELD_FRAMES_MAX = 1024  # frames received before the handshake was answered
+AUTH_FAILURE_RECORDS_PER_S = 20.0  # refused handshakes audited per second, node-wide
 EOF_DRAIN_TIMEOUT_S = 30.0  # how long replies are still awaited after the client's EOF
 _ADDRESS = re.compile(rf"[!-~]{{1,{ADDRESS_SIZE_MAX}}}")  # what ErrorReply.primary_address holds
 
@@ -128,6 +131,7 @@ class ConnectionOwner(Protocol):
     rate_limit_rps: float | None
     auth_mode: AuthMode
     jwt_policy: JwtPolicy | None
+    auth_failure_records: TokenBucket  # refused handshakes written to the audit, node-wide
 
     @property
     def shutting_down(self) -> bool: ...
@@ -449,15 +453,20 @@ class ClientConnection:
         self._metrics.auth_failures.labels(refusal.reason.name.lower()).inc()
         duration_s = time.monotonic() - received_s
         self._metrics.observe_request("Handshake", ErrorCode.AUTHENTICATION_FAILED, duration_s)
+        audited = self._owner.auth_failure_records.take(time.monotonic())
         self._owner.log.warn(
-            "connection.auth_failed", peer=self.peer, reason=refusal.reason.name.lower()
+            "connection.auth_failed",
+            peer=self.peer,
+            reason=refusal.reason.name.lower(),
+            audited=audited and self._host.serving,
         )
-        tenant = TENANT_WITHOUT_AUTH if refusal.tenant_id is None else refusal.tenant_id
-        record = AuthFailure(refusal.subject or "", refusal.reason.name.lower())
-        subject = f"connection from {self.peer}"[:64]
-        self._host.submit_record(
-            encode_request(StoreRequest(tenant, record, subject=subject, time_ms=_now_ms()))
-        )
+        if audited:
+            tenant = TENANT_WITHOUT_AUTH if refusal.tenant_id is None else refusal.tenant_id
+            record = AuthFailure(refusal.subject or "", refusal.reason.name.lower())
+            subject = f"connection from {self.peer}"[:64]
+            self._host.submit_record(
+                encode_request(StoreRequest(tenant, record, subject=subject, time_ms=_now_ms()))
+            )
         self._fail(_error(ErrorCode.AUTHENTICATION_FAILED, refusal.message))
 
     # --- replies ---------------------------------------------------------------------------

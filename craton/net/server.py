@@ -46,7 +46,7 @@ from craton.core.wire import (
 )
 from craton.core.wire.frame import MAGIC
 from craton.net.config import Address, ReplicationMode, ServerConfig
-from craton.net.connection import ClientConnection
+from craton.net.connection import AUTH_FAILURE_RECORDS_PER_S, ClientConnection, TokenBucket
 from craton.net.logs import EventLog
 from craton.net.metrics import NodeMetrics
 from craton.net.node import ReplicaHost
@@ -77,6 +77,7 @@ class Server:
         self.rate_limit_rps = config.rate_limit_rps
         self.auth_mode = config.auth_mode
         self.jwt_policy = config.jwt.policy()
+        self.auth_failure_records = TokenBucket(AUTH_FAILURE_RECORDS_PER_S, time.monotonic())
         self._shutting_down = False
         self._connections: dict[ClientConnection, asyncio.Task[None]] = {}
         self._peer_tasks: set[asyncio.Task[None]] = set()  # replica connections served
