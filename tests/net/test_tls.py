@@ -8,8 +8,11 @@ import contextlib
 import datetime
 import ipaddress
 import json
+import os
 import socket
 import ssl
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -140,4 +143,15 @@ def test_tls_floor_host_names_and_plaintext_frames(tmp_path: Path) -> None:
                 assert raw.recv(65536) == b"", "no Craton frame comes back in plain text"
         with Client(server.address, tls=trust, retry_deadline_s=10) as client:
             client.create_stream("still-serving")  # the bad clients disturbed no one
+        cli = [sys.executable, "-m", "craton", "append", "still-serving", "via the cli"]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("VDB_", "CRATON_"))}
+        env["CRATON_ADDRESS"] = server.address
+        trusted = subprocess.run(
+            [*cli, "--ca-file", str(cert)], capture_output=True, text=True, env=env, timeout=30
+        )
+        assert trusted.returncode == 0, trusted.stderr
+        untrusted = subprocess.run(
+            [*cli, "--tls", "--timeout", "1"], capture_output=True, text=True, env=env, timeout=30
+        )  # the system's CAs do not know this certificate
+        assert untrusted.returncode == 3 and untrusted.stderr.count("\n") == 1, untrusted.stderr
         assert server.stop() == 0
