@@ -177,6 +177,11 @@ def test_role_table() -> None:
 TENANTS = (1, 2)
 
 
+def near(edge: int, spread: int) -> st.SearchStrategy[int]:
+    """Integers around ``edge`` (within 2) half the time, else within ``spread`` of it."""
+    return st.one_of(st.integers(edge - 2, edge + 2), st.integers(edge - spread, edge + spread))
+
+
 class KeyTableModel(RuleBasedStateMachine):
     """Keys created, revoked and used through the replicated event store, at a moving
     time; the model is a dict of key id -> (tenant, role, expires_ms, revoked)."""
@@ -264,6 +269,47 @@ class KeyTableModel(RuleBasedStateMachine):
             assert result == Principal(tenant, f"key:{key_id:016x}", role, key_id)
         else:
             assert isinstance(result, AuthRefusal) and result.reason is expected, result
+
+    @rule(
+        tenant=st.integers(0, 3),
+        role=st.sampled_from(list(Role)),
+        expires_in_s=near(-JWT_LEEWAY_S, 4000),
+        lifetime_s=near(POLICY.lifetime_max_s, 4000).filter(lambda s: s >= 0),
+        not_before_in_s=st.one_of(st.none(), near(JWT_LEEWAY_S, 200)),
+    )
+    def present_a_token(
+        self,
+        tenant: int,
+        role: Role,
+        expires_in_s: int,
+        lifetime_s: int,
+        not_before_in_s: int | None,
+    ) -> None:
+        """A token that expires ``expires_in_s`` from now (the model: the rules written out
+        plainly, with the edges drawn often)."""
+        now_s = self.now_ms // 1000
+        exp = now_s + expires_in_s
+        iat = exp - lifetime_s
+        claims = {"sub": "s", "tenant_id": tenant, "role": role.name.lower(), "iss": "craton",
+                  "aud": "craton", "iat": iat, "exp": exp}  # fmt: skip
+        if not_before_in_s is not None:
+            claims["nbf"] = now_s + not_before_in_s
+        token = jwt.encode(claims, SECRET)
+        result = authenticate(AuthMode.BOTH, token, now_s * 1000, POLICY, self.store)
+        nbf = iat if not_before_in_s is None else now_s + not_before_in_s
+        if now_s > exp + JWT_LEEWAY_S:
+            expected: Refusal | None = Refusal.EXPIRED
+        elif now_s + JWT_LEEWAY_S < max(iat, nbf):
+            expected = Refusal.NOT_YET_VALID
+        elif lifetime_s > POLICY.lifetime_max_s:
+            expected = Refusal.LIFETIME
+        else:
+            expected = None
+        if expected is None:
+            assert result == Principal(tenant, "s", role), result
+        else:
+            assert isinstance(result, AuthRefusal) and result.reason is expected, result
+            assert result.tenant_id == tenant, "a genuine token's tenant is known"
 
     @rule(data=st.data())
     def request_with_a_key(self, data: st.DataObject) -> None:
