@@ -223,8 +223,7 @@ def test_api_keys_are_created_used_and_revoked(node: ServerProcess) -> None:
 
 
 def test_a_revoked_key_fails_on_every_node_of_a_cluster(tmp_path: Path) -> None:
-    env = {"VDB_AUTH_MODE": "both", "VDB_JWT_SECRET": SECRET}
-    with LocalCluster(tmp_path / "cluster", **env) as cluster:
+    with LocalCluster(tmp_path / "cluster", VDB_AUTH_MODE="both", VDB_JWT_SECRET=SECRET) as cluster:
         cluster.start()
         cluster.wait_primary()
         admin_token = token(tenant=41, role="admin")
