@@ -6,23 +6,29 @@ each for ``--seconds``. Systems, measured in the same run:
 
   craton/none         craton-server with VDB_REPLICATION_MODE=none
   craton/single-node  craton-server with VDB_REPLICATION_MODE=single-node
+  craton/cluster-3    three craton-server processes in cluster mode on loopback, each with
+                      its own data directory on the same disk; clients talk to the primary
   sqlite              one connection per client, WAL, synchronous=FULL: one transaction
                       per request (1 or 100 rows of 128 bytes), the baseline everybody has
+  postgres            when installed: a throwaway cluster driven by pgbench, one transaction
+                      per request, durable defaults (scripts/bench_postgres.py)
 
-Every figure is durable: Craton answers an append only after its fsync; SQLite's commit
-returns after its WAL fsync. Printed: requests/s, events/s, p50 and p99 latency, and the
-peak RSS of the process that did the storing (the server, or the SQLite worker). Then the
-ratio of craton/single-node with 64 clients, 1 event per request, to the best SQLite figure
-with one row per transaction. A 3-node cluster, PostgreSQL and etcd are not measured by
-this build (cluster mode is not available yet; no PostgreSQL driver or etcd is bundled).
+Every figure is durable: Craton answers an append only after its fsync; SQLite's and
+PostgreSQL's commits return after their WAL flush. Printed: requests/s, events/s, p50 and
+p99 latency, and the peak RSS of the process that did the storing (the server, the largest
+replica of the cluster, the SQLite worker, the largest PostgreSQL process). Then the ratio
+of each Craton system with 64 clients to the best baseline figure with as many rows per
+transaction. Every process shares the machine's cores with the benchmark's clients. etcd is
+not driven by this build (no etcd client is bundled): the report says whether it is
+installed.
 
-Usage: scripts/bench [--seconds S] [--dir PATH]   (PATH defaults to a temporary folder
-under the current directory, so it measures the disk the project lives on; never /tmp,
-which may be memory)
+Usage: scripts/bench [--seconds S] [--dir PATH] [--only SYSTEM ...]
+(PATH defaults to a temporary folder under the current directory, so it measures the disk
+the project lives on; never /tmp, which may be memory)
 
        scripts/bench --auth none,jwt,apikey [--seconds S]   the cost of authentication:
 craton/single-node in each auth mode (every client authenticated with a JWT, or with an
-API key made for the run), the same workloads, no SQLite. A node authenticates a
+API key made for the run), the same workloads, nothing else. A node authenticates a
 connection once, at its handshake; each request then carries its principal into the log,
 where the event store checks its role (and its key) when it is applied.
 """
@@ -35,20 +41,28 @@ import json
 import os
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+import bench_postgres as bench_postgres_module  # type: ignore[import-not-found]
 
 from craton.client import AsyncClient
 
 EVENT_SIZE = 128
 CLIENT_COUNTS = (1, 64)
 BATCH_SIZES = (1, 100)
+SYSTEMS = ("none", "single-node", "cluster", "sqlite", "postgres")
 START_TIMEOUT_S = 30.0
+AUTH_MODES = ("none", "jwt", "apikey")
+JWT_SECRET = "the benchmark's JWT secret, 32 bytes or more"
+CLUSTER_SECRET = "the benchmark's cluster secret, 32 bytes or more"
 
 
 def percentile(samples: list[float], fraction: float) -> float:
@@ -76,21 +90,8 @@ def summary(
 # --- craton ----------------------------------------------------------------------------------
 
 
-JWT_SECRET = "the benchmark's JWT secret, 32 bytes or more"
-AUTH_MODES = ("none", "jwt", "apikey")
-
-
-def bench_token(role: str = "member") -> str:
-    import jwt
-
-    now = int(time.time())
-    claims = {"sub": "bench", "tenant_id": 1, "role": role, "iss": "craton", "aud": "craton",
-              "iat": now, "exp": now + 3600}  # fmt: skip
-    return jwt.encode(claims, JWT_SECRET, algorithm="HS256")
-
-
 class Node:
-    def __init__(self, mode: str, folder: Path, auth: str = "none") -> None:
+    def __init__(self, mode: str, folder: Path, **settings: str) -> None:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self.log = folder / "server.log"
@@ -101,27 +102,32 @@ class Node:
             VDB_METRICS_ADDR="127.0.0.1:0",
             VDB_REPLICATION_MODE=mode,
             VDB_LOG_LEVEL="info",
-            VDB_AUTH_MODE=auth,
-            VDB_JWT_SECRET=JWT_SECRET,
         )
-        self._log_start = self.log.stat().st_size if self.log.exists() else 0
-        with self.log.open("ab") as log:
+        env.update(settings)
+        with self.log.open("wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "craton.net.server_main"], env=env, stderr=log
             )
+        self.address = ""
+
+    def wait_ready(self) -> Node:
         self.address = self._wait_listening()
+        return self
 
     def _wait_listening(self) -> str:
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
-            text = self.log.read_bytes()[self._log_start :].decode(errors="replace")
-            events = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+            events = [
+                json.loads(line)
+                for line in self.log.read_text().splitlines()
+                if line.startswith("{")
+            ]
             if any(e["event"] == "server.ready" for e in events):
                 return next(str(e["addr"]) for e in events if e["event"] == "server.listening")
             if self.process.poll() is not None:
                 raise SystemExit(f"craton-server exited:\n{self.log.read_text()}")
             time.sleep(0.05)
-        raise SystemExit("craton-server did not become ready")
+        raise SystemExit(f"craton-server did not become ready:\n{self.log.read_text()}")
 
     def peak_rss_kib(self) -> int:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
@@ -166,36 +172,97 @@ async def craton_workload(
 def bench_craton(
     mode: str, folder: Path, seconds: float, auth: str = "none"
 ) -> list[dict[str, object]]:
+    settings = {"VDB_AUTH_MODE": auth, "VDB_JWT_SECRET": JWT_SECRET}
     token = None
     if auth == "apikey":  # the first key is made with a JWT (mode both), then apikey only
-        token = asyncio.run(make_api_key(Node(mode, folder, "both")))
+        token = make_api_key(Node(mode, folder, **{**settings, "VDB_AUTH_MODE": "both"}))
     elif auth == "jwt":
         token = bench_token()
-    node = Node(mode, folder, auth)
+    node = Node(mode, folder, **settings).wait_ready()
     system = f"craton/{mode}" if auth == "none" else f"craton/{mode}+{auth}"
-    results = []
     try:
-        for clients in CLIENT_COUNTS:
-            for batch in BATCH_SIZES:
-                stream = f"bench-{clients}-{batch}"
-                latencies, elapsed = asyncio.run(
-                    craton_workload(node.address, clients, batch, seconds, stream, token)
-                )
-                rss_kib = node.peak_rss_kib()
-                results.append(summary(system, clients, batch, latencies, elapsed, rss_kib))
+        return run_workloads(system, node.address, seconds, lambda: [node], token)
     finally:
         node.stop()
+
+
+def bench_token(role: str = "member") -> str:
+    import jwt
+
+    now = int(time.time())
+    claims = {"sub": "bench", "tenant_id": 1, "role": role, "iss": "craton", "aud": "craton",
+              "iat": now, "exp": now + 3600}  # fmt: skip
+    return jwt.encode(claims, JWT_SECRET, algorithm="HS256")
+
+
+def make_api_key(node: Node) -> str:
+    from craton.client import Role
+
+    async def create() -> str:
+        async with AsyncClient(node.address, auth_token=bench_token("admin")) as admin:
+            return (await admin.create_api_key(Role.MEMBER, label="bench")).api_key
+
+    try:
+        node.wait_ready()
+        return asyncio.run(create())
+    finally:
+        node.stop()
+
+
+def run_workloads(
+    system: str,
+    address: str,
+    seconds: float,
+    nodes: Callable[[], list[Node]],
+    token: str | None = None,
+) -> list[dict[str, object]]:
+    results = []
+    for clients in CLIENT_COUNTS:
+        for batch in BATCH_SIZES:
+            stream = f"bench-{clients}-{batch}"
+            latencies, elapsed = asyncio.run(
+                craton_workload(address, clients, batch, seconds, stream, token)
+            )
+            rss_kib = max(node.peak_rss_kib() for node in nodes())
+            results.append(summary(system, clients, batch, latencies, elapsed, rss_kib))
     return results
 
 
-async def make_api_key(node: Node) -> str:
-    from craton.client import Role
-
+def free_ports(count: int) -> list[int]:
+    """Loopback ports that were free a moment ago (the replicas must know each other's
+    addresses before any of them starts)."""
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
     try:
-        async with AsyncClient(node.address, auth_token=bench_token("admin")) as admin:
-            return (await admin.create_api_key(Role.MEMBER, label="bench")).api_key
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
     finally:
-        node.stop()
+        for sock in sockets:
+            sock.close()
+
+
+def bench_cluster(folder: Path, seconds: float, size: int = 3) -> list[dict[str, object]]:
+    addresses = [f"127.0.0.1:{port}" for port in free_ports(size)]
+    nodes: list[Node] = []
+    try:
+        for index in range(size):  # all start, then each waits for a view with a primary
+            nodes.append(
+                Node(
+                    "cluster",
+                    folder / f"replica{index}",
+                    VDB_CLUSTER_PEERS=",".join(addresses),
+                    VDB_CLUSTER_SECRET=CLUSTER_SECRET,
+                    VDB_REPLICA_ID=str(index),
+                    VDB_BIND_ADDR=addresses[index],
+                )
+            )
+        for node in nodes:
+            node.wait_ready()
+        # The client follows "not primary" redirects, so any replica is a fine entry point.
+        return run_workloads(f"craton/cluster-{size}", addresses[0], seconds, lambda: nodes)
+    finally:
+        for node in nodes:
+            node.stop()
 
 
 # --- sqlite ----------------------------------------------------------------------------------
@@ -267,12 +334,31 @@ def bench_sqlite(folder: Path, seconds: float) -> list[dict[str, object]]:
 # --- report ----------------------------------------------------------------------------------
 
 
-def report(results: list[dict[str, object]]) -> None:
-    report_rows(results)
-    report_ratio(results)
+def bench_postgres(folder: Path, seconds: float) -> tuple[list[dict[str, object]], str | None]:
+    """The PostgreSQL rows (scripts/bench_postgres.py), or none and the reason why."""
+    reason = bench_postgres_module.unavailable_reason()
+    bin_dir = bench_postgres_module.find_bin()
+    if reason is not None or bin_dir is None:
+        return [], reason
+    results = []
+    try:
+        server = bench_postgres_module.Postgres(folder, bin_dir)
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as error:
+        return [], f"could not start a throwaway cluster: {error}"
+    try:
+        for clients in CLIENT_COUNTS:
+            for batch in BATCH_SIZES:
+                latencies, elapsed = server.pgbench(clients, batch, seconds)
+                rss_kib = server.peak_rss_kib()
+                results.append(summary("postgres", clients, batch, latencies, elapsed, rss_kib))
+    except (RuntimeError, subprocess.TimeoutExpired) as error:
+        return results, f"pgbench failed: {error}"
+    finally:
+        server.stop()
+    return results, None
 
 
-def report_rows(results: list[dict[str, object]]) -> None:
+def report(results: list[dict[str, object]], postgres_note: str | None = None) -> None:
     header = (
         f"{'system':<26} {'clients':>7} {'batch':>5} {'req/s':>10} {'events/s':>11} "
         f"{'p50 ms':>8} {'p99 ms':>8} {'peak RSS MiB':>13}"
@@ -285,36 +371,39 @@ def report_rows(results: list[dict[str, object]]) -> None:
             f"{r['requests_per_s']:>10.0f} {r['events_per_s']:>11.0f} "
             f"{r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['peak_rss_mib']:>13.1f}"
         )
-
-
-def report_ratio(results: list[dict[str, object]]) -> None:
-    craton = next(
-        r
-        for r in results
-        if r["system"] == "craton/single-node" and r["clients"] == 64 and r["batch"] == 1
-    )
-    sqlite_best = max(
-        float(str(r["requests_per_s"]))
-        for r in results
-        if r["system"] == "sqlite" and r["batch"] == 1
-    )
-    ratio = float(str(craton["requests_per_s"])) / sqlite_best
-    print(
-        f"\ncraton/single-node, 64 clients, 1 event per request: {ratio:.2f}x the best SQLite "
-        f"one-row-per-transaction figure ({sqlite_best:.0f}/s); target 3x"
-    )
-    for name in ("postgres", "etcd"):
-        found = shutil.which(name)
-        note = "installed, not driven by this build" if found else "not installed"
-        print(f"{name}: {note}")
-    print("a 3-node craton cluster: not measured by this script yet")
+    print()
+    for r in results:
+        if not str(r["system"]).startswith("craton/") or r["clients"] != 64:
+            continue
+        for baseline in ("sqlite", "postgres"):
+            figures = [
+                float(str(q["requests_per_s"]))
+                for q in results
+                if q["system"] == baseline and q["batch"] == r["batch"]
+            ]
+            if not figures:
+                continue
+            ratio = float(str(r["requests_per_s"])) / max(figures)
+            target = (
+                "; target 3x"
+                if (r["system"], r["batch"], baseline) == ("craton/single-node", 1, "sqlite")
+                else ""
+            )
+            print(
+                f"{r['system']}, 64 clients, {r['batch']} event(s) per request: {ratio:.2f}x "
+                f"the best {baseline} figure with {r['batch']} row(s) per transaction "
+                f"({max(figures):.0f}/s){target}"
+            )
+    if postgres_note is not None:
+        print(f"postgres: {postgres_note}")
+    found = shutil.which("etcd")
+    print(f"etcd: {'installed, not driven by this build' if found else 'not installed'}")
 
 
 def report_auth(results: list[dict[str, object]]) -> None:
-    report_rows(results)
+    report(results)
     base = {(r["clients"], r["batch"]): float(str(r["events_per_s"])) for r in results
             if r["system"] == "craton/single-node"}  # fmt: skip
-    print()
     for r in results:
         if r["system"] != "craton/single-node":
             ratio = float(str(r["events_per_s"])) / base[(r["clients"], r["batch"])]
@@ -329,12 +418,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="per workload")
     parser.add_argument("--dir", type=Path, default=None, help="where the data goes")
+    parser.add_argument(
+        "--only", nargs="+", choices=SYSTEMS, default=list(SYSTEMS), help="systems to measure"
+    )
     parser.add_argument("--auth", default=None, help="compare auth modes: none,jwt,apikey")
     args = parser.parse_args()
     auths = [] if args.auth is None else [a.strip() for a in args.auth.split(",")]
     if any(auth not in AUTH_MODES for auth in auths) or (auths and "none" not in auths):
         parser.error(f"--auth takes modes among {', '.join(AUTH_MODES)}, none included")
     folder = Path(tempfile.mkdtemp(prefix=".bench-", dir=args.dir or Path.cwd()))
+    folder.chmod(0o755)  # PostgreSQL's own account must reach its cluster inside
     if auths:
         try:
             results = []
@@ -347,9 +440,17 @@ def main() -> int:
     try:
         results = []
         for mode in ("none", "single-node"):
-            results.extend(bench_craton(mode, folder / mode, args.seconds))
-        results.extend(bench_sqlite(folder, args.seconds))
-        report(results)
+            if mode in args.only:
+                results.extend(bench_craton(mode, folder / mode, args.seconds))
+        if "cluster" in args.only:
+            results.extend(bench_cluster(folder / "cluster", args.seconds))
+        if "sqlite" in args.only:
+            results.extend(bench_sqlite(folder, args.seconds))
+        postgres_note = None
+        if "postgres" in args.only:
+            results_pg, postgres_note = bench_postgres(folder / "postgres", args.seconds)
+            results.extend(results_pg)
+        report(results, postgres_note)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return 0

@@ -2,7 +2,9 @@
 
 core is pure (no I/O, clocks, threads or OS randomness); io may use the OS but not the
 simulator or the server; sim is deterministic (no wall clock, threads, sockets or OS
-randomness) and never imports net; net never imports sim.
+randomness) and never imports net; net never imports sim. platform (the control plane)
+may use core and client pieces, never sim, net, io or the CLI; and nothing outside
+craton/platform imports it.
 """
 
 from __future__ import annotations
@@ -56,8 +58,10 @@ SIM_BANNED = {
 LAYER_BANNED = {
     "core": {"io", "sim", "net", "platform", "client", "cli"},
     "io": {"sim", "net", "platform", "cli", "client"},
-    "net": {"sim"},
+    "net": {"sim", "platform"},
     "sim": {"net", "platform", "client"},
+    "client": {"sim", "net", "io", "platform", "cli"},
+    "platform": {"sim", "net", "io", "cli"},
 }
 
 
@@ -94,6 +98,8 @@ def _violations_in(source: str, layer: str | None, filename: str) -> list[str]:
             sub = name.split(".")[1] if "." in name else ""
             if sub in LAYER_BANNED[layer]:
                 broken.append(f"{where}: craton/{layer} imports {name}")
+        elif top == "craton" and layer != "platform" and name.startswith("craton.platform"):
+            broken.append(f"{where}: craton/{layer or '.'} imports {name}")
     return broken
 
 
@@ -116,3 +122,10 @@ def test_the_rules_catch_violations() -> None:
     ]
     assert _violations_in("import time\n", "sim", "s.py") == ["s.py:1: craton/sim imports time"]
     assert _violations_in("import os\nimport craton.core\n", "io", "i.py") == []
+    assert _violations_in("import craton.platform.http\n", None, "cli.py") == [
+        "cli.py:1: craton/. imports craton.platform.http"
+    ]
+    assert _violations_in("from craton.sim import runner\n", "platform", "p.py") == [
+        "p.py:1: craton/platform imports craton.sim"
+    ]
+    assert _violations_in("from craton.client import Client\n", "platform", "p.py") == []

@@ -264,6 +264,7 @@ def _run_status(args: argparse.Namespace, client: Client) -> int:
             "replica_id": info.replica_id,
             "cluster_size": info.cluster_size,
             "view": info.view,
+            "role": role(info.replica_id, info.cluster_size, info.view),
             "committed": committed,
             "health": health,
         }
@@ -271,6 +272,7 @@ def _run_status(args: argparse.Namespace, client: Client) -> int:
         return EXIT_OK
     print(f"node {info.address}: craton {info.server_version}, protocol {info.protocol_version}")
     print(f"replica {info.replica_id} of {info.cluster_size}, view {info.view}")
+    print(f"role: {role(info.replica_id, info.cluster_size, info.view)}")
     print(f"committed log positions: {committed}")
     if "status" in health:
         print(f"health: {health['status']} (up {health.get('uptime_seconds', '?')} s)")
@@ -360,6 +362,14 @@ def _run_token_issue(args: argparse.Namespace) -> int:
     }
     print(jwt.encode(claims, secret, algorithm=JWT_ALGORITHM))
     return EXIT_OK
+
+
+def role(replica_id: int, cluster_size: int, view: int) -> str:
+    """``primary`` or ``backup`` in the node's view (VSR: the primary of view v is replica
+    v mod n), ``single`` for a one-replica node."""
+    if cluster_size <= 1:
+        return "single"
+    return "primary" if view % cluster_size == replica_id else "backup"
 
 
 def _health(address: str) -> dict[str, object]:

@@ -24,7 +24,8 @@ Variables (deployment guide, plus ``VDB_CLUSTER_PEERS`` and ``VDB_METRICS_ADDR``
                                         with it (at least 32 bytes; never printed or logged)
     VDB_CLUSTER_SECRET_SECONDARY (none) also accepted from peers, never sent: for rotation
     VDB_REPLICATION_MODE     none       none | single-node | cluster
-    VDB_REPLICA_ID           0          0..15, below the number of peers in a cluster
+    VDB_REPLICA_ID           0          0..15, below the number of peers in a cluster; or
+                                        ``ordinal``: the number that ends the host name
     VDB_CLUSTER_PEERS        (none)     host:port of every replica, in replica-id order
     VDB_LOG_LEVEL            info       trace | debug | info | warn | error
 
@@ -39,6 +40,11 @@ must be at least ``JWT_SECRET_SIZE_MIN`` bytes (docs/SECURITY.md). In ``cluster`
 replicas and redirected clients reach this node (``VDB_BIND_ADDR`` is where it listens,
 e.g. ``0.0.0.0:5432``), and ``VDB_CLUSTER_SECRET`` (at least ``CLUSTER_SECRET_SIZE_MIN``
 bytes, the same on every replica) is required.
+
+``VDB_REPLICA_ID=ordinal`` is for a Kubernetes StatefulSet, whose pods share one template
+and differ only by name: the replica id is the ordinal after the last ``-`` of the host name
+(``HOSTNAME``, else the system's host name, up to its first dot), so pod ``craton-server-2``
+is replica 2. A host name without such a suffix is a ``ConfigError``.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ import enum
 import ipaddress
 import math
 import re
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TypeVar
@@ -67,6 +74,7 @@ JWT_AUDIENCE_DEFAULT = "craton"
 JWT_EXPIRATION_SECS_DEFAULT = 3600
 JWT_EXPIRATION_SECS_MAX = 366 * 24 * 3600
 REPLICA_ID_MAX = 15  # the wire protocol carries replica ids 0..15
+REPLICA_ID_ORDINAL = "ordinal"  # VDB_REPLICA_ID: take it from the host name's -N suffix
 CLUSTER_SIZE_MAX = REPLICA_ID_MAX + 1
 QUOTED_VALUE_CHARS_MAX = 64
 PORT_MAX = 65_535
@@ -183,8 +191,9 @@ class ServerConfig:
 # --- Entry point -----------------------------------------------------------------------------
 
 
-def load_config(environ: Mapping[str, str]) -> ServerConfig:
-    """The configuration the environment describes; ``ConfigError`` for the first fault."""
+def load_config(environ: Mapping[str, str], *, hostname: str | None = None) -> ServerConfig:
+    """The configuration the environment describes; ``ConfigError`` for the first fault.
+    ``hostname`` overrides the host name that ``VDB_REPLICA_ID=ordinal`` reads."""
     env = _Env(environ)
     data_dir = _data_dir(env)
     bind_addr = parse_address(env.get("VDB_BIND_ADDR") or BIND_ADDR_DEFAULT, "VDB_BIND_ADDR")
@@ -210,7 +219,7 @@ def load_config(environ: Mapping[str, str]) -> ServerConfig:
         previous=env.get("VDB_JWT_SECRET_PREVIOUS"),
     )
     replication_mode = env.choice("VDB_REPLICATION_MODE", ReplicationMode, ReplicationMode.NONE)
-    replica_id = env.integer("VDB_REPLICA_ID", 0, 0, REPLICA_ID_MAX)
+    replica_id = _replica_id(env, hostname)
     cluster_peers = _peers(env)
     log_level = env.choice("VDB_LOG_LEVEL", LogLevel, LogLevel.INFO)
     cluster_secret = env.get("VDB_CLUSTER_SECRET")
@@ -342,6 +351,35 @@ def _tls_files(env: _Env) -> tuple[Path | None, Path | None]:
         if not Path(value).is_file():
             raise ConfigError(name, f"{_quote(value)} is not a readable file")
     return Path(cert), Path(key)
+
+
+def _replica_id(env: _Env, hostname: str | None) -> int:
+    value = env.get("VDB_REPLICA_ID")
+    if value is None or value.lower() != REPLICA_ID_ORDINAL:
+        return env.integer("VDB_REPLICA_ID", 0, 0, REPLICA_ID_MAX)
+    if hostname is None:
+        hostname = env.get("HOSTNAME") or socket.gethostname()
+    return replica_id_from_hostname(hostname)
+
+
+def replica_id_from_hostname(hostname: str) -> int:
+    """The ordinal that ends a StatefulSet pod's host name: ``craton-server-2`` → 2."""
+    name = hostname.strip().split(".", 1)[0]
+    match = re.fullmatch(r".+-([0-9]+)", name)
+    if match is None:
+        raise ConfigError(
+            "VDB_REPLICA_ID",
+            f"{REPLICA_ID_ORDINAL}: the host name {_quote(name)} does not end in -N "
+            "(a StatefulSet pod's ordinal)",
+        )
+    ordinal = int(match.group(1))
+    if ordinal > REPLICA_ID_MAX:
+        raise ConfigError(
+            "VDB_REPLICA_ID",
+            f"{REPLICA_ID_ORDINAL}: the host name {_quote(name)} gives {ordinal}; "
+            f"replica ids are 0..{REPLICA_ID_MAX}",
+        )
+    return ordinal
 
 
 def _peers(env: _Env) -> tuple[Address, ...]:

@@ -69,6 +69,9 @@ class NodeMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         registry = self.registry
+        # Labelled children by label values; bounded by the wire commands times the codes.
+        self._request_counters: dict[tuple[str, ErrorCode | None], Counter] = {}
+        self._duration_histograms: dict[str, Histogram] = {}
         self.requests = Counter(
             "vdb_requests",
             "Requests answered, by wire command and outcome.",
@@ -144,8 +147,18 @@ class NodeMetrics:
         )
 
     def observe_request(self, method: str, code: ErrorCode | None, duration_s: float) -> None:
-        self.requests.labels(method, status_label(code)).inc()
-        self.request_duration.labels(method).observe(max(0.0, duration_s))
+        # Looking a labelled child up costs more than the update itself: keep them.
+        key = (method, code)
+        counter = self._request_counters.get(key)
+        if counter is None:
+            counter = self._request_counters[key] = self.requests.labels(
+                method, status_label(code)
+            )
+        histogram = self._duration_histograms.get(method)
+        if histogram is None:
+            histogram = self._duration_histograms[method] = self.request_duration.labels(method)
+        counter.inc()
+        histogram.observe(max(0.0, duration_s))
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

@@ -416,3 +416,17 @@ def test_a_previous_secret_is_accepted_while_rotating() -> None:
     assert isinstance(other, AuthRefusal) and other.reason is Refusal.SIGNATURE
     with pytest.raises(ValueError, match="at least 32 bytes"):
         JwtPolicy(SECRET, "craton", "craton", 60, previous=b"short")
+
+
+def test_the_control_planes_tokens_are_accepted() -> None:
+    """platform-app mints tokens for a cluster (craton.platform.fleet): the node takes them."""
+    from craton.platform.domain import Role as PlatformRole
+    from craton.platform.fleet import mint_token
+
+    for platform_role in PlatformRole:
+        minted = mint_token(
+            secret=SECRET.decode(), issuer="craton", audience="craton", subject="gh:42",
+            tenant_id=2**64 - 1, role=platform_role, now_s=NOW_S, ttl_s=900,
+        )  # fmt: skip
+        result = authenticate(AuthMode.JWT, minted, NOW_MS, POLICY, EventStore())
+        assert result == Principal(2**64 - 1, "gh:42", Role[platform_role.name]), result

@@ -64,6 +64,7 @@ def test_create_append_read_and_status(node: ServerProcess) -> None:
     status = craton("status", address=node.address)
     assert status.returncode == 0, status.stderr
     assert "replica 0 of 1, view 0" in status.stdout and "health: ok" in status.stdout
+    assert "role: single" in status.stdout, status.stdout
     status_json = json.loads(craton("status", "--json", address=node.address).stdout)
     assert status_json["health"]["status"] == "ok" and status_json["committed"] > position
 
@@ -141,3 +142,15 @@ def test_token_issue_refuses_what_a_node_would_refuse() -> None:
         result = craton("token", "issue", *args, **env)
         assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
         assert why in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("replica_id", "cluster_size", "view", "expected"),
+    [(0, 1, 0, "single"), (0, 3, 0, "primary"), (1, 3, 0, "backup"), (1, 3, 4, "primary")],
+)
+def test_status_role_is_the_primary_of_the_nodes_view(
+    replica_id: int, cluster_size: int, view: int, expected: str
+) -> None:
+    from craton.client.commands import role
+
+    assert role(replica_id, cluster_size, view) == expected

@@ -19,6 +19,7 @@ from craton.net.config import (
     ReplicationMode,
     load_config,
     parse_address,
+    replica_id_from_hostname,
 )
 
 SECRET = "s3cr3t-never-shown"
@@ -95,6 +96,18 @@ CASES: list[tuple[str, dict[str, str], str]] = [
     ("tls cert alone", {"VDB_TLS_CERT": "/etc/hostname"}, "VDB_TLS_KEY"),
     ("tls files missing", {"VDB_TLS_CERT": "/no/cert", "VDB_TLS_KEY": "/no/key"}, "VDB_TLS_CERT"),
     ("jwt expiration", {"VDB_JWT_EXPIRATION_SECS": "0"}, "VDB_JWT_EXPIRATION_SECS"),
+    ("ordinal, no suffix", {"VDB_REPLICA_ID": "ordinal", "HOSTNAME": "craton"}, "VDB_REPLICA_ID"),
+    ("ordinal too big", {"VDB_REPLICA_ID": "ordinal", "HOSTNAME": "db-16"}, "VDB_REPLICA_ID"),
+    (
+        "ordinal past peers",
+        {
+            "VDB_REPLICATION_MODE": "cluster",
+            "VDB_CLUSTER_PEERS": PEERS,
+            "VDB_REPLICA_ID": "ordinal",
+            "HOSTNAME": "craton-server-3",
+        },
+        "VDB_REPLICA_ID",
+    ),
 ]
 
 
@@ -201,3 +214,31 @@ def test_addresses_that_do_not(text: str) -> None:
     with pytest.raises(ConfigError) as raised:
         parse_address(text, "VDB_X")
     assert str(raised.value).startswith("VDB_X: ")
+
+
+def test_replica_id_ordinal_comes_from_the_statefulset_host_name(tmp_path: Path) -> None:
+    env = {
+        "VDB_DATA_DIR": str(tmp_path),
+        "VDB_REPLICATION_MODE": "cluster",
+        "VDB_CLUSTER_PEERS": PEERS,
+        "VDB_REPLICA_ID": " Ordinal ",
+        "HOSTNAME": "craton-server-1",
+    }
+    assert load_config(env).replica_id == 1, "HOSTNAME craton-server-1 is replica 1"
+    chosen = load_config(env, hostname="craton-server-2.craton-server.craton.svc")
+    assert chosen.replica_id == 2, "an explicit host name wins, its domain is ignored"
+    assert chosen.summary()["replica_id"] == 2, "the start-up log shows the derived id"
+
+
+@pytest.mark.parametrize(
+    ("hostname", "expected"), [("craton-server-0", 0), ("a-b-15", 15), ("x-07.domain", 7)]
+)
+def test_ordinals_that_parse(hostname: str, expected: int) -> None:
+    assert replica_id_from_hostname(hostname) == expected
+
+
+@pytest.mark.parametrize("hostname", ["craton", "-3", "db-", "db-1x", "db-3a.b", "db-99"])
+def test_ordinals_that_do_not(hostname: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        replica_id_from_hostname(hostname)
+    assert raised.value.variable == "VDB_REPLICA_ID", str(raised.value)

@@ -32,6 +32,7 @@ behind (§5.2). Craton's differences, and the rules this machine keeps:
 from __future__ import annotations
 
 import enum
+import functools
 import struct
 
 import attrs
@@ -88,6 +89,7 @@ PREPARE_KIND = 1  # the log record kind of a prepare
 OWNER_STATE = struct.Struct("<4sII")  # magic, view, log_view
 OWNER_MAGIC = b"VSR1"
 JOURNAL_OPS_MAX = 4_000_000
+PREPARE_BODY_CACHE_MAX = 1024  # decoded prepare bodies kept (more than a pipeline's worth)
 LOAD_READS_MAX = 64  # reads in flight while a restarted replica reloads its journal
 VIEW_CHANGE_BACKOFF_MAX = 4  # doublings of the view change timeout
 
@@ -901,14 +903,21 @@ class Replica:
         return [r for r in range(self.config.replica_count) if r != self.config.replica_id]
 
     def _broadcast(self, message: ReplicaMessage) -> list[Effect]:
+        others = self._others()
+        if not others:
+            return []  # a cluster of one: nothing to encode
         payload = self._encode(message)
-        return [Send(replica, payload) for replica in self._others()]
+        return [Send(replica, payload) for replica in others]
 
     def _encode(self, message: ReplicaMessage) -> bytes:
         return codec.encode_message(message)
 
 
+@functools.lru_cache(maxsize=PREPARE_BODY_CACHE_MAX)
 def decode_prepare_body(data: bytes) -> PrepareBody:
+    """The prepare body in ``data``; an op's body is decoded when it is journaled, committed
+    and applied, so recent ones are kept (a pure function of the bytes, so caching it
+    changes nothing but the time it takes)."""
     reader = Reader(data)
     body: PrepareBody = PREPARE_BODY.decode(reader)
     reader.finish()

@@ -352,6 +352,10 @@ class Record(WireType[T]):
             for field in attrs.fields(record_class)  # type: ignore[arg-type]
         )
         self.size_min = sum(wire.size_min for _, wire in self.fields)
+        self._post_init = getattr(record_class, "__attrs_post_init__", None)
+        self._built_directly = all(
+            field.converter is None for field in attrs.fields(record_class)  # type: ignore[arg-type]
+        ) and "__slots__" in vars(record_class)
 
     def check(self, value: object) -> None:
         if not isinstance(value, self.record_class):
@@ -369,9 +373,22 @@ class Record(WireType[T]):
             except DecodeError as error:
                 raise DecodeError(f"{name}: {error.reason}", error.code) from None
         try:
-            return self.record_class(*values)
+            return self._build(values)
         except ValueError as error:  # a rule across fields (``__attrs_post_init__``)
             raise DecodeError(f"{self.record_class.__name__}: {error}") from None
+
+    def _build(self, values: list[Any]) -> T:
+        """The instance of ``values``. Each decoded value already passed what its field's
+        validator checks (a decoder yields only values its type accepts), so the hot path
+        sets the fields directly and runs just the rule across fields."""
+        if not self._built_directly:
+            return self.record_class(*values)
+        instance = object.__new__(self.record_class)
+        for (name, _), value in zip(self.fields, values, strict=True):
+            object.__setattr__(instance, name, value)
+        if self._post_init is not None:
+            self._post_init(instance)
+        return instance
 
     def describe(self) -> str:
         return f"{self.record_class.__name__} record"
