@@ -222,6 +222,7 @@ def test_replica_id_ordinal_comes_from_the_statefulset_host_name(tmp_path: Path)
         "VDB_REPLICATION_MODE": "cluster",
         "VDB_CLUSTER_PEERS": PEERS,
         "VDB_REPLICA_ID": " Ordinal ",
+        "VDB_CLUSTER_SECRET": CLUSTER_SECRET,
         "HOSTNAME": "craton-server-1",
     }
     assert load_config(env).replica_id == 1, "HOSTNAME craton-server-1 is replica 1"
