@@ -358,7 +358,9 @@ def bench_postgres(folder: Path, seconds: float) -> tuple[list[dict[str, object]
     return results, None
 
 
-def report(results: list[dict[str, object]], postgres_note: str | None = None) -> None:
+def report(
+    results: list[dict[str, object]], postgres_note: str | None = None, baselines: bool = True
+) -> None:
     header = (
         f"{'system':<26} {'clients':>7} {'batch':>5} {'req/s':>10} {'events/s':>11} "
         f"{'p50 ms':>8} {'p99 ms':>8} {'peak RSS MiB':>13}"
@@ -372,6 +374,8 @@ def report(results: list[dict[str, object]], postgres_note: str | None = None) -
             f"{r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['peak_rss_mib']:>13.1f}"
         )
     print()
+    if not baselines:
+        return
     for r in results:
         if not str(r["system"]).startswith("craton/") or r["clients"] != 64:
             continue
@@ -401,7 +405,7 @@ def report(results: list[dict[str, object]], postgres_note: str | None = None) -
 
 
 def report_auth(results: list[dict[str, object]]) -> None:
-    report(results)
+    report(results, baselines=False)
     base = {(r["clients"], r["batch"]): float(str(r["events_per_s"])) for r in results
             if r["system"] == "craton/single-node"}  # fmt: skip
     for r in results:
