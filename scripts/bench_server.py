@@ -25,6 +25,12 @@ installed.
 Usage: scripts/bench [--seconds S] [--dir PATH] [--only SYSTEM ...]
 (PATH defaults to a temporary folder under the current directory, so it measures the disk
 the project lives on; never /tmp, which may be memory)
+
+       scripts/bench --auth none,jwt,apikey [--seconds S]   the cost of authentication:
+craton/single-node in each auth mode (every client authenticated with a JWT, or with an
+API key made for the run), the same workloads, nothing else. A node authenticates a
+connection once, at its handshake; each request then carries its principal into the log,
+where the event store checks its role (and its key) when it is applied.
 """
 
 from __future__ import annotations
@@ -54,6 +60,9 @@ CLIENT_COUNTS = (1, 64)
 BATCH_SIZES = (1, 100)
 SYSTEMS = ("none", "single-node", "cluster", "sqlite", "postgres")
 START_TIMEOUT_S = 30.0
+AUTH_MODES = ("none", "jwt", "apikey")
+JWT_SECRET = "the benchmark's JWT secret, 32 bytes or more"
+CLUSTER_SECRET = "the benchmark's cluster secret, 32 bytes or more"
 
 
 def percentile(samples: list[float], fraction: float) -> float:
@@ -136,9 +145,11 @@ class Node:
 
 
 async def craton_workload(
-    address: str, clients: int, batch: int, seconds: float, stream: str
+    address: str, clients: int, batch: int, seconds: float, stream: str, token: str | None = None
 ) -> tuple[list[float], float]:
-    connections = [AsyncClient(address, retry_deadline_s=30) for _ in range(clients)]
+    connections = [
+        AsyncClient(address, auth_token=token, retry_deadline_s=30) for _ in range(clients)
+    ]
     await asyncio.gather(*(c.connect() for c in connections))
     await connections[0].create_stream(stream)
     events = [b"e" * EVENT_SIZE] * batch
@@ -158,23 +169,59 @@ async def craton_workload(
     return latencies, elapsed
 
 
-def bench_craton(mode: str, folder: Path, seconds: float) -> list[dict[str, object]]:
-    node = Node(mode, folder).wait_ready()
+def bench_craton(
+    mode: str, folder: Path, seconds: float, auth: str = "none"
+) -> list[dict[str, object]]:
+    settings = {"VDB_AUTH_MODE": auth, "VDB_JWT_SECRET": JWT_SECRET}
+    token = None
+    if auth == "apikey":  # the first key is made with a JWT (mode both), then apikey only
+        token = make_api_key(Node(mode, folder, **{**settings, "VDB_AUTH_MODE": "both"}))
+    elif auth == "jwt":
+        token = bench_token()
+    node = Node(mode, folder, **settings).wait_ready()
+    system = f"craton/{mode}" if auth == "none" else f"craton/{mode}+{auth}"
     try:
-        return run_workloads(f"craton/{mode}", node.address, seconds, lambda: [node])
+        return run_workloads(system, node.address, seconds, lambda: [node], token)
+    finally:
+        node.stop()
+
+
+def bench_token(role: str = "member") -> str:
+    import jwt
+
+    now = int(time.time())
+    claims = {"sub": "bench", "tenant_id": 1, "role": role, "iss": "craton", "aud": "craton",
+              "iat": now, "exp": now + 3600}  # fmt: skip
+    return jwt.encode(claims, JWT_SECRET, algorithm="HS256")
+
+
+def make_api_key(node: Node) -> str:
+    from craton.client import Role
+
+    async def create() -> str:
+        async with AsyncClient(node.address, auth_token=bench_token("admin")) as admin:
+            return (await admin.create_api_key(Role.MEMBER, label="bench")).api_key
+
+    try:
+        node.wait_ready()
+        return asyncio.run(create())
     finally:
         node.stop()
 
 
 def run_workloads(
-    system: str, address: str, seconds: float, nodes: Callable[[], list[Node]]
+    system: str,
+    address: str,
+    seconds: float,
+    nodes: Callable[[], list[Node]],
+    token: str | None = None,
 ) -> list[dict[str, object]]:
     results = []
     for clients in CLIENT_COUNTS:
         for batch in BATCH_SIZES:
             stream = f"bench-{clients}-{batch}"
             latencies, elapsed = asyncio.run(
-                craton_workload(address, clients, batch, seconds, stream)
+                craton_workload(address, clients, batch, seconds, stream, token)
             )
             rss_kib = max(node.peak_rss_kib() for node in nodes())
             results.append(summary(system, clients, batch, latencies, elapsed, rss_kib))
@@ -204,6 +251,7 @@ def bench_cluster(folder: Path, seconds: float, size: int = 3) -> list[dict[str,
                     "cluster",
                     folder / f"replica{index}",
                     VDB_CLUSTER_PEERS=",".join(addresses),
+                    VDB_CLUSTER_SECRET=CLUSTER_SECRET,
                     VDB_REPLICA_ID=str(index),
                     VDB_BIND_ADDR=addresses[index],
                 )
@@ -310,20 +358,24 @@ def bench_postgres(folder: Path, seconds: float) -> tuple[list[dict[str, object]
     return results, None
 
 
-def report(results: list[dict[str, object]], postgres_note: str | None = None) -> None:
+def report(
+    results: list[dict[str, object]], postgres_note: str | None = None, baselines: bool = True
+) -> None:
     header = (
-        f"{'system':<20} {'clients':>7} {'batch':>5} {'req/s':>10} {'events/s':>11} "
+        f"{'system':<26} {'clients':>7} {'batch':>5} {'req/s':>10} {'events/s':>11} "
         f"{'p50 ms':>8} {'p99 ms':>8} {'peak RSS MiB':>13}"
     )
     print(header)
     print("-" * len(header))
     for r in results:
         print(
-            f"{r['system']:<20} {r['clients']:>7} {r['batch']:>5} "
+            f"{r['system']:<26} {r['clients']:>7} {r['batch']:>5} "
             f"{r['requests_per_s']:>10.0f} {r['events_per_s']:>11.0f} "
             f"{r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['peak_rss_mib']:>13.1f}"
         )
     print()
+    if not baselines:
+        return
     for r in results:
         if not str(r["system"]).startswith("craton/") or r["clients"] != 64:
             continue
@@ -352,6 +404,17 @@ def report(results: list[dict[str, object]], postgres_note: str | None = None) -
     print(f"etcd: {'installed, not driven by this build' if found else 'not installed'}")
 
 
+def report_auth(results: list[dict[str, object]]) -> None:
+    report(results, baselines=False)
+    base = {(r["clients"], r["batch"]): float(str(r["events_per_s"])) for r in results
+            if r["system"] == "craton/single-node"}  # fmt: skip
+    for r in results:
+        if r["system"] != "craton/single-node":
+            ratio = float(str(r["events_per_s"])) / base[(r["clients"], r["batch"])]
+            print(f"{r['system']}, {r['clients']} clients, batch {r['batch']}: "
+                  f"{ratio:.2f}x the appends/s without auth")  # fmt: skip
+
+
 def main() -> int:
     if len(sys.argv) == 6 and sys.argv[1] == "--sqlite-worker":
         sqlite_worker(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]))
@@ -362,9 +425,22 @@ def main() -> int:
     parser.add_argument(
         "--only", nargs="+", choices=SYSTEMS, default=list(SYSTEMS), help="systems to measure"
     )
+    parser.add_argument("--auth", default=None, help="compare auth modes: none,jwt,apikey")
     args = parser.parse_args()
+    auths = [] if args.auth is None else [a.strip() for a in args.auth.split(",")]
+    if any(auth not in AUTH_MODES for auth in auths) or (auths and "none" not in auths):
+        parser.error(f"--auth takes modes among {', '.join(AUTH_MODES)}, none included")
     folder = Path(tempfile.mkdtemp(prefix=".bench-", dir=args.dir or Path.cwd()))
     folder.chmod(0o755)  # PostgreSQL's own account must reach its cluster inside
+    if auths:
+        try:
+            results = []
+            for auth in auths:
+                results.extend(bench_craton("single-node", folder / auth, args.seconds, auth))
+            report_auth(results)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        return 0
     try:
         results = []
         for mode in ("none", "single-node"):

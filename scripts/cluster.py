@@ -9,7 +9,9 @@ Replica ``i`` listens on ``--port + i`` (clients and replicas) and ``--metrics-p
 ``DIR/data<i>`` and its log (JSON lines) in ``DIR/node<i>.log``; the data is kept between
 runs (``--fresh`` removes those folders and logs first). ``--tls CERT_DIR`` serves TLS with
 ``CERT_DIR/server.crt`` and ``server.key`` (``scripts/gen-certs``); replicas then reach each
-other over TLS too.
+other over TLS too. Replicas prove membership with ``VDB_CLUSTER_SECRET``: taken from the
+environment when set, else drawn once and kept in ``DIR/cluster.secret`` (mode 0600), so
+that the replicas of later runs share it.
 
 Once every replica logged ``server.ready`` it prints the cluster (one ``replica`` line
 each), how to talk to it, and ``cluster ready``. A replica that stops (``kill PID``) is
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -94,7 +97,20 @@ class Replica:
         return "\n".join("    " + line for line in text.splitlines()[-lines:])
 
 
-def _environment(replica: Replica, peers: str, tls: Path | None) -> dict[str, str]:
+def cluster_secret(folder: Path) -> str:
+    """``$VDB_CLUSTER_SECRET``, else the one kept in ``folder`` (made on first use)."""
+    given = os.environ.get("VDB_CLUSTER_SECRET", "").strip()
+    if given:
+        return given
+    path = folder / "cluster.secret"
+    if not path.exists():
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            file.write(secrets.token_hex(32))
+    return path.read_text().strip()
+
+
+def _environment(replica: Replica, peers: str, tls: Path | None, secret: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VDB_")}
     env.update(
         VDB_DATA_DIR=str(replica.data_dir),
@@ -102,6 +118,7 @@ def _environment(replica: Replica, peers: str, tls: Path | None) -> dict[str, st
         VDB_METRICS_ADDR=replica.metrics,
         VDB_REPLICATION_MODE="cluster",
         VDB_CLUSTER_PEERS=peers,
+        VDB_CLUSTER_SECRET=secret,
         VDB_REPLICA_ID=str(replica.index),
         VDB_LOG_LEVEL=os.environ.get("VDB_LOG_LEVEL", "info"),
     )
@@ -242,10 +259,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda _signum, _frame: stop.set())
     peers = ",".join(r.address for r in replicas)
+    secret = cluster_secret(folder)
     offsets = []
     for replica in replicas:
         offsets.append(replica.log_path.stat().st_size if replica.log_path.exists() else 0)
-        replica.start(_environment(replica, peers, args.tls))
+        replica.start(_environment(replica, peers, args.tls, secret))
     try:
         if not _wait_ready(replicas, offsets, stop):
             return EXIT_FAILED

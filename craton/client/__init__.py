@@ -39,6 +39,7 @@ from craton.client.errors import (
     UnexpectedOffset,
     UnsupportedVersion,
 )
+from craton.core.auth import Role
 from craton.core.wire.messages import DataClass
 
 __all__ = [
@@ -60,6 +61,7 @@ __all__ = [
     "RequestRejected",
     "RequestTimeout",
     "RetryableError",
+    "Role",
     "ServerError",
     "ServerInfo",
     "StreamAlreadyExists",

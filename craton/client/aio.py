@@ -47,6 +47,7 @@ from craton.client.errors import (
     Unavailable,
     error_for,
 )
+from craton.core.auth import Role
 from craton.core.wire import (
     PROTOCOL_VERSION,
     AppendEvents,
@@ -70,7 +71,17 @@ from craton.core.wire import (
     encode,
 )
 from craton.core.wire.codec import AnyMessage
-from craton.core.wire.messages import READ_EVENTS_MAX, READ_SIZE_MAX
+from craton.core.wire.messages import (
+    READ_EVENTS_MAX,
+    READ_SIZE_MAX,
+    ApiKeyInfo,
+    CreateApiKey,
+    CreateApiKeyReply,
+    ListApiKeys,
+    ListApiKeysReply,
+    RevokeApiKey,
+    RevokeApiKeyReply,
+)
 
 DEFAULT_ADDRESS = "127.0.0.1:5432"
 CONNECT_TIMEOUT_S = 5.0
@@ -338,6 +349,24 @@ class AsyncClient:
         committed log positions (every position below it is committed)."""
         reply = await self._request(Sync(), SyncReply)
         return reply.log_position
+
+    async def create_api_key(
+        self, role: Role, *, expires_ms: int | None = None, label: str = ""
+    ) -> CreateApiKeyReply:
+        """A new API key of this client's tenant (needs the admin role; owner to make an
+        owner key). ``reply.api_key`` is shown this once: store it now."""
+        return await self._write(CreateApiKey(role, expires_ms, label), CreateApiKeyReply)
+
+    async def revoke_api_key(self, key_id: int) -> int:
+        """Revoke a key of this client's tenant; returns the log position from which every
+        replica that has applied it refuses the key."""
+        reply = await self._write(RevokeApiKey(key_id), RevokeApiKeyReply)
+        return reply.log_position
+
+    async def list_api_keys(self) -> tuple[ApiKeyInfo, ...]:
+        """The keys of this client's tenant (never the keys themselves), revoked included."""
+        reply = await self._request(ListApiKeys(), ListApiKeysReply)
+        return reply.keys
 
     # --- requests --------------------------------------------------------------------------
 

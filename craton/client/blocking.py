@@ -29,7 +29,13 @@ from craton.client.aio import (
     ServerInfo,
 )
 from craton.client.errors import ConnectionFailed, RequestTimeout
-from craton.core.wire.messages import READ_EVENTS_MAX, DataClass
+from craton.core.auth import Role
+from craton.core.wire.messages import (
+    READ_EVENTS_MAX,
+    ApiKeyInfo,
+    CreateApiKeyReply,
+    DataClass,
+)
 
 CALL_GRACE_S = 5.0
 _T = TypeVar("_T")
@@ -146,6 +152,20 @@ class Client:
     def sync(self) -> int:
         """Wait until everything sent before is durable; returns the committed position."""
         return self._run(self._async.sync())
+
+    def create_api_key(
+        self, role: Role, *, expires_ms: int | None = None, label: str = ""
+    ) -> CreateApiKeyReply:
+        """A new API key of this client's tenant; see ``AsyncClient.create_api_key``."""
+        return self._run(self._async.create_api_key(role, expires_ms=expires_ms, label=label))
+
+    def revoke_api_key(self, key_id: int) -> int:
+        """Revoke a key of this client's tenant; returns the revocation's log position."""
+        return self._run(self._async.revoke_api_key(key_id))
+
+    def list_api_keys(self) -> tuple[ApiKeyInfo, ...]:
+        """The keys of this client's tenant, revoked ones included."""
+        return self._run(self._async.list_api_keys())
 
     def _run(self, call: Coroutine[Any, Any, _T]) -> _T:
         if self._closed and not self._thread.is_alive():

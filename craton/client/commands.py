@@ -4,9 +4,21 @@
     craton append STREAM [EVENT ...] [--expected-offset N]   (no EVENT: one per stdin line)
     craton read STREAM [--from N] [--max-events N] [--as-of POSITION] [--json]
     craton status [--json]
+    craton apikey create --role ROLE [--expires-in SECONDS] [--label TEXT]
+    craton apikey list [--json]
+    craton apikey revoke KEY_ID
+    craton token issue --tenant ID --role ROLE [--subject NAME] [--ttl SECONDS]
 
-Each takes ``--address HOST:PORT`` (default: ``$CRATON_ADDRESS``, else 127.0.0.1:5432) and
-``--timeout SECONDS`` (how long to keep retrying; default ``TIMEOUT_S_DEFAULT``).
+Each client command takes ``--address HOST:PORT`` (default: ``$CRATON_ADDRESS``, else
+127.0.0.1:5432), ``--timeout SECONDS`` (how long to keep retrying; default
+``TIMEOUT_S_DEFAULT``), ``--token CREDENTIAL`` (a JWT or an API key; default
+``$CRATON_TOKEN``) and, for a node with TLS, ``--ca-file PEM`` (default ``$CRATON_CA_FILE``:
+trust these CAs and check the node's host name) or ``--tls`` (trust the system's CAs).
+
+``apikey create`` prints the key id, then the key on a line of its own: it is shown this
+once. ``token issue`` talks to no node: it signs a token with ``$VDB_JWT_SECRET`` (and
+``$VDB_JWT_ISSUER``, ``$VDB_JWT_AUDIENCE``, ``$VDB_JWT_EXPIRATION_SECS`` as the node reads
+them), for operators.
 
 Output: what was asked for on stdout (``read`` prints one event per line, ``offset<TAB>``
 then the event as UTF-8 text, or ``hex:`` and its bytes when it is not printable text);
@@ -20,18 +32,32 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import ssl
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from typing import Any
 
+import jwt
+
 from craton.client.aio import DEFAULT_ADDRESS, ReadResult
 from craton.client.blocking import Client
 from craton.client.errors import CratonError, ServerError
-from craton.core.wire.messages import READ_EVENTS_MAX, DataClass
+from craton.core.auth import (
+    JWT_ALGORITHM,
+    JWT_SECRET_SIZE_MIN,
+    SUBJECT_SIZE_MAX,
+    TENANT_ID_MAX,
+    Role,
+)
+from craton.core.wire.messages import API_KEY_LABEL_SIZE_MAX, READ_EVENTS_MAX, DataClass
 
 ADDRESS_ENV = "CRATON_ADDRESS"
+TOKEN_ENV = "CRATON_TOKEN"
+CA_FILE_ENV = "CRATON_CA_FILE"
 TIMEOUT_S_DEFAULT = 10.0
 READ_EVENTS_DEFAULT = 100
 HEALTH_TIMEOUT_S = 2.0
@@ -41,6 +67,7 @@ EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 
 _DATA_CLASSES = {member.name.lower(): member for member in DataClass}
+_ROLES = {member.name.lower(): member for member in Role}
 
 
 def add_client_commands(commands: Any) -> None:
@@ -76,6 +103,40 @@ def add_client_commands(commands: Any) -> None:
     status.add_argument("--json", action="store_true", help="print one JSON object")
     _connection_options(status)
     status.set_defaults(run=_guarded(_run_status))
+    _add_key_commands(commands)
+    _add_token_commands(commands)
+
+
+def _add_key_commands(commands: Any) -> None:
+    apikey = commands.add_parser("apikey", help="manage the API keys of your tenant (admin)")
+    key_commands = apikey.add_subparsers(dest="apikey_command", metavar="APIKEY_COMMAND")
+    key_commands.required = True
+    create = key_commands.add_parser("create", help="create a key (shown once)")
+    create.add_argument("--role", choices=list(_ROLES), required=True)
+    create.add_argument("--expires-in", type=int, default=None, metavar="SECONDS")
+    create.add_argument("--label", default="", help="a note for people")
+    _connection_options(create)
+    create.set_defaults(run=_guarded(_run_key_create))
+    listing = key_commands.add_parser("list", help="list the tenant's keys")
+    listing.add_argument("--json", action="store_true", help="print one JSON object")
+    _connection_options(listing)
+    listing.set_defaults(run=_guarded(_run_key_list))
+    revoke = key_commands.add_parser("revoke", help="revoke a key on every replica")
+    revoke.add_argument("key_id", metavar="KEY_ID", help="the key id, 16 hex digits")
+    _connection_options(revoke)
+    revoke.set_defaults(run=_guarded(_run_key_revoke))
+
+
+def _add_token_commands(commands: Any) -> None:
+    token = commands.add_parser("token", help="sign JWTs with $VDB_JWT_SECRET (operators)")
+    token_commands = token.add_subparsers(dest="token_command", metavar="TOKEN_COMMAND")
+    token_commands.required = True
+    issue = token_commands.add_parser("issue", help="print a signed token")
+    issue.add_argument("--tenant", type=int, required=True, metavar="ID")
+    issue.add_argument("--role", choices=list(_ROLES), required=True)
+    issue.add_argument("--subject", default="operator", metavar="NAME")
+    issue.add_argument("--ttl", type=int, default=None, metavar="SECONDS")
+    issue.set_defaults(run=_run_token_issue)
 
 
 def _connection_options(parser: argparse.ArgumentParser) -> None:
@@ -87,6 +148,26 @@ def _connection_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--timeout", type=float, default=TIMEOUT_S_DEFAULT, help="seconds to keep trying"
     )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get(TOKEN_ENV) or None,
+        help=f"a JWT or an API key (default: ${TOKEN_ENV})",
+    )
+    parser.add_argument(
+        "--ca-file",
+        default=os.environ.get(CA_FILE_ENV) or None,
+        help=f"TLS: trust these CAs, check the host name (default: ${CA_FILE_ENV})",
+    )
+    parser.add_argument("--tls", action="store_true", help="TLS with the system's CAs")
+
+
+def _tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    if args.ca_file is None:
+        return ssl.create_default_context() if args.tls else None
+    try:
+        return ssl.create_default_context(cafile=args.ca_file)
+    except (OSError, ssl.SSLError) as error:
+        raise ValueError(f"--ca-file: cannot load {args.ca_file}: {error}") from None
 
 
 def _guarded(run: Callable[[argparse.Namespace, Client], int]) -> Callable[..., int]:
@@ -96,7 +177,13 @@ def _guarded(run: Callable[[argparse.Namespace, Client], int]) -> Callable[..., 
         if args.timeout <= 0:
             return _fail("--timeout must be positive", EXIT_USAGE)
         try:
-            client = Client(args.address, retry_deadline_s=args.timeout)
+            tls = _tls(args)
+        except ValueError as error:
+            return _fail(str(error), EXIT_USAGE)
+        try:
+            client = Client(
+                args.address, auth_token=args.token, tls=tls, retry_deadline_s=args.timeout
+            )
         except ValueError as error:
             return _fail(f"--address: {error}", EXIT_USAGE)
         try:
@@ -191,6 +278,89 @@ def _run_status(args: argparse.Namespace, client: Client) -> int:
         print(f"health: {health['status']} (up {health.get('uptime_seconds', '?')} s)")
     else:
         print(f"health: unknown ({health.get('error', 'no answer')})")
+    return EXIT_OK
+
+
+def _run_key_create(args: argparse.Namespace, client: Client) -> int:
+    if args.expires_in is not None and args.expires_in <= 0:
+        return _fail("--expires-in must be positive", EXIT_USAGE)
+    if len(args.label.encode("utf-8")) > API_KEY_LABEL_SIZE_MAX:
+        return _fail(f"--label is longer than {API_KEY_LABEL_SIZE_MAX} bytes", EXIT_USAGE)
+    expires_ms = None
+    if args.expires_in is not None:
+        expires_ms = time.time_ns() // 1_000_000 + args.expires_in * 1000
+    made = client.create_api_key(_ROLES[args.role], expires_ms=expires_ms, label=args.label)
+    print(f"created API key {made.key_id:016x} ({args.role}) at log position "
+          f"{made.log_position}; it is shown this once:", file=sys.stderr)  # fmt: skip
+    print(made.api_key)
+    return EXIT_OK
+
+
+def _run_key_list(args: argparse.Namespace, client: Client) -> int:
+    keys = client.list_api_keys()
+    rows = [
+        {
+            "key_id": f"{key.key_id:016x}",
+            "role": key.role.name.lower(),
+            "expires_ms": key.expires_ms,
+            "created_op": key.created_op,
+            "revoked_op": key.revoked_op,
+            "label": key.label,
+        }
+        for key in keys
+    ]
+    if args.json:
+        print(json.dumps({"keys": rows}))
+        return EXIT_OK
+    for row in rows:
+        state = "active" if row["revoked_op"] is None else f"revoked at {row['revoked_op']}"
+        expiry = "" if row["expires_ms"] is None else f", expires at {row['expires_ms']} ms"
+        print(f"{row['key_id']}\t{row['role']}\t{state}{expiry}\t{row['label']}")
+    return EXIT_OK
+
+
+def _run_key_revoke(args: argparse.Namespace, client: Client) -> int:
+    try:
+        key_id = int(args.key_id, 16)
+    except ValueError:
+        return _fail("KEY_ID must be the key id in hex (as apikey list shows it)", EXIT_USAGE)
+    if not 1 <= key_id < 2**64:
+        return _fail("KEY_ID is out of range", EXIT_USAGE)
+    position = client.revoke_api_key(key_id)
+    print(f"revoked API key {key_id:016x} at log position {position}")
+    return EXIT_OK
+
+
+def _run_token_issue(args: argparse.Namespace) -> int:
+    secret = os.environ.get("VDB_JWT_SECRET", "").strip()
+    if len(secret.encode("utf-8")) < JWT_SECRET_SIZE_MIN:
+        return _fail(
+            f"VDB_JWT_SECRET must be set to the nodes' secret (at least {JWT_SECRET_SIZE_MIN} "
+            "bytes)",
+            EXIT_USAGE,
+        )
+    if not 0 <= args.tenant <= TENANT_ID_MAX:
+        return _fail(f"--tenant must be in 0..{TENANT_ID_MAX}", EXIT_USAGE)
+    if re.fullmatch(rf"[!-~]{{1,{SUBJECT_SIZE_MAX}}}", args.subject) is None:
+        return _fail(f"--subject must be 1..{SUBJECT_SIZE_MAX} printable characters", EXIT_USAGE)
+    try:
+        lifetime_max = int(os.environ.get("VDB_JWT_EXPIRATION_SECS", "").strip() or 3600)
+    except ValueError:
+        return _fail("VDB_JWT_EXPIRATION_SECS must be a whole number", EXIT_USAGE)
+    ttl = lifetime_max if args.ttl is None else args.ttl
+    if not 1 <= ttl <= lifetime_max:
+        return _fail(f"--ttl must be in 1..{lifetime_max} (VDB_JWT_EXPIRATION_SECS)", EXIT_USAGE)
+    now = int(time.time())
+    claims = {
+        "sub": args.subject,
+        "tenant_id": args.tenant,
+        "role": args.role,
+        "iss": os.environ.get("VDB_JWT_ISSUER", "").strip() or "craton",
+        "aud": os.environ.get("VDB_JWT_AUDIENCE", "").strip() or "craton",
+        "iat": now,
+        "exp": now + ttl,
+    }
+    print(jwt.encode(claims, secret, algorithm=JWT_ALGORITHM))
     return EXIT_OK
 
 

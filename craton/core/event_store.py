@@ -40,42 +40,78 @@ schema of ``StoreError`` is read from its annotations when the class is created.
 import bisect
 import enum
 import hashlib
+import json
 import struct
 from collections.abc import Sequence
 from typing import Annotated, Any, assert_never
 
 import attrs
 
+from craton.core.auth import (
+    ANONYMOUS_SUBJECT,
+    API_KEY_HASH_SIZE,
+    Action,
+    ApiKeyEntry,
+    Refusal,
+    Role,
+    allowed,
+    may_grant,
+)
 from craton.core.state_machine import OP_MAX, SnapshotMachine, next_op
 from craton.core.wire.errors import DecodeError, ErrorCode
 from craton.core.wire.frame import BODY_SIZE_MAX
 from craton.core.wire.messages import (
+    API_KEY_LABEL,
+    API_KEYS_LISTED_MAX,
     APPEND_EVENTS_MAX,
     ERROR_MESSAGE_SIZE_MAX,
     EVENT,
+    KEY_ID,
     READ_EVENTS_MAX,
     READ_SIZE_MAX,
+    ROLE,
     STREAM_NAME,
     U64,
+    ApiKeyInfo,
     AppendEvents,
     AppendEventsReply,
     CreateStream,
     CreateStreamReply,
     DataClass,
     ErrorReply,
+    ListApiKeys,
+    ListApiKeysReply,
     Placement,
     PlacementKind,
     ReadEvents,
     ReadEventsAsOf,
     ReadEventsReply,
+    RevokeApiKey,
+    RevokeApiKeyReply,
 )
-from craton.core.wire.schema import EnumType, Option, Reader, Record, Seq, Text, UInt, wire_fields
+from craton.core.wire.schema import (
+    Blob,
+    EnumType,
+    Option,
+    Reader,
+    Record,
+    Seq,
+    Text,
+    UInt,
+    wire_fields,
+)
 
 NAME = "craton.event_store"
 STREAMS_MAX = 100_000  # streams held at once, all tenants together
+AUDIT_STREAMS_MAX = 100_000  # tenants with an audit stream
+API_KEYS_MAX = 100_000  # API keys held, revoked ones included, all tenants together
+RESERVED_PREFIX = "craton:"  # stream names clients may not create or append to
+AUDIT_STREAM = "craton:audit"  # each tenant's audit trail
+AUDIT_TEXT_SIZE_MAX = 128  # bytes of an audit record's actor or reason
 STREAM_EVENTS_MAX = 2**31  # events in one stream
 TENANT_ID_MAX = 2**64 - 1  # tenant ids are u64
-REQUEST_SIZE_MAX = 1 + 8 + BODY_SIZE_MAX  # bytes: tag, tenant, the largest wire body
+# bytes: tag, tenant, role, key id, subject, time, the largest wire body
+REQUEST_SIZE_MAX = 1 + 8 + 1 + 8 + 4 + AUDIT_TEXT_SIZE_MAX + 8 + BODY_SIZE_MAX
 SHOWN_BYTES_MAX = 32  # bytes of an event that ``describe_*`` show before cutting
 
 _CHAIN_START = bytes(32)
@@ -90,6 +126,10 @@ class RequestKind(enum.IntEnum):
     APPEND_EVENTS = 2
     READ_EVENTS = 3
     READ_EVENTS_AS_OF = 4
+    CREATE_API_KEY = 5
+    REVOKE_API_KEY = 6
+    LIST_API_KEYS = 7
+    RECORD_AUTH_FAILURE = 8  # only a node makes these: a refused handshake, for the audit
 
 
 class ReplyKind(enum.IntEnum):
@@ -99,6 +139,10 @@ class ReplyKind(enum.IntEnum):
     EVENTS_APPENDED = 2
     EVENTS_READ = 3
     ERROR = 4
+    KEY_CREATED = 5
+    KEY_REVOKED = 6
+    KEYS_LISTED = 7
+    RECORDED = 8
 
 
 @attrs.frozen(field_transformer=wire_fields)
@@ -119,13 +163,71 @@ class StoreError:
         return ErrorReply(self.code, self.message, None)
 
 
-StoreMessage = CreateStream | AppendEvents | ReadEvents | ReadEventsAsOf
-StoreReply = CreateStreamReply | AppendEventsReply | ReadEventsReply | StoreError
+@attrs.frozen(field_transformer=wire_fields)
+class CreateKey:
+    """Store an API key: its id and the SHA-256 of its text (the node made the key)."""
+
+    key_id: Annotated[int, KEY_ID]
+    key_hash: Annotated[bytes, Blob(API_KEY_HASH_SIZE)]
+    role: Annotated[Role, ROLE]
+    expires_ms: Annotated[int | None, Option(U64)]
+    label: Annotated[str, API_KEY_LABEL]
+
+    def __attrs_post_init__(self) -> None:
+        if len(self.key_hash) != API_KEY_HASH_SIZE:
+            raise ValueError(f"key_hash must be {API_KEY_HASH_SIZE} bytes")
+
+
+@attrs.frozen(field_transformer=wire_fields)
+class KeyCreated:
+    """The key ``key_id`` exists from ``log_position`` on."""
+
+    key_id: Annotated[int, KEY_ID]
+    log_position: Annotated[int, U64]
+
+
+@attrs.frozen(field_transformer=wire_fields)
+class AuthFailure:
+    """A node refused a handshake: the audit records it in the credential's tenant (0 when
+    nothing in the credential could be trusted)."""
+
+    subject: Annotated[str, Text(0, AUDIT_TEXT_SIZE_MAX)]
+    reason: Annotated[str, Text(1, AUDIT_TEXT_SIZE_MAX)]
+
+
+@attrs.frozen(field_transformer=wire_fields)
+class Recorded:
+    """The audit record is in the log at ``log_position``."""
+
+    log_position: Annotated[int, U64]
+
+
+StoreMessage = (
+    CreateStream
+    | AppendEvents
+    | ReadEvents
+    | ReadEventsAsOf
+    | CreateKey
+    | RevokeApiKey
+    | ListApiKeys
+    | AuthFailure
+)
+StoreReply = (
+    CreateStreamReply
+    | AppendEventsReply
+    | ReadEventsReply
+    | StoreError
+    | KeyCreated
+    | RevokeApiKeyReply
+    | ListApiKeysReply
+    | Recorded
+)
 
 
 @attrs.frozen
 class StoreRequest:
-    """One operation of tenant ``tenant_id``."""
+    """One operation of tenant ``tenant_id``, by the principal the other fields name (its
+    role, its API key or 0, its subject), received at ``time_ms`` (Unix ms, from the node)."""
 
     tenant_id: int = attrs.field(
         validator=attrs.validators.and_(
@@ -135,6 +237,10 @@ class StoreRequest:
         )
     )
     message: StoreMessage
+    role: Role = Role.OWNER
+    key_id: int = 0
+    subject: str = ANONYMOUS_SUBJECT
+    time_ms: int = 0
 
 
 _TAG_REQUEST = EnumType(RequestKind, 8)
@@ -145,18 +251,32 @@ _OP = UInt(64, maximum=OP_MAX)
 _DATA_CLASS = EnumType(DataClass, 8)
 _PLACEMENT = Record(Placement)
 _APPENDED_EVENTS = Seq(EVENT, 1, APPEND_EVENTS_MAX)
+_ROLE = EnumType(Role, 8)
+_KEY_ID = UInt(64)  # 0: the principal did not use an API key
+_SUBJECT = Text(0, AUDIT_TEXT_SIZE_MAX)
+_TIME_MS = U64
 _REQUESTS: dict[RequestKind, tuple[type, Record[Any]]] = {
     RequestKind.CREATE_STREAM: (CreateStream, Record(CreateStream)),
     RequestKind.APPEND_EVENTS: (AppendEvents, Record(AppendEvents)),
     RequestKind.READ_EVENTS: (ReadEvents, Record(ReadEvents)),
     RequestKind.READ_EVENTS_AS_OF: (ReadEventsAsOf, Record(ReadEventsAsOf)),
+    RequestKind.CREATE_API_KEY: (CreateKey, Record(CreateKey)),
+    RequestKind.REVOKE_API_KEY: (RevokeApiKey, Record(RevokeApiKey)),
+    RequestKind.LIST_API_KEYS: (ListApiKeys, Record(ListApiKeys)),
+    RequestKind.RECORD_AUTH_FAILURE: (AuthFailure, Record(AuthFailure)),
 }
 _REPLIES: dict[ReplyKind, tuple[type, Record[Any]]] = {
     ReplyKind.STREAM_CREATED: (CreateStreamReply, Record(CreateStreamReply)),
     ReplyKind.EVENTS_APPENDED: (AppendEventsReply, Record(AppendEventsReply)),
     ReplyKind.EVENTS_READ: (ReadEventsReply, Record(ReadEventsReply)),
     ReplyKind.ERROR: (StoreError, Record(StoreError)),
+    ReplyKind.KEY_CREATED: (KeyCreated, Record(KeyCreated)),
+    ReplyKind.KEY_REVOKED: (RevokeApiKeyReply, Record(RevokeApiKeyReply)),
+    ReplyKind.KEYS_LISTED: (ListApiKeysReply, Record(ListApiKeysReply)),
+    ReplyKind.RECORDED: (Recorded, Record(Recorded)),
 }
+_KIND_OF_MESSAGE: dict[type, RequestKind] = {cls: kind for kind, (cls, _) in _REQUESTS.items()}
+_KIND_OF_REPLY: dict[type, ReplyKind] = {cls: kind for kind, (cls, _) in _REPLIES.items()}
 assert len(_REQUESTS) == len(RequestKind) and len(_REPLIES) == len(ReplyKind)
 
 
@@ -208,10 +328,22 @@ def encode_read_as_of(
 
 def encode_request(request: StoreRequest) -> bytes:
     out = bytearray()
-    kind = _request_kind_of(request.message)
+    kind = _KIND_OF_MESSAGE[type(request.message)]
     _TAG_REQUEST.encode(kind, out)
-    _TENANT.encode(request.tenant_id, out)
+    out += encode_principal(request.tenant_id, request.role, request.key_id, request.subject)
+    _TIME_MS.encode(request.time_ms, out)
     _REQUESTS[kind][1].encode(request.message, out)
+    return bytes(out)
+
+
+def encode_principal(tenant_id: int, role: Role, key_id: int, subject: str) -> bytes:
+    """The bytes between a request's tag and its time: a node computes them once per
+    connection and puts them in every request of that connection."""
+    out = bytearray()
+    _TENANT.encode(tenant_id, out)
+    _ROLE.encode(role, out)
+    _KEY_ID.encode(key_id, out)
+    _SUBJECT.encode(subject, out)
     return bytes(out)
 
 
@@ -224,14 +356,18 @@ def decode_request(body: bytes) -> StoreRequest:
     reader = Reader(body)
     kind = _TAG_REQUEST.decode(reader)
     tenant_id = _TENANT.decode(reader)
+    role = _ROLE.decode(reader)
+    key_id = _KEY_ID.decode(reader)
+    subject = _SUBJECT.decode(reader)
+    time_ms = _TIME_MS.decode(reader)
     message: StoreMessage = _REQUESTS[kind][1].decode(reader)
     reader.finish()
-    return StoreRequest(tenant_id, message)
+    return StoreRequest(tenant_id, message, role, key_id, subject, time_ms)
 
 
 def encode_reply(reply: StoreReply) -> bytes:
     out = bytearray()
-    kind = _reply_kind_of(reply)
+    kind = _KIND_OF_REPLY[type(reply)]
     _TAG_REPLY.encode(kind, out)
     _REPLIES[kind][1].encode(reply, out)
     return bytes(out)
@@ -246,11 +382,24 @@ def decode_reply(body: bytes) -> StoreReply:
     return reply
 
 
-def to_wire_reply(
-    reply: StoreReply,
-) -> CreateStreamReply | AppendEventsReply | ReadEventsReply | ErrorReply:
-    """The wire protocol message that answers the client with ``reply``."""
-    return reply.to_wire() if isinstance(reply, StoreError) else reply
+WireStoreReply = (
+    CreateStreamReply
+    | AppendEventsReply
+    | ReadEventsReply
+    | ErrorReply
+    | RevokeApiKeyReply
+    | ListApiKeysReply
+)
+
+
+def to_wire_reply(reply: StoreReply) -> WireStoreReply:
+    """The wire protocol message that answers the client with ``reply`` (a created key's
+    reply needs the key, which only the node that made it has: see ``KeyCreated``)."""
+    if isinstance(reply, StoreError):
+        return reply.to_wire()
+    if isinstance(reply, KeyCreated | Recorded):
+        raise ValueError(f"{type(reply).__name__} has no wire reply of its own")
+    return reply
 
 
 def store_error(code: ErrorCode, reason: str, stream_length: int | None = None) -> StoreError:
@@ -266,18 +415,28 @@ def describe_body(body: bytes) -> str:
     except DecodeError as error:
         return f"malformed request ({error.reason})"
     message = request.message
-    name = message.name if isinstance(message, CreateStream) else message.stream
-    where = f"tenant {request.tenant_id} stream {name!r}"
+    who = f"tenant {request.tenant_id} ({request.role.name.lower()})"
     match message:
         case CreateStream():
-            return f"create {where} ({message.data_class.name}, {message.placement.kind.name})"
+            kinds = f"{message.data_class.name}, {message.placement.kind.name}"
+            return f"create {who} stream {message.name!r} ({kinds})"
         case AppendEvents():
             expected = "" if message.expected_offset is None else f" at {message.expected_offset}"
-            return f"append to {where}{expected}: {_show_events(message.events)}"
+            events = _show_events(message.events)
+            return f"append to {who} stream {message.stream!r}{expected}: {events}"
         case ReadEvents():
-            return f"read {where} from {message.from_offset}"
+            return f"read {who} stream {message.stream!r} from {message.from_offset}"
         case ReadEventsAsOf():
-            return f"read {where} from {message.from_offset} as of {message.log_position}"
+            where = f"{who} stream {message.stream!r} from {message.from_offset}"
+            return f"read {where} as of {message.log_position}"
+        case CreateKey():
+            return f"create {who} API key {message.key_id:016x} ({message.role.name.lower()})"
+        case RevokeApiKey():
+            return f"revoke {who} API key {message.key_id:016x}"
+        case ListApiKeys():
+            return f"list {who} API keys"
+        case AuthFailure():
+            return f"record an authentication failure in {who}: {message.reason}"
         case _:
             assert_never(message)
 
@@ -301,6 +460,14 @@ def describe_reply(body: bytes) -> str:
         case StoreError():
             length = "" if reply.stream_length is None else f" (length {reply.stream_length})"
             return f"error {reply.code.name}{length}: {reply.message}"
+        case KeyCreated():
+            return f"key {reply.key_id:016x} created at {reply.log_position}"
+        case RevokeApiKeyReply():
+            return f"key revoked at {reply.log_position}"
+        case ListApiKeysReply():
+            return f"{len(reply.keys)} keys as of {reply.log_position}"
+        case Recorded():
+            return f"recorded at {reply.log_position}"
         case _:
             assert_never(reply)
 
@@ -312,34 +479,6 @@ def _show_events(events: tuple[bytes, ...]) -> str:
     ]
     more = f", ... ({len(events)} events)" if len(events) > 4 else ""
     return "[" + ", ".join(shown) + more + "]"
-
-
-def _request_kind_of(message: StoreMessage) -> RequestKind:
-    match message:
-        case CreateStream():
-            return RequestKind.CREATE_STREAM
-        case AppendEvents():
-            return RequestKind.APPEND_EVENTS
-        case ReadEvents():
-            return RequestKind.READ_EVENTS
-        case ReadEventsAsOf():
-            return RequestKind.READ_EVENTS_AS_OF
-        case _:
-            assert_never(message)
-
-
-def _reply_kind_of(reply: StoreReply) -> ReplyKind:
-    match reply:
-        case CreateStreamReply():
-            return ReplyKind.STREAM_CREATED
-        case AppendEventsReply():
-            return ReplyKind.EVENTS_APPENDED
-        case ReadEventsReply():
-            return ReplyKind.EVENTS_READ
-        case StoreError():
-            return ReplyKind.ERROR
-        case _:
-            assert_never(reply)
 
 
 # --- The machine -----------------------------------------------------------------------------
@@ -375,7 +514,8 @@ class _Stream:
         self.chain = _CHAIN_START
 
     def append(self, op: int, events: Sequence[bytes]) -> None:
-        assert op > (self.append_ops[-1] if self.append_ops else self.created_op)
+        # an audit stream is created by the op of its first record, so that op may append
+        assert op > self.append_ops[-1] if self.append_ops else op >= self.created_op
         assert events and len(self.events) + len(events) <= STREAM_EVENTS_MAX
         chain = self.chain
         for event in events:
@@ -392,12 +532,15 @@ class _Stream:
 
 
 class EventStore(SnapshotMachine):
-    """Craton's event store: per-tenant streams of events, changed only by committed ops."""
+    """Craton's event store: per-tenant streams of events, API keys and audit trails,
+    changed only by committed ops."""
 
     name = NAME
 
     def __init__(self) -> None:
         self._streams: dict[tuple[int, str], _Stream] = {}
+        self._keys: dict[int, ApiKeyEntry] = {}
+        self._audit_streams = 0  # how many of the streams are audit streams
         self._op_next = 0  # the smallest op ``apply`` accepts
         super().__init__()
 
@@ -420,8 +563,14 @@ class EventStore(SnapshotMachine):
         stream = self._streams.get((tenant_id, name))
         return None if stream is None else len(stream.events)
 
+    def api_key(self, key_id: int) -> ApiKeyEntry | None:
+        """The key ``key_id`` as last applied here (a local query, for authentication)."""
+        return self._keys.get(key_id)
+
     def invariants(self) -> None:
-        assert len(self._streams) <= STREAMS_MAX
+        assert len(self._streams) <= STREAMS_MAX + AUDIT_STREAMS_MAX
+        assert self._audit_streams <= AUDIT_STREAMS_MAX
+        assert len(self._keys) <= API_KEYS_MAX
         assert 0 <= self._op_next <= OP_MAX + 1
         for key, stream in self._streams.items():
             assert key == (stream.tenant_id, stream.name)
@@ -429,23 +578,53 @@ class EventStore(SnapshotMachine):
             assert len(stream.append_ops) == len(stream.append_ends)
             assert len(stream.events) <= STREAM_EVENTS_MAX
             if stream.append_ops:
-                assert stream.created_op < stream.append_ops[0]
+                assert stream.created_op <= stream.append_ops[0]
                 assert stream.append_ops[-1] < self._op_next
                 assert stream.append_ends[-1] == len(stream.events)
             else:
                 assert not stream.events and stream.chain == _CHAIN_START
+        for key_id, entry in self._keys.items():
+            assert key_id == entry.key_id and entry.created_op < self._op_next
+            assert entry.revoked_op is None or entry.created_op < entry.revoked_op
 
-    # --- Operations --------------------------------------------------------------------------
+    # --- Authorization -----------------------------------------------------------------------
 
     def _execute(self, op: int, request: StoreRequest) -> StoreReply:
         message = request.message
+        if isinstance(message, AuthFailure):
+            return self._record_auth_failure(op, request, message)
+        role = request.role
+        if request.key_id:
+            entry = self._keys.get(request.key_id)
+            refusal = (
+                Refusal.UNKNOWN_KEY
+                if entry is None or entry.tenant_id != request.tenant_id
+                else entry.usable_at(request.time_ms)
+            )
+            if refusal is not None or entry is None:
+                self._audit(op, request, _action_of(message).value, f"refused: {refusal}")
+                return store_error(ErrorCode.AUTHENTICATION_FAILED, _refused(refusal))
+            role = entry.role  # the table decides, not what the node remembered
+        action = _action_of(message)
+        if not allowed(role, action):
+            self._audit(op, request, action.value, "denied")
+            reason = f"the {role.name.lower()} role may not {action.value.replace('_', ' ')}"
+            return store_error(ErrorCode.PERMISSION_DENIED, reason)
+        if _writes_reserved(message):
+            self._audit(op, request, action.value, "denied")
+            reason = f"stream names beginning {RESERVED_PREFIX!r} are reserved"
+            return store_error(ErrorCode.PERMISSION_DENIED, reason)
+        return self._perform(op, request, role)
+
+    def _perform(self, op: int, request: StoreRequest, role: Role) -> StoreReply:
+        message, tenant_id = request.message, request.tenant_id
         match message:
             case CreateStream():
-                return self._create(op, request.tenant_id, message)
+                return self._create(op, tenant_id, message)
             case AppendEvents():
-                return self._append(op, request.tenant_id, message)
+                return self._append(op, tenant_id, message)
             case ReadEvents():
-                stream = self._streams.get((request.tenant_id, message.stream))
+                stream = self._streams.get((tenant_id, message.stream))
                 if stream is None:
                     return _stream_not_found()
                 return _read(stream, op, len(stream.events), message)
@@ -453,19 +632,29 @@ class EventStore(SnapshotMachine):
                 if message.log_position > op:
                     reason = f"log position {message.log_position} is beyond the log ({op})"
                     return store_error(ErrorCode.INVALID_REQUEST, reason)
-                stream = self._streams.get((request.tenant_id, message.stream))
+                stream = self._streams.get((tenant_id, message.stream))
                 if stream is None or stream.created_op > message.log_position:
                     return _stream_not_found()
                 length = stream.length_as_of(message.log_position)
                 return _read(stream, message.log_position, length, message)
+            case CreateKey():
+                return self._create_key(op, request, message, role)
+            case RevokeApiKey():
+                return self._revoke_key(op, request, message, role)
+            case ListApiKeys():
+                return self._list_keys(op, tenant_id)
+            case AuthFailure():
+                raise AssertionError("recorded before authorization")
             case _:
                 assert_never(message)
+
+    # --- Streams -----------------------------------------------------------------------------
 
     def _create(self, op: int, tenant_id: int, message: CreateStream) -> StoreReply:
         key = (tenant_id, message.name)
         if key in self._streams:
             return store_error(ErrorCode.STREAM_ALREADY_EXISTS, "the stream already exists")
-        if len(self._streams) >= STREAMS_MAX:
+        if len(self._streams) - self._audit_streams >= STREAMS_MAX:
             reason = f"the store holds {STREAMS_MAX} streams, its limit"
             return store_error(ErrorCode.TOO_LARGE, reason)
         self._streams[key] = _Stream(
@@ -488,6 +677,103 @@ class EventStore(SnapshotMachine):
         stream.append(op, message.events)
         return AppendEventsReply(length, op)
 
+    # --- API keys ----------------------------------------------------------------------------
+
+    def _create_key(
+        self, op: int, request: StoreRequest, message: CreateKey, role: Role
+    ) -> StoreReply:
+        action = Action.CREATE_KEY.value
+        if not may_grant(role, message.role):
+            self._audit(op, request, action, "denied")
+            reason = f"the {role.name.lower()} role may not grant {message.role.name.lower()}"
+            return store_error(ErrorCode.PERMISSION_DENIED, reason)
+        if message.key_id in self._keys:
+            return store_error(ErrorCode.INVALID_REQUEST, "that key id is taken; make another")
+        if len(self._keys) >= API_KEYS_MAX or not self._audit_room(request.tenant_id):
+            return store_error(ErrorCode.TOO_LARGE, f"the store holds {API_KEYS_MAX} API keys")
+        self._keys[message.key_id] = ApiKeyEntry(
+            key_id=message.key_id,
+            tenant_id=request.tenant_id,
+            role=message.role,
+            key_hash=message.key_hash,
+            expires_ms=message.expires_ms,
+            created_op=op,
+            revoked_op=None,
+            label=message.label,
+        )
+        self._audit(op, request, action, f"ok: key {message.key_id:016x}")
+        return KeyCreated(message.key_id, op)
+
+    def _revoke_key(
+        self, op: int, request: StoreRequest, message: RevokeApiKey, role: Role
+    ) -> StoreReply:
+        action = Action.REVOKE_KEY.value
+        entry = self._keys.get(message.key_id)
+        if entry is None or entry.tenant_id != request.tenant_id:
+            self._audit(op, request, action, f"not found: key {message.key_id:016x}")
+            return store_error(ErrorCode.INVALID_REQUEST, "no such API key in this tenant")
+        if not may_grant(role, entry.role):
+            self._audit(op, request, action, "denied")
+            return store_error(ErrorCode.PERMISSION_DENIED, "only an owner revokes an owner key")
+        if entry.revoked_op is None:
+            self._keys[message.key_id] = attrs.evolve(entry, revoked_op=op)
+        self._audit(op, request, action, f"ok: key {message.key_id:016x}")
+        return RevokeApiKeyReply(op)
+
+    def _list_keys(self, op: int, tenant_id: int) -> StoreReply:
+        keys = [
+            ApiKeyInfo(e.key_id, e.role, e.expires_ms, e.created_op, e.revoked_op, e.label)
+            for key_id, e in sorted(self._keys.items())
+            if e.tenant_id == tenant_id
+        ]
+        if len(keys) > API_KEYS_LISTED_MAX:
+            reason = f"the tenant has more than {API_KEYS_LISTED_MAX} keys"
+            return store_error(ErrorCode.TOO_LARGE, reason)
+        return ListApiKeysReply(op, tuple(keys))
+
+    # --- Audit -------------------------------------------------------------------------------
+
+    def _record_auth_failure(
+        self, op: int, request: StoreRequest, message: AuthFailure
+    ) -> StoreReply:
+        if request.role is not Role.OWNER or request.key_id:
+            return store_error(ErrorCode.PERMISSION_DENIED, "only a node records these")
+        if not self._audit_room(request.tenant_id):
+            return store_error(ErrorCode.TOO_LARGE, f"{AUDIT_STREAMS_MAX} audit streams exist")
+        actor = attrs.evolve(request, subject=message.subject or request.subject)
+        self._audit(op, actor, "authenticate", f"refused: {message.reason}")
+        return Recorded(op)
+
+    def _audit_room(self, tenant_id: int) -> bool:
+        exists = (tenant_id, AUDIT_STREAM) in self._streams
+        return exists or self._audit_streams < AUDIT_STREAMS_MAX
+
+    def _audit(self, op: int, request: StoreRequest, action: str, outcome: str) -> None:
+        """Append one record to the tenant's audit stream (made by its first record). With
+        no room for another audit stream the record is not written; the operations that
+        must be audited check ``_audit_room`` first."""
+        key = (request.tenant_id, AUDIT_STREAM)
+        stream = self._streams.get(key)
+        if stream is None:
+            if self._audit_streams >= AUDIT_STREAMS_MAX:
+                return
+            stream = _Stream(request.tenant_id, AUDIT_STREAM, DataClass.CONFIDENTIAL, _GLOBAL, op)
+            self._streams[key] = stream
+            self._audit_streams += 1
+        if stream.append_ops and stream.append_ops[-1] == op:
+            return  # one record per op: the first reason given is the one that decided
+        if len(stream.events) >= STREAM_EVENTS_MAX:
+            return
+        record = {
+            "action": action,
+            "actor": request.subject,
+            "key_id": f"{request.key_id:016x}" if request.key_id else None,
+            "op": op,
+            "outcome": outcome,
+            "time_ms": request.time_ms,
+        }
+        stream.append(op, [json.dumps(record, sort_keys=True, separators=(",", ":")).encode()])
+
     # --- Digest and snapshot -----------------------------------------------------------------
 
     def _sorted_streams(self) -> list[_Stream]:
@@ -495,7 +781,8 @@ class EventStore(SnapshotMachine):
 
     def _compute_digest(self) -> bytes:
         """SHA-256 of: name | u64 op_next | u32 count | each stream sorted by (tenant, name):
-        u64 tenant | name | u8 data class | placement | u64 created op | u64 length | chain."""
+        u64 tenant | name | u8 data class | placement | u64 created op | u64 length | chain
+        | u32 key count | each key sorted by id (as in the snapshot)."""
         out = bytearray(NAME.encode("utf-8") + b"\x00")
         _OP_NEXT.encode(self._op_next, out)
         out += _U32.pack(len(self._streams))
@@ -503,11 +790,13 @@ class EventStore(SnapshotMachine):
             _encode_stream_header(stream, out)
             U64.encode(len(stream.events), out)
             out += stream.chain
+        self._encode_keys(out)
         return hashlib.sha256(out).digest()
 
     def _encode_state(self) -> bytes:
         """u64 op_next | u32 count | each stream sorted by (tenant, name): its header, then
-        u32 append count | each append: u64 op | u32 count + its events."""
+        u32 append count | each append: u64 op | u32 count + its events; then u32 key count
+        | each key sorted by id: its StoredKey record."""
         out = bytearray()
         _OP_NEXT.encode(self._op_next, out)
         out += _U32.pack(len(self._streams))
@@ -519,12 +808,23 @@ class EventStore(SnapshotMachine):
                 _OP.encode(op, out)
                 _APPENDED_EVENTS.encode(tuple(stream.events[start:end]), out)
                 start = end
+        self._encode_keys(out)
         return bytes(out)
+
+    def _encode_keys(self, out: bytearray) -> None:
+        out += _U32.pack(len(self._keys))
+        for key_id in sorted(self._keys):
+            e = self._keys[key_id]
+            stored = StoredKey(
+                e.key_id, e.tenant_id, e.role, e.key_hash, e.expires_ms, e.created_op,
+                e.revoked_op, e.label,
+            )  # fmt: skip
+            _STORED_KEY.encode(stored, out)
 
     def _decode_state(self, state: bytes) -> None:
         reader = Reader(state)
         self._op_next = _OP_NEXT.decode(reader)
-        count = reader.length("stream count", 0, STREAMS_MAX)
+        count = reader.length("stream count", 0, STREAMS_MAX + AUDIT_STREAMS_MAX)
         previous: tuple[int, str] | None = None
         for _ in range(count):
             stream = _decode_stream(reader, self._op_next)
@@ -532,8 +832,77 @@ class EventStore(SnapshotMachine):
             if previous is not None and key <= previous:
                 raise DecodeError("streams are not in strictly increasing (tenant, name) order")
             self._streams[key] = stream
+            self._audit_streams += stream.name == AUDIT_STREAM
             previous = key
+        if self._audit_streams > AUDIT_STREAMS_MAX:
+            raise DecodeError(f"more than {AUDIT_STREAMS_MAX} audit streams")
+        if len(self._streams) - self._audit_streams > STREAMS_MAX:
+            raise DecodeError(f"more than {STREAMS_MAX} streams")
+        self._decode_keys(reader)
         reader.finish()
+
+    def _decode_keys(self, reader: Reader) -> None:
+        previous = 0
+        for _ in range(reader.length("key count", 0, API_KEYS_MAX)):
+            k: StoredKey = _STORED_KEY.decode(reader)
+            if k.key_id <= previous or k.created_op >= self._op_next:
+                raise DecodeError("keys are not in increasing id order, or created too late")
+            if k.revoked_op is not None and not k.created_op < k.revoked_op < self._op_next:
+                raise DecodeError(f"key revoked at op {k.revoked_op}, out of order")
+            self._keys[k.key_id] = ApiKeyEntry(
+                k.key_id, k.tenant_id, k.role, k.key_hash, k.expires_ms, k.created_op,
+                k.revoked_op, k.label,
+            )  # fmt: skip
+            previous = k.key_id
+
+
+@attrs.frozen(field_transformer=wire_fields)
+class StoredKey:
+    """An API key in a snapshot (and the digest): the table entry, field by field."""
+
+    key_id: Annotated[int, KEY_ID]
+    tenant_id: Annotated[int, UInt(64)]
+    role: Annotated[Role, ROLE]
+    key_hash: Annotated[bytes, Blob(API_KEY_HASH_SIZE)]
+    expires_ms: Annotated[int | None, Option(U64)]
+    created_op: Annotated[int, U64]
+    revoked_op: Annotated[int | None, Option(U64)]
+    label: Annotated[str, API_KEY_LABEL]
+
+
+_STORED_KEY = Record(StoredKey)
+_GLOBAL = Placement(PlacementKind.GLOBAL, "")
+
+
+def _action_of(message: StoreMessage) -> Action:
+    match message:
+        case CreateStream():
+            return Action.CREATE_STREAM
+        case AppendEvents():
+            return Action.APPEND
+        case ReadEvents() | ReadEventsAsOf():
+            return Action.READ_AUDIT if message.stream == AUDIT_STREAM else Action.READ
+        case CreateKey():
+            return Action.CREATE_KEY
+        case RevokeApiKey():
+            return Action.REVOKE_KEY
+        case ListApiKeys():
+            return Action.LIST_KEYS
+        case AuthFailure():
+            raise AssertionError("an authentication failure is not authorized by role")
+        case _:
+            assert_never(message)
+
+
+def _writes_reserved(message: StoreMessage) -> bool:
+    name = message.name if isinstance(message, CreateStream) else None
+    if isinstance(message, AppendEvents):
+        name = message.stream
+    return name is not None and name.startswith(RESERVED_PREFIX)
+
+
+def _refused(refusal: Refusal | None) -> str:
+    return f"authentication failed: {(refusal or Refusal.UNKNOWN_KEY).value}"
 
 
 def _stream_not_found() -> StoreError:
@@ -580,7 +949,9 @@ def _decode_stream(reader: Reader, op_next: int) -> _Stream:
         op = _OP.decode(reader)
         events = _APPENDED_EVENTS.decode(reader)
         last = stream.append_ops[-1] if stream.append_ops else created_op
-        if not last < op < op_next:
+        # an audit stream's first record is appended by the op that created the stream
+        same_op = not stream.append_ops and name == AUDIT_STREAM and op == created_op
+        if not (last < op or same_op) or op >= op_next:
             raise DecodeError(f"append at op {op} is not between ops {last} and {op_next}")
         if len(stream.events) + len(events) > STREAM_EVENTS_MAX:
             raise DecodeError(f"a stream holds more than {STREAM_EVENTS_MAX} events")

@@ -18,7 +18,11 @@ Variables (deployment guide, plus ``VDB_CLUSTER_PEERS`` and ``VDB_METRICS_ADDR``
     VDB_JWT_SECRET           (none)     required with jwt or both; never printed or logged
     VDB_JWT_ISSUER           craton
     VDB_JWT_AUDIENCE         craton
-    VDB_JWT_EXPIRATION_SECS  3600
+    VDB_JWT_EXPIRATION_SECS  3600       the longest lifetime (exp - iat) a token may have
+    VDB_JWT_SECRET_PREVIOUS  (none)     a retired JWT secret still accepted while rotating
+    VDB_CLUSTER_SECRET       (none)     required in cluster mode: replicas prove membership
+                                        with it (at least 32 bytes; never printed or logged)
+    VDB_CLUSTER_SECRET_SECONDARY (none) also accepted from peers, never sent: for rotation
     VDB_REPLICATION_MODE     none       none | single-node | cluster
     VDB_REPLICA_ID           0          0..15, below the number of peers in a cluster; or
                                         ``ordinal``: the number that ends the host name
@@ -29,12 +33,13 @@ Rules: an empty value counts as unset (container tooling often sets ``VAR=``); e
 values are matched without regard to case or surrounding spaces; an address is
 ``host:port`` (IPv6 hosts in brackets) with a port in 0..65535, 0 meaning "any free
 port"; values quoted in errors are cut to ``QUOTED_VALUE_CHARS_MAX`` characters, and
-``VDB_JWT_SECRET`` is never quoted. A feature this build does not have (authentication
-other than ``none``) is refused here, after its variables were checked, with a line that
-says so, rather than accepted and ignored. In ``cluster`` mode ``VDB_CLUSTER_PEERS`` is
-required, lists 1..16 distinct addresses with real ports, and ``VDB_REPLICA_ID`` is an index
-into it; the address at that index is where the other replicas and redirected clients
-reach this node (``VDB_BIND_ADDR`` is where it listens, e.g. ``0.0.0.0:5432``).
+neither secret is ever quoted. ``VDB_JWT_SECRET`` is required with ``jwt`` and ``both`` and
+must be at least ``JWT_SECRET_SIZE_MIN`` bytes (docs/SECURITY.md). In ``cluster`` mode
+``VDB_CLUSTER_PEERS`` is required, lists 1..16 distinct addresses with real ports, and
+``VDB_REPLICA_ID`` is an index into it; the address at that index is where the other
+replicas and redirected clients reach this node (``VDB_BIND_ADDR`` is where it listens,
+e.g. ``0.0.0.0:5432``), and ``VDB_CLUSTER_SECRET`` (at least ``CLUSTER_SECRET_SIZE_MIN``
+bytes, the same on every replica) is required.
 
 ``VDB_REPLICA_ID=ordinal`` is for a Kubernetes StatefulSet, whose pods share one template
 and differ only by name: the replica id is the ordinal after the last ``-`` of the host name
@@ -55,6 +60,8 @@ from typing import TypeVar
 
 import attrs
 
+from craton.core.auth import JWT_SECRET_SIZE_MIN, AuthMode, JwtPolicy
+
 BIND_ADDR_DEFAULT = "0.0.0.0:5432"
 METRICS_ADDR_DEFAULT = "0.0.0.0:9090"
 MAX_CONNECTIONS_DEFAULT = 1024
@@ -71,6 +78,7 @@ REPLICA_ID_ORDINAL = "ordinal"  # VDB_REPLICA_ID: take it from the host name's -
 CLUSTER_SIZE_MAX = REPLICA_ID_MAX + 1
 QUOTED_VALUE_CHARS_MAX = 64
 PORT_MAX = 65_535
+CLUSTER_SECRET_SIZE_MIN = 32  # bytes
 
 _E = TypeVar("_E", bound=enum.Enum)
 
@@ -91,13 +99,6 @@ class ReplicationMode(enum.Enum):
     NONE = "none"
     SINGLE_NODE = "single-node"
     CLUSTER = "cluster"
-
-
-class AuthMode(enum.Enum):
-    NONE = "none"
-    JWT = "jwt"
-    APIKEY = "apikey"
-    BOTH = "both"
 
 
 class LogLevel(enum.Enum):
@@ -126,6 +127,21 @@ class JwtSettings:
     audience: str
     expiration_secs: int
 
+    previous: str | None = attrs.field(default=None, repr=False)
+
+    def policy(self) -> JwtPolicy | None:
+        """The core's JWT policy; None without a secret."""
+        if self.secret is None:
+            return None
+        previous = None if self.previous is None else self.previous.encode("utf-8")
+        return JwtPolicy(
+            self.secret.encode("utf-8"),
+            self.issuer,
+            self.audience,
+            self.expiration_secs,
+            previous,
+        )
+
 
 @attrs.frozen
 class ServerConfig:
@@ -143,6 +159,8 @@ class ServerConfig:
     replica_id: int
     cluster_peers: tuple[Address, ...]
     log_level: LogLevel
+    cluster_secret: bytes | None = attrs.field(default=None, repr=False)  # never logged
+    cluster_secret_secondary: bytes | None = attrs.field(default=None, repr=False)
 
     @property
     def tls(self) -> bool:
@@ -160,6 +178,9 @@ class ServerConfig:
             "tls": self.tls,
             "auth_mode": self.auth_mode.value,
             "jwt_secret_set": self.jwt.secret is not None,
+            "jwt_previous_secret_set": self.jwt.previous is not None,
+            "cluster_secret_set": self.cluster_secret is not None,
+            "cluster_secret_secondary_set": self.cluster_secret_secondary is not None,
             "replication_mode": self.replication_mode.value,
             "replica_id": self.replica_id,
             "cluster_peers": ",".join(str(peer) for peer in self.cluster_peers) or None,
@@ -195,12 +216,17 @@ def load_config(environ: Mapping[str, str], *, hostname: str | None = None) -> S
         expiration_secs=env.integer(
             "VDB_JWT_EXPIRATION_SECS", JWT_EXPIRATION_SECS_DEFAULT, 1, JWT_EXPIRATION_SECS_MAX
         ),
+        previous=env.get("VDB_JWT_SECRET_PREVIOUS"),
     )
     replication_mode = env.choice("VDB_REPLICATION_MODE", ReplicationMode, ReplicationMode.NONE)
     replica_id = _replica_id(env, hostname)
     cluster_peers = _peers(env)
     log_level = env.choice("VDB_LOG_LEVEL", LogLevel, LogLevel.INFO)
+    cluster_secret = env.get("VDB_CLUSTER_SECRET")
+    secondary = env.get("VDB_CLUSTER_SECRET_SECONDARY")
     _check_replication(replication_mode, replica_id, cluster_peers)
+    _check_cluster_secret(replication_mode, cluster_secret)
+    _check_secret_size("VDB_CLUSTER_SECRET_SECONDARY", secondary, CLUSTER_SECRET_SIZE_MIN)
     _check_auth(auth_mode, jwt)
     return ServerConfig(
         data_dir=data_dir,
@@ -217,6 +243,8 @@ def load_config(environ: Mapping[str, str], *, hostname: str | None = None) -> S
         replica_id=replica_id,
         cluster_peers=cluster_peers,
         log_level=log_level,
+        cluster_secret=None if cluster_secret is None else cluster_secret.encode("utf-8"),
+        cluster_secret_secondary=None if secondary is None else secondary.encode("utf-8"),
     )
 
 
@@ -400,13 +428,34 @@ def _check_replication(mode: ReplicationMode, replica_id: int, peers: tuple[Addr
 
 
 def _check_auth(mode: AuthMode, jwt: JwtSettings) -> None:
-    if mode in (AuthMode.JWT, AuthMode.BOTH) and jwt.secret is None:
+    if mode not in (AuthMode.JWT, AuthMode.BOTH):
+        return
+    if jwt.secret is None:
         raise ConfigError("VDB_JWT_SECRET", f"is required with VDB_AUTH_MODE={mode.value}")
-    if mode is not AuthMode.NONE:
+    _check_secret_size("VDB_JWT_SECRET", jwt.secret, JWT_SECRET_SIZE_MIN)
+    _check_secret_size("VDB_JWT_SECRET_PREVIOUS", jwt.previous, JWT_SECRET_SIZE_MIN)
+
+
+def _check_cluster_secret(mode: ReplicationMode, secret: str | None) -> None:
+    if mode is not ReplicationMode.CLUSTER:
+        return
+    if secret is None:
         raise ConfigError(
-            "VDB_AUTH_MODE",
-            f"{mode.value} is not available in this build (only none: every client is "
-            "served as one tenant)",
+            "VDB_CLUSTER_SECRET",
+            "is required with VDB_REPLICATION_MODE=cluster (replicas authenticate with it)",
+        )
+    _check_secret_size("VDB_CLUSTER_SECRET", secret, CLUSTER_SECRET_SIZE_MIN)
+
+
+def _check_secret_size(variable: str, secret: str | None, size_min: int) -> None:
+    """A secret, when given, has at least ``size_min`` bytes; it is never quoted."""
+    if secret is None:
+        return
+    size = len(secret.encode("utf-8"))
+    if size < size_min:
+        raise ConfigError(
+            variable,
+            f"is {size} bytes; at least {size_min} are required (e.g. openssl rand -hex 32)",
         )
 
 

@@ -24,6 +24,18 @@ Rules it keeps:
 - With a rate limit, each request after the handshake takes a token from a bucket of
   ``rate`` tokens per second holding at most ``max(1, rate)``; without one it is refused
   with ``RATE_LIMITED``.
+- Authentication happens once, at the handshake (``craton.core.auth.authenticate`` with
+  the wall clock's time and this replica's API-key table): a refused credential gets
+  ``AUTHENTICATION_FAILED`` with request id 0 and the connection is closed — one failed
+  attempt per connection, counted in ``vdb_auth_failures_total``, logged and, on the
+  primary, recorded in the audit stream of the credential's tenant (tenant 0 when nothing
+  in it was genuine) — at most ``AUTH_FAILURE_RECORDS_PER_S`` a second node-wide, so that
+  a flood of bad connections cannot turn into a flood of log writes (the log line says
+  whether the refusal was audited). Each request then carries the connection's principal
+  and the time it was received into the log, where the event store authorizes it (role,
+  tenant, a key that was revoked or expired since): the same decision on every replica.
+- An API key is drawn here (``secrets``) when an admin asks for one; only its hash enters
+  the log, and the key goes back in the reply once.
 - Nothing a client sent is ever logged or echoed: errors name fields, not contents.
 """
 
@@ -32,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import re
+import secrets
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -39,8 +52,35 @@ from typing import Protocol
 import attrs
 
 from craton import __version__
-from craton.core.event_store import ReplyKind, RequestKind, decode_reply, to_wire_reply
+from craton.core.auth import (
+    API_KEY_SECRET_SIZE,
+    TENANT_WITHOUT_AUTH,
+    AuthMode,
+    AuthRefusal,
+    JwtPolicy,
+    Principal,
+    authenticate,
+    format_api_key,
+    hash_api_key,
+)
+from craton.core.event_store import (
+    AuthFailure,
+    CreateKey,
+    KeyCreated,
+    ReplyKind,
+    RequestKind,
+    StoreRequest,
+    decode_reply,
+    encode_principal,
+    encode_request,
+    store_error,
+    to_wire_reply,
+)
+from craton.core.event_store import (
+    encode_reply as encode_store_reply,
+)
 from craton.core.wire import (
+    HEADER_SIZE,
     PROTOCOL_VERSION,
     AppendEvents,
     Command,
@@ -62,7 +102,14 @@ from craton.core.wire import (
 )
 from craton.core.wire.codec import AnyMessage
 from craton.core.wire.frame import encode_frame
-from craton.core.wire.messages import ADDRESS_SIZE_MAX, ERROR_MESSAGE_SIZE_MAX
+from craton.core.wire.messages import (
+    ADDRESS_SIZE_MAX,
+    ERROR_MESSAGE_SIZE_MAX,
+    CreateApiKey,
+    CreateApiKeyReply,
+    ListApiKeys,
+    RevokeApiKey,
+)
 from craton.net.logs import EventLog
 from craton.net.metrics import NodeMetrics
 from craton.net.node import REQUEST_NUMBER_MAX, Applied, Outcome, Refused, ReplicaHost
@@ -70,7 +117,7 @@ from craton.net.node import REQUEST_NUMBER_MAX, Applied, Outcome, Refused, Repli
 READ_CHUNK_BYTES = 256 * 1024
 INFLIGHT_REQUESTS_MAX = 1024  # per connection
 HELD_FRAMES_MAX = 1024  # frames received before the handshake was answered
-TENANT_WITHOUT_AUTH = 0  # the one tenant every client belongs to when auth mode is none
+AUTH_FAILURE_RECORDS_PER_S = 20.0  # refused handshakes audited per second, node-wide
 EOF_DRAIN_TIMEOUT_S = 30.0  # how long replies are still awaited after the client's EOF
 _ADDRESS = re.compile(rf"[!-~]{{1,{ADDRESS_SIZE_MAX}}}")  # what ErrorReply.primary_address holds
 
@@ -82,6 +129,9 @@ class ConnectionOwner(Protocol):
     metrics: NodeMetrics
     log: EventLog
     rate_limit_rps: float | None
+    auth_mode: AuthMode
+    jwt_policy: JwtPolicy | None
+    auth_failure_records: TokenBucket  # refused handshakes written to the audit, node-wide
 
     @property
     def shutting_down(self) -> bool: ...
@@ -130,6 +180,9 @@ class ClientConnection:
         self.peer = peer
         self._decoder = FrameDecoder()
         self._client_id: int | None = None
+        self._principal: Principal | None = None
+        self._tenant_id = TENANT_WITHOUT_AUTH
+        self._prefix = b""  # the principal's bytes in every store request (encode_principal)
         self._handshaking = False
         self._held: list[tuple[Frame, float]] = []
         self._closing = False
@@ -262,7 +315,7 @@ class ClientConnection:
         assert client_id is not None
         request_id = frame.request_id
         match message:
-            case CreateStream() | AppendEvents():
+            case CreateStream() | AppendEvents() | RevokeApiKey() | CreateApiKey():
                 if not 1 <= request_id <= REQUEST_NUMBER_MAX:
                     self._refuse(
                         frame,
@@ -272,11 +325,14 @@ class ClientConnection:
                         f"a write's request id must be in 1..{REQUEST_NUMBER_MAX}",
                     )
                     return
-                body = store_request(frame, TENANT_WITHOUT_AUTH)
                 done = self._tracked(request_id, method, received_s)
-                self._host.submit_write(TENANT_WITHOUT_AUTH, client_id, request_id, body, done)
-            case ReadEvents() | ReadEventsAsOf():
-                body = store_request(frame, TENANT_WITHOUT_AUTH)
+                if isinstance(message, CreateApiKey):
+                    body, done = self._create_key(message, done)
+                else:
+                    body = store_request(frame, self._prefix, _now_ms())
+                self._host.submit_write(self._tenant_id, client_id, request_id, body, done)
+            case ReadEvents() | ReadEventsAsOf() | ListApiKeys():
+                body = store_request(frame, self._prefix, _now_ms())
                 self._host.submit_read(body, self._tracked(request_id, method, received_s))
             case Sync():
                 self._syncs.append(_Sync(self._seq, request_id, received_s))
@@ -291,6 +347,45 @@ class ClientConnection:
                     f"{frame.command.name} is not a request a client may send",
                 )
 
+    def _create_key(
+        self, message: CreateApiKey, done: Callable[[Outcome], None]
+    ) -> tuple[bytes, Callable[[Outcome], None]]:
+        """The store request that creates a fresh key, and the ``done`` that hands the key
+        to the client: the log and the replies of the replicas only ever see its hash."""
+        principal = self._principal
+        assert principal is not None
+        key_id = secrets.randbits(64) or 1
+        key = format_api_key(key_id, secrets.token_bytes(API_KEY_SECRET_SIZE))
+        operation = CreateKey(
+            key_id, hash_api_key(key), message.role, message.expires_ms, message.label
+        )
+        request = StoreRequest(
+            principal.tenant_id,
+            operation,
+            principal.role,
+            principal.key_id,
+            principal.subject,
+            _now_ms(),
+        )
+
+        def created(outcome: Outcome) -> None:
+            if isinstance(outcome, Applied) and outcome.reply[:1] == bytes([ReplyKind.KEY_CREATED]):
+                reply = decode_reply(outcome.reply)
+                assert isinstance(reply, KeyCreated)
+                if reply.key_id == key_id:
+                    answer = CreateApiKeyReply(key_id, key, reply.log_position)
+                    outcome = Applied(outcome.op, _KEY_REPLY_TAG + _encode_body(answer))
+                else:  # a retry: the key was made by an earlier try, whose reply was lost
+                    lost = store_error(
+                        ErrorCode.INVALID_REQUEST,
+                        f"an earlier try created key {reply.key_id:016x}, and only that try "
+                        "could show it: revoke it and create another",
+                    )
+                    outcome = Applied(outcome.op, encode_store_reply(lost))
+            done(outcome)
+
+        return encode_request(request), created
+
     def _on_handshake(self, frame: Frame, received_s: float) -> None:
         if frame.command != Command.HANDSHAKE:
             self._metrics.observe_request(_method(frame.command), ErrorCode.INVALID_REQUEST, 0.0)
@@ -304,6 +399,28 @@ class ClientConnection:
             return
         assert isinstance(handshake, Handshake)
         self._handshaking = True
+        # API keys are looked up in the replicated table: wait until the log is read back
+        self._host.when_recovered(lambda: self._authenticate(handshake, frame, received_s))
+
+    def _authenticate(self, handshake: Handshake, frame: Frame, received_s: float) -> None:
+        if self._closing:
+            return
+        if self._host.halted is not None:  # its key table may be incomplete: say why instead
+            self._metrics.observe_request("Handshake", ErrorCode.UNAVAILABLE, 0.0)
+            self._fail(_error(ErrorCode.UNAVAILABLE, "the node stopped after a fault"))
+            return
+        owner = self._owner
+        principal = authenticate(
+            owner.auth_mode, handshake.auth_token, _now_ms(), owner.jwt_policy, self._host
+        )
+        if isinstance(principal, AuthRefusal):
+            self._refuse_credential(principal, received_s)
+            return
+        self._principal = principal
+        self._tenant_id = principal.tenant_id
+        self._prefix = encode_principal(
+            principal.tenant_id, principal.role, principal.key_id, principal.subject
+        )
         client_id = handshake.client_id
 
         def ready(refusal: Refused | None) -> None:
@@ -329,7 +446,28 @@ class ClientConnection:
                     break
                 self._on_frame(held_frame, held_received_s)
 
-        self._host.open_session(TENANT_WITHOUT_AUTH, client_id, ready)
+        self._host.open_session(self._tenant_id, client_id, ready)
+
+    def _refuse_credential(self, refusal: AuthRefusal, received_s: float) -> None:
+        """One failed authentication: count it, log it, audit it, close the connection."""
+        self._metrics.auth_failures.labels(refusal.reason.name.lower()).inc()
+        duration_s = time.monotonic() - received_s
+        self._metrics.observe_request("Handshake", ErrorCode.AUTHENTICATION_FAILED, duration_s)
+        audited = self._owner.auth_failure_records.take(time.monotonic())
+        self._owner.log.warn(
+            "connection.auth_failed",
+            peer=self.peer,
+            reason=refusal.reason.name.lower(),
+            audited=audited and self._host.serving,
+        )
+        if audited:
+            tenant = TENANT_WITHOUT_AUTH if refusal.tenant_id is None else refusal.tenant_id
+            record = AuthFailure(refusal.subject or "", refusal.reason.name.lower())
+            subject = f"connection from {self.peer}"[:64]
+            self._host.submit_record(
+                encode_request(StoreRequest(tenant, record, subject=subject, time_ms=_now_ms()))
+            )
+        self._fail(_error(ErrorCode.AUTHENTICATION_FAILED, refusal.message))
 
     # --- replies ---------------------------------------------------------------------------
 
@@ -404,17 +542,36 @@ _STORE_KINDS = {
     Command.APPEND_EVENTS: RequestKind.APPEND_EVENTS,
     Command.READ_EVENTS: RequestKind.READ_EVENTS,
     Command.READ_EVENTS_AS_OF: RequestKind.READ_EVENTS_AS_OF,
+    Command.REVOKE_API_KEY: RequestKind.REVOKE_API_KEY,
+    Command.LIST_API_KEYS: RequestKind.LIST_API_KEYS,
 }
+# A created key's reply, as this connection rewrites it: a tag no store reply uses.
+_KEY_REPLY_KIND = 0x80
+_KEY_REPLY_TAG = bytes([_KEY_REPLY_KIND])
 _REPLY_COMMANDS: dict[int, Command] = {
     ReplyKind.STREAM_CREATED: Command.CREATE_STREAM_REPLY,
     ReplyKind.EVENTS_APPENDED: Command.APPEND_EVENTS_REPLY,
     ReplyKind.EVENTS_READ: Command.READ_EVENTS_REPLY,
+    ReplyKind.KEY_REVOKED: Command.REVOKE_API_KEY_REPLY,
+    ReplyKind.KEYS_LISTED: Command.LIST_API_KEYS_REPLY,
+    _KEY_REPLY_KIND: Command.CREATE_API_KEY_REPLY,
 }
 
 
-def store_request(frame: Frame, tenant_id: int) -> bytes:
-    """The event-store operation of a checked client request frame (for ``tenant_id``)."""
-    return bytes([_STORE_KINDS[frame.command]]) + tenant_id.to_bytes(8, "little") + frame.body
+def store_request(frame: Frame, principal: bytes, time_ms: int) -> bytes:
+    """The event-store operation of a checked client request frame, made by the principal
+    ``principal`` encodes (``encode_principal``), received at ``time_ms``."""
+    kind = _STORE_KINDS[frame.command]
+    return bytes([kind]) + principal + time_ms.to_bytes(8, "little") + frame.body
+
+
+def _now_ms() -> int:
+    """Unix time in milliseconds: the time the core is given for tokens, keys and audit."""
+    return time.time_ns() // 1_000_000
+
+
+def _encode_body(message: CreateApiKeyReply) -> bytes:
+    return encode(message, 0)[HEADER_SIZE:]
 
 
 def wire_reply(store_reply: bytes, request_id: int) -> bytes | None:
@@ -443,6 +600,9 @@ _METHODS = {
     Command.READ_EVENTS: "ReadEvents",
     Command.READ_EVENTS_AS_OF: "ReadEventsAsOf",
     Command.SYNC: "Sync",
+    Command.CREATE_API_KEY: "CreateApiKey",
+    Command.REVOKE_API_KEY: "RevokeApiKey",
+    Command.LIST_API_KEYS: "ListApiKeys",
 }
 
 

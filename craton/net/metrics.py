@@ -19,6 +19,10 @@ Names and labels are the deployment guide's:
     vdb_replication_messages_received_total{peer}  replica messages received from ``peer``
     vdb_replication_messages_dropped_total{peer}   messages for ``peer`` dropped because its
                                                    queue was full (VSR resends what matters)
+    vdb_auth_failures_total{reason}         client handshakes refused, by the refusal's
+                                            reason (``craton.core.auth.Refusal`` name)
+    vdb_peer_auth_failures_total            replica hellos refused because they did not
+                                            prove knowledge of VDB_CLUSTER_SECRET
 
 ``method`` is the wire command's message name (``AppendEvents``, ``ReadEvents``, ...,
 ``Frame`` for bytes that never became a request); ``status`` is ``success`` or the
@@ -127,6 +131,18 @@ class NodeMetrics:
             "vdb_replication_messages_dropped",
             "Replica messages for the peer dropped because its send queue was full.",
             ["peer"],
+            registry=registry,
+        )
+
+        self.auth_failures = Counter(
+            "vdb_auth_failures",
+            "Client handshakes refused: the credential did not authenticate.",
+            ["reason"],
+            registry=registry,
+        )
+        self.peer_auth_failures = Counter(
+            "vdb_peer_auth_failures",
+            "Replica hellos refused: no valid proof of the cluster secret.",
             registry=registry,
         )
 

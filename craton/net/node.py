@@ -73,6 +73,7 @@ from pathlib import Path
 
 import attrs
 
+from craton.core.auth import ApiKeyEntry
 from craton.core.event_store import EventStore
 from craton.core.prng import Prng
 from craton.core.seam import (
@@ -485,6 +486,24 @@ class ReplicaHost:
             return
         session.ready.append(done)
         self._register(session)
+
+    def when_recovered(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the log is read back (or the node halted): now, if so."""
+        if self.recovered or self.halted is not None:
+            callback()
+        else:
+            self._after_recovery.append(callback)
+
+    def api_key(self, key_id: int) -> ApiKeyEntry | None:
+        """The API key as this replica last applied it (``craton.core.auth.KeyTable``)."""
+        machine = None if self.replica is None else self.replica.machine
+        return machine.api_key(key_id) if isinstance(machine, EventStore) else None
+
+    def submit_record(self, body: bytes) -> None:
+        """Put a record of the node's own in the log (an audit record of a refused
+        handshake) when this node is the primary; elsewhere the refusal is only logged."""
+        if self.serving:
+            self.submit_read(body, lambda _outcome: None)
 
     def submit_write(
         self, tenant_id: int, client_id: int, request_id: int, body: bytes, done: Done

@@ -30,10 +30,15 @@ Rules it keeps:
   reserved bytes; a node that is not in cluster mode refuses every hello. A second hello
   from the same replica replaces the first connection, so at most one inbound connection
   per peer is open.
-- Peers are not authenticated yet: any process that can reach the port can claim to be a
-  replica. Replica authentication is a later piece of work; until then the replica port
-  must only be reachable from the cluster's own network (TLS, when configured, encrypts
-  the traffic and lets a replica check the peer it connects to).
+- Peers prove membership before anything else: a hello's ``auth_token`` carries a proof
+  made with ``VDB_CLUSTER_SECRET`` (``craton.core.peer_auth``: an HMAC over the hello's
+  client id, the receiving replica's id, the time and a nonce, good once and for
+  ``PROOF_AGE_MS_MAX``). A hello without a good proof is refused with
+  ``AUTHENTICATION_FAILED`` (request id 0), the connection is closed, and the refusal is
+  counted in ``vdb_peer_auth_failures_total``; no frame after it is read. With TLS
+  configured, replica connections are mutual TLS as well: the opener checks the
+  receiver's certificate against ``VDB_TLS_CERT``'s chain and presents its own, and the
+  receiver refuses (the same way) a hello on a connection without a verified one.
 """
 
 from __future__ import annotations
@@ -42,13 +47,16 @@ import asyncio
 import collections
 import contextlib
 import random
+import secrets
 import socket
 import ssl
+import time
 from collections.abc import Callable
 
 import attrs
 
 from craton import __version__
+from craton.core.peer_auth import NONCE_SIZE, ProofChecker, make_proof
 from craton.core.wire import (
     PROTOCOL_VERSION,
     DecodeError,
@@ -91,7 +99,10 @@ class ClusterSettings:
 
     replica_id: int
     addresses: tuple[Address, ...]  # in replica-id order, this node's own included
+    secret: bytes = attrs.field(repr=False)  # VDB_CLUSTER_SECRET; never logged
     tls: ssl.SSLContext | None = None  # for outbound peer connections, when TLS is on
+    # VDB_CLUSTER_SECRET_SECONDARY: also accepted in proofs, never used to make them
+    secondary: bytes | None = attrs.field(default=None, repr=False)
 
     def __attrs_post_init__(self) -> None:
         assert 0 <= self.replica_id < len(self.addresses) <= 16
@@ -108,6 +119,8 @@ class PeerHello:
     replica_id: int
     cluster_size: int
     reserved: int  # bytes 2..7 of the client id: zero in a valid hello
+    client_id: int = 0  # the whole client id, which the proof covers
+    proof: str | None = attrs.field(default=None, repr=False)  # the hello's auth_token
 
 
 def hello_client_id(replica_id: int, cluster_size: int) -> int:
@@ -116,12 +129,12 @@ def hello_client_id(replica_id: int, cluster_size: int) -> int:
     return PEER_MARKER << 64 | cluster_size << 8 | replica_id
 
 
-def parse_hello(client_id: int) -> PeerHello | None:
+def parse_hello(client_id: int, proof: str | None = None) -> PeerHello | None:
     """The hello a handshake's client id carries; None for an ordinary client's id."""
     if client_id >> 64 != PEER_MARKER:
         return None
     low = client_id & _LOW_BITS
-    return PeerHello(low & 0xFF, low >> 8 & 0xFF, low >> 16)
+    return PeerHello(low & 0xFF, low >> 8 & 0xFF, low >> 16, client_id, proof)
 
 
 class PeerRefused(Exception):
@@ -152,6 +165,10 @@ class PeerNetwork:
             if replica != settings.replica_id
         }
         self._inbound: dict[int, asyncio.StreamWriter] = {}
+        accepted = (settings.secret,) if settings.secondary is None else (
+            settings.secret, settings.secondary
+        )  # fmt: skip
+        self._proofs = ProofChecker(accepted, settings.replica_id)
         self._closed = False
         for replica in self._links:  # every series exists from the start, at zero
             label = str(replica)
@@ -220,6 +237,15 @@ class PeerNetwork:
         """Serve a connection whose first frame was ``hello``: replica frames until it ends.
 
         ``decoder`` holds whatever followed the hello."""
+        unproven = self._proofs.check(hello.proof, hello.client_id, time.time_ns() // 1_000_000)
+        if unproven is None and self.settings.tls is not None and not _peer_certified(writer):
+            unproven = "a replica must present a certificate of the cluster's chain (mTLS)"
+        if unproven is not None:
+            self.metrics.peer_auth_failures.inc()
+            self.log.warn("peer.auth_failed", peer=peer, reason=unproven)
+            refusal = ErrorReply(ErrorCode.AUTHENTICATION_FAILED, unproven, None)
+            _write(writer, encode(refusal, 0))
+            return
         try:
             self.check_hello(hello)
         except PeerRefused as refused:
@@ -285,11 +311,17 @@ class PeerNetwork:
 
     # --- helpers for links -------------------------------------------------------------------
 
-    def hello(self) -> bytes:
-        """This replica's hello frame."""
-        settings = self.settings
-        client_id = hello_client_id(settings.replica_id, settings.size)
-        return encode(Handshake(PROTOCOL_VERSION, client_id, None), 1)
+    def hello(self, receiver: int) -> bytes:
+        """This replica's hello frame to replica ``receiver``, with a fresh proof."""
+        now_ms = time.time_ns() // 1_000_000
+        return hello_frame(self.settings, receiver, now_ms, secrets.token_bytes(NONCE_SIZE))
+
+
+def hello_frame(settings: ClusterSettings, receiver: int, now_ms: int, nonce: bytes) -> bytes:
+    """The hello replica ``settings.replica_id`` sends ``receiver`` at ``now_ms``."""
+    client_id = hello_client_id(settings.replica_id, settings.size)
+    proof = make_proof(settings.secret, client_id, receiver, now_ms, nonce)
+    return encode(Handshake(PROTOCOL_VERSION, client_id, proof), 1)
 
 
 class _PeerLink:
@@ -377,7 +409,7 @@ class _PeerLink:
         )
         try:
             _keepalive(writer)
-            writer.write(network.hello())
+            writer.write(network.hello(self.replica))
             reply = await asyncio.wait_for(_one_frame(reader), PEER_HELLO_TIMEOUT_S)
             self._check_reply(reply)
         except BaseException:
@@ -446,6 +478,13 @@ async def _one_frame(reader: asyncio.StreamReader) -> object:
 def _write(writer: asyncio.StreamWriter, data: bytes) -> None:
     if not writer.is_closing():
         writer.write(data)
+
+
+def _peer_certified(writer: asyncio.StreamWriter) -> bool:
+    """Whether the connection is TLS and the peer presented a certificate that verified
+    (the listener asks for one, optionally, in a cluster with TLS)."""
+    tls = writer.get_extra_info("ssl_object")
+    return isinstance(tls, ssl.SSLObject) and bool(tls.getpeercert())
 
 
 def _keepalive(writer: asyncio.StreamWriter) -> None:

@@ -45,8 +45,8 @@ from craton.core.wire import (
     encode,
 )
 from craton.core.wire.frame import MAGIC
-from craton.net.config import Address, ServerConfig
-from craton.net.connection import ClientConnection
+from craton.net.config import Address, ReplicationMode, ServerConfig
+from craton.net.connection import AUTH_FAILURE_RECORDS_PER_S, ClientConnection, TokenBucket
 from craton.net.logs import EventLog
 from craton.net.metrics import NodeMetrics
 from craton.net.node import ReplicaHost
@@ -75,6 +75,9 @@ class Server:
         self.log = log
         self.metrics = metrics
         self.rate_limit_rps = config.rate_limit_rps
+        self.auth_mode = config.auth_mode
+        self.jwt_policy = config.jwt.policy()
+        self.auth_failure_records = TokenBucket(AUTH_FAILURE_RECORDS_PER_S, time.monotonic())
         self._shutting_down = False
         self._connections: dict[ClientConnection, asyncio.Task[None]] = {}
         self._peer_tasks: set[asyncio.Task[None]] = set()  # replica connections served
@@ -308,7 +311,7 @@ async def _first_frame(reader: asyncio.StreamReader, first: bytes) -> tuple[byte
         return bytes(data), None
     if frame is None or not isinstance(message, Handshake):
         return bytes(data), None
-    hello = parse_hello(message.client_id)
+    hello = parse_hello(message.client_id, message.auth_token)
     if hello is None:
         return bytes(data), None
     return bytes(data), _Hello(hello, frame.request_id, decoder)
@@ -336,10 +339,17 @@ async def _close(writer: asyncio.StreamWriter) -> None:
 
 
 def _tls_context(config: ServerConfig) -> ssl.SSLContext:
+    """The main port's TLS. In a cluster it also asks for a client certificate, optional
+    (clients have none) but checked against ``VDB_TLS_CERT``'s chain when given: a replica
+    must present one (``craton.net.peers``), which is mutual TLS between replicas."""
     assert config.tls_cert is not None and config.tls_key is not None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
+        if config.replication_mode is ReplicationMode.CLUSTER:
+            context.verify_mode = ssl.CERT_OPTIONAL
+            context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+            context.load_verify_locations(cafile=str(config.tls_cert))
         context.load_cert_chain(config.tls_cert, config.tls_key)
     except (OSError, ssl.SSLError) as error:
         reason = getattr(error, "reason", None) or getattr(error, "strerror", None) or "invalid"

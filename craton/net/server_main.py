@@ -35,6 +35,7 @@ from collections.abc import Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 from craton import __version__
+from craton.core.auth import AuthMode
 from craton.net.config import ConfigError, ReplicationMode, ServerConfig, load_config
 from craton.net.logs import EventLog, route_python_logging
 
@@ -96,6 +97,12 @@ async def serve(config: ServerConfig, log: EventLog) -> int:
             note="one replica and no peers: no replication protocol runs; the log and "
             "event store are those of single-node mode",
         )
+    if config.auth_mode is AuthMode.NONE:
+        log.warn(
+            "server.auth_none",
+            note="VDB_AUTH_MODE=none: no client is authenticated; every client is the owner "
+            "of one default tenant (0). Set jwt, apikey or both to separate tenants",
+        )
     server = Server(config, host, metrics, log)
     try:
         await server.start()  # before recovery: probes answer (not ready) meanwhile
@@ -140,11 +147,20 @@ def _cluster_settings(config: ServerConfig) -> ClusterSettings | None:
         tls.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
         try:
             tls.load_verify_locations(cafile=str(config.tls_cert))
+            assert config.tls_key is not None
+            tls.load_cert_chain(config.tls_cert, config.tls_key)  # shown to the peer (mTLS)
         except (OSError, ssl.SSLError) as error:
             raise StartError(
                 f"VDB_TLS_CERT: cannot trust it for replica connections: {error}"
             ) from None
-    return ClusterSettings(config.replica_id, config.cluster_peers, tls)
+    assert config.cluster_secret is not None, "the configuration requires it in a cluster"
+    return ClusterSettings(
+        config.replica_id,
+        config.cluster_peers,
+        config.cluster_secret,
+        tls,
+        secondary=config.cluster_secret_secondary,
+    )
 
 
 def _unhandled(log: EventLog, context: dict[str, Any]) -> None:

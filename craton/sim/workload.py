@@ -20,15 +20,29 @@ from collections.abc import Callable
 import attrs
 
 from craton.core import event_store, kv_machine
+from craton.core.auth import API_KEY_HASH_SIZE, Role
+from craton.core.event_store import AUDIT_STREAM
 from craton.core.prng import Prng
 from craton.core.vsr.replica import SESSION_SHIFT, ReplyStatus
-from craton.core.wire.messages import DataClass
+from craton.core.wire.messages import (
+    READ_SIZE_MAX,
+    AppendEvents,
+    CreateStream,
+    DataClass,
+    ListApiKeys,
+    Placement,
+    PlacementKind,
+    ReadEvents,
+    ReadEventsAsOf,
+    RevokeApiKey,
+)
 from craton.sim.linearizability import Operation
 from craton.sim.network import SimEndpoint
 
 CLIENT_ID_BASE = 1000
 REQUEST_NUMBER = struct.Struct("<Q")
 KEYS = tuple(f"k{index}".encode() for index in range(4))  # few keys: many conflicts
+GLOBAL = Placement(PlacementKind.GLOBAL, "")
 
 
 def encode_client_payload(number: int, body: bytes) -> bytes:
@@ -42,24 +56,57 @@ def decode_client_payload(payload: bytes) -> tuple[int, bytes]:
 
 STREAMS = ("orders", "payments", "audit")
 TENANTS = (1, 2)  # two tenants: each sees only its own streams
+KEY_IDS = tuple(range(1, 9))  # few key ids, shared by both tenants: creations collide, revocations
+# hit keys of the other tenant, requests name keys that are revoked, expired or not yet made
+TIME_MS_MAX = 1000  # the workload's clock: key expiries and request times fall in it
 
 
 def event_store_operation(prng: Prng) -> bytes:
     """Create, append (with and without an expected offset), read, and read as of a past
-    log position, over a few streams of two tenants: many conflicts, all deterministic."""
+    log position, over a few streams of two tenants (reads also of their audit streams);
+    create, list and revoke API keys; make some requests as a lesser role or with a key: many
+    conflicts and refusals, all deterministic."""
     tenant, stream = prng.choice(TENANTS), prng.choice(STREAMS)
-    pick = prng.below(10)
+    pick = prng.below(16)
+    message: event_store.StoreMessage
     if pick == 0:
-        data_class = prng.choice(list(DataClass))
-        return event_store.encode_create_stream(tenant, stream, data_class)
-    if pick < 6:
+        message = CreateStream(stream, prng.choice(list(DataClass)), GLOBAL)
+    elif pick < 8:
         events = [prng.random_bytes(prng.between(1, 24)) for _ in range(prng.between(1, 3))]
         expected = prng.below(6) if prng.chance(0.4) else None
-        return event_store.encode_append(tenant, stream, events, expected_offset=expected)
-    if pick < 8:
-        return event_store.encode_read(tenant, stream, prng.below(4), max_events=8)
-    position = prng.below(200)
-    return event_store.encode_read_as_of(tenant, stream, position, 0, max_events=8)
+        message = AppendEvents(stream, tuple(events), expected)
+    elif pick < 10:
+        stream = AUDIT_STREAM if prng.chance(0.2) else stream
+        message = ReadEvents(stream, prng.below(4), 8, READ_SIZE_MAX)
+    elif pick < 12:
+        stream = AUDIT_STREAM if prng.chance(0.2) else stream
+        message = ReadEventsAsOf(stream, prng.below(200), 0, 8, READ_SIZE_MAX)
+    elif pick < 15:
+        return _key_operation(prng, tenant)
+    else:
+        message = ListApiKeys()
+    role, key_id = Role.OWNER, 0
+    if prng.chance(0.1):
+        role, key_id = prng.choice(list(Role)), prng.choice((0, *KEY_IDS))
+    request = event_store.StoreRequest(
+        tenant, message, role, key_id, "sim", prng.below(TIME_MS_MAX)
+    )
+    return event_store.encode_request(request)
+
+
+def _key_operation(prng: Prng, tenant: int) -> bytes:
+    """Create or revoke a key, as a role that may or may not do it."""
+    key_id = prng.choice(KEY_IDS)
+    role = prng.choice(list(Role))
+    message: event_store.StoreMessage
+    if prng.chance(0.6):
+        expires = prng.below(TIME_MS_MAX) if prng.chance(0.5) else None
+        key_hash = prng.random_bytes(API_KEY_HASH_SIZE)
+        message = event_store.CreateKey(key_id, key_hash, prng.choice(list(Role)), expires, "")
+    else:
+        message = RevokeApiKey(key_id)
+    request = event_store.StoreRequest(tenant, message, role, 0, "sim", prng.below(TIME_MS_MAX))
+    return event_store.encode_request(request)
 
 
 def kv_operation(prng: Prng) -> bytes:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from craton.core.auth import Role
 from craton.core.wire import (
     AppendEvents,
     Command,
@@ -73,7 +74,7 @@ def test_error_code_table_matches_the_enum() -> None:
     assert documented == enum_rows(ErrorCode)
 
 
-@pytest.mark.parametrize("enum_class", [DataClass, PlacementKind], ids=lambda e: e.__name__)
+@pytest.mark.parametrize("enum_class", [DataClass, PlacementKind, Role], ids=lambda e: e.__name__)
 def test_enumeration_tables_match_the_enums(enum_class: type[enum.IntEnum]) -> None:
     documented = [(row[0], int(row[1])) for row in table_after(f"### {enum_class.__name__}")]
     assert documented == enum_rows(enum_class)
@@ -88,9 +89,10 @@ def test_message_field_table_matches_the_schema(command: Command) -> None:
     assert documented == schema, f"{heading} differs from {cls.__name__}'s schema"
 
 
-def test_placement_record_table_matches_the_schema() -> None:
-    documented = [(row[0], row[1]) for row in table_after("### Placement record")]
-    schema = [(name, wire.describe()) for name, wire in Record(messages.Placement).fields]
+@pytest.mark.parametrize("record", [messages.Placement, messages.ApiKeyInfo])
+def test_record_tables_match_the_schema(record: type) -> None:
+    documented = [(row[0], row[1]) for row in table_after(f"### {record.__name__} record")]
+    schema = [(name, wire.describe()) for name, wire in Record(record).fields]
     assert documented == schema
 
 

@@ -91,8 +91,8 @@ def compose_config(path: Path, *extra: str) -> tuple[int, str]:
         ROOT / ".env.example",
         "config",
         *extra,
-        VDB_JWT_SECRET="not-a-real-secret",
-        VDB_CLUSTER_SECRET="not-a-real-cluster-secret",
+        VDB_JWT_SECRET="not-a-real-secret, but 32 bytes or more",
+        VDB_CLUSTER_SECRET="not-a-real-cluster-secret, 32 bytes or more",
         PLATFORM_SECRET_KEY=PLATFORM_TEST_KEY,
     )
     return result.returncode, result.stdout + result.stderr

@@ -17,16 +17,14 @@ import pytest
 import yaml
 
 import craton.net.config
-from craton.net.config import ConfigError, ReplicationMode, ServerConfig, load_config
+from craton.net.config import ReplicationMode, ServerConfig, load_config
 from tests.deploy.support import COMPOSE_FILES, DOCKERFILES, GUIDE_DOC, K8S, ROOT, run
 from tests.deploy.test_lint import compose_config
 from tests.net.support import ServerProcess
 
-# Peer authentication (VDB_CLUSTER_SECRET) comes with the authentication work; the kit
-# already passes it, optionally, from a secret.
-PENDING_VARIABLES = {"VDB_CLUSTER_SECRET"}
+PENDING_VARIABLES: set[str] = set()  # variables the kit passes before the server reads them
 KNOWN_VARIABLES = set(re.findall(r"\bVDB_[A-Z_]+", craton.net.config.__doc__ or ""))
-DUMMY_SECRET = "not-a-real-secret"
+DUMMY_SECRET = "not-a-real-secret, but 32 bytes or more"
 
 
 def documents(path: Path) -> list[dict[str, Any]]:
@@ -43,15 +41,8 @@ def manifests() -> dict[tuple[str, str], dict[str, Any]]:
 
 
 def accepted(env: dict[str, str], hostname: str | None = None) -> ServerConfig:
-    """``load_config`` of ``env``. This build refuses authentication other than none only
-    after every other variable was checked: that refusal alone is let through (and the
-    rest of the configuration returned)."""
-    try:
-        return load_config(env, hostname=hostname)
-    except ConfigError as error:
-        if error.variable != "VDB_AUTH_MODE" or "not available" not in error.problem:
-            raise
-    return load_config({**env, "VDB_AUTH_MODE": "none"}, hostname=hostname)
+    """``load_config`` of ``env``: the node would start with it."""
+    return load_config(env, hostname=hostname)
 
 
 def with_local_files(env: dict[str, str], tmp_path: Path, certs: Path) -> dict[str, str]:

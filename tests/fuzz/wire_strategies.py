@@ -11,6 +11,7 @@ from __future__ import annotations
 from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
 
+from craton.core.auth import Role
 from craton.core.wire import (
     AppendEvents,
     AppendEventsReply,
@@ -35,6 +36,8 @@ from craton.core.wire import replica as vsr
 from craton.core.wire.frame import REQUEST_ID_MAX
 from craton.core.wire.messages import (
     ADDRESS_SIZE_MAX,
+    API_KEY_LABEL_SIZE_MAX,
+    API_KEY_SIZE_MAX,
     APPEND_EVENTS_MAX,
     AUTH_TOKEN_SIZE_MAX,
     CLUSTER_SIZE_MAX,
@@ -45,6 +48,13 @@ from craton.core.wire.messages import (
     REGION_NAME_SIZE_MAX,
     SERVER_VERSION_SIZE_MAX,
     STREAM_NAME_SIZE_MAX,
+    ApiKeyInfo,
+    CreateApiKey,
+    CreateApiKeyReply,
+    ListApiKeys,
+    ListApiKeysReply,
+    RevokeApiKey,
+    RevokeApiKeyReply,
 )
 
 ALNUM = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
@@ -201,7 +211,45 @@ def message_strategies(heavy: bool) -> dict[Command, SearchStrategy[Message]]:
         Command.SYNC: st.just(Sync()),
         Command.SYNC_REPLY: st.builds(SyncReply, log_position=u64s()),
         Command.ERROR_REPLY: error_replies(),
+        **api_key_message_strategies(),
         **replica_message_strategies(heavy),
+    }
+
+
+def labels() -> SearchStrategy[str]:
+    return st.text(alphabet=" " + PRINTABLE_ASCII, max_size=API_KEY_LABEL_SIZE_MAX)
+
+
+def api_key_message_strategies() -> dict[Command, SearchStrategy[Message]]:
+    key_ids = edgy_ints(1, 2**64 - 1)
+    expiries = st.one_of(st.none(), u64s())
+    infos = st.builds(
+        ApiKeyInfo,
+        key_id=key_ids,
+        role=st.sampled_from(Role),
+        expires_ms=expiries,
+        created_op=u64s(),
+        revoked_op=st.one_of(st.none(), u64s()),
+        label=labels(),
+    )
+    return {
+        Command.CREATE_API_KEY: st.builds(
+            CreateApiKey, role=st.sampled_from(Role), expires_ms=expiries, label=labels()
+        ),
+        Command.CREATE_API_KEY_REPLY: st.builds(
+            CreateApiKeyReply,
+            key_id=key_ids,
+            api_key=printable(API_KEY_SIZE_MAX),
+            log_position=u64s(),
+        ),
+        Command.REVOKE_API_KEY: st.builds(RevokeApiKey, key_id=key_ids),
+        Command.REVOKE_API_KEY_REPLY: st.builds(RevokeApiKeyReply, log_position=u64s()),
+        Command.LIST_API_KEYS: st.just(ListApiKeys()),
+        Command.LIST_API_KEYS_REPLY: st.builds(
+            ListApiKeysReply,
+            log_position=u64s(),
+            keys=st.lists(infos, max_size=5).map(tuple),
+        ),
     }
 
 

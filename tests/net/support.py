@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -147,8 +148,10 @@ def split(address: str) -> tuple[str, int]:
 class RawConnection:
     """A socket speaking frames by hand, for what the client library never sends."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, tls: ssl.SSLContext | None = None) -> None:
         self.sock = socket.create_connection(split(address), timeout=SOCKET_TIMEOUT_S)
+        if tls is not None:
+            self.sock = tls.wrap_socket(self.sock, server_hostname=split(address)[0])
         self.decoder = FrameDecoder()
 
     def send(self, message: AnyMessage, request_id: int) -> None:
@@ -175,7 +178,7 @@ class RawConnection:
                 data = self.sock.recv(65536)
                 if not data:
                     return True
-        except (ConnectionResetError, BrokenPipeError):
+        except (ConnectionResetError, BrokenPipeError, ssl.SSLEOFError):
             return True
         except TimeoutError:
             return False

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -25,9 +26,10 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
 
 def craton(
-    *args: str, stdin: str = "", address: str | None = None
+    *args: str, stdin: str = "", address: str | None = None, **extra_env: str
 ) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VDB_", "CRATON_"))}
+    env.update(extra_env)
     if address is not None:
         env["CRATON_ADDRESS"] = address
     return subprocess.run(
@@ -85,6 +87,61 @@ def test_failures_are_one_line_with_distinct_exit_codes(node: ServerProcess) -> 
     assert "cannot connect" in unreachable.stderr and "Traceback" not in unreachable.stderr
     bad_address = craton("status", "--address", "nowhere")
     assert bad_address.returncode == 2 and bad_address.stderr.startswith("craton: --address")
+
+
+SECRET = "the cli tests' jwt secret, 32 bytes or more"
+
+
+def test_token_issue_and_the_apikey_commands(tmp_path: Path) -> None:
+    env = {"VDB_AUTH_MODE": "both", "VDB_JWT_SECRET": SECRET}
+    with ServerProcess(tmp_path / "data", tmp_path / "server.log", **env) as server:
+        server.start()
+        issued = craton("token", "issue", "--tenant", "5", "--role", "admin", VDB_JWT_SECRET=SECRET)
+        assert issued.returncode == 0, issued.stderr
+        admin = issued.stdout.strip()
+        anonymous = craton("stream", "create", "s", address=server.address)
+        assert anonymous.returncode == 1 and "AUTHENTICATION_FAILED" in anonymous.stderr
+
+        made = craton("apikey", "create", "--role", "member", "--label", "ci",
+                      address=server.address, CRATON_TOKEN=admin)  # fmt: skip
+        assert made.returncode == 0, made.stderr
+        key = made.stdout.strip()
+        assert key.startswith("crtn_") and "shown this once" in made.stderr
+        key_id = key.split("_")[1]
+        assert (
+            craton("stream", "create", "s", "--token", key, address=server.address).returncode == 0
+        )
+        listed = craton("apikey", "list", "--json", address=server.address, CRATON_TOKEN=admin)
+        rows = json.loads(listed.stdout)["keys"]
+        assert [(r["key_id"], r["role"], r["revoked_op"], r["label"]) for r in rows] == [
+            (key_id, "member", None, "ci")
+        ]
+        assert key not in listed.stdout
+        member_list = craton("apikey", "list", "--token", key, address=server.address)
+        assert member_list.returncode == 1 and "PERMISSION_DENIED" in member_list.stderr
+
+        revoked = craton("apikey", "revoke", key_id, address=server.address, CRATON_TOKEN=admin)
+        assert revoked.returncode == 0 and f"revoked API key {key_id}" in revoked.stdout
+        refused = craton("append", "s", "x", "--token", key, address=server.address)
+        assert refused.returncode == 1 and refused.stderr.count("\n") == 1
+        assert "AUTHENTICATION_FAILED" in refused.stderr and key not in refused.stderr
+
+
+def test_token_issue_refuses_what_a_node_would_refuse() -> None:
+    for env, args, why in [
+        ({}, ("--tenant", "1", "--role", "owner"), "VDB_JWT_SECRET"),
+        ({"VDB_JWT_SECRET": "short"}, ("--tenant", "1", "--role", "owner"), "VDB_JWT_SECRET"),
+        ({"VDB_JWT_SECRET": SECRET}, ("--tenant", "-1", "--role", "owner"), "--tenant"),
+        (
+            {"VDB_JWT_SECRET": SECRET},
+            ("--tenant", "1", "--role", "owner", "--ttl", "9999"),
+            "--ttl",
+        ),
+        ({"VDB_JWT_SECRET": SECRET}, ("--tenant", "1", "--role", "root"), "invalid choice"),
+    ]:
+        result = craton("token", "issue", *args, **env)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+        assert why in result.stderr and "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,10 @@ its own data directory, started and stopped by PID.
 - SIGTERM of a backup under load: it exits 0 promptly, the other two keep serving, and on
   restart it catches up; nothing acknowledged is lost;
 - a backup answers requests with ``NOT_PRIMARY`` and the primary's address, which the
-  client follows; replica hellos that claim an impossible identity are refused; probes and
-  replication metrics say what each replica is doing;
+  client follows; replica hellos without a proof of the cluster secret (none, a wrong
+  secret, made for another replica, tampered, replayed) are refused with
+  ``AUTHENTICATION_FAILED`` and counted, proven ones that claim an impossible identity
+  are refused; probes and replication metrics say what each replica is doing;
 - with TLS configured, replicas connect to each other over TLS.
 """
 
@@ -17,12 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import ssl
 import time
 from pathlib import Path
 
 from craton.client import Client
+from craton.core.peer_auth import make_proof
 from craton.core.wire import (
     AppendEvents,
     Command,
@@ -36,6 +40,7 @@ from craton.core.wire import (
 from craton.core.wire.frame import encode_frame
 from craton.net.peers import PEER_MARKER, hello_client_id
 from tests.net.cluster_support import (
+    CLUSTER_SECRET,
     LocalCluster,
     Workload,
     check_acknowledged_appends,
@@ -111,6 +116,17 @@ def test_replicas_talk_over_tls_when_the_node_has_it(tmp_path: Path) -> None:
         plain.send(Handshake(1, hello_client_id(primary, 3), None), 1)
         assert plain.closed_by_peer()
         plain.close()
+        # TLS and the secret, but no certificate of the cluster: not a replica (mutual TLS)
+        uncertified = RawConnection(cluster.addresses[backup], tls=trust)
+        hello_id = hello_client_id(primary, 3)
+        uncertified.send(Handshake(1, hello_id, proof(hello_id, backup)), 1)
+        request_id, refused = uncertified.receive()
+        assert request_id == 0 and isinstance(refused, ErrorReply), refused
+        assert refused.code == ErrorCode.AUTHENTICATION_FAILED and "certificate" in refused.message
+        assert uncertified.closed_by_peer()
+        uncertified.close()
+        failures = _metric(cluster.nodes[backup].metrics_address, "vdb_peer_auth_failures_total")
+        assert failures == 1, f"expected the uncertified hello counted, got {failures}"
         commits = cluster.stop_all()
     assert len(commits) == 3 and len(set(commits.values())) == 1, commits
 
@@ -169,6 +185,10 @@ def test_sigterm_of_a_backup_under_load_loses_nothing(tmp_path: Path) -> None:
     verify(node.data_dir)
 
 
+def proof(client_id: int, receiver: int, secret: bytes = CLUSTER_SECRET.encode()) -> str:
+    return make_proof(secret, client_id, receiver, time.time_ns() // 1_000_000, os.urandom(16))
+
+
 def test_backups_redirect_and_replica_hellos_are_checked(tmp_path: Path) -> None:
     with LocalCluster(tmp_path / "cluster") as cluster:
         cluster.start()
@@ -193,20 +213,40 @@ def test_backups_redirect_and_replica_hellos_are_checked(tmp_path: Path) -> None
 
         own = cluster.addresses[backup]
         for claimed, size in ((backup, 3), (3, 3), (7, 8), (primary, 4)):
-            raw = RawConnection(own)
+            raw = RawConnection(own)  # proven, but an identity that cannot be
             client_id = PEER_MARKER << 64 | size << 8 | claimed
-            raw.send(Handshake(1, client_id, None), 1)
+            raw.send(Handshake(1, client_id, proof(client_id, backup)), 1)
             request_id, refused = raw.receive()
             assert request_id == 0 and isinstance(refused, ErrorReply), (claimed, size)
             assert refused.code == ErrorCode.INVALID_REQUEST and raw.closed_by_peer()
             raw.close()
         reserved = RawConnection(own)
-        reserved.send(Handshake(1, hello_client_id(primary, 3) | 1 << 20, None), 1)
+        reserved_id = hello_client_id(primary, 3) | 1 << 20
+        reserved.send(Handshake(1, reserved_id, proof(reserved_id, backup)), 1)
         assert reserved.receive()[0] == 0 and reserved.closed_by_peer()
         reserved.close()
 
+        genuine_id = hello_client_id(primary, 3)
+        genuine = proof(genuine_id, backup)
+        unproven = [
+            None,  # a fake peer that knows no secret
+            proof(genuine_id, backup, b"not the cluster's secret, 32 B.."),
+            proof(genuine_id, primary),  # made for another replica
+            genuine.replace("crtnpeer.v1.", "crtnpeer.v1.1"),  # tampered time
+        ]
+        for token in unproven:
+            fake = RawConnection(own)
+            fake.send(Handshake(1, genuine_id, token), 1)
+            request_id, refused = fake.receive()
+            assert request_id == 0 and isinstance(refused, ErrorReply), token
+            assert refused.code == ErrorCode.AUTHENTICATION_FAILED, refused
+            assert fake.closed_by_peer()
+            fake.close()
+        failures = _metric(cluster.nodes[backup].metrics_address, "vdb_peer_auth_failures_total")
+        assert failures == len(unproven), f"expected {len(unproven)} counted, got {failures}"
+
         posing = RawConnection(own)  # a hello that checks out, then a client's frame
-        posing.send(Handshake(1, hello_client_id(primary, 3), None), 5)
+        posing.send(Handshake(1, genuine_id, genuine), 5)
         request_id, accepted = posing.receive()
         assert request_id == 5 and isinstance(accepted, HandshakeReply)
         assert accepted.replica_id == backup
@@ -214,6 +254,12 @@ def test_backups_redirect_and_replica_hellos_are_checked(tmp_path: Path) -> None
         request_id, refused = posing.receive()
         assert request_id == 0 and isinstance(refused, ErrorReply) and posing.closed_by_peer()
         posing.close()
+        replayed = RawConnection(own)  # the same proof again: refused
+        replayed.send(Handshake(1, genuine_id, genuine), 1)
+        request_id, refused = replayed.receive()
+        assert isinstance(refused, ErrorReply) and refused.code == ErrorCode.AUTHENTICATION_FAILED
+        assert "used before" in refused.message and replayed.closed_by_peer()
+        replayed.close()
 
         for index, node in enumerate(cluster.nodes):
             status, _, body = http_get(node.metrics_address, "/ready")

@@ -23,6 +23,8 @@ from craton.net.config import (
 )
 
 SECRET = "s3cr3t-never-shown"
+CLUSTER_SECRET = "cluster-secret-never-shown-0123456789"
+LONG_SECRET = "jwt-secret-never-shown-0123456789abcdef"
 PEERS = "10.0.0.1:5432,10.0.0.2:5432,10.0.0.3:5432"
 
 CASES: list[tuple[str, dict[str, str], str]] = [
@@ -35,8 +37,32 @@ CASES: list[tuple[str, dict[str, str], str]] = [
     ("unknown level", {"VDB_LOG_LEVEL": "verbose"}, "VDB_LOG_LEVEL"),
     ("unknown auth", {"VDB_AUTH_MODE": "kerberos"}, "VDB_AUTH_MODE"),
     ("jwt without secret", {"VDB_AUTH_MODE": "jwt"}, "VDB_JWT_SECRET"),
-    ("jwt not built", {"VDB_AUTH_MODE": "jwt", "VDB_JWT_SECRET": SECRET}, "VDB_AUTH_MODE"),
-    ("apikey not built", {"VDB_AUTH_MODE": "apikey"}, "VDB_AUTH_MODE"),
+    ("short jwt secret", {"VDB_AUTH_MODE": "jwt", "VDB_JWT_SECRET": SECRET}, "VDB_JWT_SECRET"),
+    ("both without secret", {"VDB_AUTH_MODE": "both"}, "VDB_JWT_SECRET"),
+    (
+        "cluster without secret",
+        {"VDB_REPLICATION_MODE": "cluster", "VDB_CLUSTER_PEERS": PEERS},
+        "VDB_CLUSTER_SECRET",
+    ),
+    (
+        "short previous jwt secret",
+        {"VDB_AUTH_MODE": "jwt", "VDB_JWT_SECRET": LONG_SECRET, "VDB_JWT_SECRET_PREVIOUS": "x"},
+        "VDB_JWT_SECRET_PREVIOUS",
+    ),
+    (
+        "short secondary cluster secret",
+        {"VDB_CLUSTER_SECRET_SECONDARY": "x"},
+        "VDB_CLUSTER_SECRET_SECONDARY",
+    ),
+    (
+        "cluster with a short secret",
+        {
+            "VDB_REPLICATION_MODE": "cluster",
+            "VDB_CLUSTER_PEERS": PEERS,
+            "VDB_CLUSTER_SECRET": "x" * 31,
+        },
+        "VDB_CLUSTER_SECRET",
+    ),
     ("cluster without peers", {"VDB_REPLICATION_MODE": "cluster"}, "VDB_CLUSTER_PEERS"),
     (
         "replica id past peers",
@@ -149,6 +175,18 @@ def test_values_parse_and_the_summary_hides_the_secret(tmp_path: Path) -> None:
     assert SECRET not in repr(config) and SECRET not in str(config.summary())
 
 
+@pytest.mark.parametrize("mode", [AuthMode.JWT, AuthMode.APIKEY, AuthMode.BOTH])
+def test_auth_modes_parse_with_a_long_enough_secret(tmp_path: Path, mode: AuthMode) -> None:
+    env = {"VDB_DATA_DIR": str(tmp_path), "VDB_AUTH_MODE": mode.value}
+    if mode is not AuthMode.APIKEY:
+        env["VDB_JWT_SECRET"] = LONG_SECRET
+    config = load_config(env)
+    assert config.auth_mode is mode
+    policy = config.jwt.policy()
+    assert (policy is None) == (mode is AuthMode.APIKEY)
+    assert LONG_SECRET not in repr(config) and LONG_SECRET not in repr(policy)
+
+
 def test_cluster_mode_parses(tmp_path: Path) -> None:
     config = load_config(
         {
@@ -156,9 +194,12 @@ def test_cluster_mode_parses(tmp_path: Path) -> None:
             "VDB_REPLICATION_MODE": "cluster",
             "VDB_CLUSTER_PEERS": PEERS,
             "VDB_REPLICA_ID": "2",
+            "VDB_CLUSTER_SECRET": CLUSTER_SECRET,
         }
     )
     assert config.replication_mode is ReplicationMode.CLUSTER and config.replica_id == 2
+    assert config.cluster_secret == CLUSTER_SECRET.encode()
+    assert CLUSTER_SECRET not in repr(config) and CLUSTER_SECRET not in str(config.summary())
     assert config.cluster_peers[2] == Address("10.0.0.3", 5432)
     assert config.summary()["cluster_peers"] == PEERS
 
@@ -181,6 +222,7 @@ def test_replica_id_ordinal_comes_from_the_statefulset_host_name(tmp_path: Path)
         "VDB_REPLICATION_MODE": "cluster",
         "VDB_CLUSTER_PEERS": PEERS,
         "VDB_REPLICA_ID": " Ordinal ",
+        "VDB_CLUSTER_SECRET": CLUSTER_SECRET,
         "HOSTNAME": "craton-server-1",
     }
     assert load_config(env).replica_id == 1, "HOSTNAME craton-server-1 is replica 1"

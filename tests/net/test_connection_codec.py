@@ -6,7 +6,14 @@ from __future__ import annotations
 
 import pytest
 
-from craton.core.event_store import StoreRequest, encode_reply, encode_request, store_error
+from craton.core.auth import Role
+from craton.core.event_store import (
+    StoreRequest,
+    encode_principal,
+    encode_reply,
+    encode_request,
+    store_error,
+)
 from craton.core.wire import (
     AppendEvents,
     AppendEventsReply,
@@ -41,11 +48,18 @@ REPLIES = [
 
 
 @pytest.mark.parametrize("message", REQUESTS, ids=lambda m: type(m).__name__)
-@pytest.mark.parametrize("tenant_id", [0, 1, 2**64 - 1])
-def test_a_request_frame_body_is_the_store_operation(message: AnyMessage, tenant_id: int) -> None:
+@pytest.mark.parametrize(
+    ("tenant_id", "role", "key_id", "subject"),
+    [(0, Role.OWNER, 0, "anonymous"), (1, Role.VIEWER, 9, "key:0000000000000009"),
+     (2**64 - 1, Role.MEMBER, 0, "")],
+)  # fmt: skip
+def test_a_request_frame_body_is_the_store_operation(
+    message: AnyMessage, tenant_id: int, role: Role, key_id: int, subject: str
+) -> None:
     frame = parse_frame(encode(message, 5))
-    expected = encode_request(StoreRequest(tenant_id, message))  # type: ignore[arg-type]
-    assert store_request(frame, tenant_id) == expected
+    request = StoreRequest(tenant_id, message, role, key_id, subject, 1234)  # type: ignore[arg-type]
+    principal = encode_principal(tenant_id, role, key_id, subject)
+    assert store_request(frame, principal, 1234) == encode_request(request)
 
 
 @pytest.mark.parametrize("reply", REPLIES, ids=lambda r: type(r).__name__)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from craton.core.wire import Handshake, encode
+from craton.core.peer_auth import make_proof
+from craton.core.wire import Command, Handshake, encode, parse_frame
 from craton.net import peers
 from craton.net.config import Address, LogLevel
 from craton.net.logs import EventLog
@@ -21,6 +22,7 @@ from craton.net.peers import (
     PeerNetwork,
     PeerRefused,
     hello_client_id,
+    hello_frame,
     parse_hello,
 )
 
@@ -28,9 +30,12 @@ DOC = (Path(__file__).resolve().parents[2] / "docs" / "PROTOCOL.md").read_text(e
 ADDRESSES = tuple(Address("10.0.0.1", 5432 + index) for index in range(3))
 
 
+SECRET = b"an example cluster secret, 32+ B"
+
+
 def network(replica_id: int = 0, metrics: NodeMetrics | None = None) -> PeerNetwork:
     return PeerNetwork(
-        ClusterSettings(replica_id, ADDRESSES),
+        ClusterSettings(replica_id, ADDRESSES, SECRET),
         metrics or NodeMetrics(),
         EventLog(LogLevel.ERROR),
         view=lambda: 0,
@@ -43,15 +48,21 @@ def hex_block(data: bytes) -> str:
 
 
 def test_the_documented_hello_is_what_a_replica_sends() -> None:
-    hello = network(replica_id=1).hello()
-    assert hello == encode(Handshake(1, hello_client_id(1, 3), None), 1)
+    settings = ClusterSettings(1, ADDRESSES, SECRET)
+    hello = hello_frame(settings, 0, 1_800_000_000_000, bytes(range(16)))
+    proof = make_proof(SECRET, hello_client_id(1, 3), 0, 1_800_000_000_000, bytes(range(16)))
+    assert hello == encode(Handshake(1, hello_client_id(1, 3), proof), 1)
+    assert f"`{SECRET.decode()}`" in DOC
     assert f"```text\n{hex_block(hello)}\n```" in DOC
+    live = parse_frame(network(replica_id=1).hello(0))
+    assert live.command == Command.HANDSHAKE and live.body != hello[32:], "a fresh proof"
     assert f"`0x{peers.PEER_MARKER:016X}`" in DOC
 
 
 def test_a_hello_says_who_sends_it_and_a_client_id_is_no_hello() -> None:
     for replica, size in ((0, 1), (2, 3), (15, 16)):
-        assert parse_hello(hello_client_id(replica, size)) == PeerHello(replica, size, 0)
+        client_id = hello_client_id(replica, size)
+        assert parse_hello(client_id) == PeerHello(replica, size, 0, client_id)
     assert parse_hello(0xC0FFEE) is None
     assert parse_hello((1 << 128) - 1) is None
 

@@ -77,7 +77,7 @@ def test_a_cluster_replica_is_ready_only_while_it_knows_a_primary(tmp_path: Path
         tmp_path,
         EventLog(LogLevel.ERROR),
         metrics,
-        cluster=ClusterSettings(replica_id=1, addresses=addresses),
+        cluster=ClusterSettings(replica_id=1, addresses=addresses, secret=b"s" * 32),
     )
     probes = Probes(host, metrics, max_connections=10, connections=lambda: 0)
     body = json.loads(probes.answer("/ready").body)

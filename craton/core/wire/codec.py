@@ -23,15 +23,21 @@ from craton.core.wire.messages import (
     ERROR_MESSAGE_SIZE_MAX,
     AppendEvents,
     AppendEventsReply,
+    CreateApiKey,
+    CreateApiKeyReply,
     CreateStream,
     CreateStreamReply,
     ErrorReply,
     Handshake,
     HandshakeReply,
+    ListApiKeys,
+    ListApiKeysReply,
     Message,
     ReadEvents,
     ReadEventsAsOf,
     ReadEventsReply,
+    RevokeApiKey,
+    RevokeApiKeyReply,
     Sync,
     SyncReply,
 )
@@ -67,6 +73,18 @@ def message_class(command: Command) -> type[AnyMessage]:
             return SyncReply
         case Command.ERROR_REPLY:
             return ErrorReply
+        case Command.CREATE_API_KEY:
+            return CreateApiKey
+        case Command.CREATE_API_KEY_REPLY:
+            return CreateApiKeyReply
+        case Command.REVOKE_API_KEY:
+            return RevokeApiKey
+        case Command.REVOKE_API_KEY_REPLY:
+            return RevokeApiKeyReply
+        case Command.LIST_API_KEYS:
+            return ListApiKeys
+        case Command.LIST_API_KEYS_REPLY:
+            return ListApiKeysReply
         case Command.PREPARE:
             return vsr.Prepare
         case Command.PREPARE_OK:

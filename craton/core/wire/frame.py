@@ -82,6 +82,12 @@ class Command(enum.IntEnum):
     SYNC = 0x000A
     SYNC_REPLY = 0x000B
     ERROR_REPLY = 0x000C
+    CREATE_API_KEY = 0x000D
+    CREATE_API_KEY_REPLY = 0x000E
+    REVOKE_API_KEY = 0x000F
+    REVOKE_API_KEY_REPLY = 0x0010
+    LIST_API_KEYS = 0x0011
+    LIST_API_KEYS_REPLY = 0x0012
     # replica to replica (craton.core.wire.replica)
     PREPARE = 0x0101
     PREPARE_OK = 0x0102

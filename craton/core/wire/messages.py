@@ -20,6 +20,7 @@ from typing import Annotated
 
 import attrs
 
+from craton.core.auth import Role
 from craton.core.wire.errors import ErrorCode
 from craton.core.wire.schema import Blob, EnumType, Option, Record, Seq, Text, UInt, wire_fields
 
@@ -36,10 +37,14 @@ APPEND_EVENTS_MAX = 8192  # events in one append
 READ_EVENTS_MAX = 8192  # events asked for, or returned, by one read
 READ_SIZE_MAX = 8 * 1024 * 1024  # event bytes one read may ask for; the reply fits a frame
 CLUSTER_SIZE_MAX = 16  # replicas
+API_KEY_LABEL_SIZE_MAX = 64  # bytes
+API_KEY_SIZE_MAX = 256  # bytes of a key's text
+API_KEYS_LISTED_MAX = 4096  # keys in one ListApiKeysReply
 
 STREAM_NAME_PATTERN = "[A-Za-z0-9][A-Za-z0-9._:-]*"
 REGION_NAME_PATTERN = "[a-z0-9][a-z0-9-]*"
 PRINTABLE_ASCII_PATTERN = "[!-~]+"  # 0x21..0x7E: no spaces, no control characters
+LABEL_PATTERN = "[ -~]*"  # printable ASCII and spaces
 
 # --- Enums -----------------------------------------------------------------------------------
 
@@ -68,6 +73,9 @@ U64 = UInt(64)
 PROTOCOL_VERSION_FIELD = UInt(16, minimum=1)
 STREAM_NAME = Text(1, STREAM_NAME_SIZE_MAX, STREAM_NAME_PATTERN)
 EVENT = Blob(EVENT_SIZE_MAX)
+ROLE = EnumType(Role, 8)
+KEY_ID = UInt(64, minimum=1)
+API_KEY_LABEL = Text(0, API_KEY_LABEL_SIZE_MAX, LABEL_PATTERN)
 
 # --- Records ---------------------------------------------------------------------------------
 
@@ -210,6 +218,64 @@ class ErrorReply:
             raise ValueError("primary_address is only sent with NOT_PRIMARY")
 
 
+@attrs.frozen(field_transformer=wire_fields)
+class CreateApiKey:
+    """Create an API key of the caller's tenant (admin; owner to grant owner). The node
+    makes the key; only its hash is stored. ``expires_ms``: Unix time in ms, or never."""
+
+    role: Annotated[Role, ROLE]
+    expires_ms: Annotated[int | None, Option(U64)]
+    label: Annotated[str, API_KEY_LABEL]
+
+
+@attrs.frozen(field_transformer=wire_fields)
+class CreateApiKeyReply:
+    """The key, shown this once: it cannot be read back. It exists from ``log_position``."""
+
+    key_id: Annotated[int, KEY_ID]
+    api_key: Annotated[str, Text(1, API_KEY_SIZE_MAX, PRINTABLE_ASCII_PATTERN)]
+    log_position: Annotated[int, U64]
+
+
+@attrs.frozen(field_transformer=wire_fields)
+class RevokeApiKey:
+    """Revoke a key of the caller's tenant (admin; owner for an owner key)."""
+
+    key_id: Annotated[int, KEY_ID]
+
+
+@attrs.frozen(field_transformer=wire_fields)
+class RevokeApiKeyReply:
+    """The key stops working on every replica that has applied ``log_position``."""
+
+    log_position: Annotated[int, U64]
+
+
+@attrs.frozen(field_transformer=wire_fields)
+class ListApiKeys:
+    """The keys of the caller's tenant, revoked ones included (admin)."""
+
+
+@attrs.frozen(field_transformer=wire_fields)
+class ApiKeyInfo:
+    """What is known of a key, without the key or its hash."""
+
+    key_id: Annotated[int, KEY_ID]
+    role: Annotated[Role, ROLE]
+    expires_ms: Annotated[int | None, Option(U64)]
+    created_op: Annotated[int, U64]
+    revoked_op: Annotated[int | None, Option(U64)]
+    label: Annotated[str, API_KEY_LABEL]
+
+
+@attrs.frozen(field_transformer=wire_fields)
+class ListApiKeysReply:
+    """The tenant's keys by key id, as of ``log_position``."""
+
+    log_position: Annotated[int, U64]
+    keys: Annotated[tuple[ApiKeyInfo, ...], Seq(Record(ApiKeyInfo), 0, API_KEYS_LISTED_MAX)]
+
+
 Message = (
     Handshake
     | HandshakeReply
@@ -223,4 +289,10 @@ Message = (
     | Sync
     | SyncReply
     | ErrorReply
+    | CreateApiKey
+    | CreateApiKeyReply
+    | RevokeApiKey
+    | RevokeApiKeyReply
+    | ListApiKeys
+    | ListApiKeysReply
 )
