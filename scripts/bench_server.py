@@ -41,7 +41,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -51,7 +50,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import bench_postgres as bench_postgres_module  # type: ignore[import-not-found]
+import bench_postgres as bench_postgres_module
+from cluster import free_ports  # scripts/cluster.py: ports the replicas know beforehand
 
 from craton.client import AsyncClient
 
@@ -226,19 +226,6 @@ def run_workloads(
             rss_kib = max(node.peak_rss_kib() for node in nodes())
             results.append(summary(system, clients, batch, latencies, elapsed, rss_kib))
     return results
-
-
-def free_ports(count: int) -> list[int]:
-    """Loopback ports that were free a moment ago (the replicas must know each other's
-    addresses before any of them starts)."""
-    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def bench_cluster(folder: Path, seconds: float, size: int = 3) -> list[dict[str, object]]:
