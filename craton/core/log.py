@@ -78,6 +78,10 @@ def segment_path(segment: int) -> str:
     return f"{SEGMENT_FOLDER}/{segment:010d}.seg"
 
 
+def _truncation(path: str, length: int) -> Callable[[int], DiskTruncate]:
+    return lambda io: DiskTruncate(io, path, length)
+
+
 def _describe(verdict: Torn | Corrupt) -> str:
     if isinstance(verdict, Torn):
         return f"offset {verdict.offset}: torn tail ({verdict.reason})"
@@ -104,6 +108,9 @@ class Recovered:
     chain_hash: bytes
     owner_state: bytes = b""
     formatted: bool = False  # the directory was blank and has just been formatted
+    # salvage only: records from here on were damaged (or certified but missing) and cut;
+    # some of them may have been durable and acknowledged, so the owner must get them back
+    lost_from: int | None = None
 
 
 @attrs.frozen
@@ -231,6 +238,8 @@ class _Recovery:
     seen_damage: bytes | None = None  # checksum of the last damaged read of this segment
     last_scan: SegmentScan | None = None
     pending_syncs: int = 0
+    cut: int | None = None  # salvage: the first damaged position, where the log was cut
+    salvaging: bool = False  # salvage: the superblock is rewritten before the cut
 
 
 @attrs.define
@@ -244,7 +253,11 @@ class _PendingRead:
 
 
 class Log:
-    def __init__(self, config: LogConfig, io_ids: IoIds) -> None:
+    def __init__(self, config: LogConfig, io_ids: IoIds, *, salvage: bool = False) -> None:
+        """``salvage``: for a replica of a cluster. Damage found by recovery cuts the log at
+        the first damaged record (reported as ``Recovered.lost_from``) instead of halting,
+        since the peers hold other copies; bodies are then verified from the first record
+        on, not only from the latest checkpoint."""
         assert config.segment_size_max > HEADER_SIZE
         assert config.batch_size_max > 0 and config.checkpoint_interval >= 0
         self.config = config
@@ -275,6 +288,7 @@ class Log:
         self._base_hash = GENESIS_HASH
         self.halt_reason: str | None = None
         self._formatted = False
+        self.salvage = salvage
 
     # --- entry points ------------------------------------------------------------------------
 
@@ -487,6 +501,11 @@ class Log:
         chosen = superblock.newest(state.copies)
         if chosen is None:
             history = self._recovery_sizes().get(CHECKPOINTS_PATH, 0)
+            if (history or any(state.sizes.values())) and self.salvage:
+                # Every copy is damaged: nothing on this disk can be trusted. Start over as
+                # a blank directory (stale records are cut by the next recovery's scan).
+                state.cut = 0
+                return [Notice("log.superblock_lost"), *self._format()]
             if history or any(state.sizes.values()):
                 return self._halt(
                     "file 'superblock': no valid copy among "
@@ -500,7 +519,7 @@ class Log:
             return self._halt(problem)
         state.superblock = chosen
         self._superblock = chosen
-        if chosen.checkpoint is not None:
+        if chosen.checkpoint is not None and not self.salvage:
             self._hashes_base = chosen.checkpoint.position
             self._base_hash = chosen.checkpoint.chain_hash
         if any(copy != chosen for copy in state.copies):
@@ -562,7 +581,7 @@ class Log:
             base_offset=0,
             first_position=first,
             prev_hash=self.chain_hash,
-            verify_from=0 if checkpoint is None else checkpoint.position,
+            verify_from=0 if checkpoint is None or self.salvage else checkpoint.position,
             certified=self._certified(state.superblock),
             may_tear=state.index == len(state.numbers) - 1,
             sealed=None if checkpoint is None else {checkpoint.position - 1: checkpoint.chain_hash},
@@ -574,7 +593,7 @@ class Log:
             # bit flipped in transit must neither halt the log nor cut acknowledged records.
             state.seen_damage = fingerprint
             return self._retry_segment(f"file '{path}': {_describe(verdict)}")
-        if isinstance(verdict, Corrupt):
+        if isinstance(verdict, Corrupt) and not self.salvage:
             return self._halt(f"file '{path}' {_describe(verdict)}")
         state.seen_damage = None
         state.attempts = 0
@@ -585,6 +604,10 @@ class Log:
         self.chain_hash = scan.last_hash
         state.last_scan = scan
         state.index += 1
+        if isinstance(verdict, Corrupt):
+            state.cut = verdict.position
+            notice = Notice("log.damage_cut", (("file", path), ("where", _describe(verdict))))
+            return [notice, *self._finish_recovery()]
         if state.index < len(state.numbers):
             return [self._read_segment()]
         return self._finish_recovery()
@@ -606,14 +629,23 @@ class Log:
         state = self._recovery
         chosen = state.superblock
         assert chosen is not None and state.root_files is not None
-        if self.head < self._certified(chosen):
+        if self.head < self._certified(chosen) and self.salvage:
+            state.cut = self.head if state.cut is None else min(state.cut, self.head)
+        elif self.head < self._certified(chosen):
             return self._halt(
                 f"folder '{SEGMENT_FOLDER}': the log ends at record {self.head} but records "
                 f"below {self._certified(chosen)} were certified durable"
             )
+        if state.cut is not None and not self._formatted:
+            fresh = self._salvage_superblock(chosen, state.cut)
+            if fresh is not None:
+                state.salvaging = True
+                return self._write_superblock(fresh)
         outputs: list[LogOutput] = []
         scan = state.last_scan
-        if scan is not None and isinstance(scan.verdict, Torn):
+        if scan is not None and isinstance(scan.verdict, Corrupt):
+            outputs.extend(self._salvage_cuts(state, scan))
+        elif scan is not None and isinstance(scan.verdict, Torn):
             segment = self._segments[-1]
             torn = scan.verdict
             cut = state.sizes[segment.number] - torn.offset
@@ -673,12 +705,42 @@ class Log:
             return []
         return self._open()
 
+    def _salvage_superblock(self, chosen: Superblock, cut: int) -> Superblock | None:
+        """The superblock to write before a salvage cut: it keeps claiming the lost records
+        as durable (``durable_before`` past the cut), so that every recovery until they are
+        appended again reports them lost, even after a crash in the middle of the cut."""
+        checkpoint = chosen.checkpoint
+        claimed = max(chosen.durable_before, cut + 1)
+        if checkpoint is not None:
+            claimed = max(claimed, checkpoint.position)
+            if checkpoint.position > self.head:
+                checkpoint = None
+        if claimed == chosen.durable_before and checkpoint == chosen.checkpoint:
+            return None
+        return attrs.evolve(
+            chosen, sequence=chosen.sequence + 1, durable_before=claimed, checkpoint=checkpoint
+        )
+
+    def _salvage_cuts(self, state: _Recovery, scan: SegmentScan) -> list[LogOutput]:
+        """Cut the damaged segment after its intact records, and empty every later one."""
+        outputs: list[LogOutput] = []
+        damaged = state.numbers[state.index - 1]
+        for number in state.numbers[state.index - 1 :]:
+            path = segment_path(number)
+            keep = scan.end if number == damaged else 0
+            if state.sizes[number] > keep:
+                outputs.append(self._track(_Io.RECOVERY_TRUNCATE, path, _truncation(path, keep)))
+        if not outputs:
+            outputs.append(self._sync_for_recovery(segment_path(damaged)))
+        return outputs
+
     def _open(self) -> list[LogOutput]:
         self._phase = _Phase.OPEN
         self.durable = self.head
+        lost_from = self._recovery.cut
         self._recovery = _Recovery()
         assert self._hashes_base + len(self._hashes) == self.head
-        return [Recovered(self.head, self.chain_hash, self.owner_state, self._formatted)]
+        return [Recovered(self.head, self.chain_hash, self.owner_state, self._formatted, lost_from)]
 
     # --- appending ---------------------------------------------------------------------------
 
@@ -812,6 +874,17 @@ class Log:
         self._truncating = None
         return [Truncated(position), *self._pump()]
 
+    def location(self, position: int) -> tuple[str, int, int]:
+        """(file, offset, size) of the record at ``position`` (below ``head``, written)."""
+        assert 0 <= position < self.head
+        index = bisect.bisect_right(self._segment_firsts, position) - 1
+        segment = self._segments[index]
+        slot = position - segment.first_position
+        assert slot < len(segment.offsets), f"record {position} is not written yet"
+        offset = segment.offsets[slot]
+        end = segment.offsets[slot + 1] if slot + 1 < len(segment.offsets) else segment.size
+        return segment.path, offset, end - offset
+
     def hash_before(self, position: int) -> bytes:
         """Chain hash of record ``position - 1`` (for positions from the latest checkpoint)."""
         if position == 0:
@@ -879,7 +952,8 @@ class Log:
             if checkpoint is not None:
                 fresh = attrs.evolve(
                     fresh,
-                    durable_before=checkpoint.position,
+                    # never below a mark a salvage cut left (records still to be repaired)
+                    durable_before=max(checkpoint.position, current.durable_before),
                     checkpoint_count=current.checkpoint_count + 1,
                     checkpoint=checkpoint,
                 )
@@ -916,6 +990,10 @@ class Log:
             return self._write_superblock_half(fresh, 1)
         self._superblock = fresh
         self._superblock_inflight = None
+        if self._phase is _Phase.RECOVERING and self._recovery.salvaging:
+            self._recovery.salvaging = False
+            self._recovery.superblock = fresh
+            return self._finish_recovery()
         if self._phase is _Phase.RECOVERING and self._recovery.repairing:
             self._recovery.superblock = fresh
             return self._read_segments()

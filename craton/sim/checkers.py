@@ -112,6 +112,11 @@ class Checker:
         self._committed_seen[index] = 0
         self._view_max[index] = 0  # in memory it starts again from the persisted view
 
+    def wiped(self, index: int) -> None:
+        """Replica ``index``'s disk was wiped: its persisted view is gone with it (what keeps
+        it safe then is that it rejoins only through a quorum of the others)."""
+        self._persisted_max[index] = 0
+
     def sent(self, index: int, replica: Replica, payload: bytes) -> None:
         """Persist before send: a message may only claim what its sender has made durable.
 

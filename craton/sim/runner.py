@@ -81,6 +81,7 @@ def run_seed(
         committed_ops=result.committed_ops,
         faults={name: count for name, count in sorted(result.faults.items()) if count},
         fault_kinds=sum(1 for count in result.faults.values() if count),
+        repairs=result.repairs,
         liveness=result.liveness,
     )
     if result.violations:

@@ -110,6 +110,9 @@ class ResumeViewAfterRestart(Replica):
         self._formatted = True  # as if the directory were new: no view change on restart
         return super()._loaded()
 
+    def _must_recover(self) -> bool:
+        return self._lost_from is not None  # the blank directory it pretends is not a loss
+
 
 class ReapplyRetry(Replica):
     """Ignores the reply its client table keeps for a client's last request: a retry of it

@@ -77,6 +77,8 @@ from craton.core.wire.replica import (
     Prepare,
     PrepareBody,
     PrepareOk,
+    Recovery,
+    RecoveryResponse,
     ReplicaMessage,
     RequestStartView,
     StartView,
@@ -121,6 +123,9 @@ class ReplicaConfig:
     client_table_max: int = 64
     checkpoint_interval_ops: int = 256
     segment_size_max: int = 64 * 1024 * 1024
+    # This replica was a member of its cluster before this start: a blank disk then means
+    # its data was lost (a wiped or replaced disk), never that the cluster is new.
+    joined: bool = False
 
     def __attrs_post_init__(self) -> None:
         assert 1 <= self.replica_count <= 16 and 0 <= self.replica_id < self.replica_count
@@ -133,6 +138,7 @@ class ReplicaConfig:
 
 class Status(enum.Enum):
     LOADING = "loading"  # recovering the log and journal after a start
+    RECOVERING = "recovering"  # lost part of its log or its disk: rejoins via the others
     NORMAL = "normal"
     VIEW_CHANGE = "view_change"
 
@@ -168,6 +174,7 @@ class Replica:
                 segment_size_max=config.segment_size_max,
             ),
             IoIds(),
+            salvage=config.replica_count > 1,
         )
         self.status = Status.LOADING
         self.view = 0
@@ -196,6 +203,10 @@ class Replica:
         self._load_head = 0
         self._truncating = False
         self._get_state_quiet_until = 0
+        self._lost_from: int | None = None  # the log lost records from here at recovery
+        self._recovery_nonce = 0
+        self._recovery_views: dict[int, int] = {}  # replica -> view it answered with
+        self._rejoining = False  # installing a view's log after recovering
         self.halted: str | None = None
 
     # --- entry points ------------------------------------------------------------------------
@@ -295,6 +306,7 @@ class Replica:
             self.log_view = self._persisted_log_view = log_view
         self._load_head = recovered.head
         self._formatted = recovered.formatted
+        self._lost_from = recovered.lost_from
         return self._load_more()
 
     def _load_more(self) -> list[Effect]:
@@ -322,6 +334,8 @@ class Replica:
         effects = self._commit_to(0 if checkpoint is None else checkpoint.position)
         self._primary_heard_tick = self._ticks
         self._arm_view_change_timer()
+        if self._must_recover():
+            return [*effects, *self._begin_recovery()]
         restarted_primary = (
             self.is_primary and self.config.replica_count > 1 and not self._formatted
         )
@@ -334,6 +348,71 @@ class Replica:
         if self.is_primary:  # a cluster of one: its own durable log is the view's log
             return [*effects, notice, *self._advance_commit()]
         return [*effects, notice]
+
+    # --- recovery: a damaged log or a wiped disk ----------------------------------------------
+
+    def _must_recover(self) -> bool:
+        """Whether this replica may have lost ops it acknowledged (its log was cut at
+        damage), or its whole disk while it was a member: then it neither votes nor
+        acknowledges until it holds a view's log again."""
+        if self.config.replica_count == 1:
+            return False
+        return self._lost_from is not None or (self._formatted and self.config.joined)
+
+    def _begin_recovery(self) -> list[Effect]:
+        """Ask the others which view the cluster is in (the answers carry a fresh nonce, so
+        none predates this start); a quorum of answers names a view at least as recent as
+        any this replica can have voted in, even one its wiped disk forgot."""
+        self.status = Status.RECOVERING
+        self._recovery_nonce = self._prng.next_u64()
+        self._recovery_views = {}
+        reason = "wiped" if self._formatted else "damaged"
+        fields = (("reason", reason), ("head", self.head), ("view", self.view))
+        return [Notice("replica.recovering", fields), *self._recovery_messages()]
+
+    def _recovery_messages(self) -> list[Effect]:
+        effects = self._broadcast(Recovery(self.config.replica_id, self._recovery_nonce))
+        target = self._recovery_target()
+        if target is None:
+            return effects
+        if target > max(self._recovery_views.values()):
+            # This replica promised a later view than the others are in: it cannot join
+            # theirs, so it moves them to its own (a view change vote names no log).
+            if self._persisted_view == self.view:
+                effects.extend(self._broadcast(StartViewChange(self.view, self.config.replica_id)))
+        elif target % self._count != self.config.replica_id:
+            ask = RequestStartView(target, self.config.replica_id)
+            effects.append(Send(target % self._count, self._encode(ask)))
+        return effects
+
+    def _recovery_target(self) -> int | None:
+        """The view to rejoin, once a quorum of other replicas answered."""
+        if len(self._recovery_views) < self.config.quorum:
+            return None
+        return max(self.view, *self._recovery_views.values())
+
+    def _on_recovery(self, ask: Recovery) -> list[Effect]:
+        settled = self._install is None and self.log_view == self.view
+        if self.status is not Status.NORMAL or not settled or ask.replica >= self._count:
+            return []
+        answer = RecoveryResponse(self.view, self.config.replica_id, ask.nonce)
+        return [Send(ask.replica, self._encode(answer))]
+
+    def _on_recovery_response(self, answer: RecoveryResponse) -> list[Effect]:
+        if self.status is not Status.RECOVERING or answer.nonce != self._recovery_nonce:
+            return []
+        if answer.replica == self.config.replica_id or answer.replica >= self._count:
+            return []
+        had = self._recovery_target()
+        seen = self._recovery_views.get(answer.replica, 0)
+        self._recovery_views[answer.replica] = max(seen, answer.view)
+        if self._recovery_target() != had:
+            return self._recovery_messages()
+        return []
+
+    @property
+    def _count(self) -> int:
+        return self.config.replica_count
 
     # --- client requests ---------------------------------------------------------------------
 
@@ -417,6 +496,10 @@ class Replica:
             return [Notice("replica.bad_message", (("from", received.src), ("why", error.reason)))]
         if self.status is Status.LOADING:
             return []
+        if self.status is Status.RECOVERING and not isinstance(
+            message, (StartView, RecoveryResponse, Recovery)
+        ):
+            return []
         match message:
             case Prepare():
                 return self._on_prepare(message)
@@ -436,6 +519,10 @@ class Replica:
                 return self._on_get_state(message, received.src)
             case NewState():
                 return self._on_new_state(message)
+            case Recovery():
+                return self._on_recovery(message)
+            case RecoveryResponse():
+                return self._on_recovery_response(message)
         raise AssertionError(f"unhandled message {message!r}")
 
     def _behind(self, view: int) -> list[Effect]:
@@ -559,7 +646,11 @@ class Replica:
         if self.is_primary and self._install is None:
             return []  # a primary fetches only while installing its view's log
         self._primary_heard_tick = self._ticks
+        had = self.head
         effects = self._extend(state.entries)
+        if self.head > had:
+            fields = (("from", had), ("to", self.head))
+            effects.append(Notice("replica.state_transfer", fields))
         if self._install is not None:
             effects.extend(self._continue_install())
         effects.extend(self._commit_to(min(state.commit, self.head)))
@@ -639,6 +730,10 @@ class Replica:
         self._ticks += 1
         if self.status is Status.LOADING:
             return []
+        if self.status is Status.RECOVERING:
+            if self._ticks % self.config.repair_ticks == 0:
+                return self._recovery_messages()
+            return []
         if self.status is Status.NORMAL and self.is_primary:
             return self._primary_tick()
         if self.status is Status.NORMAL:
@@ -685,6 +780,12 @@ class Replica:
     # --- view change -------------------------------------------------------------------------
 
     def _start_view_change(self, view: int) -> list[Effect]:
+        if self._rejoining:
+            # Still installing after a recovery: its log may lack ops it acknowledged once,
+            # so it must not vote with it. It asks the cluster again instead.
+            self._install = None
+            self._rejoining = False
+            return self._begin_recovery()
         assert view > self.view or self.status is Status.LOADING or view == self.view
         if self.status is Status.VIEW_CHANGE:
             self._view_changes_unsettled += 1
@@ -724,7 +825,7 @@ class Replica:
                 return self._view_change_messages()
             case Status.NORMAL:
                 return self._continue_install()
-            case Status.LOADING:
+            case Status.LOADING | Status.RECOVERING:
                 return []
 
     def _view_change_messages(self) -> list[Effect]:
@@ -800,6 +901,11 @@ class Replica:
         return [notice, *install]
 
     def _on_start_view(self, start: StartView) -> list[Effect]:
+        if self.status is Status.RECOVERING:
+            target = self._recovery_target()
+            if target is None or start.view < target or self._truncating:
+                return []
+            self._rejoining = True
         if start.view < self.view or (self.is_primary and start.view == self.view):
             return []
         if start.view == self.view and self.status is Status.NORMAL:
@@ -817,7 +923,9 @@ class Replica:
         return [self._prepare_ok()] if self._ready_to_ack() and self.log.durable else []
 
     def _on_request_start_view(self, ask: RequestStartView) -> list[Effect]:
-        if ask.view != self.view or not self.is_primary or self.status is not Status.NORMAL:
+        # An ask for an earlier view gets this later one: a recovering replica names the
+        # latest view it learnt of, and a StartView of a later view is news to anyone.
+        if ask.view > self.view or not self.is_primary or self.status is not Status.NORMAL:
             return []
         if self._install is not None:
             return []
@@ -889,6 +997,9 @@ class Replica:
         self._install = None
         self._view_changes_unsettled = 0
         self._arm_view_change_timer()
+        if self._rejoining:
+            self._rejoining = False
+            effects.append(Notice("replica.recovered", (("view", self.view), ("head", self.head))))
         if self.is_primary:
             effects.extend(self._broadcast(self._start_view_message()))
             effects.extend(self._advance_commit())

@@ -85,6 +85,10 @@ def message_class(command: Command) -> type[AnyMessage]:
             return vsr.GetState
         case Command.NEW_STATE:
             return vsr.NewState
+        case Command.RECOVERY:
+            return vsr.Recovery
+        case Command.RECOVERY_RESPONSE:
+            return vsr.RecoveryResponse
         case _:
             assert_never(command)
 

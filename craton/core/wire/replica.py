@@ -137,6 +137,24 @@ class NewState:
     entries: Annotated[tuple[Entry, ...], ENTRIES]
 
 
+@attrs.frozen(field_transformer=wire_fields)
+class Recovery:
+    """``replica`` lost (part of) its log or its whole disk and asks what view the cluster
+    is in; ``nonce`` ties the answers to this request."""
+
+    replica: Annotated[int, REPLICA]
+    nonce: Annotated[int, U64]
+
+
+@attrs.frozen(field_transformer=wire_fields)
+class RecoveryResponse:
+    """``replica`` is in normal status in ``view`` (answering ``Recovery`` ``nonce``)."""
+
+    view: Annotated[int, U32]
+    replica: Annotated[int, REPLICA]
+    nonce: Annotated[int, U64]
+
+
 ReplicaMessage = (
     Prepare
     | PrepareOk
@@ -147,6 +165,8 @@ ReplicaMessage = (
     | RequestStartView
     | GetState
     | NewState
+    | Recovery
+    | RecoveryResponse
 )
 
 
