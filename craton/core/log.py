@@ -41,7 +41,15 @@ import attrs
 from craton.core import record, superblock
 from craton.core.checksum import checksum
 from craton.core.record import GENESIS_HASH, HEADER_SIZE, RecordError
-from craton.core.scan import Clean, Corrupt, SegmentScan, Torn, scan_segment
+from craton.core.scan import (
+    Clean,
+    Corrupt,
+    Salvaged,
+    SegmentScan,
+    Torn,
+    salvage_tail,
+    scan_segment,
+)
 from craton.core.seal import ENTRY_SIZE, Checkpoint, Sealer, encode_entry, verify_seal
 from craton.core.seam import (
     DiskCompletion,
@@ -111,6 +119,11 @@ class Recovered:
     # salvage only: records from here on were damaged (or certified but missing) and cut;
     # some of them may have been durable and acknowledged, so the owner must get them back
     lost_from: int | None = None
+    # salvage only: what was found past the damage (holes have no body), whether it reaches
+    # the end of what was written, and how far the log was certified durable
+    salvaged: tuple[Salvaged, ...] = ()
+    salvage_complete: bool = False
+    certified: int = 0
 
 
 @attrs.frozen
@@ -240,6 +253,8 @@ class _Recovery:
     pending_syncs: int = 0
     cut: int | None = None  # salvage: the first damaged position, where the log was cut
     salvaging: bool = False  # salvage: the superblock is rewritten before the cut
+    salvaged: tuple[Salvaged, ...] = ()
+    salvage_complete: bool = False
 
 
 @attrs.define
@@ -606,6 +621,10 @@ class Log:
         state.index += 1
         if isinstance(verdict, Corrupt):
             state.cut = verdict.position
+            tail = salvage_tail(completion.data, at=verdict.offset, position=verdict.position)
+            later = any(state.sizes[n] for n in state.numbers[state.index :])
+            state.salvaged = tail.records
+            state.salvage_complete = tail.complete and not later
             notice = Notice("log.damage_cut", (("file", path), ("where", _describe(verdict))))
             return [notice, *self._finish_recovery()]
         if state.index < len(state.numbers):
@@ -737,10 +756,22 @@ class Log:
     def _open(self) -> list[LogOutput]:
         self._phase = _Phase.OPEN
         self.durable = self.head
-        lost_from = self._recovery.cut
+        state = self._recovery
         self._recovery = _Recovery()
         assert self._hashes_base + len(self._hashes) == self.head
-        return [Recovered(self.head, self.chain_hash, self.owner_state, self._formatted, lost_from)]
+        chosen = self._superblock
+        certified = 0 if chosen is None else self._certified(chosen)
+        recovered = Recovered(
+            self.head,
+            self.chain_hash,
+            self.owner_state,
+            self._formatted,
+            state.cut,
+            state.salvaged,
+            state.salvage_complete,
+            certified,
+        )
+        return [recovered]
 
     # --- appending ---------------------------------------------------------------------------
 

@@ -64,6 +64,9 @@ REPAIR_NOTICES = {  # notices counted in a run's ``repairs``, by the name they a
     "log.damage_cut": "damage_cuts",
     "log.superblock_lost": "superblocks_lost",
     "log.torn_tail_truncated": "torn_tails_cut",
+    "replica.prepare_repaired": "prepares_repaired",
+    "replica.repair_abandoned": "repairs_abandoned",
+    "replica.repaired": "logs_repaired",
     "replica.recovered": "rejoined",
     "replica.state_transfer": "state_transfers",
 }

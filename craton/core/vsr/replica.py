@@ -51,6 +51,7 @@ from craton.core.log import (
 )
 from craton.core.prng import Prng
 from craton.core.record import GENESIS_HASH, chain_hash
+from craton.core.scan import Salvaged
 from craton.core.seam import (
     ClientRequest,
     Effect,
@@ -77,9 +78,11 @@ from craton.core.wire.replica import (
     Prepare,
     PrepareBody,
     PrepareOk,
+    PrepareReply,
     Recovery,
     RecoveryResponse,
     ReplicaMessage,
+    RequestPrepare,
     RequestStartView,
     StartView,
     StartViewChange,
@@ -207,6 +210,9 @@ class Replica:
         self._recovery_nonce = 0
         self._recovery_views: dict[int, int] = {}  # replica -> view it answered with
         self._rejoining = False  # installing a view's log after recovering
+        self._recovered: Recovered | None = None
+        self._repair: dict[int, Salvaged] = {}  # records past the damage, holes to fetch
+        self._repairing = False  # filling holes by hash: done, it resumes as after a restart
         self.halted: str | None = None
 
     # --- entry points ------------------------------------------------------------------------
@@ -307,6 +313,7 @@ class Replica:
         self._load_head = recovered.head
         self._formatted = recovered.formatted
         self._lost_from = recovered.lost_from
+        self._recovered = recovered
         return self._load_more()
 
     def _load_more(self) -> list[Effect]:
@@ -335,19 +342,96 @@ class Replica:
         self._primary_heard_tick = self._ticks
         self._arm_view_change_timer()
         if self._must_recover():
-            return [*effects, *self._begin_recovery()]
+            effects.extend(self._begin_recovery())
+            return [*effects, *self._begin_repair()]
+        return [*effects, *self._resume()]
+
+    def _resume(self) -> list[Effect]:
+        """Take part again with the log this replica holds (after loading it, or after
+        filling the holes damage left in it)."""
         restarted_primary = (
             self.is_primary and self.config.replica_count > 1 and not self._formatted
         )
         if self.log_view < self.view or restarted_primary:
             # Mid view change, or a restarted primary that may have lost ops its backups
             # hold: move to a new view rather than resume this one.
-            return [*effects, *self._start_view_change(self.view + 1)]
+            return self._start_view_change(self.view + 1)
         self.status = Status.NORMAL
         notice = Notice("replica.started", (("view", self.view), ("head", self.head)))
         if self.is_primary:  # a cluster of one: its own durable log is the view's log
-            return [*effects, notice, *self._advance_commit()]
-        return [*effects, notice]
+            return [notice, *self._advance_commit()]
+        return [notice]
+
+    # --- repair: filling the holes damage left, by hash --------------------------------------
+
+    def _begin_repair(self) -> list[Effect]:
+        """When the damage left holes whose hashes the log still vouches for, and the
+        records found past them reach as far as the log was ever certified durable, this
+        replica can rebuild exactly the log it had: it fetches each hole from any replica,
+        checks it against the vouched hash and the link to the op before, re-appends what
+        follows, and once all of it is durable resumes as after any restart."""
+        recovered = self._recovered
+        if recovered is None or self._formatted or not recovered.salvage_complete:
+            return []
+        tail = recovered.salvaged
+        if not tail or tail[0].position != self.head:
+            return []
+        if any(item.hash is None for item in tail):
+            return []
+        if max(tail[-1].position + 1, self.head) < recovered.certified:
+            return []  # records the log certified are missing even past the damage
+        self._repair = {item.position: item for item in tail}
+        self._repairing = True
+        return self._repair_next()
+
+    def _repair_next(self) -> list[Effect]:
+        effects: list[Effect] = []
+        while self.head in self._repair:
+            item = self._repair[self.head]
+            if item.body is None:
+                ask = RequestPrepare(self.config.replica_id, self.head)
+                return [*effects, *self._broadcast(ask)]
+            if chain_hash(self._last_hash(), self.head, item.body) != item.hash:
+                self._repair = {}  # what was found past the damage does not chain: give up
+                self._repairing = False
+                return [*effects, Notice("replica.repair_abandoned", (("op", self.head),))]
+            del self._repair[self.head]
+            assert item.hash is not None
+            effects.extend(self._append(Entry(self.head, item.hash, item.body)))
+        return [*effects, *self._repaired()]
+
+    def _repaired(self) -> list[Effect]:
+        if not self._repairing or self._repair or self.log.durable < self.head:
+            return []
+        self._repairing = False
+        self._lost_from = None
+        notice = Notice("replica.repaired", (("head", self.head),))
+        return [notice, *self._resume()]
+
+    def _on_request_prepare(self, ask: RequestPrepare) -> list[Effect]:
+        if ask.replica == self.config.replica_id or ask.replica >= self._count:
+            return []
+        if ask.op < self.head:
+            entry = self.entries[ask.op]
+        else:
+            item = self._repair.get(ask.op)
+            if item is None or item.body is None or item.hash is None:
+                return []
+            entry = Entry(ask.op, item.hash, item.body)
+        return [Send(ask.replica, self._encode(PrepareReply(entry)))]
+
+    def _on_prepare_reply(self, reply: PrepareReply) -> list[Effect]:
+        entry = reply.entry
+        item = self._repair.get(entry.op)
+        if self.status is not Status.RECOVERING or entry.op != self.head or item is None:
+            return []
+        if item.body is not None or entry.hash != item.hash:
+            return []
+        if chain_hash(self._last_hash(), entry.op, entry.body) != entry.hash:
+            return []
+        self._repair[entry.op] = Salvaged(entry.op, entry.hash, entry.body)
+        notice = Notice("replica.prepare_repaired", (("op", entry.op),))
+        return [notice, *self._repair_next()]
 
     # --- recovery: a damaged log or a wiped disk ----------------------------------------------
 
@@ -497,7 +581,7 @@ class Replica:
         if self.status is Status.LOADING:
             return []
         if self.status is Status.RECOVERING and not isinstance(
-            message, (StartView, RecoveryResponse, Recovery)
+            message, (StartView, RecoveryResponse, Recovery, RequestPrepare, PrepareReply)
         ):
             return []
         match message:
@@ -523,6 +607,10 @@ class Replica:
                 return self._on_recovery(message)
             case RecoveryResponse():
                 return self._on_recovery_response(message)
+            case RequestPrepare():
+                return self._on_request_prepare(message)
+            case PrepareReply():
+                return self._on_prepare_reply(message)
         raise AssertionError(f"unhandled message {message!r}")
 
     def _behind(self, view: int) -> list[Effect]:
@@ -564,6 +652,8 @@ class Replica:
         return Send(self.primary, self._encode(ok))
 
     def _on_durable(self) -> list[Effect]:
+        if self.status is Status.RECOVERING:
+            return self._repaired()
         if self.status is not Status.NORMAL:
             return []
         if self._install is not None:
@@ -732,7 +822,7 @@ class Replica:
             return []
         if self.status is Status.RECOVERING:
             if self._ticks % self.config.repair_ticks == 0:
-                return self._recovery_messages()
+                return [*self._recovery_messages(), *self._repair_next()]
             return []
         if self.status is Status.NORMAL and self.is_primary:
             return self._primary_tick()
@@ -906,6 +996,8 @@ class Replica:
             if target is None or start.view < target or self._truncating:
                 return []
             self._rejoining = True
+            self._repair = {}
+            self._repairing = False
         if start.view < self.view or (self.is_primary and start.view == self.view):
             return []
         if start.view == self.view and self.status is Status.NORMAL:

@@ -89,6 +89,10 @@ def message_class(command: Command) -> type[AnyMessage]:
             return vsr.Recovery
         case Command.RECOVERY_RESPONSE:
             return vsr.RecoveryResponse
+        case Command.REQUEST_PREPARE:
+            return vsr.RequestPrepare
+        case Command.PREPARE_REPLY:
+            return vsr.PrepareReply
         case _:
             assert_never(command)
 

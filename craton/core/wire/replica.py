@@ -155,6 +155,22 @@ class RecoveryResponse:
     nonce: Annotated[int, U64]
 
 
+@attrs.frozen(field_transformer=wire_fields)
+class RequestPrepare:
+    """``replica`` found op ``op`` damaged in its log and asks any replica for it."""
+
+    replica: Annotated[int, REPLICA]
+    op: Annotated[int, U64]
+
+
+@attrs.frozen(field_transformer=wire_fields)
+class PrepareReply:
+    """The answer to ``RequestPrepare``: the sender's entry at that op. The receiver checks
+    it against the hash its own log vouches for before it believes it."""
+
+    entry: Annotated[Entry, Record(Entry)]
+
+
 ReplicaMessage = (
     Prepare
     | PrepareOk
@@ -167,6 +183,8 @@ ReplicaMessage = (
     | NewState
     | Recovery
     | RecoveryResponse
+    | RequestPrepare
+    | PrepareReply
 )
 
 
