@@ -905,13 +905,15 @@ class Log:
         self._truncating = None
         return [Truncated(position), *self._pump()]
 
-    def location(self, position: int) -> tuple[str, int, int]:
-        """(file, offset, size) of the record at ``position`` (below ``head``, written)."""
+    def location(self, position: int) -> tuple[str, int, int] | None:
+        """(file, offset, size) of the record at ``position``; None while it waits for a
+        batch (a write is under way for it once it has a place)."""
         assert 0 <= position < self.head
         index = bisect.bisect_right(self._segment_firsts, position) - 1
         segment = self._segments[index]
         slot = position - segment.first_position
-        assert slot < len(segment.offsets), f"record {position} is not written yet"
+        if slot >= len(segment.offsets):
+            return None
         offset = segment.offsets[slot]
         end = segment.offsets[slot + 1] if slot + 1 < len(segment.offsets) else segment.size
         return segment.path, offset, end - offset

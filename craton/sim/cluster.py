@@ -362,6 +362,26 @@ class Cluster:
         assert 0 <= index < self.options.replica_count and down_ticks >= 1
         self._crash(index, down_ticks)
 
+    def wipe(self, index: int, *, down_ticks: int) -> None:
+        """Crash replica ``index`` and wipe its disk; it restarts on a blank disk (an
+        explicit fault for scenario tests, counted like a drawn one)."""
+        self.crash(index, down_ticks=down_ticks)
+        self.nodes[index].disk.wipe()
+        self.checker.wiped(index)
+        self._log(f"r{index} disk wiped")
+
+    def corrupt_op(self, index: int, op: int, *, header: bool = False) -> None:
+        """Flip a bit of op ``op``'s record on replica ``index``'s disk: in its body, or in
+        its header (which hides the record's length). The op must be durable there."""
+        log = self.nodes[index].replica.log
+        assert 0 <= op < log.durable, f"op {op} is not durable on replica {index}"
+        place = log.location(op)
+        assert place is not None, f"durable op {op} has no place on disk"
+        path, offset, size = place
+        at = offset + 40 if header else offset + 128 + (size - 128) // 2
+        self.nodes[index].disk.corrupt(path, at, 3, fault="corruption_at_rest")
+        self._log(f"r{index} rot in op {op}")
+
     def _crash(self, index: int, down_ticks: int) -> None:
         node = self.nodes[index]
         if not node.up:
@@ -487,7 +507,9 @@ class Cluster:
         if not node.up or not log.is_open or log.durable <= index:
             return
         op = index + count * self._faults_prng.below((log.durable - 1 - index) // count + 1)
-        path, offset, size = log.location(op)
+        place = log.location(op)
+        assert place is not None, f"durable op {op} has no place on disk"
+        path, offset, size = place
         at = offset + self._faults_prng.below(size)
         if at >= node.disk.durable_size(path):
             return  # not synced yet (a truncation is under way)

@@ -344,6 +344,10 @@ class Replica:
         if self._must_recover():
             effects.extend(self._begin_recovery())
             return [*effects, *self._begin_repair()]
+        if self._recovered is not None and not self._recovered.owner_state:
+            # A new member: its view state is written before it takes part, so that from
+            # now on a superblock without it means a lost disk (see ``_must_recover``).
+            return [*effects, *self._save_state()]
         return [*effects, *self._resume()]
 
     def _resume(self) -> list[Effect]:
@@ -441,7 +445,8 @@ class Replica:
         acknowledges until it holds a view's log again."""
         if self.config.replica_count == 1:
             return False
-        return self._lost_from is not None or (self._formatted and self.config.joined)
+        lost_state = self._recovered is not None and not self._recovered.owner_state
+        return self._lost_from is not None or (lost_state and self.config.joined)
 
     def _begin_recovery(self) -> list[Effect]:
         """Ask the others which view the cluster is in (the answers carry a fresh nonce, so
@@ -450,7 +455,7 @@ class Replica:
         self.status = Status.RECOVERING
         self._recovery_nonce = self._prng.next_u64()
         self._recovery_views = {}
-        reason = "wiped" if self._formatted else "damaged"
+        reason = "damaged" if self._lost_from is not None else "wiped"
         fields = (("reason", reason), ("head", self.head), ("view", self.view))
         return [Notice("replica.recovering", fields), *self._recovery_messages()]
 
@@ -915,7 +920,9 @@ class Replica:
                 return self._view_change_messages()
             case Status.NORMAL:
                 return self._continue_install()
-            case Status.LOADING | Status.RECOVERING:
+            case Status.LOADING:
+                return self._resume()  # the first view state of a new member is durable
+            case Status.RECOVERING:
                 return []
 
     def _view_change_messages(self) -> list[Effect]:
