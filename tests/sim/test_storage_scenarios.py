@@ -18,7 +18,7 @@ import attrs
 import pytest
 
 from craton.core.prng import Prng
-from craton.core.seam import Effect, Send
+from craton.core.seam import Effect, Input, Send
 from craton.core.state_machine import StateMachine
 from craton.core.vsr import codec
 from craton.core.vsr.replica import Replica, ReplicaConfig, Status
@@ -55,9 +55,9 @@ class Votes:
 
 def watched(votes: Votes) -> Callable[[ReplicaConfig, StateMachine, Prng], Replica]:
     class Watched(Replica):
-        def step(self, event: object) -> list[Effect]:  # type: ignore[override]
+        def step(self, event: Input) -> list[Effect]:
             recovering = self.status is Status.RECOVERING
-            effects = super().step(event)  # type: ignore[arg-type]
+            effects = super().step(event)
             if recovering or self.status is Status.RECOVERING:
                 for effect in effects:
                     if isinstance(effect, Send):
@@ -141,10 +141,11 @@ def test_wiped_replica_rejoins_through_a_quorum(seed: int) -> None:
 def test_corrupt_entry_at_the_next_primary_head_during_a_view_change(seed: int) -> None:
     """Replica 1, the primary of the next view, is down with a flipped bit in an op at the
     head of its log (among the last ones a later record certifies durable: the very last,
-    uncertified record would be cut as a torn tail) when the primary of view 0 crashes. It restarts into the view change with a
-    damaged head: it must not vote with its short log. It fetches the damaged op from
-    replica 2 by the hash its own record header still vouches for, rebuilds the log it had,
-    and only then takes part; the view change completes with every committed op kept."""
+    uncertified record would be cut as a torn tail) when the primary of view 0 crashes. It
+    restarts into the view change with a damaged head: it must not vote with its short
+    log. It fetches the damaged op from replica 2 by the hash its own record header still
+    vouches for, rebuilds the log it had, and only then takes part; the view change
+    completes with every committed op kept."""
     seen: dict[str, list[bytes]] = {}
 
     def script_it(cluster: Cluster, script: Script) -> None:
@@ -266,5 +267,5 @@ def test_lagging_replica_catches_up_while_the_primary_fails(seed: int) -> None:
         script.then("cut off", lambda: primary().commit >= 4, cut_off)
         script.then("catching up", catching_up, lambda: cluster.crash(0, down_ticks=300))
 
-    cluster, notices, _ = run_scenario(seed, script_it, requests=60)
+    _, notices, _ = run_scenario(seed, script_it, requests=60)
     assert notices.of(2, "replica.state_transfer"), "expected replica 2 to catch up"
