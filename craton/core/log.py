@@ -90,6 +90,17 @@ def _truncation(path: str, length: int) -> Callable[[int], DiskTruncate]:
     return lambda io: DiskTruncate(io, path, length)
 
 
+def _torn_or_damaged(data: bytes, torn: Torn, position: int) -> Torn | Corrupt:
+    """An interrupted write leaves nothing intact after the point where it tore: when
+    intact records follow the damage, it is damage (a write that landed elsewhere, a torn
+    write the disk reported as done), and the records it hides may have been acknowledged."""
+    tail = salvage_tail(data, at=torn.offset, position=position)
+    if any(item.body is not None for item in tail.records):
+        reason = f"{torn.reason}, yet intact records follow: damage, not a torn write"
+        return Corrupt(torn.offset, position, reason)
+    return torn
+
+
 def _describe(verdict: Torn | Corrupt) -> str:
     if isinstance(verdict, Torn):
         return f"offset {verdict.offset}: torn tail ({verdict.reason})"
@@ -612,6 +623,8 @@ class Log:
             return self._halt(f"file '{path}' {_describe(verdict)}")
         state.seen_damage = None
         state.attempts = 0
+        if isinstance(verdict, Torn) and self.salvage:
+            verdict = scan.verdict = _torn_or_damaged(completion.data, verdict, scan.next_position)
         segment = _Segment(number, first, scan.end, scan.offsets)
         self._add_segment(segment)
         self._hashes.extend(scan.hashes)

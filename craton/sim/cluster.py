@@ -255,6 +255,7 @@ class Cluster:
         self._seal_seeds = [self.prng.split(f"key-{i}").random_bytes(32) for i in range(n)]
         self.process_faults: dict[str, int] = {"crashes": 0, "pauses": 0, "restarts": 0}
         self.repairs: dict[str, int] = {}
+        self._members = [False] * n  # whose view state was ever durable (see Replica.member)
         self.digest = hashlib.sha256(f"craton-sim:{seed}".encode())
         self.checker = Checker(n, self._make_machine, CLIENT_TABLE_MAX)
         self.nodes = [self._boot(index, None) for index in range(n)]
@@ -280,7 +281,7 @@ class Cluster:
         return MACHINES[self.options.machine][0]()
 
     def _boot(self, index: int, disk: SimDisk | None) -> _Node:
-        joined = disk is not None
+        joined = self._members[index] if disk is not None else False
         if disk is None:
             plan = self.options.disk_plan(index)
             disk = SimDisk(self.prng.split(f"disk-{index}"), self.events, plan)
@@ -387,6 +388,7 @@ class Cluster:
         if not node.up:
             return
         self.process_faults["crashes"] += 1
+        self._members[index] = self._members[index] or node.replica.member
         node.disk.crash()
         atlas = self.options.atlas
         wiping = self.phase == "faults" and index in atlas.faulty and atlas.wipe > 0

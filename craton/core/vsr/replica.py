@@ -126,8 +126,9 @@ class ReplicaConfig:
     client_table_max: int = 64
     checkpoint_interval_ops: int = 256
     segment_size_max: int = 64 * 1024 * 1024
-    # This replica was a member of its cluster before this start: a blank disk then means
-    # its data was lost (a wiped or replaced disk), never that the cluster is new.
+    # This replica was a member of its cluster before this start (its view state had been
+    # durable: see ``Replica.member``): a blank disk then means its data was lost (a wiped
+    # or replaced disk), never that it is new.
     joined: bool = False
 
     def __attrs_post_init__(self) -> None:
@@ -211,6 +212,7 @@ class Replica:
         self._recovery_views: dict[int, int] = {}  # replica -> view it answered with
         self._rejoining = False  # installing a view's log after recovering
         self._recovered: Recovered | None = None
+        self._member = False  # its superblock holds its view state (see ``member``)
         self._repair: dict[int, Salvaged] = {}  # records past the damage, holes to fetch
         self._repairing = False  # filling holes by hash: done, it resumes as after a restart
         self.halted: str | None = None
@@ -230,6 +232,12 @@ class Replica:
     def installing(self) -> bool:
         """True while this replica brings its log in line with its view's log."""
         return self._install is not None
+
+    @property
+    def member(self) -> bool:
+        """True once this replica's view state is durable in its superblock: from then on
+        it may have voted or acknowledged, and a blank disk means it lost them."""
+        return self._member
 
     @property
     def persisted_log_view(self) -> int:
@@ -314,6 +322,7 @@ class Replica:
         self._formatted = recovered.formatted
         self._lost_from = recovered.lost_from
         self._recovered = recovered
+        self._member = bool(recovered.owner_state)
         return self._load_more()
 
     def _load_more(self) -> list[Effect]:
@@ -909,6 +918,7 @@ class Replica:
         return self._route(self.log.save_owner_state(state))
 
     def _on_saved(self, state: bytes) -> list[Effect]:
+        self._member = True
         _, view, log_view = OWNER_STATE.unpack(state)
         self._persisted_view, self._persisted_log_view = view, log_view
         if (view, log_view) == self._saving:
