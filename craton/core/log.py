@@ -86,10 +86,6 @@ def segment_path(segment: int) -> str:
     return f"{SEGMENT_FOLDER}/{segment:010d}.seg"
 
 
-def _truncation(path: str, length: int) -> Callable[[int], DiskTruncate]:
-    return lambda io: DiskTruncate(io, path, length)
-
-
 def _torn_or_damaged(data: bytes, torn: Torn, position: int) -> Torn | Corrupt:
     """An interrupted write leaves nothing intact after the point where it tore: when
     intact records follow the damage, it is damage (a write that landed elsewhere, a torn
@@ -315,6 +311,7 @@ class Log:
         self.halt_reason: str | None = None
         self._formatted = False
         self.salvage = salvage
+        self._stale: list[int] = []  # segments whose files hold bytes past the end of the log
 
     # --- entry points ------------------------------------------------------------------------
 
@@ -754,17 +751,19 @@ class Log:
         )
 
     def _salvage_cuts(self, state: _Recovery, scan: SegmentScan) -> list[LogOutput]:
-        """Cut the damaged segment after its intact records, and empty every later one."""
-        outputs: list[LogOutput] = []
+        """The log ends where its intact records end, but the bytes past that point stay
+        on disk (stale) until the next truncation: appends overwrite them in place, and a
+        repair re-appends the very records that were there, so a crash in the middle of a
+        repair finds what it had not rewritten yet still on disk."""
         damaged = state.numbers[state.index - 1]
-        for number in state.numbers[state.index - 1 :]:
-            path = segment_path(number)
-            keep = scan.end if number == damaged else 0
-            if state.sizes[number] > keep:
-                outputs.append(self._track(_Io.RECOVERY_TRUNCATE, path, _truncation(path, keep)))
-        if not outputs:
-            outputs.append(self._sync_for_recovery(segment_path(damaged)))
-        return outputs
+        self._stale = state.numbers[state.index - 1 :]
+        del scan  # the damaged segment is cut where its intact records end (its size)
+        return [self._sync_for_recovery(segment_path(damaged))]
+
+    @property
+    def has_stale(self) -> bool:
+        """Bytes past the end of the log are still on disk (see ``_salvage_cuts``)."""
+        return bool(self._stale)
 
     def _open(self) -> list[LogOutput]:
         self._phase = _Phase.OPEN
@@ -886,10 +885,28 @@ class Log:
                 break
             keep = max(0, position - segment.first_position)
             cuts.append((segment, segment.offsets[keep] if keep < written else segment.size))
+        cuts = self._stale_cuts(cuts)
         self._cuts = cuts
         if self._batch is not None:
             return []  # the cut starts once the batch in flight has landed
         return self._truncate_next()
+
+    def _stale_cuts(self, cuts: list[tuple[_Segment, int]]) -> list[tuple[_Segment, int]]:
+        """Add to ``cuts`` (last segment first) what removes the stale bytes: a live segment
+        is cut at its size, a file past the live ones is emptied."""
+        if not self._stale:
+            return cuts
+        live = {segment.number: segment for segment in self._segments}
+        cut_numbers = {segment.number for segment, _ in cuts}
+        extra: list[tuple[_Segment, int]] = []
+        for number in self._stale:
+            segment = live.get(number)
+            if segment is None:
+                extra.append((_Segment(number, self.head), 0))
+            elif number not in cut_numbers:
+                extra.append((segment, segment.size))
+        self._stale = []
+        return sorted([*extra, *cuts], key=lambda cut: -cut[0].number)
 
     def _truncate_next(self) -> list[LogOutput]:
         if not self._cuts:

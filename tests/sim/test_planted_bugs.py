@@ -31,6 +31,21 @@ Revisited", Liskov & Cowling 2012):
   has that view's log).
 - ``reapply-retry``: the client table's reply for a client's last request is ignored, so a
   retry is prepared and applied again (§4.1 step 2: exactly-once execution).
+
+Storage mutations (protocol-aware recovery: a local checksum failure is never taken as proof
+that an entry was not written):
+
+- ``truncate-on-local-damage``: a replica whose log recovery cut damaged records takes the
+  shorter log as all it ever had and goes on voting and acknowledging with it, instead of
+  repairing or recovering through the others.
+- ``skip-checksum-on-read``: the journal is reloaded without checking each record's
+  checksums, so a bit flipped on the way from the disk becomes part of the log.
+- ``repair-without-hash-check``: a replica filling a hole in its log takes whatever entry a
+  peer sends for that op, without checking it against the hash its log vouches for and
+  the link to the op before.
+- ``install-state-without-verifying``: state transfer installs the entries a peer sends
+  without checking that they chain onto the log (Craton has no checkpoint state sync yet:
+  a lagging replica catches up by this journal transfer, which is what is mutated).
 """
 
 from __future__ import annotations
@@ -42,12 +57,15 @@ from pathlib import Path
 import attrs
 import pytest
 
+from craton.core.log import Log, LogOutput, ReadResult, _PendingRead
 from craton.core.prng import Prng
-from craton.core.seam import Effect, Reply, Send
+from craton.core.record import HEADER_SIZE, RecordError, chain_hash, decode_header
+from craton.core.scan import Salvaged
+from craton.core.seam import DiskCompletion, Effect, IoIds, ReadDone, Reply, Send
 from craton.core.state_machine import StateMachine
 from craton.core.vsr.replica import Replica, ReplicaConfig, ReplyStatus, Status
-from craton.core.wire.replica import Prepare, PrepareOk
-from craton.sim.cluster import Cluster, ProcessFaults, SwarmOptions, draw_options
+from craton.core.wire.replica import Entry, Prepare, PrepareOk, PrepareReply
+from craton.sim.cluster import Cluster, FaultAtlas, ProcessFaults, SwarmOptions, draw_options
 from craton.sim.disk import DiskFaults
 from craton.sim.workload import CLIENT_ID_BASE
 from tests.sim.test_vsr_scenarios import Script, quiet_options
@@ -125,6 +143,67 @@ class ReapplyRetry(Replica):
         return refusal
 
 
+class TruncateOnLocalDamage(Replica):
+    """Takes the log its recovery cut at damage as everything it ever had."""
+
+    def _must_recover(self) -> bool:
+        assert hasattr(self, "_lost_from"), "Replica changed: this mutation needs updating"
+        self._lost_from = None
+        return super()._must_recover()
+
+
+class _UncheckedLog(Log):
+    """Reads records back by their header alone: the body's checksum is not checked."""
+
+    def _on_record_read(self, pending: _PendingRead, completion: DiskCompletion) -> list[LogOutput]:
+        if isinstance(completion, ReadDone):
+            try:
+                header = decode_header(completion.data)
+            except RecordError:
+                return super()._on_record_read(pending, completion)
+            if header.position == pending.position:
+                body = bytes(completion.data[HEADER_SIZE:])
+                return [ReadResult(pending.tag, pending.position, body)]
+        return super()._on_record_read(pending, completion)
+
+
+class SkipChecksumOnRead(Replica):
+    """Reloads its journal without checking the records' checksums."""
+
+    def __init__(self, config: ReplicaConfig, machine: StateMachine, prng: Prng) -> None:
+        super().__init__(config, machine, prng)
+        self.log = _UncheckedLog(self.log.config, IoIds(), salvage=self.log.salvage)
+
+
+class RepairWithoutHashCheck(Replica):
+    """Fills a hole with whatever entry a peer sends for that op."""
+
+    def _on_prepare_reply(self, reply: PrepareReply) -> list[Effect]:
+        entry = reply.entry
+        if self.status is not Status.RECOVERING or entry.op != self.head:
+            return []
+        if entry.op not in self._repair or self._repair[entry.op].body is not None:
+            return []
+        own = chain_hash(self._last_hash(), entry.op, entry.body)  # believed, not checked
+        self._repair[entry.op] = Salvaged(entry.op, own, entry.body)
+        return self._repair_next()
+
+
+class InstallStateWithoutVerifying(Replica):
+    """Installs transferred entries without checking that they chain onto its log."""
+
+    def _extend(self, entries: tuple[Entry, ...]) -> list[Effect]:
+        believed = []
+        prev = self._last_hash()
+        for entry in entries:
+            if entry.op < self.head:
+                continue
+            own = chain_hash(prev, entry.op, entry.body)
+            believed.append(Entry(entry.op, own, entry.body))
+            prev = own
+        return super()._extend(tuple(believed))
+
+
 # --- the search -----------------------------------------------------------------------------
 
 ReplicaFactory = Callable[[ReplicaConfig, StateMachine, Prng], Replica]
@@ -169,6 +248,20 @@ def _late_messages(options: SwarmOptions) -> SwarmOptions:
     return attrs.evolve(_load(options), network=network)
 
 
+def _rot(options: SwarmOptions) -> SwarmOptions:
+    """Crashes that lose unsynced writes, and every replica's log rotting at disjoint ops,
+    so that replicas restart with damaged logs again and again."""
+    crashes = _crashes(options)
+    atlas = FaultAtlas("disjoint", tuple(range(options.replica_count)), 0.0, 0.05)
+    return attrs.evolve(crashes, atlas=atlas)
+
+
+def _read_flips(options: SwarmOptions) -> SwarmOptions:
+    """Crashes (every restart reloads the journal) and bits flipped on the way from disk."""
+    crashes = _crashes(options)
+    return attrs.evolve(crashes, disk=attrs.evolve(crashes.disk, read_corruption=0.05))
+
+
 @attrs.frozen
 class PlantedBug:
     name: str
@@ -183,6 +276,10 @@ BUGS = (
     PlantedBug("view-change-before-persist", ViewChangeBeforePersist, _crashes),
     PlantedBug("resume-view-after-restart", ResumeViewAfterRestart, _crashes),
     PlantedBug("reapply-retry", ReapplyRetry, _load),
+    PlantedBug("truncate-on-local-damage", TruncateOnLocalDamage, _rot),
+    PlantedBug("skip-checksum-on-read", SkipChecksumOnRead, _read_flips),
+    PlantedBug("repair-without-hash-check", RepairWithoutHashCheck, _rot),
+    PlantedBug("install-state-without-verifying", InstallStateWithoutVerifying, _late_messages),
 )
 
 # The swarm does not catch this one within the bound (test_forgotten_vote_when_scripted

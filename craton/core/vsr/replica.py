@@ -90,8 +90,10 @@ from craton.core.wire.replica import (
 from craton.core.wire.schema import Reader
 
 PREPARE_KIND = 1  # the log record kind of a prepare
-OWNER_STATE = struct.Struct("<4sII")  # magic, view, log_view
-OWNER_MAGIC = b"VSR1"
+OWNER_STATE = struct.Struct("<4sIII")  # magic, view, log_view, flags
+OWNER_MAGIC = b"VSR2"
+OWNER_STATE_V1 = struct.Struct("<4sII")  # magic b"VSR1", view, log_view (no flags)
+OWNER_RECOVERING = 1  # flag: the log is not this replica's own until it is repaired
 JOURNAL_OPS_MAX = 4_000_000
 LOAD_READS_MAX = 64  # reads in flight while a restarted replica reloads its journal
 VIEW_CHANGE_BACKOFF_MAX = 4  # doublings of the view change timeout
@@ -190,7 +192,9 @@ class Replica:
         self.clients: dict[int, _ClientSession] = {}
         self._persisted_view = 0
         self._persisted_log_view = 0
-        self._saving: tuple[int, int] | None = None
+        self._saving: tuple[int, int, bool] | None = None
+        self._recovering = False  # wanted in the superblock: see OWNER_RECOVERING
+        self._persisted_recovering = False
         self._acked: dict[int, int] = {}  # replica -> highest op it holds durably, this view
         self._ticks = 0
         self._primary_heard_tick = 0
@@ -314,10 +318,10 @@ class Replica:
 
     def _on_recovered(self, recovered: Recovered) -> list[Effect]:
         if recovered.owner_state:
-            magic, view, log_view = OWNER_STATE.unpack(recovered.owner_state)
-            assert magic == OWNER_MAGIC, "superblock holds another owner's state"
+            view, log_view, recovering = decode_owner_state(recovered.owner_state)
             self.view = self._persisted_view = view
             self.log_view = self._persisted_log_view = log_view
+            self._recovering = self._persisted_recovering = recovering
         self._load_head = recovered.head
         self._formatted = recovered.formatted
         self._lost_from = recovered.lost_from
@@ -399,6 +403,8 @@ class Replica:
 
     def _repair_next(self) -> list[Effect]:
         effects: list[Effect] = []
+        if not self._persisted_recovering:
+            return []  # the log changes only once the superblock says it is recovering
         while self.head in self._repair:
             item = self._repair[self.head]
             if item.body is None:
@@ -418,8 +424,9 @@ class Replica:
             return []
         self._repairing = False
         self._lost_from = None
+        self._recovering = False
         notice = Notice("replica.repaired", (("head", self.head),))
-        return [notice, *self._resume()]
+        return [notice, *self._save_state(), *self._resume()]
 
     def _on_request_prepare(self, ask: RequestPrepare) -> list[Effect]:
         if ask.replica == self.config.replica_id or ask.replica >= self._count:
@@ -455,6 +462,8 @@ class Replica:
         if self.config.replica_count == 1:
             return False
         lost_state = self._recovered is not None and not self._recovered.owner_state
+        if self._persisted_recovering:
+            return True  # it was recovering when it stopped: its log is still not its own
         return self._lost_from is not None or (lost_state and self.config.joined)
 
     def _begin_recovery(self) -> list[Effect]:
@@ -465,8 +474,14 @@ class Replica:
         self._recovery_nonce = self._prng.next_u64()
         self._recovery_views = {}
         reason = "damaged" if self._lost_from is not None else "wiped"
+        if self._persisted_recovering and self._lost_from is None:
+            reason = "unfinished"
         fields = (("reason", reason), ("head", self.head), ("view", self.view))
-        return [Notice("replica.recovering", fields), *self._recovery_messages()]
+        # Before its log changes in any way, the superblock says it is recovering: a crash
+        # in the middle of a repair or an install must not leave a log that looks whole.
+        self._recovering = True
+        saving = self._save_state()
+        return [Notice("replica.recovering", fields), *saving, *self._recovery_messages()]
 
     def _recovery_messages(self) -> list[Effect]:
         effects = self._broadcast(Recovery(self.config.replica_id, self._recovery_nonce))
@@ -910,20 +925,21 @@ class Replica:
         return self._save_state()
 
     def _save_state(self) -> list[Effect]:
-        wanted = (self.view, self.log_view)
+        wanted = (self.view, self.log_view, self._recovering)
         if self._saving == wanted:
             return []
         self._saving = wanted
-        state = OWNER_STATE.pack(OWNER_MAGIC, self.view, self.log_view)
+        state = encode_owner_state(*wanted)
         return self._route(self.log.save_owner_state(state))
 
     def _on_saved(self, state: bytes) -> list[Effect]:
         self._member = True
-        _, view, log_view = OWNER_STATE.unpack(state)
+        saved = decode_owner_state(state)
+        view, log_view, self._persisted_recovering = saved
         self._persisted_view, self._persisted_log_view = view, log_view
-        if (view, log_view) == self._saving:
+        if saved == self._saving:
             self._saving = None
-        if (view, log_view) != (self.view, self.log_view):
+        if saved != (self.view, self.log_view, self._recovering):
             return self._save_state()
         match self.status:
             case Status.VIEW_CHANGE:
@@ -933,7 +949,7 @@ class Replica:
             case Status.LOADING:
                 return self._resume()  # the first view state of a new member is durable
             case Status.RECOVERING:
-                return []
+                return self._repair_next()
 
     def _view_change_messages(self) -> list[Effect]:
         """SVC to everyone; DVC to the new primary once a quorum started this view change."""
@@ -1012,6 +1028,8 @@ class Replica:
             target = self._recovery_target()
             if target is None or start.view < target or self._truncating:
                 return []
+            if not self._persisted_recovering:
+                return []  # asked again on the next tick
             self._rejoining = True
             self._repair = {}
             self._repairing = False
@@ -1056,7 +1074,7 @@ class Replica:
         self._install = _Install(self.view, head, commit, entries, source)
         cut = self._divergence(head, suffix_start, entries)
         assert cut >= self.commit, "a committed op differs from the view's log"
-        if cut < self.head:
+        if cut < self.head or self.log.has_stale:
             return self._truncate(cut)
         return self._continue_install()
 
@@ -1098,7 +1116,9 @@ class Replica:
         if self.log.durable < install.head:
             return effects  # wait for the installed log to be durable
         effects.extend(self._commit_to(min(install.commit, self.head)))
-        if self.log_view != install.view:
+        if self._rejoining:
+            self._recovering = False  # saved with the log view: the log is the view's now
+        if self.log_view != install.view or self._persisted_recovering != self._recovering:
             self.log_view = install.view
             return [*effects, *self._save_state()]
         if self._persisted_log_view != install.view:
@@ -1126,6 +1146,21 @@ class Replica:
 
     def _encode(self, message: ReplicaMessage) -> bytes:
         return codec.encode_message(message)
+
+
+def encode_owner_state(view: int, log_view: int, recovering: bool) -> bytes:
+    return OWNER_STATE.pack(OWNER_MAGIC, view, log_view, OWNER_RECOVERING if recovering else 0)
+
+
+def decode_owner_state(data: bytes) -> tuple[int, int, bool]:
+    """(view, log_view, recovering) from the superblock's owner state (either version)."""
+    if len(data) == OWNER_STATE_V1.size:
+        magic, view, log_view = OWNER_STATE_V1.unpack(data)
+        assert magic == b"VSR1", "superblock holds another owner's state"
+        return view, log_view, False
+    magic, view, log_view, flags = OWNER_STATE.unpack(data)
+    assert magic == OWNER_MAGIC, "superblock holds another owner's state"
+    return view, log_view, bool(flags & OWNER_RECOVERING)
 
 
 def decode_prepare_body(data: bytes) -> PrepareBody:
