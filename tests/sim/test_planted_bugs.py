@@ -43,9 +43,11 @@ that an entry was not written):
 - ``repair-without-hash-check``: a replica filling a hole in its log takes whatever entry a
   peer sends for that op, without checking it against the hash its log vouches for and
   the link to the op before.
-- ``install-state-without-verifying``: state transfer installs the entries a peer sends
-  without checking that they chain onto the log (Craton has no checkpoint state sync yet:
-  a lagging replica catches up by this journal transfer, which is what is mutated).
+- ``install-without-verifying``: a replica installing a view's log (a new view's
+  ``StartView``, or the log a recovering replica rejoins with) takes its own journal as
+  agreeing with it without comparing hashes, and believes transferred entries without
+  their chain (Craton has no checkpoint state sync yet: a lagging or recovering replica
+  catches up by this journal transfer, which is what is mutated).
 """
 
 from __future__ import annotations
@@ -176,7 +178,8 @@ class SkipChecksumOnRead(Replica):
 
 
 class RepairWithoutHashCheck(Replica):
-    """Fills a hole with whatever entry a peer sends for that op."""
+    """Fills a hole with whatever entry a peer sends for that op, and re-appends what it
+    found past the damage on the chain that gives, without checking any hash."""
 
     def _on_prepare_reply(self, reply: PrepareReply) -> list[Effect]:
         entry = reply.entry
@@ -184,13 +187,27 @@ class RepairWithoutHashCheck(Replica):
             return []
         if entry.op not in self._repair or self._repair[entry.op].body is not None:
             return []
-        own = chain_hash(self._last_hash(), entry.op, entry.body)  # believed, not checked
-        self._repair[entry.op] = Salvaged(entry.op, own, entry.body)
+        self._repair[entry.op] = Salvaged(entry.op, entry.hash, entry.body)
         return self._repair_next()
 
+    def _repair_next(self) -> list[Effect]:
+        prev = self._last_hash()
+        for op in sorted(self._repair):
+            item = self._repair[op]
+            if item.body is None:
+                break
+            prev = chain_hash(prev, op, item.body)  # believed, not checked
+            self._repair[op] = Salvaged(op, prev, item.body)
+        return super()._repair_next()
 
-class InstallStateWithoutVerifying(Replica):
-    """Installs transferred entries without checking that they chain onto its log."""
+
+class InstallWithoutVerifying(Replica):
+    """Installs a view's log (a StartView, or the log a recovering replica rejoins with)
+    on top of its own journal without checking where the two differ: what it holds is
+    taken as the view's, and transferred entries are believed without their chain."""
+
+    def _divergence(self, head: int, suffix_start: int, entries: tuple[Entry, ...]) -> int:
+        return min(self.head, head) if entries else super()._divergence(head, suffix_start, entries)
 
     def _extend(self, entries: tuple[Entry, ...]) -> list[Effect]:
         believed = []
@@ -252,8 +269,17 @@ def _rot(options: SwarmOptions) -> SwarmOptions:
     """Crashes that lose unsynced writes, and every replica's log rotting at disjoint ops,
     so that replicas restart with damaged logs again and again."""
     crashes = _crashes(options)
-    atlas = FaultAtlas("disjoint", tuple(range(options.replica_count)), 0.0, 0.05)
+    atlas = FaultAtlas("disjoint", tuple(range(options.replica_count)), 0.0, 0.01)
     return attrs.evolve(crashes, atlas=atlas)
+
+
+def _faulty_rot(options: SwarmOptions) -> SwarmOptions:
+    """Crashes, and one replica whose disk rots, tears and misdirects writes often."""
+    crashes = _crashes(options)
+    disk = attrs.evolve(
+        crashes.disk, corruption_at_rest=0.05, torn_write=0.01, misdirected_write=0.01
+    )
+    return attrs.evolve(crashes, disk=disk, atlas=FaultAtlas("atlas", (0,), 0.0, 0.0))
 
 
 def _read_flips(options: SwarmOptions) -> SwarmOptions:
@@ -276,10 +302,10 @@ BUGS = (
     PlantedBug("view-change-before-persist", ViewChangeBeforePersist, _crashes),
     PlantedBug("resume-view-after-restart", ResumeViewAfterRestart, _crashes),
     PlantedBug("reapply-retry", ReapplyRetry, _load),
-    PlantedBug("truncate-on-local-damage", TruncateOnLocalDamage, _rot),
+    PlantedBug("truncate-on-local-damage", TruncateOnLocalDamage, _faulty_rot),
     PlantedBug("skip-checksum-on-read", SkipChecksumOnRead, _read_flips),
     PlantedBug("repair-without-hash-check", RepairWithoutHashCheck, _rot),
-    PlantedBug("install-state-without-verifying", InstallStateWithoutVerifying, _late_messages),
+    PlantedBug("install-without-verifying", InstallWithoutVerifying, _crashes),
 )
 
 # The swarm does not catch this one within the bound (test_forgotten_vote_when_scripted
@@ -325,10 +351,10 @@ def run_cluster(cluster: Cluster) -> Outcome:
     """Run to the end; a broken assertion anywhere in the run is reported, not raised."""
     try:
         result = cluster.run()
-    except AssertionError as error:
+    except Exception as error:  # a broken assertion, or the simulator refusing what it saw
         frame = traceback.extract_tb(error.__traceback__)[-1]
         where = f"{Path(frame.filename).name}:{frame.lineno}"
-        return Outcome(cluster.seed, "crash", f"AssertionError at {where}: {error}")
+        return Outcome(cluster.seed, "crash", f"{type(error).__name__} at {where}: {error}")
     detail = result.violations[0] if result.violations else ""
     return Outcome(cluster.seed, result.result, detail)
 
