@@ -616,12 +616,12 @@ class Log:
             # bit flipped in transit must neither halt the log nor cut acknowledged records.
             state.seen_damage = fingerprint
             return self._retry_segment(f"file '{path}': {_describe(verdict)}")
+        if isinstance(verdict, Torn):
+            verdict = scan.verdict = _torn_or_damaged(completion.data, verdict, scan.next_position)
         if isinstance(verdict, Corrupt) and not self.salvage:
             return self._halt(f"file '{path}' {_describe(verdict)}")
         state.seen_damage = None
         state.attempts = 0
-        if isinstance(verdict, Torn) and self.salvage:
-            verdict = scan.verdict = _torn_or_damaged(completion.data, verdict, scan.next_position)
         segment = _Segment(number, first, scan.end, scan.offsets)
         self._add_segment(segment)
         self._hashes.extend(scan.hashes)
