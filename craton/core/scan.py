@@ -229,10 +229,13 @@ def salvage_tail(data: bytes, *, at: int, position: int) -> SalvagedTail:
             position += 1
             continue
         found = _find_header(data, at + 1, position + 1)
+        if found is None and len(view) - at < 2 * HEADER_SIZE:
+            # Too few bytes left for two records: this was the last record, its hash is
+            # unknown (a replica accepts it only from a log of the same view).
+            records.append(Salvaged(position, None, None))
+            return SalvagedTail(tuple(records), True)
         if found is None:
-            # Nothing readable follows: a torn end if this is the last thing written; the
-            # caller decides with the certified watermark whether anything is missing.
-            return SalvagedTail(tuple(records), header is not None)
+            return SalvagedTail(tuple(records), False)  # how many records were here is unknown
         at, following = found
         records.append(Salvaged(position, following.prev_hash, None))
         position += 1

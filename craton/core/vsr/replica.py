@@ -393,7 +393,7 @@ class Replica:
         tail = recovered.salvaged
         if not tail or tail[0].position != self.head:
             return []
-        if any(item.hash is None for item in tail):
+        if any(item.hash is None for item in tail[:-1]):
             return []
         if max(tail[-1].position + 1, self.head) < recovered.certified:
             return []  # records the log certified are missing even past the damage
@@ -431,6 +431,8 @@ class Replica:
     def _on_request_prepare(self, ask: RequestPrepare) -> list[Effect]:
         if ask.replica == self.config.replica_id or ask.replica >= self._count:
             return []
+        if self._install is not None or self._truncating or self._rejoining:
+            return []  # the journal is between two views' logs
         if ask.op < self.head:
             entry = self.entries[ask.op]
         else:
@@ -438,15 +440,17 @@ class Replica:
             if item is None or item.body is None or item.hash is None:
                 return []
             entry = Entry(ask.op, item.hash, item.body)
-        return [Send(ask.replica, self._encode(PrepareReply(entry)))]
+        return [Send(ask.replica, self._encode(PrepareReply(self.log_view, entry)))]
 
     def _on_prepare_reply(self, reply: PrepareReply) -> list[Effect]:
         entry = reply.entry
         item = self._repair.get(entry.op)
         if self.status is not Status.RECOVERING or entry.op != self.head or item is None:
             return []
-        if item.body is not None or entry.hash != item.hash:
+        if item.body is not None or entry.hash != (item.hash or entry.hash):
             return []
+        if item.hash is None and reply.log_view != self.log_view:
+            return []  # nothing vouches for this op: only a log of this view agrees on it
         if chain_hash(self._last_hash(), entry.op, entry.body) != entry.hash:
             return []
         self._repair[entry.op] = Salvaged(entry.op, entry.hash, entry.body)

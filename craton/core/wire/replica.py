@@ -165,9 +165,12 @@ class RequestPrepare:
 
 @attrs.frozen(field_transformer=wire_fields)
 class PrepareReply:
-    """The answer to ``RequestPrepare``: the sender's entry at that op. The receiver checks
-    it against the hash its own log vouches for before it believes it."""
+    """The answer to ``RequestPrepare``: the sender's entry at that op, and the view whose
+    log the sender's journal is (its ``log_view``). The receiver checks it against the hash
+    its own log vouches for, or, when nothing vouches for one, takes it only from a log of
+    its own log view."""
 
+    log_view: Annotated[int, U32]
     entry: Annotated[Entry, Record(Entry)]
 
 
