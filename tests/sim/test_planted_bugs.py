@@ -266,10 +266,11 @@ def _late_messages(options: SwarmOptions) -> SwarmOptions:
 
 
 def _rot(options: SwarmOptions) -> SwarmOptions:
-    """Crashes that lose unsynced writes, and every replica's log rotting at disjoint ops,
-    so that replicas restart with damaged logs again and again."""
+    """Crashes that lose unsynced writes, and every replica's log rotting at disjoint ops
+    (a bit flipped every 33 ticks or so), so that replicas restart with damaged logs again
+    and again and ask each other for ops."""
     crashes = _crashes(options)
-    atlas = FaultAtlas("disjoint", tuple(range(options.replica_count)), 0.0, 0.01)
+    atlas = FaultAtlas("disjoint", tuple(range(options.replica_count)), 0.0, 0.03)
     return attrs.evolve(crashes, atlas=atlas)
 
 
