@@ -399,6 +399,7 @@ class Replica:
             return []  # records the log certified are missing even past the damage
         self._repair = {item.position: item for item in tail}
         self._repairing = True
+        self._recovered = attrs.evolve(recovered, salvaged=())  # held in _repair from now
         return self._repair_next()
 
     def _repair_next(self) -> list[Effect]:
