@@ -56,6 +56,7 @@ MACHINES: dict[str, tuple[Callable[[], StateMachine], Callable[[Prng], bytes]]] 
 
 TICK_MS = 10
 CLIENT_TABLE_MAX = 3  # small, so that clients are evicted and must register again
+CHECKPOINT_INTERVAL_OPS = 64  # replicas seal a checkpoint at every multiple of this op
 LIVENESS_TICKS_DEFAULT = 3000
 MESSAGE_LOSS_FLOOR = 0.01  # per message, when a seed drew no network fault at all
 CRASH_FLOOR = 0.0005  # per replica per tick, when a cluster's seed drew no crashes
@@ -257,7 +258,7 @@ class Cluster:
         self.repairs: dict[str, int] = {}
         self._members = [False] * n  # whose view state was ever durable (see Replica.member)
         self.digest = hashlib.sha256(f"craton-sim:{seed}".encode())
-        self.checker = Checker(n, self._make_machine, CLIENT_TABLE_MAX)
+        self.checker = Checker(n, self._make_machine, CLIENT_TABLE_MAX, CHECKPOINT_INTERVAL_OPS)
         self.nodes = [self._boot(index, None) for index in range(n)]
         for index in range(n):
             self.network.endpoint(index).set_receiver(self._receiver(index))
@@ -291,7 +292,7 @@ class Cluster:
             replica_count=self.options.replica_count,
             seal_seed=self._seal_seeds[index],
             segment_size_max=256 * 1024,
-            checkpoint_interval_ops=64,
+            checkpoint_interval_ops=CHECKPOINT_INTERVAL_OPS,
             client_table_max=CLIENT_TABLE_MAX,
         )
         prng = self.prng.split(f"replica-{index}-{self.process_faults['restarts']}")

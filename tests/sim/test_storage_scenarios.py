@@ -23,7 +23,7 @@ from craton.core.state_machine import StateMachine
 from craton.core.vsr import codec
 from craton.core.vsr.replica import Replica, ReplicaConfig, Status
 from craton.core.wire.replica import DoViewChange, PrepareOk
-from craton.sim.cluster import Cluster
+from craton.sim.cluster import CHECKPOINT_INTERVAL_OPS, Cluster
 from craton.sim.disk import DiskFaults
 from tests.sim.test_vsr_scenarios import Script, assert_clean, assert_converged, quiet_options
 
@@ -269,3 +269,24 @@ def test_lagging_replica_catches_up_while_the_primary_fails(seed: int) -> None:
 
     _, notices, _ = run_scenario(seed, script_it, requests=60)
     assert notices.of(2, "replica.state_transfer"), "expected replica 2 to catch up"
+
+
+# --- checkpoints at agreed ops ---------------------------------------------------------------
+
+
+def test_checkpoints_are_sealed_at_agreed_ops_with_the_committed_hash() -> None:
+    """Every replica seals its checkpoints at the multiples of the interval, so that at any
+    op two replicas have both sealed, they vouch for the same chain hash — the one the
+    committed history has there (the checker compares every checkpoint it sees)."""
+    options = quiet_options(clients=3, requests=60, fault_ticks=2_500)
+    cluster = Cluster(7, options)
+    result = cluster.run()
+    assert_clean(result)
+    checkpoints = [node.replica.log.checkpoint for node in cluster.nodes]
+    assert all(c is not None for c in checkpoints), f"expected checkpoints: {checkpoints}"
+    sealed = {(c.position, c.chain_hash) for c in checkpoints if c is not None}
+    assert len(sealed) == 1, f"expected one checkpoint op and hash on every replica: {sealed}"
+    position, chain = next(iter(sealed))
+    assert position % CHECKPOINT_INTERVAL_OPS == 0 and position > 0, position
+    assert chain == cluster.checker.canonical[position - 1]
+    assert cluster.checker.checkpoints_checked > 0, "expected the checker to compare them"

@@ -838,10 +838,13 @@ class Replica:
         return []
 
     def _maybe_checkpoint(self) -> list[Effect]:
+        """Seal at the multiples of the interval, the same ops on every replica, so that
+        their checkpoints vouch for the same chain hashes."""
         checkpoint = self.log.checkpoint
         sealed = 0 if checkpoint is None else checkpoint.position
-        target = min(self.commit, self.log.durable)
-        if target - sealed < self.config.checkpoint_interval_ops or self._truncating:
+        interval = self.config.checkpoint_interval_ops
+        target = min(self.commit, self.log.durable) // interval * interval
+        if target <= sealed or self._truncating:
             return []
         try:
             return self._route(self.log.checkpoint_now(target))
