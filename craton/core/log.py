@@ -49,6 +49,7 @@ from craton.core.scan import (
     Torn,
     salvage_tail,
     scan_segment,
+    torn_or_damaged,
 )
 from craton.core.seal import ENTRY_SIZE, Checkpoint, Sealer, encode_entry, verify_seal
 from craton.core.seam import (
@@ -84,17 +85,6 @@ R = TypeVar("R", DiskRead, DiskWrite, DiskSync, DiskTruncate, DiskList)
 
 def segment_path(segment: int) -> str:
     return f"{SEGMENT_FOLDER}/{segment:010d}.seg"
-
-
-def _torn_or_damaged(data: bytes, torn: Torn, position: int) -> Torn | Corrupt:
-    """An interrupted write leaves nothing intact after the point where it tore: when
-    intact records follow the damage, it is damage (a write that landed elsewhere, a torn
-    write the disk reported as done), and the records it hides may have been acknowledged."""
-    tail = salvage_tail(data, at=torn.offset, position=position)
-    if any(item.body is not None for item in tail.records):
-        reason = f"{torn.reason}, yet intact records follow: damage, not a torn write"
-        return Corrupt(torn.offset, position, reason)
-    return torn
 
 
 def _describe(verdict: Torn | Corrupt) -> str:
@@ -617,7 +607,7 @@ class Log:
             state.seen_damage = fingerprint
             return self._retry_segment(f"file '{path}': {_describe(verdict)}")
         if isinstance(verdict, Torn):
-            verdict = scan.verdict = _torn_or_damaged(completion.data, verdict, scan.next_position)
+            verdict = scan.verdict = torn_or_damaged(completion.data, verdict, scan.next_position)
         if isinstance(verdict, Corrupt) and not self.salvage:
             return self._halt(f"file '{path}' {_describe(verdict)}")
         state.seen_damage = None

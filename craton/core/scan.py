@@ -261,3 +261,14 @@ def _find_header(data: bytes, start: int, position: int) -> tuple[int, RecordHea
             return found - 32, header
         found = data.find(MAGIC, found + 1)
     return None
+
+
+def torn_or_damaged(data: bytes, torn: Torn, position: int) -> Torn | Corrupt:
+    """An interrupted write leaves nothing intact after the point where it tore: when
+    intact records follow the damage, it is damage (a write that landed elsewhere, a torn
+    write the disk reported as done), and the records it hides may have been acknowledged."""
+    tail = salvage_tail(data, at=torn.offset, position=position)
+    if any(item.body is not None for item in tail.records):
+        reason = f"{torn.reason}, yet intact records follow: damage, not a torn write"
+        return Corrupt(torn.offset, position, reason)
+    return torn
