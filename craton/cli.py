@@ -82,6 +82,12 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--replicas", type=int, choices=[1, 2, 3, 4, 5, 6, 7], default=None)
         sub.add_argument("--ticks", type=int, default=None, help="length of the fault phase")
         sub.add_argument("--trace", type=Path, default=None, help="write a per-event log here")
+        sub.add_argument(
+            "--disk-profile",
+            choices=["atlas", "disjoint"],
+            default="atlas",
+            help="where destructive disk faults land (default: atlas)",
+        )
         sub.set_defaults(run=_run_sim)
 
     from craton.client.commands import add_client_commands
@@ -176,15 +182,19 @@ def _run_sim(args: argparse.Namespace) -> int:
     if args.ticks is not None and args.ticks < 1:
         return _fail("--ticks must be at least 1", EXIT_USAGE)
     if args.sim_command == "replay":
-        print(run_header(args.seed, replicas=args.replicas, ticks=args.ticks), file=sys.stderr)
+        header = run_header(
+            args.seed, replicas=args.replicas, ticks=args.ticks, profile=args.disk_profile
+        )
+        print(header, file=sys.stderr)
+    shape = {"replicas": args.replicas, "ticks": args.ticks, "profile": args.disk_profile}
     if args.trace is None:
-        return run_seeds(seeds, replicas=args.replicas, ticks=args.ticks, trace_file=None)
+        return run_seeds(seeds, **shape, trace_file=None)
     try:
         trace_file = args.trace.open("w", encoding="utf-8")
     except OSError as error:
         return _fail(f"--trace {args.trace}: cannot write: {error.strerror or error}", EXIT_USAGE)
     with trace_file:
-        return run_seeds(seeds, replicas=args.replicas, ticks=args.ticks, trace_file=trace_file)
+        return run_seeds(seeds, **shape, trace_file=trace_file)
 
 
 # --- demo ------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import attrs
 from craton.core import superblock
 from craton.core.log import CHECKPOINTS_PATH, SEGMENT_NAME, segment_path
 from craton.core.record import GENESIS_HASH
-from craton.core.scan import Corrupt, Torn, scan_segment
+from craton.core.scan import Corrupt, Torn, scan_segment, torn_or_damaged
 from craton.core.seal import ENTRY_SIZE, Checkpoint, SealError, decode_entry, verify_seal
 
 
@@ -114,6 +114,8 @@ def _audit_segments(
         report.records = scan.next_position
         report.head_hash = scan.last_hash
         verdict = scan.verdict
+        if isinstance(verdict, Torn):  # as recovery judges it: intact records after it?
+            verdict = torn_or_damaged(data, verdict, scan.next_position)
         if isinstance(verdict, Corrupt):
             report.problem = (
                 f"file '{path}' offset {verdict.offset}: record {verdict.position} is damaged: "

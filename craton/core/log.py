@@ -41,7 +41,16 @@ import attrs
 from craton.core import record, superblock
 from craton.core.checksum import checksum
 from craton.core.record import GENESIS_HASH, HEADER_SIZE, RecordError
-from craton.core.scan import Clean, Corrupt, SegmentScan, Torn, scan_segment
+from craton.core.scan import (
+    Clean,
+    Corrupt,
+    Salvaged,
+    SegmentScan,
+    Torn,
+    salvage_tail,
+    scan_segment,
+    torn_or_damaged,
+)
 from craton.core.seal import ENTRY_SIZE, Checkpoint, Sealer, encode_entry, verify_seal
 from craton.core.seam import (
     DiskCompletion,
@@ -104,6 +113,14 @@ class Recovered:
     chain_hash: bytes
     owner_state: bytes = b""
     formatted: bool = False  # the directory was blank and has just been formatted
+    # salvage only: records from here on were damaged (or certified but missing) and cut;
+    # some of them may have been durable and acknowledged, so the owner must get them back
+    lost_from: int | None = None
+    # salvage only: what was found past the damage (holes have no body), whether it reaches
+    # the end of what was written, and how far the log was certified durable
+    salvaged: tuple[Salvaged, ...] = ()
+    salvage_complete: bool = False
+    certified: int = 0
 
 
 @attrs.frozen
@@ -231,6 +248,10 @@ class _Recovery:
     seen_damage: bytes | None = None  # checksum of the last damaged read of this segment
     last_scan: SegmentScan | None = None
     pending_syncs: int = 0
+    cut: int | None = None  # salvage: the first damaged position, where the log was cut
+    salvaging: bool = False  # salvage: the superblock is rewritten before the cut
+    salvaged: tuple[Salvaged, ...] = ()
+    salvage_complete: bool = False
 
 
 @attrs.define
@@ -244,7 +265,11 @@ class _PendingRead:
 
 
 class Log:
-    def __init__(self, config: LogConfig, io_ids: IoIds) -> None:
+    def __init__(self, config: LogConfig, io_ids: IoIds, *, salvage: bool = False) -> None:
+        """``salvage``: for a replica of a cluster. Damage found by recovery cuts the log at
+        the first damaged record (reported as ``Recovered.lost_from``) instead of halting,
+        since the peers hold other copies; bodies are then verified from the first record
+        on, not only from the latest checkpoint."""
         assert config.segment_size_max > HEADER_SIZE
         assert config.batch_size_max > 0 and config.checkpoint_interval >= 0
         self.config = config
@@ -275,6 +300,8 @@ class Log:
         self._base_hash = GENESIS_HASH
         self.halt_reason: str | None = None
         self._formatted = False
+        self.salvage = salvage
+        self._stale: list[int] = []  # segments whose files hold bytes past the end of the log
 
     # --- entry points ------------------------------------------------------------------------
 
@@ -487,6 +514,11 @@ class Log:
         chosen = superblock.newest(state.copies)
         if chosen is None:
             history = self._recovery_sizes().get(CHECKPOINTS_PATH, 0)
+            if (history or any(state.sizes.values())) and self.salvage:
+                # Every copy is damaged: nothing on this disk can be trusted. Start over as
+                # a blank directory (stale records are cut by the next recovery's scan).
+                state.cut = 0
+                return [Notice("log.superblock_lost"), *self._format()]
             if history or any(state.sizes.values()):
                 return self._halt(
                     "file 'superblock': no valid copy among "
@@ -500,7 +532,7 @@ class Log:
             return self._halt(problem)
         state.superblock = chosen
         self._superblock = chosen
-        if chosen.checkpoint is not None:
+        if chosen.checkpoint is not None and not self.salvage:
             self._hashes_base = chosen.checkpoint.position
             self._base_hash = chosen.checkpoint.chain_hash
         if any(copy != chosen for copy in state.copies):
@@ -562,7 +594,7 @@ class Log:
             base_offset=0,
             first_position=first,
             prev_hash=self.chain_hash,
-            verify_from=0 if checkpoint is None else checkpoint.position,
+            verify_from=0 if checkpoint is None or self.salvage else checkpoint.position,
             certified=self._certified(state.superblock),
             may_tear=state.index == len(state.numbers) - 1,
             sealed=None if checkpoint is None else {checkpoint.position - 1: checkpoint.chain_hash},
@@ -574,7 +606,9 @@ class Log:
             # bit flipped in transit must neither halt the log nor cut acknowledged records.
             state.seen_damage = fingerprint
             return self._retry_segment(f"file '{path}': {_describe(verdict)}")
-        if isinstance(verdict, Corrupt):
+        if isinstance(verdict, Torn):
+            verdict = scan.verdict = torn_or_damaged(completion.data, verdict, scan.next_position)
+        if isinstance(verdict, Corrupt) and not self.salvage:
             return self._halt(f"file '{path}' {_describe(verdict)}")
         state.seen_damage = None
         state.attempts = 0
@@ -585,6 +619,14 @@ class Log:
         self.chain_hash = scan.last_hash
         state.last_scan = scan
         state.index += 1
+        if isinstance(verdict, Corrupt):
+            state.cut = verdict.position
+            tail = salvage_tail(completion.data, at=verdict.offset, position=verdict.position)
+            later = any(state.sizes[n] for n in state.numbers[state.index :])
+            state.salvaged = tail.records
+            state.salvage_complete = tail.complete and not later
+            notice = Notice("log.damage_cut", (("file", path), ("where", _describe(verdict))))
+            return [notice, *self._finish_recovery()]
         if state.index < len(state.numbers):
             return [self._read_segment()]
         return self._finish_recovery()
@@ -606,14 +648,23 @@ class Log:
         state = self._recovery
         chosen = state.superblock
         assert chosen is not None and state.root_files is not None
-        if self.head < self._certified(chosen):
+        if self.head < self._certified(chosen) and self.salvage:
+            state.cut = self.head if state.cut is None else min(state.cut, self.head)
+        elif self.head < self._certified(chosen):
             return self._halt(
                 f"folder '{SEGMENT_FOLDER}': the log ends at record {self.head} but records "
                 f"below {self._certified(chosen)} were certified durable"
             )
+        if state.cut is not None and not self._formatted:
+            fresh = self._salvage_superblock(chosen, state.cut)
+            if fresh is not None:
+                state.salvaging = True
+                return self._write_superblock(fresh)
         outputs: list[LogOutput] = []
         scan = state.last_scan
-        if scan is not None and isinstance(scan.verdict, Torn):
+        if scan is not None and isinstance(scan.verdict, Corrupt):
+            outputs.extend(self._salvage_cuts(state, scan))
+        elif scan is not None and isinstance(scan.verdict, Torn):
             segment = self._segments[-1]
             torn = scan.verdict
             cut = state.sizes[segment.number] - torn.offset
@@ -673,12 +724,56 @@ class Log:
             return []
         return self._open()
 
+    def _salvage_superblock(self, chosen: Superblock, cut: int) -> Superblock | None:
+        """The superblock to write before a salvage cut: it keeps claiming the lost records
+        as durable (``durable_before`` past the cut), so that every recovery until they are
+        appended again reports them lost, even after a crash in the middle of the cut."""
+        checkpoint = chosen.checkpoint
+        claimed = max(chosen.durable_before, cut + 1)
+        if checkpoint is not None:
+            claimed = max(claimed, checkpoint.position)
+            if checkpoint.position > self.head:
+                checkpoint = None
+        if claimed == chosen.durable_before and checkpoint == chosen.checkpoint:
+            return None
+        return attrs.evolve(
+            chosen, sequence=chosen.sequence + 1, durable_before=claimed, checkpoint=checkpoint
+        )
+
+    def _salvage_cuts(self, state: _Recovery, scan: SegmentScan) -> list[LogOutput]:
+        """The log ends where its intact records end, but the bytes past that point stay
+        on disk (stale) until the next truncation: appends overwrite them in place, and a
+        repair re-appends the very records that were there, so a crash in the middle of a
+        repair finds what it had not rewritten yet still on disk."""
+        damaged = state.numbers[state.index - 1]
+        self._stale = state.numbers[state.index - 1 :]
+        del scan  # the damaged segment is cut where its intact records end (its size)
+        return [self._sync_for_recovery(segment_path(damaged))]
+
+    @property
+    def has_stale(self) -> bool:
+        """Bytes past the end of the log are still on disk (see ``_salvage_cuts``)."""
+        return bool(self._stale)
+
     def _open(self) -> list[LogOutput]:
         self._phase = _Phase.OPEN
         self.durable = self.head
+        state = self._recovery
         self._recovery = _Recovery()
         assert self._hashes_base + len(self._hashes) == self.head
-        return [Recovered(self.head, self.chain_hash, self.owner_state, self._formatted)]
+        chosen = self._superblock
+        certified = 0 if chosen is None else self._certified(chosen)
+        recovered = Recovered(
+            self.head,
+            self.chain_hash,
+            self.owner_state,
+            self._formatted,
+            state.cut,
+            state.salvaged,
+            state.salvage_complete,
+            certified,
+        )
+        return [recovered]
 
     # --- appending ---------------------------------------------------------------------------
 
@@ -780,10 +875,28 @@ class Log:
                 break
             keep = max(0, position - segment.first_position)
             cuts.append((segment, segment.offsets[keep] if keep < written else segment.size))
+        cuts = self._stale_cuts(cuts)
         self._cuts = cuts
         if self._batch is not None:
             return []  # the cut starts once the batch in flight has landed
         return self._truncate_next()
+
+    def _stale_cuts(self, cuts: list[tuple[_Segment, int]]) -> list[tuple[_Segment, int]]:
+        """Add to ``cuts`` (last segment first) what removes the stale bytes: a live segment
+        is cut at its size, a file past the live ones is emptied."""
+        if not self._stale:
+            return cuts
+        live = {segment.number: segment for segment in self._segments}
+        cut_numbers = {segment.number for segment, _ in cuts}
+        extra: list[tuple[_Segment, int]] = []
+        for number in self._stale:
+            segment = live.get(number)
+            if segment is None:
+                extra.append((_Segment(number, self.head), 0))
+            elif number not in cut_numbers:
+                extra.append((segment, segment.size))
+        self._stale = []
+        return sorted([*extra, *cuts], key=lambda cut: -cut[0].number)
 
     def _truncate_next(self) -> list[LogOutput]:
         if not self._cuts:
@@ -811,6 +924,19 @@ class Log:
             self._segment_firsts.pop()
         self._truncating = None
         return [Truncated(position), *self._pump()]
+
+    def location(self, position: int) -> tuple[str, int, int] | None:
+        """(file, offset, size) of the record at ``position``; None while it waits for a
+        batch (a write is under way for it once it has a place)."""
+        assert 0 <= position < self.head
+        index = bisect.bisect_right(self._segment_firsts, position) - 1
+        segment = self._segments[index]
+        slot = position - segment.first_position
+        if slot >= len(segment.offsets):
+            return None
+        offset = segment.offsets[slot]
+        end = segment.offsets[slot + 1] if slot + 1 < len(segment.offsets) else segment.size
+        return segment.path, offset, end - offset
 
     def hash_before(self, position: int) -> bytes:
         """Chain hash of record ``position - 1`` (for positions from the latest checkpoint)."""
@@ -879,7 +1005,8 @@ class Log:
             if checkpoint is not None:
                 fresh = attrs.evolve(
                     fresh,
-                    durable_before=checkpoint.position,
+                    # never below a mark a salvage cut left (records still to be repaired)
+                    durable_before=max(checkpoint.position, current.durable_before),
                     checkpoint_count=current.checkpoint_count + 1,
                     checkpoint=checkpoint,
                 )
@@ -916,6 +1043,10 @@ class Log:
             return self._write_superblock_half(fresh, 1)
         self._superblock = fresh
         self._superblock_inflight = None
+        if self._phase is _Phase.RECOVERING and self._recovery.salvaging:
+            self._recovery.salvaging = False
+            self._recovery.superblock = fresh
+            return self._finish_recovery()
         if self._phase is _Phase.RECOVERING and self._recovery.repairing:
             self._recovery.superblock = fresh
             return self._read_segments()

@@ -23,7 +23,14 @@ from collections.abc import Mapping
 
 import attrs
 
-from craton.core.record import HEADER_SIZE, RecordError, RecordHeader, check_body, decode_header
+from craton.core.record import (
+    HEADER_SIZE,
+    MAGIC,
+    RecordError,
+    RecordHeader,
+    check_body,
+    decode_header,
+)
 
 
 @attrs.frozen
@@ -178,3 +185,90 @@ def _later_certification(view: memoryview, at: int) -> int:
         highest = max(highest, header.durable_before)
         at += header.size
     return highest
+
+
+# --- salvage: what survives past the first damaged record -----------------------------------
+
+
+@attrs.frozen
+class Salvaged:
+    """A record found past damage. ``body`` is None for a damaged record (a hole); ``hash``
+    is its chain hash, vouched for by its own intact header or by the next record's link,
+    or None when nothing vouches for it."""
+
+    position: int
+    hash: bytes | None
+    body: bytes | None
+
+
+@attrs.frozen
+class SalvagedTail:
+    records: tuple[Salvaged, ...]
+    complete: bool  # the records reach the end of the scanned bytes (or a torn end)
+
+
+def salvage_tail(data: bytes, *, at: int, position: int) -> SalvagedTail:
+    """The records from ``at`` (where record ``position`` is damaged) to the end of
+    ``data``: each intact one with its body, each damaged one as a hole. A damaged header
+    hides the record's length, so the next record is found by searching for a valid header
+    that claims the next position. Links between the records are not checked here: whoever
+    fills a hole checks that everything chains."""
+    view = memoryview(data)
+    records: list[Salvaged] = []
+    while at < len(view):
+        if len(view) - at < HEADER_SIZE or not any(view[at:]):
+            return SalvagedTail(tuple(records), True)  # a torn or zero-filled end
+        header = _header_claiming(view, at, position)
+        if header is not None and at + header.size <= len(view):
+            try:
+                body: bytes | None = check_body(header, view[at + HEADER_SIZE : at + header.size])
+            except RecordError:
+                body = None
+            records.append(Salvaged(position, header.hash, body))
+            at += header.size
+            position += 1
+            continue
+        found = _find_header(data, at + 1, position + 1)
+        if found is None and len(view) - at < 2 * HEADER_SIZE:
+            # Too few bytes left for two records: this was the last record, its hash is
+            # unknown (a replica accepts it only from a log of the same view).
+            records.append(Salvaged(position, None, None))
+            return SalvagedTail(tuple(records), True)
+        if found is None:
+            return SalvagedTail(tuple(records), False)  # how many records were here is unknown
+        at, following = found
+        records.append(Salvaged(position, following.prev_hash, None))
+        position += 1
+    return SalvagedTail(tuple(records), True)
+
+
+def _header_claiming(view: memoryview, at: int, position: int) -> RecordHeader | None:
+    try:
+        header = decode_header(view[at : at + HEADER_SIZE])
+    except RecordError:
+        return None
+    return header if header.position == position else None
+
+
+def _find_header(data: bytes, start: int, position: int) -> tuple[int, RecordHeader] | None:
+    """The first offset from ``start`` holding a valid header that claims ``position``
+    (the magic sits 32 bytes into a header)."""
+    view = memoryview(data)
+    found = data.find(MAGIC, start + 32)
+    while found >= 0:
+        header = _header_claiming(view, found - 32, position)
+        if header is not None:
+            return found - 32, header
+        found = data.find(MAGIC, found + 1)
+    return None
+
+
+def torn_or_damaged(data: bytes, torn: Torn, position: int) -> Torn | Corrupt:
+    """An interrupted write leaves nothing intact after the point where it tore: when
+    intact records follow the damage, it is damage (a write that landed elsewhere, a torn
+    write the disk reported as done), and the records it hides may have been acknowledged."""
+    tail = salvage_tail(data, at=torn.offset, position=position)
+    if any(item.body is not None for item in tail.records):
+        reason = f"{torn.reason}, yet intact records follow: damage, not a torn write"
+        return Corrupt(torn.offset, position, reason)
+    return torn

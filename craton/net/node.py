@@ -415,6 +415,8 @@ class ReplicaHost:
             return "recovering the log"
         if replica.status is Status.VIEW_CHANGE:
             return f"no primary known: view change to view {replica.view} in progress"
+        if replica.status is Status.RECOVERING:
+            return "repairing its log from the other replicas (damaged or lost disk)"
         if replica.is_primary:
             return f"primary of view {replica.view}"
         return f"backup in view {replica.view}, primary is replica {replica.primary}"

@@ -92,7 +92,10 @@ class Checker:
         replica_count: int,
         make_machine: Callable[[], StateMachine],
         client_table_max: int,
+        checkpoint_interval: int = 0,
     ) -> None:
+        self._checkpoint_interval = checkpoint_interval
+        self.checkpoints_checked = 0
         self._make_machine = make_machine
         self._client_table_max = client_table_max
         self.violations: list[str] = []
@@ -111,6 +114,11 @@ class Checker:
     def restarted(self, index: int) -> None:
         self._committed_seen[index] = 0
         self._view_max[index] = 0  # in memory it starts again from the persisted view
+
+    def wiped(self, index: int) -> None:
+        """Replica ``index``'s disk was wiped: its persisted view is gone with it (what keeps
+        it safe then is that it rejoins only through a quorum of the others)."""
+        self._persisted_max[index] = 0
 
     def sent(self, index: int, replica: Replica, payload: bytes) -> None:
         """Persist before send: a message may only claim what its sender has made durable.
@@ -148,6 +156,7 @@ class Checker:
             )
         self._view_max[index] = max(self._view_max[index], replica.view)
         self._persisted_max[index] = max(self._persisted_max[index], replica.persisted_view)
+        self._check_checkpoint(index, replica)
         seen = self._committed_seen[index]
         if replica.commit < seen:
             self._fail(f"replica {index}: commit went back from {seen} to {replica.commit}")
@@ -161,6 +170,23 @@ class Checker:
         known = self._digests.setdefault(replica.commit, digest)
         if known != digest:
             self._fail(f"replica {index}: state machine digest differs at commit {replica.commit}")
+
+    def _check_checkpoint(self, index: int, replica: Replica) -> None:
+        """A sealed checkpoint is at an agreed op (a multiple of the interval) and vouches
+        for the chain hash the one committed history has there."""
+        checkpoint = replica.log.checkpoint
+        if checkpoint is None or checkpoint.position == 0:
+            return
+        position = checkpoint.position
+        if self._checkpoint_interval and position % self._checkpoint_interval:
+            self._fail(f"replica {index}: checkpoint at op {position}, not an agreed op")
+        if position - 1 < len(self.canonical):
+            self.checkpoints_checked += 1
+            if self.canonical[position - 1] != checkpoint.chain_hash:
+                self._fail(
+                    f"replica {index}: checkpoint at op {position} seals a chain hash the "
+                    "committed history does not have"
+                )
 
     def _check_commit(self, index: int, replica: Replica, op: int) -> None:
         self.commits_checked += 1

@@ -56,9 +56,52 @@ MACHINES: dict[str, tuple[Callable[[], StateMachine], Callable[[Prng], bytes]]] 
 
 TICK_MS = 10
 CLIENT_TABLE_MAX = 3  # small, so that clients are evicted and must register again
+CHECKPOINT_INTERVAL_OPS = 64  # replicas seal a checkpoint at every multiple of this op
 LIVENESS_TICKS_DEFAULT = 3000
 MESSAGE_LOSS_FLOOR = 0.01  # per message, when a seed drew no network fault at all
 CRASH_FLOOR = 0.0005  # per replica per tick, when a cluster's seed drew no crashes
+DISK_PROFILES = ("atlas", "disjoint")
+REPAIR_NOTICES = {  # notices counted in a run's ``repairs``, by the name they are counted as
+    "log.damage_cut": "damage_cuts",
+    "log.superblock_lost": "superblocks_lost",
+    "log.torn_tail_truncated": "torn_tails_cut",
+    "replica.prepare_repaired": "prepares_repaired",
+    "replica.repair_abandoned": "repairs_abandoned",
+    "replica.repaired": "logs_repaired",
+    "replica.recovered": "rejoined",
+    "replica.state_transfer": "state_transfers",
+}
+
+
+@attrs.frozen
+class FaultAtlas:
+    """Where the faults that destroy stored bytes may land, so that every committed op keeps
+    an intact copy on some replica and any failure the checkers find is a real bug.
+
+    ``atlas`` profile: only the ``faulty`` replicas (at most ``(R - 1) // 2`` of them, so
+    every commit quorum holds a replica outside) get torn and misdirected writes and rot,
+    and only they may be ``wipe``d (per crash: the disk comes back blank). ``disjoint``
+    profile: every replica is damaged, by rot the simulator places itself
+    (``rot`` per tick) in records of ops ``op % R == replica`` only, so no op is damaged
+    on two replicas."""
+
+    profile: str
+    faulty: tuple[int, ...]
+    wipe: float
+    rot: float
+
+    @classmethod
+    def draw(cls, prng: Prng, replica_count: int, profile: str) -> FaultAtlas:
+        assert profile in DISK_PROFILES
+        if replica_count == 1:
+            return cls(profile, (), 0.0, 0.0)  # one copy: nothing may be destroyed
+        if profile == "disjoint":
+            return cls(profile, tuple(range(replica_count)), 0.0, 0.002 + 0.01 * prng.fraction())
+        count = prng.between(1, (replica_count - 1) // 2) if prng.chance(0.8) else 0
+        order = list(range(replica_count))
+        prng.shuffle(order)
+        wipe = 0.3 * prng.fraction() if prng.chance(0.5) else 0.0
+        return cls(profile, tuple(sorted(order[:count])), wipe, 0.0)
 
 
 @attrs.frozen
@@ -90,6 +133,7 @@ class SwarmOptions:
     disk: DiskFaults
     clocks: ClockFaults
     processes: ProcessFaults
+    atlas: FaultAtlas = FaultAtlas("atlas", (), 0.0, 0.0)
 
     def summary(self) -> dict[str, object]:
         return {
@@ -102,11 +146,21 @@ class SwarmOptions:
             "disk": attrs.asdict(self.disk),
             "clocks": attrs.asdict(self.clocks),
             "processes": attrs.asdict(self.processes),
+            "atlas": attrs.asdict(self.atlas),
         }
+
+    def disk_plan(self, replica: int) -> DiskFaults:
+        """Replica ``replica``'s disk faults: the destructive ones only where the atlas
+        lets them land."""
+        if replica in self.atlas.faulty and self.atlas.profile == "atlas":
+            return self.disk
+        return attrs.evolve(
+            self.disk, torn_write=0.0, misdirected_write=0.0, corruption_at_rest=0.0
+        )
 
 
 def draw_options(
-    seed: int, *, replicas: int | None = None, ticks: int | None = None
+    seed: int, *, replicas: int | None = None, ticks: int | None = None, profile: str = "atlas"
 ) -> SwarmOptions:
     prng = Prng(seed, "swarm")
     replica_count = replicas if replicas is not None else prng.choice([1, 3, 3, 5])
@@ -125,9 +179,10 @@ def draw_options(
         liveness_ticks=LIVENESS_TICKS_DEFAULT,
         machine=prng.choice(sorted(MACHINES)),
         network=network,
-        disk=DiskFaults.draw(prng.split("disk"), destructive=False),
+        disk=DiskFaults.draw(prng.split("disk"), destructive=True),
         clocks=ClockFaults.draw(prng.split("clocks")),
         processes=processes,
+        atlas=FaultAtlas.draw(prng.split("atlas"), replica_count, profile),
     )
 
 
@@ -168,6 +223,7 @@ class RunResult:
     trace_digest: str
     committed_ops: int
     faults: dict[str, int]
+    repairs: dict[str, int]
     liveness: str
     violations: tuple[str, ...]
     options: SwarmOptions
@@ -199,8 +255,10 @@ class Cluster:
         self._faults_prng = self.prng.split("processes")
         self._seal_seeds = [self.prng.split(f"key-{i}").random_bytes(32) for i in range(n)]
         self.process_faults: dict[str, int] = {"crashes": 0, "pauses": 0, "restarts": 0}
+        self.repairs: dict[str, int] = {}
+        self._members = [False] * n  # whose view state was ever durable (see Replica.member)
         self.digest = hashlib.sha256(f"craton-sim:{seed}".encode())
-        self.checker = Checker(n, self._make_machine, CLIENT_TABLE_MAX)
+        self.checker = Checker(n, self._make_machine, CLIENT_TABLE_MAX, CHECKPOINT_INTERVAL_OPS)
         self.nodes = [self._boot(index, None) for index in range(n)]
         for index in range(n):
             self.network.endpoint(index).set_receiver(self._receiver(index))
@@ -224,14 +282,17 @@ class Cluster:
         return MACHINES[self.options.machine][0]()
 
     def _boot(self, index: int, disk: SimDisk | None) -> _Node:
+        joined = self._members[index] if disk is not None else False
         if disk is None:
-            disk = SimDisk(self.prng.split(f"disk-{index}"), self.events, self.options.disk)
+            plan = self.options.disk_plan(index)
+            disk = SimDisk(self.prng.split(f"disk-{index}"), self.events, plan)
         config = ReplicaConfig(
+            joined=joined,
             replica_id=index,
             replica_count=self.options.replica_count,
             seal_seed=self._seal_seeds[index],
             segment_size_max=256 * 1024,
-            checkpoint_interval_ops=64,
+            checkpoint_interval_ops=CHECKPOINT_INTERVAL_OPS,
             client_table_max=CLIENT_TABLE_MAX,
         )
         prng = self.prng.split(f"replica-{index}-{self.process_faults['restarts']}")
@@ -279,6 +340,11 @@ class Cluster:
 
     def _notice(self, index: int) -> Callable[[Notice], None]:
         def notice(event: Notice) -> None:
+            name = REPAIR_NOTICES.get(event.event)
+            if event.event == "replica.recovering":
+                name = f"recoveries_{dict(event.fields)['reason']}"
+            if name is not None:
+                self.repairs[name] = self.repairs.get(name, 0) + 1
             if self._trace is not None:
                 fields = " ".join(f"{k}={v}" for k, v in event.fields)
                 self._trace(f"{self.events.now:>7} r{index} {event.event} {fields}")
@@ -298,12 +364,39 @@ class Cluster:
         assert 0 <= index < self.options.replica_count and down_ticks >= 1
         self._crash(index, down_ticks)
 
+    def wipe(self, index: int, *, down_ticks: int) -> None:
+        """Crash replica ``index`` and wipe its disk; it restarts on a blank disk (an
+        explicit fault for scenario tests, counted like a drawn one)."""
+        self.crash(index, down_ticks=down_ticks)
+        self.nodes[index].disk.wipe()
+        self.checker.wiped(index)
+        self._log(f"r{index} disk wiped")
+
+    def corrupt_op(self, index: int, op: int, *, header: bool = False) -> None:
+        """Flip a bit of op ``op``'s record on replica ``index``'s disk: in its body, or in
+        its header (which hides the record's length). The op must be durable there."""
+        log = self.nodes[index].replica.log
+        assert 0 <= op < log.durable, f"op {op} is not durable on replica {index}"
+        place = log.location(op)
+        assert place is not None, f"durable op {op} has no place on disk"
+        path, offset, size = place
+        at = offset + 40 if header else offset + 128 + (size - 128) // 2
+        self.nodes[index].disk.corrupt(path, at, 3, fault="corruption_at_rest")
+        self._log(f"r{index} rot in op {op}")
+
     def _crash(self, index: int, down_ticks: int) -> None:
         node = self.nodes[index]
         if not node.up:
             return
         self.process_faults["crashes"] += 1
+        self._members[index] = self._members[index] or node.replica.member
         node.disk.crash()
+        atlas = self.options.atlas
+        wiping = self.phase == "faults" and index in atlas.faulty and atlas.wipe > 0
+        if wiping and self._faults_prng.chance(atlas.wipe):
+            node.disk.wipe()
+            self.checker.wiped(index)
+            self._log(f"r{index} disk wiped")
         node.up = False
         node.paused = False
         node.back_at = self.events.now + down_ticks
@@ -357,6 +450,7 @@ class Cluster:
             trace_digest=self.digest.hexdigest(),
             committed_ops=max(node.replica.commit for node in self.nodes),
             faults=self.fault_counts(),
+            repairs=dict(sorted(self.repairs.items())),
             liveness=liveness,
             violations=tuple(self.checker.violations[:5]),
             options=self.options,
@@ -375,6 +469,7 @@ class Cluster:
         self.clocks.tick()
         if self.phase == "faults":
             self._inject_process_faults()
+            self._inject_disjoint_rot()
         for node in self.nodes:
             if not node.up and now >= node.back_at:
                 self._restart(node.index)
@@ -401,6 +496,28 @@ class Cluster:
                 node.paused = True
                 node.back_at = self.events.now + self._down_ticks()
                 self.network.set_down(node.index, True)
+
+    def _inject_disjoint_rot(self) -> None:
+        """The disjoint profile: flip a bit in a synced record of some replica's log, only
+        ever in ops that belong to that replica (``op % R == replica``)."""
+        atlas = self.options.atlas
+        if atlas.profile != "disjoint" or not self._faults_prng.chance(atlas.rot):
+            return
+        count = self.options.replica_count
+        index = self._faults_prng.below(count)
+        node = self.nodes[index]
+        log = node.replica.log
+        if not node.up or not log.is_open or log.durable <= index:
+            return
+        op = index + count * self._faults_prng.below((log.durable - 1 - index) // count + 1)
+        place = log.location(op)
+        assert place is not None, f"durable op {op} has no place on disk"
+        path, offset, size = place
+        at = offset + self._faults_prng.below(size)
+        if at >= node.disk.durable_size(path):
+            return  # not synced yet (a truncation is under way)
+        node.disk.corrupt(path, at, self._faults_prng.below(8), fault="corruption_at_rest")
+        self._log(f"r{index} rot in op {op}")
 
     def _heal(self) -> None:
         self.phase = "liveness"

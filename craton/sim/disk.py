@@ -119,7 +119,9 @@ FAULT_NAMES = (
     "crash_lost_write",
     "crash_torn_write",
     "crash_lost_file",
+    "wiped",
 )
+EXPLICIT_FAULTS = ("wiped",)  # never drawn per request: the simulator decides them
 
 
 class SimDisk:
@@ -168,14 +170,30 @@ class SimDisk:
             file.durable_exists = True
             file.unsynced = []
 
-    def corrupt(self, path: str, offset: int, bit: int = 0) -> None:
-        """Flip one stored bit of ``path`` (an explicit fault for scenario tests)."""
+    def corrupt(self, path: str, offset: int, bit: int = 0, *, fault: str = "explicit") -> None:
+        """Flip one stored bit of ``path`` (an explicit fault for scenario tests, or one the
+        simulator places itself, counted as ``fault`` when that is a fault name)."""
         file = self._files[path]
         assert 0 <= offset < len(file.durable) and 0 <= bit < 8
         file.durable[offset] ^= 1 << bit
         if offset < len(file.current):
             file.current[offset] ^= 1 << bit
-        self.damage.append(Damage(path, offset, 1, "explicit"))
+        if fault in self.faults:
+            self.faults[fault] += 1
+        self.damage.append(Damage(path, offset, 1, fault))
+
+    def wipe(self) -> None:
+        """Lose every file, as a replaced or reformatted disk would (call it while the
+        replica is down: requests in flight never complete)."""
+        self._generation += 1
+        for path in sorted(self._files):
+            self.damage.append(Damage(path, 0, len(self._files[path].durable), "wiped"))
+        self._files = {}
+        self.faults["wiped"] += 1
+
+    def durable_size(self, path: str) -> int:
+        file = self._files.get(path)
+        return 0 if file is None else len(file.durable)
 
     def contents(self, path: str) -> bytes:
         """What a read of the whole file would return now (no faults)."""

@@ -33,19 +33,25 @@ EXIT_CODES = {
 }
 
 
-def replay_command(seed: int, replicas: int | None, ticks: int | None) -> str:
+def replay_command(
+    seed: int, replicas: int | None, ticks: int | None, profile: str = "atlas"
+) -> str:
     command = f"craton sim replay --seed {seed}"
     if replicas is not None:
         command += f" --replicas {replicas}"
     if ticks is not None:
         command += f" --ticks {ticks}"
+    if profile != "atlas":
+        command += f" --disk-profile {profile}"
     return command
 
 
-def run_header(seed: int, *, replicas: int | None, ticks: int | None) -> str:
+def run_header(
+    seed: int, *, replicas: int | None, ticks: int | None, profile: str = "atlas"
+) -> str:
     """The swarm options a seed draws, as one line (the trace's first line; ``replay``
     prints it on stderr)."""
-    options = draw_options(seed, replicas=replicas, ticks=ticks)
+    options = draw_options(seed, replicas=replicas, ticks=ticks, profile=profile)
     return f"seed {seed}: swarm options {json.dumps(options.summary(), sort_keys=True)}"
 
 
@@ -55,11 +61,12 @@ def run_seed(
     replicas: int | None = None,
     ticks: int | None = None,
     trace: Callable[[str], None] | None = None,
+    profile: str = "atlas",
 ) -> dict[str, object]:
     """Run one seed; returns its summary (the JSON line's fields)."""
-    options = draw_options(seed, replicas=replicas, ticks=ticks)
+    options = draw_options(seed, replicas=replicas, ticks=ticks, profile=profile)
     if trace is not None:
-        trace(f"# {run_header(seed, replicas=replicas, ticks=ticks)}")
+        trace(f"# {run_header(seed, replicas=replicas, ticks=ticks, profile=profile)}")
     summary: dict[str, object] = {
         "seed": seed,
         "replicas": options.replica_count,
@@ -71,7 +78,7 @@ def run_seed(
         frames = traceback.extract_tb(error.__traceback__)
         where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
         summary.update(result="crash", error=f"{type(error).__name__}: {error} at {where}")
-        summary["replay"] = replay_command(seed, replicas, ticks)
+        summary["replay"] = replay_command(seed, replicas, ticks, profile)
         return summary
     summary.update(
         result=result.result,
@@ -81,12 +88,13 @@ def run_seed(
         committed_ops=result.committed_ops,
         faults={name: count for name, count in sorted(result.faults.items()) if count},
         fault_kinds=sum(1 for count in result.faults.values() if count),
+        repairs=result.repairs,
         liveness=result.liveness,
     )
     if result.violations:
         summary["violations"] = list(result.violations)
     if result.result != "pass":
-        summary["replay"] = replay_command(seed, replicas, ticks)
+        summary["replay"] = replay_command(seed, replicas, ticks, profile)
     return summary
 
 
@@ -98,6 +106,7 @@ def run_seeds(
     trace_file: TextIO | None,
     out: TextIO | None = None,
     progress: TextIO | None = None,
+    profile: str = "atlas",
 ) -> int:
     """Run ``seeds`` in order: a JSON line each on ``out`` (default: stdout), failures and
     progress on ``progress`` (default: stderr); returns the exit code."""
@@ -109,7 +118,7 @@ def run_seeds(
         trace = None
         if trace_file is not None:
             trace = lambda line: print(line, file=trace_file)  # noqa: E731
-        summary = run_seed(seed, replicas=replicas, ticks=ticks, trace=trace)
+        summary = run_seed(seed, replicas=replicas, ticks=ticks, trace=trace, profile=profile)
         print(json.dumps(summary, sort_keys=True), file=out, flush=True)
         code = EXIT_CODES[str(summary["result"])]
         if code != EXIT_PASS:

@@ -292,6 +292,12 @@ def replica_message_strategies(heavy: bool) -> dict[Command, SearchStrategy[Mess
         ),
         Command.REQUEST_START_VIEW: st.builds(vsr.RequestStartView, view=views, replica=replicas),
         Command.GET_STATE: st.builds(vsr.GetState, view=views, op_from=u64s(), replica=replicas),
+        Command.RECOVERY: st.builds(vsr.Recovery, replica=replicas, nonce=u64s()),
+        Command.REQUEST_PREPARE: st.builds(vsr.RequestPrepare, replica=replicas, op=u64s()),
+        Command.PREPARE_REPLY: st.builds(vsr.PrepareReply, log_view=views, entry=entries(heavy)),
+        Command.RECOVERY_RESPONSE: st.builds(
+            vsr.RecoveryResponse, view=views, replica=replicas, nonce=u64s()
+        ),
         Command.NEW_STATE: st.builds(
             vsr.NewState,
             view=views,

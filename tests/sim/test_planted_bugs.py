@@ -31,6 +31,23 @@ Revisited", Liskov & Cowling 2012):
   has that view's log).
 - ``reapply-retry``: the client table's reply for a client's last request is ignored, so a
   retry is prepared and applied again (§4.1 step 2: exactly-once execution).
+
+Storage mutations (protocol-aware recovery: a local checksum failure is never taken as proof
+that an entry was not written):
+
+- ``truncate-on-local-damage``: a replica whose log recovery cut damaged records takes the
+  shorter log as all it ever had and goes on voting and acknowledging with it, instead of
+  repairing or recovering through the others.
+- ``skip-checksum-on-read``: the journal is reloaded without checking each record's
+  checksums, so a bit flipped on the way from the disk becomes part of the log.
+- ``repair-without-hash-check``: a replica filling a hole in its log takes whatever entry a
+  peer sends for that op, without checking it against the hash its log vouches for and
+  the link to the op before.
+- ``install-without-verifying``: a replica installing a view's log (a new view's
+  ``StartView``, or the log a recovering replica rejoins with) takes its own journal as
+  agreeing with it without comparing hashes, and believes transferred entries without
+  their chain (Craton has no checkpoint state sync yet: a lagging or recovering replica
+  catches up by this journal transfer, which is what is mutated).
 """
 
 from __future__ import annotations
@@ -42,12 +59,15 @@ from pathlib import Path
 import attrs
 import pytest
 
+from craton.core.log import Log, LogOutput, ReadResult, _PendingRead
 from craton.core.prng import Prng
-from craton.core.seam import Effect, Reply, Send
+from craton.core.record import HEADER_SIZE, RecordError, chain_hash, decode_header
+from craton.core.scan import Salvaged
+from craton.core.seam import DiskCompletion, Effect, IoIds, ReadDone, Reply, Send
 from craton.core.state_machine import StateMachine
 from craton.core.vsr.replica import Replica, ReplicaConfig, ReplyStatus, Status
-from craton.core.wire.replica import Prepare, PrepareOk
-from craton.sim.cluster import Cluster, ProcessFaults, SwarmOptions, draw_options
+from craton.core.wire.replica import Entry, Prepare, PrepareOk, PrepareReply
+from craton.sim.cluster import Cluster, FaultAtlas, ProcessFaults, SwarmOptions, draw_options
 from craton.sim.disk import DiskFaults
 from craton.sim.workload import CLIENT_ID_BASE
 from tests.sim.test_vsr_scenarios import Script, quiet_options
@@ -110,6 +130,9 @@ class ResumeViewAfterRestart(Replica):
         self._formatted = True  # as if the directory were new: no view change on restart
         return super()._loaded()
 
+    def _must_recover(self) -> bool:
+        return self._lost_from is not None  # the blank directory it pretends is not a loss
+
 
 class ReapplyRetry(Replica):
     """Ignores the reply its client table keeps for a client's last request: a retry of it
@@ -120,6 +143,82 @@ class ReapplyRetry(Replica):
         if refusal is not None and refusal.body[:1] == bytes([ReplyStatus.OK]):
             return None
         return refusal
+
+
+class TruncateOnLocalDamage(Replica):
+    """Takes the log its recovery cut at damage as everything it ever had."""
+
+    def _must_recover(self) -> bool:
+        assert hasattr(self, "_lost_from"), "Replica changed: this mutation needs updating"
+        self._lost_from = None
+        return super()._must_recover()
+
+
+class _UncheckedLog(Log):
+    """Reads records back by their header alone: the body's checksum is not checked."""
+
+    def _on_record_read(self, pending: _PendingRead, completion: DiskCompletion) -> list[LogOutput]:
+        if isinstance(completion, ReadDone):
+            try:
+                header = decode_header(completion.data)
+            except RecordError:
+                return super()._on_record_read(pending, completion)
+            if header.position == pending.position:
+                body = bytes(completion.data[HEADER_SIZE:])
+                return [ReadResult(pending.tag, pending.position, body)]
+        return super()._on_record_read(pending, completion)
+
+
+class SkipChecksumOnRead(Replica):
+    """Reloads its journal without checking the records' checksums."""
+
+    def __init__(self, config: ReplicaConfig, machine: StateMachine, prng: Prng) -> None:
+        super().__init__(config, machine, prng)
+        self.log = _UncheckedLog(self.log.config, IoIds(), salvage=self.log.salvage)
+
+
+class RepairWithoutHashCheck(Replica):
+    """Fills a hole with whatever entry a peer sends for that op, and re-appends what it
+    found past the damage on the chain that gives, without checking any hash."""
+
+    def _on_prepare_reply(self, reply: PrepareReply) -> list[Effect]:
+        entry = reply.entry
+        if self.status is not Status.RECOVERING or entry.op != self.head:
+            return []
+        if entry.op not in self._repair or self._repair[entry.op].body is not None:
+            return []
+        self._repair[entry.op] = Salvaged(entry.op, entry.hash, entry.body)
+        return self._repair_next()
+
+    def _repair_next(self) -> list[Effect]:
+        prev = self._last_hash()
+        for op in sorted(self._repair):
+            item = self._repair[op]
+            if item.body is None:
+                break
+            prev = chain_hash(prev, op, item.body)  # believed, not checked
+            self._repair[op] = Salvaged(op, prev, item.body)
+        return super()._repair_next()
+
+
+class InstallWithoutVerifying(Replica):
+    """Installs a view's log (a StartView, or the log a recovering replica rejoins with)
+    on top of its own journal without checking where the two differ: what it holds is
+    taken as the view's, and transferred entries are believed without their chain."""
+
+    def _divergence(self, head: int, suffix_start: int, entries: tuple[Entry, ...]) -> int:
+        return min(self.head, head) if entries else super()._divergence(head, suffix_start, entries)
+
+    def _extend(self, entries: tuple[Entry, ...]) -> list[Effect]:
+        believed = []
+        prev = self._last_hash()
+        for entry in entries:
+            if entry.op < self.head:
+                continue
+            own = chain_hash(prev, entry.op, entry.body)
+            believed.append(Entry(entry.op, own, entry.body))
+            prev = own
+        return super()._extend(tuple(believed))
 
 
 # --- the search -----------------------------------------------------------------------------
@@ -166,6 +265,30 @@ def _late_messages(options: SwarmOptions) -> SwarmOptions:
     return attrs.evolve(_load(options), network=network)
 
 
+def _rot(options: SwarmOptions) -> SwarmOptions:
+    """Crashes that lose unsynced writes, and every replica's log rotting at disjoint ops
+    (a bit flipped every 33 ticks or so), so that replicas restart with damaged logs again
+    and again and ask each other for ops."""
+    crashes = _crashes(options)
+    atlas = FaultAtlas("disjoint", tuple(range(options.replica_count)), 0.0, 0.03)
+    return attrs.evolve(crashes, atlas=atlas)
+
+
+def _faulty_rot(options: SwarmOptions) -> SwarmOptions:
+    """Crashes, and one replica whose disk rots, tears and misdirects writes often."""
+    crashes = _crashes(options)
+    disk = attrs.evolve(
+        crashes.disk, corruption_at_rest=0.05, torn_write=0.01, misdirected_write=0.01
+    )
+    return attrs.evolve(crashes, disk=disk, atlas=FaultAtlas("atlas", (0,), 0.0, 0.0))
+
+
+def _read_flips(options: SwarmOptions) -> SwarmOptions:
+    """Crashes (every restart reloads the journal) and bits flipped on the way from disk."""
+    crashes = _crashes(options)
+    return attrs.evolve(crashes, disk=attrs.evolve(crashes.disk, read_corruption=0.05))
+
+
 @attrs.frozen
 class PlantedBug:
     name: str
@@ -180,6 +303,10 @@ BUGS = (
     PlantedBug("view-change-before-persist", ViewChangeBeforePersist, _crashes),
     PlantedBug("resume-view-after-restart", ResumeViewAfterRestart, _crashes),
     PlantedBug("reapply-retry", ReapplyRetry, _load),
+    PlantedBug("truncate-on-local-damage", TruncateOnLocalDamage, _faulty_rot),
+    PlantedBug("skip-checksum-on-read", SkipChecksumOnRead, _read_flips),
+    PlantedBug("repair-without-hash-check", RepairWithoutHashCheck, _rot),
+    PlantedBug("install-without-verifying", InstallWithoutVerifying, _crashes),
 )
 
 # The swarm does not catch this one within the bound (test_forgotten_vote_when_scripted
@@ -225,10 +352,10 @@ def run_cluster(cluster: Cluster) -> Outcome:
     """Run to the end; a broken assertion anywhere in the run is reported, not raised."""
     try:
         result = cluster.run()
-    except AssertionError as error:
+    except Exception as error:  # a broken assertion, or the simulator refusing what it saw
         frame = traceback.extract_tb(error.__traceback__)[-1]
         where = f"{Path(frame.filename).name}:{frame.lineno}"
-        return Outcome(cluster.seed, "crash", f"AssertionError at {where}: {error}")
+        return Outcome(cluster.seed, "crash", f"{type(error).__name__} at {where}: {error}")
     detail = result.violations[0] if result.violations else ""
     return Outcome(cluster.seed, result.result, detail)
 

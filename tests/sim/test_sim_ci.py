@@ -68,7 +68,15 @@ REGRESSION_SEEDS: list[tuple[int, int | None]] = [
     *((seed, 5) for seed in (0, 6, 11, 17, 23, 64, 128, 500, 777, 2048, 8191, 65535)),
     (1368139169, None),  # a fresh CI seed: a format interrupted by a write error
     (3758383098, None),  # found by scripts/swarm: the same
+    # storage faults: a replica promised a later view than the others were in (32); a wiped
+    # replica crashed before rejoining (0, listed above); torn writes cut as a torn tail
+    # although intact records followed (105); an interrupted first format (40, 73, 193)
+    *((seed, 3) for seed in (31, 32, 40, 73, 105, 193)),
 ]
+
+# Seeds of the disjoint disk profile (every replica's log rots, at different ops): each must
+# pass with every replica repaired. (seed, replicas)
+DISJOINT_SEEDS: list[tuple[int, int]] = [(1, 3), (7, 3), (2, 5), (3, 5)]
 
 # Regression seeds whose bug is not fixed yet: each runs as a strict xfail, so the tier stays
 # green and the day the bug is fixed the seed XPASSes and fails, asking for its entry here to
@@ -83,6 +91,7 @@ GIT_TIMEOUT_SECONDS = 10
 
 FAULT_KINDS_MIN = 3  # a multi-replica regression seed injects faults of several kinds
 SUMMARY_FIELDS = (
+    "repairs",
     "seed",
     "result",
     "trace_digest",
@@ -175,6 +184,17 @@ def test_regression_seed_passes(seed: int, replicas: int | None) -> None:
             f"seed {seed}: expected faults of at least {FAULT_KINDS_MIN} kinds, got "
             f"{summary['faults']}"
         )
+
+
+@pytest.mark.parametrize(("seed", "replicas"), DISJOINT_SEEDS)
+def test_disjoint_damage_seed_passes(seed: int, replicas: int) -> None:
+    summary = run_seed(seed, replicas=replicas, profile="disjoint")
+    assert summary["result"] == "pass", failure_message(summary, replicas)
+    faults = summary["faults"]
+    repairs = summary["repairs"]
+    assert isinstance(faults, dict) and isinstance(repairs, dict)
+    assert faults.get("disk.corruption_at_rest", 0) > 0, f"seed {seed}: no rot in {faults}"
+    assert repairs.get("damage_cuts", 0) > 0, f"seed {seed}: no damage found: {repairs}"
 
 
 def test_regression_list_is_well_formed() -> None:
@@ -283,6 +303,19 @@ def test_same_seed_same_digest_in_other_processes(seed: int, replicas: int, tmp_
         f"subprocess digest {first_summary['trace_digest']} (state left over from an earlier "
         "run in this process, or the code changed while the test ran)"
     )
+
+
+def test_disjoint_damage_is_deterministic_across_processes() -> None:
+    """Repairs add messages and disk work of their own: a disjoint-profile seed still gives
+    one digest in two processes under different PYTHONHASHSEED values."""
+    shape = ("--seed", "7", "--replicas", "3", "--disk-profile", "disjoint")
+    lines = []
+    for hash_seed in HASH_SEEDS[:2]:
+        done = craton("sim", "run", *shape, hash_seed=hash_seed)
+        assert done.returncode == EXIT_PASS, f"under PYTHONHASHSEED={hash_seed}: {done}"
+        lines.append(summary_line(done))
+    assert lines[0] == lines[1], f"expected one JSON line, got {lines}"
+    assert lines[0]["repairs"], f"expected repairs in the run: {lines[0]}"
 
 
 # --- the command line ------------------------------------------------------------------------

@@ -52,6 +52,7 @@ from craton.core.log import (
 )
 from craton.core.prng import Prng
 from craton.core.record import GENESIS_HASH, chain_hash
+from craton.core.scan import Salvaged
 from craton.core.seam import (
     ClientRequest,
     Effect,
@@ -78,7 +79,11 @@ from craton.core.wire.replica import (
     Prepare,
     PrepareBody,
     PrepareOk,
+    PrepareReply,
+    Recovery,
+    RecoveryResponse,
     ReplicaMessage,
+    RequestPrepare,
     RequestStartView,
     StartView,
     StartViewChange,
@@ -86,10 +91,12 @@ from craton.core.wire.replica import (
 from craton.core.wire.schema import Reader
 
 PREPARE_KIND = 1  # the log record kind of a prepare
-OWNER_STATE = struct.Struct("<4sII")  # magic, view, log_view
-OWNER_MAGIC = b"VSR1"
+OWNER_STATE = struct.Struct("<4sIII")  # magic, view, log_view, flags
+OWNER_MAGIC = b"VSR2"
+OWNER_STATE_V1 = struct.Struct("<4sII")  # magic b"VSR1", view, log_view (no flags)
+OWNER_RECOVERING = 1  # flag: the log is not this replica's own until it is repaired
 JOURNAL_OPS_MAX = 4_000_000
-PREPARE_BODY_CACHE_MAX = 1024  # decoded prepare bodies kept (more than a pipeline's worth)
+PREPARE_BODY_CACHE_MAX = 64  # decoded prepare bodies kept: at most 64 MiB of operations
 LOAD_READS_MAX = 64  # reads in flight while a restarted replica reloads its journal
 VIEW_CHANGE_BACKOFF_MAX = 4  # doublings of the view change timeout
 
@@ -123,6 +130,10 @@ class ReplicaConfig:
     client_table_max: int = 64
     checkpoint_interval_ops: int = 256
     segment_size_max: int = 64 * 1024 * 1024
+    # This replica was a member of its cluster before this start (its view state had been
+    # durable: see ``Replica.member``): a blank disk then means its data was lost (a wiped
+    # or replaced disk), never that it is new.
+    joined: bool = False
 
     def __attrs_post_init__(self) -> None:
         assert 1 <= self.replica_count <= 16 and 0 <= self.replica_id < self.replica_count
@@ -135,6 +146,7 @@ class ReplicaConfig:
 
 class Status(enum.Enum):
     LOADING = "loading"  # recovering the log and journal after a start
+    RECOVERING = "recovering"  # lost part of its log or its disk: rejoins via the others
     NORMAL = "normal"
     VIEW_CHANGE = "view_change"
 
@@ -170,6 +182,7 @@ class Replica:
                 segment_size_max=config.segment_size_max,
             ),
             IoIds(),
+            salvage=config.replica_count > 1,
         )
         self.status = Status.LOADING
         self.view = 0
@@ -181,7 +194,9 @@ class Replica:
         self.clients: dict[int, _ClientSession] = {}
         self._persisted_view = 0
         self._persisted_log_view = 0
-        self._saving: tuple[int, int] | None = None
+        self._saving: tuple[int, int, bool] | None = None
+        self._recovering = False  # wanted in the superblock: see OWNER_RECOVERING
+        self._persisted_recovering = False
         self._acked: dict[int, int] = {}  # replica -> highest op it holds durably, this view
         self._ticks = 0
         self._primary_heard_tick = 0
@@ -198,6 +213,14 @@ class Replica:
         self._load_head = 0
         self._truncating = False
         self._get_state_quiet_until = 0
+        self._lost_from: int | None = None  # the log lost records from here at recovery
+        self._recovery_nonce = 0
+        self._recovery_views: dict[int, int] = {}  # replica -> view it answered with
+        self._rejoining = False  # installing a view's log after recovering
+        self._recovered: Recovered | None = None
+        self._member = False  # its superblock holds its view state (see ``member``)
+        self._repair: dict[int, Salvaged] = {}  # records past the damage, holes to fetch
+        self._repairing = False  # filling holes by hash: done, it resumes as after a restart
         self.halted: str | None = None
 
     # --- entry points ------------------------------------------------------------------------
@@ -215,6 +238,12 @@ class Replica:
     def installing(self) -> bool:
         """True while this replica brings its log in line with its view's log."""
         return self._install is not None
+
+    @property
+    def member(self) -> bool:
+        """True once this replica's view state is durable in its superblock: from then on
+        it may have voted or acknowledged, and a blank disk means it lost them."""
+        return self._member
 
     @property
     def persisted_log_view(self) -> int:
@@ -291,12 +320,15 @@ class Replica:
 
     def _on_recovered(self, recovered: Recovered) -> list[Effect]:
         if recovered.owner_state:
-            magic, view, log_view = OWNER_STATE.unpack(recovered.owner_state)
-            assert magic == OWNER_MAGIC, "superblock holds another owner's state"
+            view, log_view, recovering = decode_owner_state(recovered.owner_state)
             self.view = self._persisted_view = view
             self.log_view = self._persisted_log_view = log_view
+            self._recovering = self._persisted_recovering = recovering
         self._load_head = recovered.head
         self._formatted = recovered.formatted
+        self._lost_from = recovered.lost_from
+        self._recovered = recovered
+        self._member = bool(recovered.owner_state)
         return self._load_more()
 
     def _load_more(self) -> list[Effect]:
@@ -324,18 +356,183 @@ class Replica:
         effects = self._commit_to(0 if checkpoint is None else checkpoint.position)
         self._primary_heard_tick = self._ticks
         self._arm_view_change_timer()
+        if self._must_recover():
+            effects.extend(self._begin_recovery())
+            return [*effects, *self._begin_repair()]
+        if self._recovered is not None and not self._recovered.owner_state:
+            # A new member: its view state is written before it takes part, so that from
+            # now on a superblock without it means a lost disk (see ``_must_recover``).
+            return [*effects, *self._save_state()]
+        return [*effects, *self._resume()]
+
+    def _resume(self) -> list[Effect]:
+        """Take part again with the log this replica holds (after loading it, or after
+        filling the holes damage left in it)."""
         restarted_primary = (
             self.is_primary and self.config.replica_count > 1 and not self._formatted
         )
         if self.log_view < self.view or restarted_primary:
             # Mid view change, or a restarted primary that may have lost ops its backups
             # hold: move to a new view rather than resume this one.
-            return [*effects, *self._start_view_change(self.view + 1)]
+            return self._start_view_change(self.view + 1)
         self.status = Status.NORMAL
         notice = Notice("replica.started", (("view", self.view), ("head", self.head)))
         if self.is_primary:  # a cluster of one: its own durable log is the view's log
-            return [*effects, notice, *self._advance_commit()]
-        return [*effects, notice]
+            return [notice, *self._advance_commit()]
+        return [notice]
+
+    # --- repair: filling the holes damage left, by hash --------------------------------------
+
+    def _begin_repair(self) -> list[Effect]:
+        """When the damage left holes whose hashes the log still vouches for, and the
+        records found past them reach as far as the log was ever certified durable, this
+        replica can rebuild exactly the log it had: it fetches each hole from any replica,
+        checks it against the vouched hash and the link to the op before, re-appends what
+        follows, and once all of it is durable resumes as after any restart."""
+        recovered = self._recovered
+        if recovered is None or self._formatted or not recovered.salvage_complete:
+            return []
+        tail = recovered.salvaged
+        if not tail or tail[0].position != self.head:
+            return []
+        if any(item.hash is None for item in tail[:-1]):
+            return []
+        if max(tail[-1].position + 1, self.head) < recovered.certified:
+            return []  # records the log certified are missing even past the damage
+        self._repair = {item.position: item for item in tail}
+        self._repairing = True
+        self._recovered = attrs.evolve(recovered, salvaged=())  # held in _repair from now
+        return self._repair_next()
+
+    def _repair_next(self) -> list[Effect]:
+        effects: list[Effect] = []
+        if not self._persisted_recovering:
+            return []  # the log changes only once the superblock says it is recovering
+        while self.head in self._repair:
+            item = self._repair[self.head]
+            if item.body is None:
+                ask = RequestPrepare(self.config.replica_id, self.head)
+                return [*effects, *self._broadcast(ask)]
+            if chain_hash(self._last_hash(), self.head, item.body) != item.hash:
+                self._repair = {}  # what was found past the damage does not chain: give up
+                self._repairing = False
+                return [*effects, Notice("replica.repair_abandoned", (("op", self.head),))]
+            del self._repair[self.head]
+            assert item.hash is not None
+            effects.extend(self._append(Entry(self.head, item.hash, item.body)))
+        return [*effects, *self._repaired()]
+
+    def _repaired(self) -> list[Effect]:
+        if not self._repairing or self._repair or self.log.durable < self.head:
+            return []
+        self._repairing = False
+        self._lost_from = None
+        self._recovering = False
+        notice = Notice("replica.repaired", (("head", self.head),))
+        return [notice, *self._save_state(), *self._resume()]
+
+    def _on_request_prepare(self, ask: RequestPrepare) -> list[Effect]:
+        if ask.replica == self.config.replica_id or ask.replica >= self._count:
+            return []
+        if self._install is not None or self._truncating or self._rejoining:
+            return []  # the journal is between two views' logs
+        if ask.op < self.head:
+            entry = self.entries[ask.op]
+        else:
+            item = self._repair.get(ask.op)
+            if item is None or item.body is None or item.hash is None:
+                return []
+            entry = Entry(ask.op, item.hash, item.body)
+        return [Send(ask.replica, self._encode(PrepareReply(self.log_view, entry)))]
+
+    def _on_prepare_reply(self, reply: PrepareReply) -> list[Effect]:
+        entry = reply.entry
+        item = self._repair.get(entry.op)
+        if self.status is not Status.RECOVERING or entry.op != self.head or item is None:
+            return []
+        if item.body is not None or entry.hash != (item.hash or entry.hash):
+            return []
+        if item.hash is None and reply.log_view != self.log_view:
+            return []  # nothing vouches for this op: only a log of this view agrees on it
+        if chain_hash(self._last_hash(), entry.op, entry.body) != entry.hash:
+            return []
+        self._repair[entry.op] = Salvaged(entry.op, entry.hash, entry.body)
+        notice = Notice("replica.prepare_repaired", (("op", entry.op),))
+        return [notice, *self._repair_next()]
+
+    # --- recovery: a damaged log or a wiped disk ----------------------------------------------
+
+    def _must_recover(self) -> bool:
+        """Whether this replica may have lost ops it acknowledged (its log was cut at
+        damage), or its whole disk while it was a member: then it neither votes nor
+        acknowledges until it holds a view's log again."""
+        if self.config.replica_count == 1:
+            return False
+        lost_state = self._recovered is not None and not self._recovered.owner_state
+        if self._persisted_recovering:
+            return True  # it was recovering when it stopped: its log is still not its own
+        return self._lost_from is not None or (lost_state and self.config.joined)
+
+    def _begin_recovery(self) -> list[Effect]:
+        """Ask the others which view the cluster is in (the answers carry a fresh nonce, so
+        none predates this start); a quorum of answers names a view at least as recent as
+        any this replica can have voted in, even one its wiped disk forgot."""
+        self.status = Status.RECOVERING
+        self._recovery_nonce = self._prng.next_u64()
+        self._recovery_views = {}
+        reason = "damaged" if self._lost_from is not None else "wiped"
+        if self._persisted_recovering and self._lost_from is None:
+            reason = "unfinished"
+        fields = (("reason", reason), ("head", self.head), ("view", self.view))
+        # Before its log changes in any way, the superblock says it is recovering: a crash
+        # in the middle of a repair or an install must not leave a log that looks whole.
+        self._recovering = True
+        saving = self._save_state()
+        return [Notice("replica.recovering", fields), *saving, *self._recovery_messages()]
+
+    def _recovery_messages(self) -> list[Effect]:
+        effects = self._broadcast(Recovery(self.config.replica_id, self._recovery_nonce))
+        target = self._recovery_target()
+        if target is None:
+            return effects
+        if target > max(self._recovery_views.values()):
+            # This replica promised a later view than the others are in: it cannot join
+            # theirs, so it moves them to its own (a view change vote names no log).
+            if self._persisted_view == self.view:
+                effects.extend(self._broadcast(StartViewChange(self.view, self.config.replica_id)))
+        elif target % self._count != self.config.replica_id:
+            ask = RequestStartView(target, self.config.replica_id)
+            effects.append(Send(target % self._count, self._encode(ask)))
+        return effects
+
+    def _recovery_target(self) -> int | None:
+        """The view to rejoin, once a quorum of other replicas answered."""
+        if len(self._recovery_views) < self.config.quorum:
+            return None
+        return max(self.view, *self._recovery_views.values())
+
+    def _on_recovery(self, ask: Recovery) -> list[Effect]:
+        settled = self._install is None and self.log_view == self.view
+        if self.status is not Status.NORMAL or not settled or ask.replica >= self._count:
+            return []
+        answer = RecoveryResponse(self.view, self.config.replica_id, ask.nonce)
+        return [Send(ask.replica, self._encode(answer))]
+
+    def _on_recovery_response(self, answer: RecoveryResponse) -> list[Effect]:
+        if self.status is not Status.RECOVERING or answer.nonce != self._recovery_nonce:
+            return []
+        if answer.replica == self.config.replica_id or answer.replica >= self._count:
+            return []
+        had = self._recovery_target()
+        seen = self._recovery_views.get(answer.replica, 0)
+        self._recovery_views[answer.replica] = max(seen, answer.view)
+        if self._recovery_target() != had:
+            return self._recovery_messages()
+        return []
+
+    @property
+    def _count(self) -> int:
+        return self.config.replica_count
 
     # --- client requests ---------------------------------------------------------------------
 
@@ -419,6 +616,10 @@ class Replica:
             return [Notice("replica.bad_message", (("from", received.src), ("why", error.reason)))]
         if self.status is Status.LOADING:
             return []
+        if self.status is Status.RECOVERING and not isinstance(
+            message, (StartView, RecoveryResponse, Recovery, RequestPrepare, PrepareReply)
+        ):
+            return []
         match message:
             case Prepare():
                 return self._on_prepare(message)
@@ -438,6 +639,14 @@ class Replica:
                 return self._on_get_state(message, received.src)
             case NewState():
                 return self._on_new_state(message)
+            case Recovery():
+                return self._on_recovery(message)
+            case RecoveryResponse():
+                return self._on_recovery_response(message)
+            case RequestPrepare():
+                return self._on_request_prepare(message)
+            case PrepareReply():
+                return self._on_prepare_reply(message)
         raise AssertionError(f"unhandled message {message!r}")
 
     def _behind(self, view: int) -> list[Effect]:
@@ -479,6 +688,8 @@ class Replica:
         return Send(self.primary, self._encode(ok))
 
     def _on_durable(self) -> list[Effect]:
+        if self.status is Status.RECOVERING:
+            return self._repaired()
         if self.status is not Status.NORMAL:
             return []
         if self._install is not None:
@@ -561,7 +772,11 @@ class Replica:
         if self.is_primary and self._install is None:
             return []  # a primary fetches only while installing its view's log
         self._primary_heard_tick = self._ticks
+        had = self.head
         effects = self._extend(state.entries)
+        if self.head > had:
+            fields = (("from", had), ("to", self.head))
+            effects.append(Notice("replica.state_transfer", fields))
         if self._install is not None:
             effects.extend(self._continue_install())
         effects.extend(self._commit_to(min(state.commit, self.head)))
@@ -625,10 +840,13 @@ class Replica:
         return []
 
     def _maybe_checkpoint(self) -> list[Effect]:
+        """Seal at the multiples of the interval, the same ops on every replica, so that
+        their checkpoints vouch for the same chain hashes."""
         checkpoint = self.log.checkpoint
         sealed = 0 if checkpoint is None else checkpoint.position
-        target = min(self.commit, self.log.durable)
-        if target - sealed < self.config.checkpoint_interval_ops or self._truncating:
+        interval = self.config.checkpoint_interval_ops
+        target = min(self.commit, self.log.durable) // interval * interval
+        if target <= sealed or self._truncating:
             return []
         try:
             return self._route(self.log.checkpoint_now(target))
@@ -640,6 +858,10 @@ class Replica:
     def _on_tick(self) -> list[Effect]:
         self._ticks += 1
         if self.status is Status.LOADING:
+            return []
+        if self.status is Status.RECOVERING:
+            if self._ticks % self.config.repair_ticks == 0:
+                return [*self._recovery_messages(), *self._repair_next()]
             return []
         if self.status is Status.NORMAL and self.is_primary:
             return self._primary_tick()
@@ -687,6 +909,12 @@ class Replica:
     # --- view change -------------------------------------------------------------------------
 
     def _start_view_change(self, view: int) -> list[Effect]:
+        if self._rejoining:
+            # Still installing after a recovery: its log may lack ops it acknowledged once,
+            # so it must not vote with it. It asks the cluster again instead.
+            self._install = None
+            self._rejoining = False
+            return self._begin_recovery()
         assert view > self.view or self.status is Status.LOADING or view == self.view
         if self.status is Status.VIEW_CHANGE:
             self._view_changes_unsettled += 1
@@ -707,19 +935,21 @@ class Replica:
         return self._save_state()
 
     def _save_state(self) -> list[Effect]:
-        wanted = (self.view, self.log_view)
+        wanted = (self.view, self.log_view, self._recovering)
         if self._saving == wanted:
             return []
         self._saving = wanted
-        state = OWNER_STATE.pack(OWNER_MAGIC, self.view, self.log_view)
+        state = encode_owner_state(*wanted)
         return self._route(self.log.save_owner_state(state))
 
     def _on_saved(self, state: bytes) -> list[Effect]:
-        _, view, log_view = OWNER_STATE.unpack(state)
+        self._member = True
+        saved = decode_owner_state(state)
+        view, log_view, self._persisted_recovering = saved
         self._persisted_view, self._persisted_log_view = view, log_view
-        if (view, log_view) == self._saving:
+        if saved == self._saving:
             self._saving = None
-        if (view, log_view) != (self.view, self.log_view):
+        if saved != (self.view, self.log_view, self._recovering):
             return self._save_state()
         match self.status:
             case Status.VIEW_CHANGE:
@@ -727,7 +957,9 @@ class Replica:
             case Status.NORMAL:
                 return self._continue_install()
             case Status.LOADING:
-                return []
+                return self._resume()  # the first view state of a new member is durable
+            case Status.RECOVERING:
+                return self._repair_next()
 
     def _view_change_messages(self) -> list[Effect]:
         """SVC to everyone; DVC to the new primary once a quorum started this view change."""
@@ -802,6 +1034,15 @@ class Replica:
         return [notice, *install]
 
     def _on_start_view(self, start: StartView) -> list[Effect]:
+        if self.status is Status.RECOVERING:
+            target = self._recovery_target()
+            if target is None or start.view < target or self._truncating:
+                return []
+            if not self._persisted_recovering:
+                return []  # asked again on the next tick
+            self._rejoining = True
+            self._repair = {}
+            self._repairing = False
         if start.view < self.view or (self.is_primary and start.view == self.view):
             return []
         if start.view == self.view and self.status is Status.NORMAL:
@@ -819,7 +1060,9 @@ class Replica:
         return [self._prepare_ok()] if self._ready_to_ack() and self.log.durable else []
 
     def _on_request_start_view(self, ask: RequestStartView) -> list[Effect]:
-        if ask.view != self.view or not self.is_primary or self.status is not Status.NORMAL:
+        # An ask for an earlier view gets this later one: a recovering replica names the
+        # latest view it learnt of, and a StartView of a later view is news to anyone.
+        if ask.view > self.view or not self.is_primary or self.status is not Status.NORMAL:
             return []
         if self._install is not None:
             return []
@@ -841,7 +1084,7 @@ class Replica:
         self._install = _Install(self.view, head, commit, entries, source)
         cut = self._divergence(head, suffix_start, entries)
         assert cut >= self.commit, "a committed op differs from the view's log"
-        if cut < self.head:
+        if cut < self.head or self.log.has_stale:
             return self._truncate(cut)
         return self._continue_install()
 
@@ -883,7 +1126,9 @@ class Replica:
         if self.log.durable < install.head:
             return effects  # wait for the installed log to be durable
         effects.extend(self._commit_to(min(install.commit, self.head)))
-        if self.log_view != install.view:
+        if self._rejoining:
+            self._recovering = False  # saved with the log view: the log is the view's now
+        if self.log_view != install.view or self._persisted_recovering != self._recovering:
             self.log_view = install.view
             return [*effects, *self._save_state()]
         if self._persisted_log_view != install.view:
@@ -891,6 +1136,9 @@ class Replica:
         self._install = None
         self._view_changes_unsettled = 0
         self._arm_view_change_timer()
+        if self._rejoining:
+            self._rejoining = False
+            effects.append(Notice("replica.recovered", (("view", self.view), ("head", self.head))))
         if self.is_primary:
             effects.extend(self._broadcast(self._start_view_message()))
             effects.extend(self._advance_commit())
@@ -911,6 +1159,21 @@ class Replica:
 
     def _encode(self, message: ReplicaMessage) -> bytes:
         return codec.encode_message(message)
+
+
+def encode_owner_state(view: int, log_view: int, recovering: bool) -> bytes:
+    return OWNER_STATE.pack(OWNER_MAGIC, view, log_view, OWNER_RECOVERING if recovering else 0)
+
+
+def decode_owner_state(data: bytes) -> tuple[int, int, bool]:
+    """(view, log_view, recovering) from the superblock's owner state (either version)."""
+    if len(data) == OWNER_STATE_V1.size:
+        magic, view, log_view = OWNER_STATE_V1.unpack(data)
+        assert magic == b"VSR1", "superblock holds another owner's state"
+        return view, log_view, False
+    magic, view, log_view, flags = OWNER_STATE.unpack(data)
+    assert magic == OWNER_MAGIC, "superblock holds another owner's state"
+    return view, log_view, bool(flags & OWNER_RECOVERING)
 
 
 @functools.lru_cache(maxsize=PREPARE_BODY_CACHE_MAX)

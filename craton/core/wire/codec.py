@@ -103,6 +103,14 @@ def message_class(command: Command) -> type[AnyMessage]:
             return vsr.GetState
         case Command.NEW_STATE:
             return vsr.NewState
+        case Command.RECOVERY:
+            return vsr.Recovery
+        case Command.RECOVERY_RESPONSE:
+            return vsr.RecoveryResponse
+        case Command.REQUEST_PREPARE:
+            return vsr.RequestPrepare
+        case Command.PREPARE_REPLY:
+            return vsr.PrepareReply
         case _:
             assert_never(command)
 

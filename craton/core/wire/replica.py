@@ -137,6 +137,43 @@ class NewState:
     entries: Annotated[tuple[Entry, ...], ENTRIES]
 
 
+@attrs.frozen(field_transformer=wire_fields)
+class Recovery:
+    """``replica`` lost (part of) its log or its whole disk and asks what view the cluster
+    is in; ``nonce`` ties the answers to this request."""
+
+    replica: Annotated[int, REPLICA]
+    nonce: Annotated[int, U64]
+
+
+@attrs.frozen(field_transformer=wire_fields)
+class RecoveryResponse:
+    """``replica`` is in normal status in ``view`` (answering ``Recovery`` ``nonce``)."""
+
+    view: Annotated[int, U32]
+    replica: Annotated[int, REPLICA]
+    nonce: Annotated[int, U64]
+
+
+@attrs.frozen(field_transformer=wire_fields)
+class RequestPrepare:
+    """``replica`` found op ``op`` damaged in its log and asks any replica for it."""
+
+    replica: Annotated[int, REPLICA]
+    op: Annotated[int, U64]
+
+
+@attrs.frozen(field_transformer=wire_fields)
+class PrepareReply:
+    """The answer to ``RequestPrepare``: the sender's entry at that op, and the view whose
+    log the sender's journal is (its ``log_view``). The receiver checks it against the hash
+    its own log vouches for, or, when nothing vouches for one, takes it only from a log of
+    its own log view."""
+
+    log_view: Annotated[int, U32]
+    entry: Annotated[Entry, Record(Entry)]
+
+
 ReplicaMessage = (
     Prepare
     | PrepareOk
@@ -147,6 +184,10 @@ ReplicaMessage = (
     | RequestStartView
     | GetState
     | NewState
+    | Recovery
+    | RecoveryResponse
+    | RequestPrepare
+    | PrepareReply
 )
 
 
