@@ -83,6 +83,16 @@ def test_a_good_token_gives_its_principal() -> None:
     assert check_jwt(token()) == Principal(7, "alice", Role.MEMBER)
 
 
+def test_a_token_principal_says_when_its_proof_runs_out() -> None:
+    # the last moment the handshake would still accept the token: exp plus the leeway
+    principal = check_jwt(token(exp=NOW_S + 600.5))
+    assert isinstance(principal, Principal), principal
+    assert principal.expires_ms == (NOW_S + 600 + JWT_LEEWAY_S) * 1000 + 500, principal
+    last_ms = principal.expires_ms
+    assert isinstance(check_jwt(token(exp=NOW_S + 600.5), last_ms), Principal)
+    assert refusal_of(token(exp=NOW_S + 600.5), last_ms + 1) is Refusal.EXPIRED
+
+
 def b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
