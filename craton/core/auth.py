@@ -290,7 +290,7 @@ def authenticate_jwt(token: str, now_ms: int, policy: JwtPolicy) -> Principal | 
         return AuthRefusal(Refusal.SIGNATURE)
     try:
         claims = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than json goes
         return AuthRefusal(Refusal.MALFORMED)
     if not isinstance(claims, dict):
         return AuthRefusal(Refusal.MALFORMED)
