@@ -37,6 +37,7 @@ import enum
 import hashlib
 import hmac
 import json
+import math
 import re
 from typing import Any, Protocol
 
@@ -121,12 +122,16 @@ class Refusal(enum.Enum):
 
 @attrs.frozen
 class Principal:
-    """Who a connection is. ``key_id`` is 0 unless the credential was an API key."""
+    """Who a connection is. ``key_id`` is 0 unless the credential was an API key.
+    ``expires_ms``: when a token's proof runs out (its ``exp`` plus the leeway, Unix ms), so
+    that a connection does not outlive it; None for keys, which the store checks per request.
+    It says how long, not who: principals compare without it."""
 
     tenant_id: int
     subject: str
     role: Role
     key_id: int = 0
+    expires_ms: int | None = attrs.field(default=None, eq=False)
 
 
 ANONYMOUS = Principal(TENANT_WITHOUT_AUTH, ANONYMOUS_SUBJECT, Role.OWNER)
@@ -285,7 +290,7 @@ def authenticate_jwt(token: str, now_ms: int, policy: JwtPolicy) -> Principal | 
         return AuthRefusal(Refusal.SIGNATURE)
     try:
         claims = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than json goes
         return AuthRefusal(Refusal.MALFORMED)
     if not isinstance(claims, dict):
         return AuthRefusal(Refusal.MALFORMED)
@@ -317,7 +322,7 @@ def _check_claims(
         return AuthRefusal(Refusal.NOT_YET_VALID, tenant, subject)
     if exp - iat > policy.lifetime_max_s:
         return AuthRefusal(Refusal.LIFETIME, tenant, subject)
-    return principal
+    return attrs.evolve(principal, expires_ms=math.floor((exp + JWT_LEEWAY_S) * 1000))
 
 
 def _principal_of(claims: dict[str, Any]) -> Principal | None:

@@ -11,6 +11,10 @@ accepts it only within ``PROOF_AGE_MS_MAX`` of its own clock (given by the drive
 read here) and only once (``ProofChecker`` remembers the nonces of that window). Someone
 who can reach the port but does not know the secret cannot make one; someone who recorded
 one cannot use it again, nor against another replica. The comparison is constant-time.
+A restarted replica has forgotten the nonces it saw, so its checker refuses proofs dated
+before it started (``started_ms``, the driver's time then): a hello recorded before a
+restart cannot open a connection after it (unless the sender's clock ran ahead of the
+receiver's by more than the time between the recording and the restart).
 
 Rules: the checker's memory is bounded (``NONCES_MAX``); when it is full of fresh nonces a
 proof is refused (the sender retries) rather than a nonce forgotten early.
@@ -41,10 +45,12 @@ class ProofChecker:
     """Checks proofs sent to replica ``receiver``; remembers the nonces it accepted. A proof
     made with any of ``secrets`` is good (more than one only while the secret rotates)."""
 
-    def __init__(self, secrets: tuple[bytes, ...], receiver: int) -> None:
+    def __init__(self, secrets: tuple[bytes, ...], receiver: int, started_ms: int = 0) -> None:
         assert 1 <= len(secrets) <= 2
         self._secrets = secrets
         self._receiver = receiver
+        # the nonces seen before this checker existed are gone: older proofs are refused
+        self._started_ms = started_ms
         self._seen: dict[bytes, int] = {}  # nonce -> time_ms of its proof, oldest first
 
     def check(self, proof: str | None, client_id: int, now_ms: int) -> str | None:
@@ -64,6 +70,8 @@ class ProofChecker:
             return "the hello's proof does not match this cluster's secret"
         if abs(now_ms - time_ms) > PROOF_AGE_MS_MAX:
             return "the hello's proof is too old or from the future (check the clocks)"
+        if time_ms < self._started_ms:
+            return "the hello's proof was made before this replica started; retry"
         self._forget_before(now_ms - PROOF_AGE_MS_MAX)
         if nonce in self._seen:
             return "the hello's proof was used before"

@@ -34,6 +34,8 @@ Rules it keeps:
   whether the refusal was audited). Each request then carries the connection's principal
   and the time it was received into the log, where the event store authorizes it (role,
   tenant, a key that was revoked or expired since): the same decision on every replica.
+  A token's connection ends at its first frame after the token ran out
+  (``Principal.expires_ms``), refused as that token would be at a handshake.
 - An API key is drawn here (``secrets``) when an admin asks for one; only its hash enters
   the log, and the key goes back in the reply once.
 - Nothing a client sent is ever logged or echoed: errors name fields, not contents.
@@ -59,6 +61,7 @@ from craton.core.auth import (
     AuthRefusal,
     JwtPolicy,
     Principal,
+    Refusal,
     authenticate,
     format_api_key,
     hash_api_key,
@@ -277,6 +280,8 @@ class ClientConnection:
                 return
             self._on_handshake(frame, received_s)
             return
+        if self._credential_expired(received_s):
+            return
         method = _method(frame.command)
         if frame.command == Command.HANDSHAKE:
             self._refuse(
@@ -447,6 +452,18 @@ class ClientConnection:
                 self._on_frame(held_frame, held_received_s)
 
         self._host.open_session(self._tenant_id, client_id, ready)
+
+    def _credential_expired(self, received_s: float) -> bool:
+        """Whether the token this connection authenticated with has run out since; if so the
+        connection ends as a handshake with that token would (``Principal.expires_ms``)."""
+        principal = self._principal
+        if principal is None or principal.expires_ms is None:
+            return False
+        if _now_ms() <= principal.expires_ms:
+            return False
+        expired = AuthRefusal(Refusal.EXPIRED, principal.tenant_id, principal.subject)
+        self._refuse_credential(expired, received_s)
+        return True
 
     def _refuse_credential(self, refusal: AuthRefusal, received_s: float) -> None:
         """One failed authentication: count it, log it, audit it, close the connection."""

@@ -168,7 +168,8 @@ class PeerNetwork:
         accepted = (settings.secret,) if settings.secondary is None else (
             settings.secret, settings.secondary
         )  # fmt: skip
-        self._proofs = ProofChecker(accepted, settings.replica_id)
+        started_ms = time.time_ns() // 1_000_000  # before the node listens: see ProofChecker
+        self._proofs = ProofChecker(accepted, settings.replica_id, started_ms)
         self._closed = False
         for replica in self._links:  # every series exists from the start, at zero
             label = str(replica)

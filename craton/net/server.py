@@ -32,6 +32,7 @@ import time
 import attrs
 from aiohttp import web
 
+from craton.core.auth import AuthMode
 from craton.core.wire import (
     HEADER_SIZE,
     Command,
@@ -76,7 +77,9 @@ class Server:
         self.metrics = metrics
         self.rate_limit_rps = config.rate_limit_rps
         self.auth_mode = config.auth_mode
-        self.jwt_policy = config.jwt.policy()
+        # only jwt and both read tokens: the configuration checks VDB_JWT_SECRET for those
+        uses_jwt = config.auth_mode in (AuthMode.JWT, AuthMode.BOTH)
+        self.jwt_policy = config.jwt.policy() if uses_jwt else None
         self.auth_failure_records = TokenBucket(AUTH_FAILURE_RECORDS_PER_S, time.monotonic())
         self._shutting_down = False
         self._connections: dict[ClientConnection, asyncio.Task[None]] = {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 
 import jwt
@@ -37,6 +38,7 @@ from craton.core.auth import (
 from craton.core.event_store import EventStore, KeyCreated, StoreError, StoreRequest
 from craton.core.wire import DataClass, ErrorCode
 from craton.core.wire.messages import (
+    AUTH_TOKEN_SIZE_MAX,
     ListApiKeys,
     ListApiKeysReply,
     ReadEvents,
@@ -83,6 +85,16 @@ def test_a_good_token_gives_its_principal() -> None:
     assert check_jwt(token()) == Principal(7, "alice", Role.MEMBER)
 
 
+def test_a_token_principal_says_when_its_proof_runs_out() -> None:
+    # the last moment the handshake would still accept the token: exp plus the leeway
+    principal = check_jwt(token(exp=NOW_S + 600.5))
+    assert isinstance(principal, Principal), principal
+    assert principal.expires_ms == (NOW_S + 600 + JWT_LEEWAY_S) * 1000 + 500, principal
+    last_ms = principal.expires_ms
+    assert isinstance(check_jwt(token(exp=NOW_S + 600.5), last_ms), Principal)
+    assert refusal_of(token(exp=NOW_S + 600.5), last_ms + 1) is Refusal.EXPIRED
+
+
 def b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
@@ -118,6 +130,16 @@ def test_each_bad_token_is_refused_for_its_reason(
     name: str, credential: str, reason: Refusal
 ) -> None:
     assert refusal_of(credential) is reason, f"{name}: expected {reason}"
+
+
+def test_a_signed_payload_nested_too_deep_is_malformed_not_a_crash() -> None:
+    # fits the handshake's 8 KiB token; json gives up on it with RecursionError
+    header = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    payload = b64(b"[" * 2500 + b"]" * 2500)
+    signature = b64(hmac.new(SECRET, f"{header}.{payload}".encode(), hashlib.sha256).digest())
+    credential = f"{header}.{payload}.{signature}"
+    assert len(credential) <= AUTH_TOKEN_SIZE_MAX, len(credential)
+    assert refusal_of(credential) is Refusal.MALFORMED
 
 
 def test_a_tampered_payload_fails_the_signature() -> None:

@@ -65,3 +65,17 @@ def test_nonce_memory_is_bounded_and_forgets_only_what_expired() -> None:
     fresh = make_proof(SECRET, CLIENT_ID, 0, later, nonce(NONCES_MAX + 1))
     assert checker.check(fresh, CLIENT_ID, later) is None
     checker.invariants()
+
+
+def test_a_proof_made_before_the_replica_started_is_refused() -> None:
+    # A restarted replica has forgotten the nonces it saw: a hello recorded before the
+    # restart, still inside the clock window, must not open a replica connection to it.
+    proof = make_proof(SECRET, CLIENT_ID, 0, NOW_MS, nonce(11))
+    first = ProofChecker((SECRET,), receiver=0, started_ms=NOW_MS - 1_000)
+    assert first.check(proof, CLIENT_ID, NOW_MS + 1) is None
+    restarted = ProofChecker((SECRET,), receiver=0, started_ms=NOW_MS + 2_000)
+    why = restarted.check(proof, CLIENT_ID, NOW_MS + 2_001)
+    assert why is not None and "before this replica started" in why, f"replayed: {why}"
+    fresh = make_proof(SECRET, CLIENT_ID, 0, NOW_MS + 2_001, nonce(12))
+    assert restarted.check(fresh, CLIENT_ID, NOW_MS + 2_001) is None, "a new hello is good"
+    restarted.invariants()

@@ -30,7 +30,7 @@ from craton.client import (
 )
 from craton.core.auth import JWT_LEEWAY_S
 from craton.core.event_store import AUDIT_STREAM
-from craton.core.wire import ErrorCode, ErrorReply, Handshake, HandshakeReply
+from craton.core.wire import ErrorCode, ErrorReply, Handshake, HandshakeReply, Sync
 from tests.net.cluster_support import LocalCluster
 from tests.net.support import RawConnection, ServerProcess, http_get
 
@@ -250,3 +250,28 @@ def _until(address: str, credential: str, *, accepted: bool) -> ErrorReply | Han
         if isinstance(reply, HandshakeReply) == accepted or time.monotonic() > deadline:
             return reply
         time.sleep(0.05)
+
+
+def test_a_token_that_expires_ends_its_open_connection(node: ServerProcess) -> None:
+    # Good for about 5 s more (exp is just inside the leeway): the handshake succeeds, then
+    # a request made after exp + leeway must be refused like an expired token at the
+    # handshake, not served on the strength of a token that is no longer valid.
+    now = time.time()
+    valid_s = 5.0  # room for a busy machine to answer the handshake in time
+    exp = int(now - JWT_LEEWAY_S + valid_s)
+    credential = token(tenant=41, role="member", iat=exp - 60, exp=exp)
+    raw = RawConnection(node.address)
+    try:
+        raw.send(Handshake(1, 0xE0E0, credential), 1)
+        _, reply = raw.receive()
+        assert isinstance(reply, HandshakeReply), f"expected the handshake accepted: {reply}"
+        time.sleep(max(0.0, exp + JWT_LEEWAY_S + 1.5 - time.time()))
+        raw.send(Sync(), 2)
+        request_id, refused = raw.receive()
+        assert isinstance(refused, ErrorReply), f"expected a refusal, got {refused}"
+        assert refused.code == ErrorCode.AUTHENTICATION_FAILED, refused
+        assert request_id == 0 and raw.closed_by_peer(), "the expiry closes the connection"
+    finally:
+        raw.close()
+    metrics = http_get(node.metrics_address, "/metrics")[2].decode()
+    assert 'vdb_auth_failures_total{reason="expired"}' in metrics, metrics

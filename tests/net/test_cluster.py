@@ -307,3 +307,29 @@ def _wait_metric(address: str, name: str, value: float) -> None:
     while (seen := _metric(address, name)) != value:
         assert time.monotonic() < deadline, f"{name} of {address} is {seen}, expected {value}"
         time.sleep(0.05)
+
+
+def test_a_hello_recorded_before_a_restart_is_refused_after_it(tmp_path: Path) -> None:
+    # One replica of a three-replica cluster is enough: hellos are checked before anything
+    # else, whether or not a primary is known.
+    with LocalCluster(tmp_path / "cluster") as cluster:
+        node = cluster.nodes[0]
+        node.start(wait_ready=False)
+        node.wait_for("server.listening")
+        sender = hello_client_id(1, 3)
+        recorded = proof(sender, 0)  # as someone on the path would have captured it
+        assert node.stop() == 0, node.tail()
+        node.start(wait_ready=False)
+        node.wait_for("server.listening")
+        replayed = RawConnection(node.address)
+        replayed.send(Handshake(1, sender, recorded), 1)
+        request_id, refused = replayed.receive()
+        assert isinstance(refused, ErrorReply), f"the recorded hello was accepted: {refused}"
+        assert request_id == 0 and refused.code == ErrorCode.AUTHENTICATION_FAILED, refused
+        assert "before this replica started" in refused.message, refused.message
+        assert replayed.closed_by_peer()
+        replayed.close()
+        fresh = RawConnection(node.address)
+        fresh.send(Handshake(1, sender, proof(sender, 0)), 1)
+        assert isinstance(fresh.receive()[1], HandshakeReply), "a new hello is accepted"
+        fresh.close()

@@ -21,6 +21,7 @@ from craton.net.config import (
     parse_address,
     replica_id_from_hostname,
 )
+from tests.net.support import ServerProcess
 
 SECRET = "s3cr3t-never-shown"
 CLUSTER_SECRET = "cluster-secret-never-shown-0123456789"
@@ -185,6 +186,18 @@ def test_auth_modes_parse_with_a_long_enough_secret(tmp_path: Path, mode: AuthMo
     policy = config.jwt.policy()
     assert (policy is None) == (mode is AuthMode.APIKEY)
     assert LONG_SECRET not in repr(config) and LONG_SECRET not in repr(policy)
+
+
+@pytest.mark.parametrize("mode", ["none", "apikey"])
+def test_a_short_unused_jwt_secret_does_not_stop_the_node(tmp_path: Path, mode: str) -> None:
+    # Only jwt and both use VDB_JWT_SECRET; elsewhere a short one is accepted by the
+    # configuration, so the node must start with it (not die in a traceback).
+    env = {"VDB_AUTH_MODE": mode, "VDB_JWT_SECRET": SECRET, "VDB_JWT_SECRET_PREVIOUS": "x"}
+    with ServerProcess(tmp_path / "data", tmp_path / "server.log", **env) as server:
+        server.start()
+        assert server.stop() == 0, server.tail()
+    text = (tmp_path / "server.log").read_text(encoding="utf-8")
+    assert "Traceback" not in text and SECRET not in text, text[-2000:]
 
 
 def test_cluster_mode_parses(tmp_path: Path) -> None:
