@@ -15,8 +15,12 @@ Rules it keeps:
   against that limit (a busy node still answers its orchestrator) but have their own,
   ``HTTP_CONNECTIONS_MAX``.
 - A binary connection with nothing in flight and no bytes for ``VDB_IDLE_TIMEOUT_SECS`` is
-  closed (with an ``UNAVAILABLE`` frame saying why); a connection that sends nothing at all
-  is closed after the same time.
+  closed (with an ``UNAVAILABLE`` frame saying why).
+- A connection has ``FIRST_BYTES_TIMEOUT_S`` (or the idle timeout, if shorter) to say what
+  it is (an HTTP request line, or its first frame), and at most ``VDB_MAX_CONNECTIONS`` may
+  be in that state at once: one more is closed at once, before a byte is read (its protocol
+  is not known yet, so no error can be written in it). Silent sockets cannot hold the node's
+  descriptors for longer than that.
 - ``shutdown`` stops accepting, refuses new requests with ``UNAVAILABLE``, waits (bounded)
   for the requests in flight to be answered and for the replica to commit everything it
   was given, closes the connections, then the disk.
@@ -58,6 +62,7 @@ HTTP_METHODS = (b"GET ", b"HEAD ", b"POST ", b"PUT ", b"DELETE ", b"OPTIONS ", b
 HTTP_CONNECTIONS_MAX = 64  # probe connections on the main port at once
 SNIFF_BYTES_MAX = max(len(method) for method in HTTP_METHODS)
 IDLE_SWEEP_INTERVAL_S = 1.0
+FIRST_BYTES_TIMEOUT_S = 10.0  # a new connection's time to send its request line or frame
 CLOSE_TIMEOUT_S = 2.0  # waiting for a closed connection's buffered replies to go out
 _COMMAND_AT = slice(6, 8)  # the command field of a frame header (docs/PROTOCOL.md)
 _BODY_SIZE_AT = slice(12, 16)  # the body_size field
@@ -85,6 +90,7 @@ class Server:
         self._connections: dict[ClientConnection, asyncio.Task[None]] = {}
         self._peer_tasks: set[asyncio.Task[None]] = set()  # replica connections served
         self._http_connections = 0
+        self._unidentified = 0  # accepted connections that have not said what they are yet
         self._listener: asyncio.Server | None = None
         self._metrics_runner: web.AppRunner | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -171,28 +177,40 @@ class Server:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = _peer(writer)
+        if self._unidentified >= self.config.max_connections:
+            writer.close()  # too many silent newcomers: this one is not even read
+            return
+        self._unidentified += 1
         try:
-            first = await asyncio.wait_for(_sniff(reader), self.config.idle_timeout_secs)
-        except (TimeoutError, ConnectionError, OSError):
-            writer.close()
-            return
-        if not first:
-            writer.close()
-            return
-        if first.startswith(HTTP_METHODS):
-            await self._serve_http(reader, writer, first)
-            return
-        try:
-            first, hello = await asyncio.wait_for(
-                _first_frame(reader, first), self.config.idle_timeout_secs
+            identified = await asyncio.wait_for(
+                self._identify(reader),
+                min(FIRST_BYTES_TIMEOUT_S, float(self.config.idle_timeout_secs)),
             )
         except (TimeoutError, ConnectionError, OSError):
+            identified = None
+        finally:
+            self._unidentified -= 1
+        if identified is None:
             writer.close()
+            return
+        first, hello = identified
+        if first.startswith(HTTP_METHODS):
+            await self._serve_http(reader, writer, first)
             return
         if hello is not None:
             await self._serve_peer(reader, writer, hello, peer)
             return
         await self._serve_binary(reader, writer, first, peer)
+
+    async def _identify(self, reader: asyncio.StreamReader) -> tuple[bytes, _Hello | None] | None:
+        """The connection's first bytes: an HTTP request's start, or its first whole frame
+        (and the replica hello in it, if it is one); None when it closed first."""
+        first = await _sniff(reader)
+        if not first:
+            return None
+        if first.startswith(HTTP_METHODS):
+            return first, None
+        return await _first_frame(reader, first)
 
     async def _serve_peer(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, hello: _Hello, peer: str

@@ -251,3 +251,23 @@ def test_connection_count_rate_and_idle_limits(tmp_path: Path) -> None:
         for connection in (first, second, extra):
             connection.close()
         assert server.stop() == 0
+
+
+def test_silent_newcomers_are_capped_and_timed_out(tmp_path: Path) -> None:
+    """Sockets that never say what they are hold no more than ``VDB_MAX_CONNECTIONS`` slots,
+    and only for the first-bytes timeout (here the 2 s idle timeout, the shorter)."""
+    env = {"VDB_MAX_CONNECTIONS": "2", "VDB_IDLE_TIMEOUT_SECS": "2"}
+    with ServerProcess(tmp_path / "data", tmp_path / "server.log", **env) as server:
+        server.start()
+        silent = [RawConnection(server.address) for _ in range(2)]
+        time.sleep(0.3)  # the node has accepted both before the third arrives
+        third = RawConnection(server.address)
+        third.sock.settimeout(1.0)
+        assert third.closed_by_peer(), "a third silent newcomer beyond the cap is closed at once"
+        silent[0].send(Handshake(1, 0xCD01, None), 1)  # one of them speaks in time
+        assert isinstance(silent[0].receive()[1], HandshakeReply)
+        assert silent[1].closed_by_peer(), "a newcomer silent past the timeout is closed"
+        assert http_get(server.address, "/health")[0] == 200, "the node still serves"
+        for connection in (*silent, third):
+            connection.close()
+        assert server.stop() == 0
