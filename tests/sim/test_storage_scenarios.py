@@ -330,3 +330,22 @@ def test_checker_catches_checkpoint_states_that_differ_between_replicas() -> Non
     assert any("checkpoint state at op" in v for v in result.violations), (
         f"expected the checker to flag differing checkpoint states, got {result.violations}"
     )
+
+
+def test_a_wiped_replica_rebuilds_the_same_checkpoint_state() -> None:
+    """A backup wiped after the first checkpoint op rejoins by journal transfer from op 0,
+    applies the log again, and takes a checkpoint state byte-identical to the others' (the
+    checker compares the states it takes after the wipe with the ones taken before)."""
+
+    def script_it(cluster: Cluster, script: Script) -> None:
+        backup = lambda: cluster.nodes[1].replica  # noqa: E731
+        past_checkpoint = lambda: backup().commit > CHECKPOINT_INTERVAL_OPS  # noqa: E731
+        script.then("past a checkpoint", past_checkpoint, lambda: cluster.wipe(1, down_ticks=50))
+
+    cluster, notices, _ = run_scenario(7, script_it, requests=60)
+    assert notices.of(1, "replica.recovered"), "expected replica 1 to rejoin a view"
+    states = {node.replica.checkpoint_state for node in cluster.nodes}
+    assert len(states) == 1 and None not in states, (
+        f"expected one state at the sealed checkpoint op on every replica: {states}"
+    )
+    assert cluster.checker.checkpoint_states_checked > len(cluster.nodes)

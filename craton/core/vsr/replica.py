@@ -285,6 +285,9 @@ class Replica:
         assert self._persisted_view <= self.view
         assert len(self.clients) <= self.config.client_table_max
         assert all(self.commit <= op < self.head for op in self._uncommitted.values())
+        assert len(self.checkpoints) <= CHECKPOINT_STATES_MAX
+        interval = self.config.checkpoint_interval_ops
+        assert all(op % interval == 0 and op <= self.commit for op in self.checkpoints)
         if not self._truncating and self.status is not Status.LOADING:
             assert self.log.head == self.head, (self.log.head, self.head)
 
