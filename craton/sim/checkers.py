@@ -10,7 +10,10 @@ history. On every commit they check:
 - views never go backwards on a replica, even across restarts (the view is persisted), and
   commit numbers never go backwards within one incarnation (a restarted replica re-applies
   from its checkpoint, and every op it commits again is checked against the history);
-- state machine digests agree between replicas at equal commit numbers.
+- state machine digests agree between replicas at equal commit numbers;
+- checkpoint states (state machine snapshot and client table, taken at every multiple of
+  the checkpoint interval) are byte-identical between replicas at the same op: equal
+  SHA-256 digests, and the chain hash the committed history has there.
 
 At the end of a run: every committed op is a request a client actually sent, and the client
 histories are linearizable against the committed log (``craton.sim.linearizability``):
@@ -96,6 +99,9 @@ class Checker:
     ) -> None:
         self._checkpoint_interval = checkpoint_interval
         self.checkpoints_checked = 0
+        self.checkpoint_states_checked = 0
+        self._checkpoint_digests: dict[int, bytes] = {}  # op -> digest of the state there
+        self._checkpoint_states_seen = [0] * replica_count  # highest op checked, per replica
         self._make_machine = make_machine
         self._client_table_max = client_table_max
         self.violations: list[str] = []
@@ -113,6 +119,7 @@ class Checker:
 
     def restarted(self, index: int) -> None:
         self._committed_seen[index] = 0
+        self._checkpoint_states_seen[index] = 0
         self._view_max[index] = 0  # in memory it starts again from the persisted view
 
     def wiped(self, index: int) -> None:
@@ -157,6 +164,7 @@ class Checker:
         self._view_max[index] = max(self._view_max[index], replica.view)
         self._persisted_max[index] = max(self._persisted_max[index], replica.persisted_view)
         self._check_checkpoint(index, replica)
+        self._check_checkpoint_states(index, replica)
         seen = self._committed_seen[index]
         if replica.commit < seen:
             self._fail(f"replica {index}: commit went back from {seen} to {replica.commit}")
@@ -185,6 +193,27 @@ class Checker:
             if self.canonical[position - 1] != checkpoint.chain_hash:
                 self._fail(
                     f"replica {index}: checkpoint at op {position} seals a chain hash the "
+                    "committed history does not have"
+                )
+
+    def _check_checkpoint_states(self, index: int, replica: Replica) -> None:
+        """The states replicas take at the same checkpoint op are byte-identical (equal
+        digests) and carry the chain hash the committed history has there."""
+        seen = self._checkpoint_states_seen[index]
+        for op, state in replica.checkpoints.items():
+            if op <= seen or op - 1 >= len(self.canonical):
+                continue  # checked already, or once the checker knows the op's hash
+            self._checkpoint_states_seen[index] = max(self._checkpoint_states_seen[index], op)
+            self.checkpoint_states_checked += 1
+            known = self._checkpoint_digests.setdefault(op, state.digest)
+            if known != state.digest:
+                self._fail(
+                    f"replica {index}: checkpoint state at op {op} differs from another "
+                    "replica's at the same op (expected byte-identical states)"
+                )
+            if self.canonical[op - 1] != state.chain_hash:
+                self._fail(
+                    f"replica {index}: checkpoint state at op {op} names a chain hash the "
                     "committed history does not have"
                 )
 

@@ -13,6 +13,7 @@ its log was short of what it once held.
 from __future__ import annotations
 
 from collections.abc import Callable
+from hashlib import sha256
 
 import attrs
 import pytest
@@ -21,6 +22,7 @@ from craton.core.prng import Prng
 from craton.core.seam import Effect, Input, Send
 from craton.core.state_machine import StateMachine
 from craton.core.vsr import codec
+from craton.core.vsr.checkpoint import CheckpointState, open_checkpoint
 from craton.core.vsr.replica import Replica, ReplicaConfig, Status
 from craton.core.wire.replica import DoViewChange, PrepareOk
 from craton.sim.cluster import CHECKPOINT_INTERVAL_OPS, Cluster
@@ -290,3 +292,60 @@ def test_checkpoints_are_sealed_at_agreed_ops_with_the_committed_hash() -> None:
     assert position % CHECKPOINT_INTERVAL_OPS == 0 and position > 0, position
     assert chain == cluster.checker.canonical[position - 1]
     assert cluster.checker.checkpoints_checked > 0, "expected the checker to compare them"
+
+
+def test_checkpoint_states_are_byte_identical_across_replicas() -> None:
+    """At the sealed checkpoint op every replica holds the same state bytes (state machine
+    snapshot and client table), and they restore a machine equal to the one that took them."""
+    options = quiet_options(clients=3, requests=60, fault_ticks=2_500)
+    cluster = Cluster(7, options)
+    result = cluster.run()
+    assert_clean(result)
+    states = [node.replica.checkpoint_state for node in cluster.nodes]
+    assert all(s is not None for s in states), f"expected a state at every seal: {states}"
+    found = {(s.op, s.digest, s.data) for s in states if s is not None}
+    assert len(found) == 1, f"expected one byte-identical state, got ops {[s[0] for s in found]}"
+    op, digest, data = next(iter(found))
+    opened = open_checkpoint(data, digest)
+    assert opened.op == op and opened.chain_hash == cluster.checker.canonical[op - 1]
+    machine = cluster.nodes[0].replica.machine
+    restored = type(machine).restore(opened.machine_snapshot)
+    assert restored.snapshot() == opened.machine_snapshot
+    assert opened.clients, "expected registered clients in the checkpoint's client table"
+    assert cluster.checker.checkpoint_states_checked >= len(cluster.nodes)
+
+
+class LeakyCheckpoints(Replica):
+    """A replica whose checkpoint state carries its own id: not the same on every replica."""
+
+    def _checkpoint_state(self) -> CheckpointState:
+        state = super()._checkpoint_state()
+        data = state.data + bytes([self.config.replica_id])
+        return CheckpointState(state.op, state.chain_hash, data, sha256(data).digest())
+
+
+def test_checker_catches_checkpoint_states_that_differ_between_replicas() -> None:
+    options = quiet_options(clients=3, requests=60, fault_ticks=2_500)
+    result = Cluster(7, options, replica_factory=LeakyCheckpoints).run()
+    assert any("checkpoint state at op" in v for v in result.violations), (
+        f"expected the checker to flag differing checkpoint states, got {result.violations}"
+    )
+
+
+def test_a_wiped_replica_rebuilds_the_same_checkpoint_state() -> None:
+    """A backup wiped after the first checkpoint op rejoins by journal transfer from op 0,
+    applies the log again, and takes a checkpoint state byte-identical to the others' (the
+    checker compares the states it takes after the wipe with the ones taken before)."""
+
+    def script_it(cluster: Cluster, script: Script) -> None:
+        backup = lambda: cluster.nodes[1].replica  # noqa: E731
+        past_checkpoint = lambda: backup().commit > CHECKPOINT_INTERVAL_OPS  # noqa: E731
+        script.then("past a checkpoint", past_checkpoint, lambda: cluster.wipe(1, down_ticks=50))
+
+    cluster, notices, _ = run_scenario(7, script_it, requests=60)
+    assert notices.of(1, "replica.recovered"), "expected replica 1 to rejoin a view"
+    states = {node.replica.checkpoint_state for node in cluster.nodes}
+    assert len(states) == 1 and None not in states, (
+        f"expected one state at the sealed checkpoint op on every replica: {states}"
+    )
+    assert cluster.checker.checkpoint_states_checked > len(cluster.nodes)

@@ -67,6 +67,7 @@ from craton.core.seam import (
 )
 from craton.core.state_machine import StateMachine
 from craton.core.vsr import codec
+from craton.core.vsr.checkpoint import CheckpointState, ClientEntry, encode_checkpoint
 from craton.core.wire.errors import DecodeError
 from craton.core.wire.replica import (
     PREPARE_BODY,
@@ -98,6 +99,7 @@ OWNER_RECOVERING = 1  # flag: the log is not this replica's own until it is repa
 JOURNAL_OPS_MAX = 4_000_000
 PREPARE_BODY_CACHE_MAX = 64  # decoded prepare bodies kept: at most 64 MiB of operations
 LOAD_READS_MAX = 64  # reads in flight while a restarted replica reloads its journal
+CHECKPOINT_STATES_MAX = 8  # states kept while the log has not sealed their ops yet
 VIEW_CHANGE_BACKOFF_MAX = 4  # doublings of the view change timeout
 
 
@@ -221,6 +223,9 @@ class Replica:
         self._member = False  # its superblock holds its view state (see ``member``)
         self._repair: dict[int, Salvaged] = {}  # records past the damage, holes to fetch
         self._repairing = False  # filling holes by hash: done, it resumes as after a restart
+        # op -> the state when the commit number reached that multiple of the interval, from
+        # the sealed checkpoint's op on (see ``craton.core.vsr.checkpoint``)
+        self.checkpoints: dict[int, CheckpointState] = {}
         self.halted: str | None = None
 
     # --- entry points ------------------------------------------------------------------------
@@ -280,6 +285,9 @@ class Replica:
         assert self._persisted_view <= self.view
         assert len(self.clients) <= self.config.client_table_max
         assert all(self.commit <= op < self.head for op in self._uncommitted.values())
+        assert len(self.checkpoints) <= CHECKPOINT_STATES_MAX
+        interval = self.config.checkpoint_interval_ops
+        assert all(op % interval == 0 and op <= self.commit for op in self.checkpoints)
         if not self._truncating and self.status is not Status.LOADING:
             assert self.log.head == self.head, (self.log.head, self.head)
 
@@ -304,6 +312,7 @@ class Replica:
                     self._truncating = False
                     effects.extend(self._continue_install())
                 case Checkpointed():
+                    self._release_checkpoints()
                     effects.append(Notice("replica.checkpoint", (("op", output.position),)))
                 case Halt():
                     self.halted = output.reason
@@ -354,6 +363,7 @@ class Replica:
         assert self.head == self._load_head and self.head == self.log.head
         checkpoint = self.log.checkpoint
         effects = self._commit_to(0 if checkpoint is None else checkpoint.position)
+        self._release_checkpoints()
         self._primary_heard_tick = self._ticks
         self._arm_view_change_timer()
         if self._must_recover():
@@ -810,6 +820,11 @@ class Replica:
             self._forget_request(entry)
             effects.extend(self._apply(entry))
             self.commit += 1
+            if self.commit % self.config.checkpoint_interval_ops == 0:
+                state = self._checkpoint_state()
+                self.checkpoints[state.op] = state
+                if len(self.checkpoints) > CHECKPOINT_STATES_MAX:
+                    del self.checkpoints[min(self.checkpoints)]
         if effects or commit:
             effects.extend(self._maybe_checkpoint())
         return effects
@@ -838,6 +853,30 @@ class Replica:
         if self.is_primary and self.status is Status.NORMAL:
             return [Reply(client, number, reply)]
         return []
+
+    def _checkpoint_state(self) -> CheckpointState:
+        """The state at this commit number, canonically encoded (the same bytes on every
+        replica that committed the same log)."""
+        clients = [
+            ClientEntry(client, s.session, s.number, s.op, s.reply)
+            for client, s in self.clients.items()
+        ]
+        chain = self.entries[self.commit - 1].hash if self.commit else GENESIS_HASH
+        return encode_checkpoint(self.commit, chain, clients, self.machine.snapshot())
+
+    def _release_checkpoints(self) -> None:
+        """Keep the states from the sealed checkpoint's op on: the ones below it are
+        superseded by a state the log vouches for."""
+        checkpoint = self.log.checkpoint
+        sealed = 0 if checkpoint is None else checkpoint.position
+        for op in [op for op in self.checkpoints if op < sealed]:
+            del self.checkpoints[op]
+
+    @property
+    def checkpoint_state(self) -> CheckpointState | None:
+        """The state at the op of the log's latest sealed checkpoint, if it was taken."""
+        checkpoint = self.log.checkpoint
+        return None if checkpoint is None else self.checkpoints.get(checkpoint.position)
 
     def _maybe_checkpoint(self) -> list[Effect]:
         """Seal at the multiples of the interval, the same ops on every replica, so that

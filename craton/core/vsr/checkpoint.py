@@ -1,0 +1,133 @@
+"""A replica's state at a checkpoint op: the state machine and the client table, canonically.
+
+Every replica takes one when its commit number reaches a multiple of the checkpoint
+interval, before it applies the next op, so that replicas that committed the same log hold
+byte-identical checkpoint states at the same op (the simulator checks their digests). The
+log seals the chain hash at that op; the state is what a replica that lacks the ops below
+it would install (state sync), after checking it against its digest and the sealed hash.
+
+Encoding (integers little-endian; clients sorted by id, so no dict order leaks in):
+
+    magic b"CRCK" | u16 CHECKPOINT_FORMAT_VERSION | u64 op | 32-byte chain hash at op
+    | u32 client count | per client: u64 client id | u64 session | u32 number | u64 op
+      | u8 has reply | u32 reply length + reply
+    | u64 length + the state machine's snapshot (``StateMachine.snapshot``)
+
+The digest is the SHA-256 of those bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+
+import attrs
+
+CHECKPOINT_MAGIC = b"CRCK"
+CHECKPOINT_FORMAT_VERSION = 1
+HASH_SIZE = 32
+REPLY_SIZE_MAX = 16 * 1024 * 1024  # bytes of one cached reply, as a decoder bound
+
+_HEADER = struct.Struct("<4sHQ")
+_VERSION_OP = struct.Struct("<HQ")
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+_CLIENT = struct.Struct("<QQIQB")
+
+
+class CheckpointError(ValueError):
+    """Checkpoint state bytes are damaged, truncated, of another format or another op."""
+
+
+@attrs.frozen
+class ClientEntry:
+    """One client's row of the client table, as a checkpoint carries it."""
+
+    client: int
+    session: int  # the op that registered it
+    number: int  # the last request number applied
+    op: int  # the op that last touched the session (eviction order)
+    reply: bytes | None  # the reply to ``number``, once committed
+
+
+@attrs.frozen
+class CheckpointState:
+    """The encoded state at ``op`` (all ops below it applied) and its digest."""
+
+    op: int
+    chain_hash: bytes  # the hash of op ``op - 1``: what the log's seal vouches for
+    data: bytes
+    digest: bytes
+
+
+def encode_checkpoint(
+    op: int, chain_hash: bytes, clients: list[ClientEntry], machine_snapshot: bytes
+) -> CheckpointState:
+    assert len(chain_hash) == HASH_SIZE and op >= 0
+    parts = [_HEADER.pack(CHECKPOINT_MAGIC, CHECKPOINT_FORMAT_VERSION, op), chain_hash]
+    parts.append(_U32.pack(len(clients)))
+    for entry in sorted(clients, key=lambda e: e.client):
+        has_reply = entry.reply is not None
+        parts.append(_CLIENT.pack(entry.client, entry.session, entry.number, entry.op, has_reply))
+        reply = entry.reply or b""
+        parts.append(_U32.pack(len(reply)))
+        parts.append(reply)
+    parts.append(_U64.pack(len(machine_snapshot)))
+    parts.append(machine_snapshot)
+    data = b"".join(parts)
+    return CheckpointState(op, chain_hash, data, hashlib.sha256(data).digest())
+
+
+@attrs.frozen
+class OpenedCheckpoint:
+    op: int
+    chain_hash: bytes
+    clients: tuple[ClientEntry, ...]
+    machine_snapshot: bytes
+
+
+def open_checkpoint(data: bytes, digest: bytes) -> OpenedCheckpoint:
+    """The contents of checkpoint ``data`` once it matches ``digest``; ``CheckpointError``
+    if it does not, or if the bytes do not decode to exactly one checkpoint."""
+    if hashlib.sha256(data).digest() != digest:
+        raise CheckpointError("checkpoint state does not match its digest")
+    reader = _Reader(data)
+    if reader.take(len(CHECKPOINT_MAGIC)) != CHECKPOINT_MAGIC:
+        raise CheckpointError("not a Craton checkpoint state (bad magic)")
+    version, op = reader.unpack(_VERSION_OP)
+    if version != CHECKPOINT_FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint format {version}, expected {CHECKPOINT_FORMAT_VERSION}")
+    chain_hash = reader.take(HASH_SIZE)
+    (count,) = reader.unpack(_U32)
+    clients: list[ClientEntry] = []
+    for _ in range(count):
+        client, session, number, last_op, has_reply = reader.unpack(_CLIENT)
+        (size,) = reader.unpack(_U32)
+        if size > REPLY_SIZE_MAX or has_reply > 1 or (not has_reply and size):
+            raise CheckpointError(f"client {client}: malformed cached reply")
+        reply = reader.take(size) if has_reply else None
+        if clients and clients[-1].client >= client:
+            raise CheckpointError("checkpoint clients are not sorted by id")
+        clients.append(ClientEntry(client, session, number, last_op, reply))
+    (machine_size,) = reader.unpack(_U64)
+    machine_snapshot = reader.take(machine_size)
+    if reader.offset != len(data):
+        raise CheckpointError(f"{len(data) - reader.offset} bytes after the checkpoint state")
+    return OpenedCheckpoint(op, chain_hash, tuple(clients), machine_snapshot)
+
+
+class _Reader:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.offset = 0
+
+    def take(self, size: int) -> bytes:
+        if self.offset + size > len(self.data):
+            raise CheckpointError("checkpoint state is truncated")
+        chunk = self.data[self.offset : self.offset + size]
+        self.offset += size
+        return chunk
+
+    def unpack(self, layout: struct.Struct) -> tuple[int, ...]:
+        values: tuple[int, ...] = layout.unpack(self.take(layout.size))
+        return values
