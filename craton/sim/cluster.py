@@ -293,6 +293,7 @@ class Cluster:
             seal_seed=self._seal_seeds[index],
             segment_size_max=256 * 1024,
             checkpoint_interval_ops=CHECKPOINT_INTERVAL_OPS,
+            checkpoint_states=True,
             client_table_max=CLIENT_TABLE_MAX,
         )
         prng = self.prng.split(f"replica-{index}-{self.process_faults['restarts']}")

@@ -136,6 +136,11 @@ class ReplicaConfig:
     # durable: see ``Replica.member``): a blank disk then means its data was lost (a wiped
     # or replaced disk), never that it is new.
     joined: bool = False
+    # Take a canonical state (``craton.core.vsr.checkpoint``) at each multiple of the
+    # interval. The simulator compares them across replicas; nothing in a node consumes them
+    # yet (no checkpoint state sync), and a state holds a whole snapshot of the machine, so
+    # a node does not pay for them.
+    checkpoint_states: bool = False
 
     def __attrs_post_init__(self) -> None:
         assert 1 <= self.replica_count <= 16 and 0 <= self.replica_id < self.replica_count
@@ -820,7 +825,9 @@ class Replica:
             self._forget_request(entry)
             effects.extend(self._apply(entry))
             self.commit += 1
-            if self.commit % self.config.checkpoint_interval_ops == 0:
+            if self.config.checkpoint_states and (
+                self.commit % self.config.checkpoint_interval_ops == 0
+            ):
                 state = self._checkpoint_state()
                 self.checkpoints[state.op] = state
                 if len(self.checkpoints) > CHECKPOINT_STATES_MAX:
