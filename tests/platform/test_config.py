@@ -126,6 +126,5 @@ def test_nats_tls_files_must_exist_and_cert_and_key_come_together(tmp_path: Path
     assert len(lines) == 2, f"expected the missing CA file and the missing key: {lines}"
     assert lines[0].startswith("PLATFORM_NATS_TLS_CA: '") and lines[0].endswith(" is not a file")
     assert lines[1] == (
-        "PLATFORM_NATS_TLS_KEY: is required when the other of the client certificate "
-        "and key is set"
+        "PLATFORM_NATS_TLS_KEY: is required when the other of the client certificate and key is set"
     ), lines
