@@ -7,7 +7,9 @@
 Replica ``i`` listens on ``--port + i`` (clients and replicas) and ``--metrics-port + i``
 (``/health``, ``/ready``, ``/metrics``); ``--port 0`` picks free ports. Its data is in
 ``DIR/data<i>`` and its log (JSON lines) in ``DIR/node<i>.log``; the data is kept between
-runs (``--fresh`` removes those folders and logs first). ``--tls CERT_DIR`` serves TLS with
+runs (``--fresh`` removes those folders and logs first); once a run has formed the cluster,
+later runs start every replica with ``VDB_CLUSTER_FORMED=true``, so a replica whose folder
+was removed rejoins as one that lost its disk. ``--tls CERT_DIR`` serves TLS with
 ``CERT_DIR/server.crt`` and ``server.key`` (``scripts/gen-certs``); replicas then reach each
 other over TLS too. Replicas prove membership with ``VDB_CLUSTER_SECRET``: taken from the
 environment when set, else drawn once and kept in ``DIR/cluster.secret`` (mode 0600), so
@@ -110,7 +112,9 @@ def cluster_secret(folder: Path) -> str:
     return path.read_text().strip()
 
 
-def _environment(replica: Replica, peers: str, tls: Path | None, secret: str) -> dict[str, str]:
+def _environment(
+    replica: Replica, peers: str, tls: Path | None, secret: str, formed: bool
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VDB_")}
     env.update(
         VDB_DATA_DIR=str(replica.data_dir),
@@ -121,6 +125,8 @@ def _environment(replica: Replica, peers: str, tls: Path | None, secret: str) ->
         VDB_CLUSTER_SECRET=secret,
         VDB_REPLICA_ID=str(replica.index),
         VDB_LOG_LEVEL=os.environ.get("VDB_LOG_LEVEL", "info"),
+        # An earlier run formed the cluster: a replica whose folder is gone lost its data.
+        VDB_CLUSTER_FORMED="true" if formed else "false",
     )
     if tls is not None:
         env.update(VDB_TLS_CERT=str(tls / "server.crt"), VDB_TLS_KEY=str(tls / "server.key"))
@@ -259,11 +265,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda _signum, _frame: stop.set())
     peers = ",".join(r.address for r in replicas)
+    formed = any(replica.data_dir.exists() for replica in replicas)
     secret = cluster_secret(folder)
     offsets = []
     for replica in replicas:
         offsets.append(replica.log_path.stat().st_size if replica.log_path.exists() else 0)
-        replica.start(_environment(replica, peers, args.tls, secret))
+        replica.start(_environment(replica, peers, args.tls, secret, formed))
     try:
         if not _wait_ready(replicas, offsets, stop):
             return EXIT_FAILED

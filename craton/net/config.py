@@ -27,6 +27,9 @@ Variables (deployment guide, plus ``VDB_CLUSTER_PEERS`` and ``VDB_METRICS_ADDR``
     VDB_REPLICA_ID           0          0..15, below the number of peers in a cluster; or
                                         ``ordinal``: the number that ends the host name
     VDB_CLUSTER_PEERS        (none)     host:port of every replica, in replica-id order
+    VDB_CLUSTER_FORMED       false      true once the cluster has formed: a replica that then
+                                        finds a blank data directory lost its disk, and
+                                        rejoins through a quorum instead of joining as new
     VDB_LOG_LEVEL            info       trace | debug | info | warn | error
 
 Rules: an empty value counts as unset (container tooling often sets ``VAR=``); enumerated
@@ -160,6 +163,7 @@ class ServerConfig:
     cluster_peers: tuple[Address, ...]
     log_level: LogLevel
     cluster_secret: bytes | None = attrs.field(default=None, repr=False)  # never logged
+    cluster_formed: bool = False  # VDB_CLUSTER_FORMED
     cluster_secret_secondary: bytes | None = attrs.field(default=None, repr=False)
 
     @property
@@ -184,6 +188,7 @@ class ServerConfig:
             "replication_mode": self.replication_mode.value,
             "replica_id": self.replica_id,
             "cluster_peers": ",".join(str(peer) for peer in self.cluster_peers) or None,
+            "cluster_formed": self.cluster_formed,
             "log_level": self.log_level.value,
         }
 
@@ -224,6 +229,7 @@ def load_config(environ: Mapping[str, str], *, hostname: str | None = None) -> S
     log_level = env.choice("VDB_LOG_LEVEL", LogLevel, LogLevel.INFO)
     cluster_secret = env.get("VDB_CLUSTER_SECRET")
     secondary = env.get("VDB_CLUSTER_SECRET_SECONDARY")
+    cluster_formed = env.boolean("VDB_CLUSTER_FORMED", False)
     _check_replication(replication_mode, replica_id, cluster_peers)
     _check_cluster_secret(replication_mode, cluster_secret)
     _check_secret_size("VDB_CLUSTER_SECRET_SECONDARY", secondary, CLUSTER_SECRET_SIZE_MIN)
@@ -245,6 +251,7 @@ def load_config(environ: Mapping[str, str], *, hostname: str | None = None) -> S
         log_level=log_level,
         cluster_secret=None if cluster_secret is None else cluster_secret.encode("utf-8"),
         cluster_secret_secondary=None if secondary is None else secondary.encode("utf-8"),
+        cluster_formed=cluster_formed,
     )
 
 
@@ -275,6 +282,10 @@ def parse_address(text: str, variable: str) -> Address:
 # --- Helpers ---------------------------------------------------------------------------------
 
 
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off")
+
+
 class _Env:
     def __init__(self, environ: Mapping[str, str]) -> None:
         self._environ = environ
@@ -294,6 +305,16 @@ class _Env:
                 name, f"expected a whole number in {minimum}..{maximum}, got {_quote(value)}"
             )
         return int(value)
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self.get(name)
+        if value is None:
+            return default
+        if value.lower() in _TRUE:
+            return True
+        if value.lower() in _FALSE:
+            return False
+        raise ConfigError(name, f"expected true or false, got {_quote(value)}")
 
     def choice(self, name: str, kind: type[_E], default: _E) -> _E:
         value = self.get(name)

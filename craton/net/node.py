@@ -331,6 +331,8 @@ class ReplicaHost:
             view_change_jitter_ticks=VIEW_CHANGE_JITTER_TICKS,
             client_table_max=SESSIONS_MAX,
             checkpoint_interval_ops=CHECKPOINT_INTERVAL_OPS,
+            # Once the cluster has formed, a blank disk is a lost one (``Replica.member``).
+            joined=self._cluster is not None and self._cluster.formed,
         )
         jitter_seed = int.from_bytes(OsEntropy().random_bytes(8), "little")
         self.replica = Replica(config, EventStore(), Prng(jitter_seed, "replica"))
@@ -827,6 +829,10 @@ class ReplicaHost:
             "log.torn_tail_truncated",
             "replica.view_change",
             "replica.primary",
+            "replica.recovering",  # damage, a lost disk or an unfinished recovery: say so
+            "replica.repaired",
+            "replica.repair_abandoned",
+            "replica.recovered",
         ):
             self._log.info(notice.event, **fields)
         else:

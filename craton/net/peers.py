@@ -103,6 +103,8 @@ class ClusterSettings:
     tls: ssl.SSLContext | None = None  # for outbound peer connections, when TLS is on
     # VDB_CLUSTER_SECRET_SECONDARY: also accepted in proofs, never used to make them
     secondary: bytes | None = attrs.field(default=None, repr=False)
+    # VDB_CLUSTER_FORMED: a blank data directory means this replica lost its disk
+    formed: bool = False
 
     def __attrs_post_init__(self) -> None:
         assert 0 <= self.replica_id < len(self.addresses) <= 16

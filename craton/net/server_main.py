@@ -160,6 +160,7 @@ def _cluster_settings(config: ServerConfig) -> ClusterSettings | None:
         config.cluster_secret,
         tls,
         secondary=config.cluster_secret_secondary,
+        formed=config.cluster_formed,
     )
 
 

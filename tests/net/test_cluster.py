@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import ssl
 import time
@@ -333,3 +334,41 @@ def test_a_hello_recorded_before_a_restart_is_refused_after_it(tmp_path: Path) -
         fresh.send(Handshake(1, sender, proof(sender, 0)), 1)
         assert isinstance(fresh.receive()[1], HandshakeReply), "a new hello is accepted"
         fresh.close()
+
+
+def test_a_replica_whose_disk_was_lost_rejoins_once_the_cluster_has_formed(
+    tmp_path: Path,
+) -> None:
+    """With ``VDB_CLUSTER_FORMED=true`` a replica that finds a blank data directory knows it
+    lost its disk: it rejoins through a quorum (never as a new, empty member), and then
+    counts in the quorum again."""
+    with LocalCluster(tmp_path) as cluster:
+        cluster.start()
+        primary = cluster.wait_primary()
+        lost, other = (primary + 1) % 3, (primary + 2) % 3
+        with Client(cluster.addresses[primary], retry_deadline_s=10) as client:
+            client.create_stream("kept")
+            for number in range(20):
+                client.append("kept", [b"before %d" % number])
+        asyncio.run(commits_converge(cluster.addresses))
+        node = cluster.nodes[lost]
+        assert node.stop() == 0
+        shutil.rmtree(node.data_dir)
+        node.env["VDB_CLUSTER_FORMED"] = "true"
+        node.start(wait_ready=False)
+        recovering = node.wait_for("replica.recovering")
+        assert recovering["reason"] == "wiped", recovering
+        node.wait_for("replica.recovered")
+        asyncio.run(commits_converge(cluster.addresses))
+        assert cluster.nodes[other].stop() == 0  # from now on the primary needs `lost`'s ack
+        with Client(cluster.addresses[primary], retry_deadline_s=15) as client:
+            reply = client.append("kept", [b"after"])
+            assert reply.first_offset == 20, reply
+            events = client.read("kept", max_events=30).events
+        assert list(events) == [b"before %d" % n for n in range(20)] + [b"after"], events
+        commits = cluster.stop_all()
+    commit = commits[primary]  # a backup learns the last commit number later: its log counts
+    logs = {index: read_log(cluster.nodes[index].data_dir) for index in (primary, lost)}
+    assert len(logs[lost]) >= commit, (commits, len(logs[lost]))
+    assert logs[lost][:commit] == logs[primary][:commit], "the rejoined replica's log differs"
+    verify(cluster.nodes[lost].data_dir)

@@ -91,6 +91,7 @@ CASES: list[tuple[str, dict[str, str], str]] = [
         "VDB_REPLICA_ID",
     ),
     ("zero connections", {"VDB_MAX_CONNECTIONS": "0"}, "VDB_MAX_CONNECTIONS"),
+    ("formed not a flag", {"VDB_CLUSTER_FORMED": "maybe"}, "VDB_CLUSTER_FORMED"),
     ("idle not a number", {"VDB_IDLE_TIMEOUT_SECS": "-1"}, "VDB_IDLE_TIMEOUT_SECS"),
     ("rate not a number", {"VDB_RATE_LIMIT_RPS": "fast"}, "VDB_RATE_LIMIT_RPS"),
     ("rate zero", {"VDB_RATE_LIMIT_RPS": "0"}, "VDB_RATE_LIMIT_RPS"),
@@ -157,6 +158,15 @@ def test_defaults_are_the_guides(tmp_path: Path) -> None:
     )
     assert config.replication_mode is ReplicationMode.NONE and config.replica_id == 0
     assert config.cluster_peers == () and config.log_level is LogLevel.INFO
+    assert config.cluster_formed is False
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [("true", True), (" YES ", True), ("1", True), ("off", False)]
+)
+def test_cluster_formed_is_a_flag(tmp_path: Path, text: str, expected: bool) -> None:
+    config = load_config({"VDB_DATA_DIR": str(tmp_path), "VDB_CLUSTER_FORMED": text})
+    assert config.cluster_formed is expected and config.summary()["cluster_formed"] is expected
 
 
 def test_values_parse_and_the_summary_hides_the_secret(tmp_path: Path) -> None:
