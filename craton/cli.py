@@ -146,8 +146,10 @@ def verify_directory(data_dir: Path, *, public_key: bytes | None = None) -> Audi
 def _report_line(data_dir: Path, report: AuditReport) -> str:
     if not report.ok:
         return f"DAMAGED {data_dir}: {report.problem}"
+    start = f" from position {report.base} (its base)" if report.base else ""
     return (
-        f"OK {data_dir}: {report.records} records in {report.segments} segments, "
+        f"OK {data_dir}: {report.records - report.base} records{start} in {report.segments} "
+        "segments, "
         f"{report.checkpoints} sealed checkpoints, head hash {report.head_hash.hex()[:16]}…"
     )
 
@@ -156,7 +158,8 @@ def _report_json(data_dir: Path, report: AuditReport) -> dict[str, object]:
     return {
         "data_dir": str(data_dir),
         "ok": report.ok,
-        "records": report.records,
+        "records": report.records - report.base,
+        "base": report.base,
         "segments": report.segments,
         "checkpoints": report.checkpoints,
         "head_hash": report.head_hash.hex(),

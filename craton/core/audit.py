@@ -9,6 +9,7 @@ it is exactly what recovery would cut off.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 
 import attrs
@@ -22,7 +23,8 @@ from craton.core.seal import ENTRY_SIZE, Checkpoint, SealError, decode_entry, ve
 
 @attrs.define
 class AuditReport:
-    records: int = 0
+    records: int = 0  # the position past the last record (records counted from ``base``)
+    base: int = 0  # the log's first record (see ``craton.core.superblock``)
     segments: int = 0
     checkpoints: int = 0
     head_hash: bytes = GENESIS_HASH
@@ -66,15 +68,36 @@ def audit(
     if numbers != list(range(len(numbers))):
         report.problem = f"folder 'log': segments are not numbered 0..n-1: {numbers}"
         return report
+    problem = _audit_base(report, chosen, len(numbers), read)
+    if problem is not None:
+        report.problem = problem
+        return report
     sealed = {entry.position - 1: entry.chain_hash for entry in history if entry.position}
     certified = max(chosen.durable_before, max((e.position for e in history), default=0))
-    _audit_segments(report, numbers, read, sealed, certified)
+    _audit_segments(report, numbers[chosen.base_segment :], read, sealed, certified)
     if report.ok and report.records < certified:
         report.problem = (
             f"folder 'log': holds {report.records} records, but records below {certified} "
             "were certified durable"
         )
     return report
+
+
+def _audit_base(
+    report: AuditReport, chosen: superblock.Superblock, segments: int, read: Callable[[str], bytes]
+) -> str | None:
+    """Start the report at the log's base, once its state file matches its digest."""
+    if chosen.base_segment > segments:
+        return f"folder 'log': the base is segment {chosen.base_segment} of {segments}"
+    if not chosen.base_position:
+        return None
+    path = superblock.state_path(chosen.base_position)
+    data = read(path)
+    if len(data) != chosen.base_size or hashlib.sha256(data).digest() != chosen.base_digest:
+        return f"file '{path}': the base state does not match the superblock's digest"
+    report.base = report.records = chosen.base_position
+    report.head_hash = chosen.base_hash
+    return None
 
 
 def _read_history(data: bytes, count: int) -> tuple[list[Checkpoint], str | None]:

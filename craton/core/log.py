@@ -4,7 +4,9 @@ Files on the ``Disk`` (layouts in docs/STORAGE.md):
 
 - ``superblock``: the root of trust in redundant copies (``craton.core.superblock``);
 - ``log/NNNNNNNNNN.seg``: segments of records (``craton.core.record``), appended in order;
-- ``checkpoints``: the history of sealed checkpoints (``craton.core.seal``).
+- ``checkpoints``: the history of sealed checkpoints (``craton.core.seal``);
+- ``state/NNNNNNNNNNNNNNNNNNNN.state``: the owner's state at the log's base, when a base
+  was installed (``install_base``): the log then starts at that position, not at 0.
 
 The owner calls ``start`` once, then ``append`` / ``read`` / ``checkpoint_now`` and hands
 every disk completion to ``on_disk``. Each call returns outputs: effects for the driver
@@ -32,6 +34,7 @@ from __future__ import annotations
 import array
 import bisect
 import enum
+import hashlib
 import re
 from collections.abc import Callable
 from typing import TypeVar
@@ -121,6 +124,11 @@ class Recovered:
     salvaged: tuple[Salvaged, ...] = ()
     salvage_complete: bool = False
     certified: int = 0
+    # the log starts at ``base`` (records below it are not on this disk) with the owner's
+    # state at that position, checked against its digest; None when it was lost (salvage
+    # only: the log then starts over at 0 and ``lost_from`` is 0)
+    base: int = 0
+    base_state: bytes | None = None
 
 
 @attrs.frozen
@@ -145,6 +153,30 @@ class Truncated:
 
 
 @attrs.frozen
+class BaseInstalled:
+    """The log now starts at ``position``; the state installed with it is durable."""
+
+    position: int
+
+
+@attrs.frozen
+class StateSaved:
+    """The owner's state at ``position`` is durable in its state file (``save_state``)."""
+
+    position: int
+
+
+@attrs.frozen
+class StateRead:
+    """The bytes of the state file at ``position``, as read: nothing checks them here
+    (whoever installs them checks them against their digest)."""
+
+    tag: int
+    position: int
+    data: bytes
+
+
+@attrs.frozen
 class OwnerStateSaved:
     """The owner's state ``state`` is durable in the superblock."""
 
@@ -156,6 +188,7 @@ class ReadResult:
     tag: int
     position: int
     body: bytes
+    hash: bytes = b""  # the record's chain hash, as its (checksummed) header states it
 
 
 @attrs.frozen
@@ -172,6 +205,9 @@ LogOutput = (
     | Checkpointed
     | Truncated
     | OwnerStateSaved
+    | BaseInstalled
+    | StateSaved
+    | StateRead
     | ReadResult
     | ReadFailed
 )
@@ -206,6 +242,16 @@ class _Io(enum.Enum):
     RECORD_READ = 13
     TRUNCATE_CUT = 14
     TRUNCATE_SYNC = 15
+    BASE_STATE_READ = 16
+    BASE_STATE_WRITE = 17
+    BASE_STATE_TRUNCATE = 18
+    BASE_STATE_SYNC = 19
+    BASE_RELEASE = 20  # emptying a file the base left behind
+    BASE_RELEASE_SYNC = 21
+    STATE_WRITE = 22
+    STATE_TRUNCATE = 23
+    STATE_SYNC = 24
+    STATE_READ = 25
 
 
 @attrs.define
@@ -252,6 +298,16 @@ class _Recovery:
     salvaging: bool = False  # salvage: the superblock is rewritten before the cut
     salvaged: tuple[Salvaged, ...] = ()
     salvage_complete: bool = False
+    base_state: bytes | None = None  # read and checked against the superblock's digest
+    base_seen: bytes | None = None  # checksum of the last read of it that did not check
+
+
+@attrs.frozen
+class _BaseInstall:
+    position: int
+    chain_hash: bytes
+    state: bytes
+    segment: int  # the first segment of the log from the base on
 
 
 @attrs.define
@@ -302,6 +358,10 @@ class Log:
         self._formatted = False
         self.salvage = salvage
         self._stale: list[int] = []  # segments whose files hold bytes past the end of the log
+        self.base = 0  # the first record of the log (see ``install_base``)
+        self._base_segment = 0
+        self._installing: _BaseInstall | None = None
+        self._base_written = False  # the installing base's state file is durable
 
     # --- entry points ------------------------------------------------------------------------
 
@@ -312,6 +372,10 @@ class Log:
     @property
     def public_key(self) -> bytes:
         return self._sealer.public_key
+
+    def sign(self, message: bytes) -> bytes:
+        """Sign ``message`` with this data directory's key (see ``public_key``)."""
+        return self._sealer.sign(message)
 
     @property
     def checkpoint(self) -> Checkpoint | None:
@@ -336,6 +400,8 @@ class Log:
             raise LogError(f"log is {self._phase.value}, not open")
         if len(self._pending) >= self.config.pending_records_max:
             raise LogError("log append queue is full")
+        if self._installing is not None:
+            raise LogError("log is installing a base")
         position = self.head
         data, own_hash = record.encode(
             position=position,
@@ -354,8 +420,8 @@ class Log:
         """Read the durable record at ``position``: a ``ReadResult`` or ``ReadFailed`` follows."""
         if self._phase is not _Phase.OPEN:
             return [ReadFailed(tag, position, f"log is {self._phase.value}")]
-        if not 0 <= position < self.durable:
-            return [ReadFailed(tag, position, f"position {position} is not durable")]
+        if not self.base <= position < self.durable:
+            return [ReadFailed(tag, position, f"position {position} is not durable here")]
         index = bisect.bisect_right(self._segment_firsts, position) - 1
         segment = self._segments[index]
         slot = position - segment.first_position
@@ -364,13 +430,126 @@ class Log:
         pending = _PendingRead(tag, position, segment.path, offset, end - offset)
         return [self._read_record(pending)]
 
+    @property
+    def can_install_base(self) -> bool:
+        """Whether ``install_base`` may be called now: open, and nothing being written."""
+        return (
+            self._phase is _Phase.OPEN
+            and self._truncating is None
+            and self._batch is None
+            and not self._pending
+            and self._checkpointing is None
+            and self._history_synced is None
+            and self._superblock_inflight is None
+            and self._wanted_owner_state is None
+            and self._installing is None
+        )
+
+    def install_base(self, position: int, chain_hash: bytes, state: bytes) -> list[LogOutput]:
+        """Make the log start at ``position``, past its head: ``state`` is the owner's state
+        there and ``chain_hash`` the hash of the record before it (the owner has checked
+        both against another copy of the history). ``BaseInstalled`` follows once durable.
+
+        The state file is written and synced first, then the superblock names it with its
+        digest; a crash before that leaves the old log, a crash after it the new one. The
+        new log starts in a segment past every existing one, and the old segments and
+        state file are emptied after the switch (and again by recovery if a crash stopped
+        that), so the switch itself is the single superblock update."""
+        if not self.can_install_base:
+            raise LogError("log is not open, or it has writes in flight")
+        if position <= self.head:
+            raise LogError(f"cannot install a base at {position}: the log reaches {self.head}")
+        known = [segment.number for segment in self._segments] + self._stale
+        segment = max([*known, self._base_segment - 1]) + 1
+        self._installing = _BaseInstall(position, chain_hash, state, segment)
+        path = superblock.state_path(position)
+        return [self._track(_Io.BASE_STATE_WRITE, None, lambda io: DiskWrite(io, path, 0, state))]
+
+    def _on_base_state_step(self, purpose: _Io) -> list[LogOutput]:
+        install = self._installing
+        assert install is not None
+        path = superblock.state_path(install.position)
+        if purpose is _Io.BASE_STATE_WRITE:  # a longer file from an interrupted install
+            size = len(install.state)
+            return [
+                self._track(_Io.BASE_STATE_TRUNCATE, None, lambda io: DiskTruncate(io, path, size))
+            ]
+        if purpose is _Io.BASE_STATE_TRUNCATE:
+            return [self._track(_Io.BASE_STATE_SYNC, None, lambda io: DiskSync(io, path))]
+        self._base_written = True
+        return self._write_superblock()
+
+    def _finish_base(self, fresh: Superblock) -> list[LogOutput]:
+        install = self._installing
+        assert install is not None and fresh.base_position == install.position
+        self._installing = None
+        self._base_written = False
+        released = [segment_path(s.number) for s in self._segments if s.size]
+        released += [segment_path(number) for number in self._stale]
+        if self.base:
+            released.append(superblock.state_path(self.base))
+        self._segments.clear()
+        self._segment_firsts.clear()
+        self._stale = []
+        self.base = self.head = self.durable = install.position
+        self.chain_hash = self._base_hash = install.chain_hash
+        self._hashes = []
+        self._hashes_base = install.position
+        self._base_segment = install.segment
+        notice = Notice("log.base_installed", (("position", install.position),))
+        releases = [self._release(_Io.BASE_RELEASE, path) for path in sorted(set(released))]
+        return [notice, BaseInstalled(install.position), *releases]
+
+    # --- state files: the owner's checkpoint states ------------------------------------------
+
+    def save_state(self, position: int, state: bytes) -> list[LogOutput]:
+        """Write the owner's state at ``position`` to its state file and sync it;
+        ``StateSaved`` follows. The base's own state file is never rewritten."""
+        if self._phase is not _Phase.OPEN:
+            raise LogError(f"log is {self._phase.value}, not open")
+        if position == self.base or (self._installing and self._installing.position == position):
+            raise LogError(f"the state at {position} is the log's base")
+        path = superblock.state_path(position)
+        context = (position, len(state))
+        return [self._track(_Io.STATE_WRITE, context, lambda io: DiskWrite(io, path, 0, state))]
+
+    def _on_state_step(self, purpose: _Io, position: int, size: int) -> list[LogOutput]:
+        path = superblock.state_path(position)
+        context = (position, size)
+        if purpose is _Io.STATE_WRITE:
+            cut = self._track(_Io.STATE_TRUNCATE, context, lambda io: DiskTruncate(io, path, size))
+            return [cut]
+        if purpose is _Io.STATE_TRUNCATE:
+            return [self._track(_Io.STATE_SYNC, context, lambda io: DiskSync(io, path))]
+        return [StateSaved(position)]
+
+    def read_state(self, position: int, size: int, tag: int) -> list[LogOutput]:
+        """Read ``size`` bytes of the state file at ``position``: ``StateRead`` (unchecked) or
+        ``ReadFailed`` follows."""
+        if self._phase is not _Phase.OPEN:
+            return [ReadFailed(tag, position, f"log is {self._phase.value}")]
+        path = superblock.state_path(position)
+        context = (tag, position)
+        return [self._track(_Io.STATE_READ, context, lambda io: DiskRead(io, path, 0, size))]
+
+    def release_state(self, position: int) -> list[LogOutput]:
+        """Empty the state file at ``position`` (a later state superseded it)."""
+        if self._phase is not _Phase.OPEN or position == self.base:
+            return []
+        if self._installing is not None and self._installing.position == position:
+            return []
+        return [self._release(_Io.BASE_RELEASE, superblock.state_path(position))]
+
+    def _release(self, purpose: _Io, path: str) -> DiskTruncate:
+        return self._track(purpose, path, lambda io: DiskTruncate(io, path, 0))
+
     def checkpoint_now(self, position: int | None = None) -> list[LogOutput]:
         """Seal a checkpoint covering the first ``position`` records (default: all durable
         ones), e.g. at a replica's commit number or before a clean shutdown.
 
         ``Checkpointed`` follows; at once when the latest checkpoint is already there, and
         after the one in flight when one is being sealed (it then covers what it covers)."""
-        if self._phase is not _Phase.OPEN or self._truncating is not None:
+        if self._phase is not _Phase.OPEN or self._truncating is not None or self._installing:
             raise LogError(f"log is {self._phase.value}, or a truncation is under way")
         target = self.durable if position is None else position
         current = self.checkpoint
@@ -392,6 +571,8 @@ class Log:
             _Io.SEGMENT_READ,
             _Io.RECORD_READ,
             _Io.SUPERBLOCK_READ,
+            _Io.BASE_STATE_READ,
+            _Io.STATE_READ,
         ):
             return self._halt(f"disk {purpose.name.lower()} failed: {completion.detail}")
         match purpose:
@@ -423,6 +604,25 @@ class Log:
             case _Io.RECORD_READ:
                 assert isinstance(context, _PendingRead)
                 return self._on_record_read(context, completion)
+            case _Io.BASE_STATE_READ:
+                return self._on_base_state_read(completion)
+            case _Io.BASE_STATE_WRITE | _Io.BASE_STATE_TRUNCATE | _Io.BASE_STATE_SYNC:
+                return self._on_base_state_step(purpose)
+            case _Io.BASE_RELEASE:
+                assert isinstance(context, str)
+                return [self._track(_Io.BASE_RELEASE_SYNC, None, lambda io: DiskSync(io, context))]
+            case _Io.BASE_RELEASE_SYNC:
+                return []
+            case _Io.STATE_WRITE | _Io.STATE_TRUNCATE | _Io.STATE_SYNC:
+                assert isinstance(context, tuple)
+                return self._on_state_step(purpose, *context)
+            case _Io.STATE_READ:
+                assert isinstance(context, tuple)
+                tag, position = context
+                if isinstance(completion, ReadDone):
+                    return [StateRead(tag, position, completion.data)]
+                assert isinstance(completion, IoFailed)
+                return [ReadFailed(tag, position, completion.detail)]
         raise AssertionError(f"unhandled purpose {purpose}")
 
     def invariants(self) -> None:
@@ -436,7 +636,9 @@ class Log:
         positions = [position for position, _, _ in self._pending]
         assert positions == list(range(self.head - len(positions), self.head))
         assert len(self._pending) <= self.config.pending_records_max
-        first = 0
+        assert self._hashes_base >= self.base
+        assert self._phase is not _Phase.OPEN or self.base <= self.durable
+        first = self.base
         for segment in self._segments:
             assert segment.first_position == first
             first += len(segment.offsets)
@@ -532,9 +734,8 @@ class Log:
             return self._halt(problem)
         state.superblock = chosen
         self._superblock = chosen
-        if chosen.checkpoint is not None and not self.salvage:
-            self._hashes_base = chosen.checkpoint.position
-            self._base_hash = chosen.checkpoint.chain_hash
+        self._adopt_base(chosen)
+        state.index = chosen.base_segment
         if any(copy != chosen for copy in state.copies):
             # A torn update or a damaged copy: rewrite every copy before anything else acts
             # on the chosen state, so no later read can see an older or newer disagreeing one.
@@ -544,10 +745,90 @@ class Log:
             return [notice, *self._write_superblock(repaired)]
         return self._read_segments()
 
+    def _adopt_base(self, chosen: Superblock) -> None:
+        """Recovery starts at the base (record 0 unless one was installed); hashes are kept
+        and bodies verified from there, or from the latest checkpoint past it (the whole
+        log when salvaging)."""
+        self.base = chosen.base_position
+        self._base_segment = chosen.base_segment
+        base_hash = chosen.base_hash if self.base else GENESIS_HASH
+        self.head = self.base
+        self.chain_hash = base_hash
+        self._hashes_base = self.base
+        self._base_hash = base_hash
+        checkpoint = chosen.checkpoint
+        if checkpoint is not None and not self.salvage and checkpoint.position > self.base:
+            self._hashes_base = checkpoint.position
+            self._base_hash = checkpoint.chain_hash
+
     def _read_segments(self) -> list[LogOutput]:
-        if not self._recovery.numbers:
+        state = self._recovery
+        if self.base and state.base_state is None:
+            return [self._read_base_state()]
+        if state.index >= len(state.numbers):
             return self._finish_recovery()
         return [self._read_segment()]
+
+    def _read_base_state(self) -> DiskRead:
+        chosen = self._recovery.superblock
+        assert chosen is not None
+        path = superblock.state_path(self.base)
+        size = chosen.base_size
+        return self._track(_Io.BASE_STATE_READ, None, lambda io: DiskRead(io, path, 0, size))
+
+    def _on_base_state_read(self, completion: DiskCompletion) -> list[LogOutput]:
+        state = self._recovery
+        chosen = state.superblock
+        assert chosen is not None
+        path = superblock.state_path(self.base)
+        if isinstance(completion, IoFailed):
+            problem, fingerprint = f"read failed: {completion.detail}", None
+        else:
+            assert isinstance(completion, ReadDone)
+            data = completion.data
+            if (
+                len(data) == chosen.base_size
+                and hashlib.sha256(data).digest() == chosen.base_digest
+            ):
+                state.base_state = data
+                state.attempts = 0
+                return self._read_segments()
+            problem = f"{len(data)} bytes that do not match the superblock's digest"
+            fingerprint = checksum(data)
+        believed = fingerprint is not None and fingerprint == state.base_seen
+        state.base_seen = fingerprint
+        state.attempts += 1
+        if state.attempts <= READ_RETRIES_MAX and not believed:
+            notice = Notice("log.recovery_reread", (("problem", f"file '{path}': {problem}"),))
+            return [notice, self._read_base_state()]
+        if not self.salvage:
+            return self._halt(f"file '{path}': the log's base state is lost: {problem}")
+        return self._lose_base(f"file '{path}': {problem}")
+
+    def _lose_base(self, problem: str) -> list[LogOutput]:
+        """The state the log starts from is damaged: nothing on this disk can rebuild the
+        owner's state, so the log starts over, empty, past every segment it had, and
+        reports everything as lost (the peers hold it)."""
+        state = self._recovery
+        chosen = state.superblock
+        assert chosen is not None
+        fresh = attrs.evolve(
+            chosen,
+            sequence=chosen.sequence + 1,
+            durable_before=max(chosen.durable_before, chosen.base_position),
+            base_position=0,
+            base_hash=superblock.NO_HASH,
+            base_segment=len(state.numbers),
+            base_digest=superblock.NO_HASH,
+            base_size=0,
+        )
+        self._adopt_base(fresh)
+        state.index = fresh.base_segment
+        state.superblock = fresh
+        state.cut = 0
+        state.repairing = True
+        notice = Notice("log.base_state_lost", (("problem", problem),))
+        return [notice, *self._write_superblock(fresh)]
 
     def _recovery_sizes(self) -> dict[str, int]:
         files = self._recovery.root_files or ()
@@ -561,6 +842,11 @@ class Log:
             return "file 'superblock': the latest checkpoint's signature does not verify"
         if numbers != list(range(len(numbers))):
             return f"folder '{SEGMENT_FOLDER}': segments are not numbered 0..n-1: {numbers}"
+        if chosen.base_segment > len(numbers):
+            return (
+                f"folder '{SEGMENT_FOLDER}': the log's base is segment {chosen.base_segment}, "
+                f"but only {len(numbers)} segments exist"
+            )
         return None
 
     def _format(self) -> list[LogOutput]:
@@ -594,7 +880,7 @@ class Log:
             base_offset=0,
             first_position=first,
             prev_hash=self.chain_hash,
-            verify_from=0 if checkpoint is None or self.salvage else checkpoint.position,
+            verify_from=self._hashes_base,
             certified=self._certified(state.superblock),
             may_tear=state.index == len(state.numbers) - 1,
             sealed=None if checkpoint is None else {checkpoint.position - 1: checkpoint.chain_hash},
@@ -690,6 +976,9 @@ class Log:
             assert scan is None or isinstance(scan.verdict, Clean)
             if self._segments:
                 outputs.append(self._sync_for_recovery(self._segments[-1].path))
+        for number in state.numbers[: self._base_segment]:
+            if state.sizes[number]:  # left behind by a base install a crash interrupted
+                outputs.append(self._release(_Io.RECOVERY_TRUNCATE, segment_path(number)))
         sizes = {info.name: info.size for info in state.root_files}
         history_size = chosen.checkpoint_count * ENTRY_SIZE
         found = sizes.get(CHECKPOINTS_PATH, 0)
@@ -772,6 +1061,8 @@ class Log:
             state.salvaged,
             state.salvage_complete,
             certified,
+            self.base,
+            state.base_state,
         )
         return [recovered]
 
@@ -816,7 +1107,7 @@ class Log:
                 return current
             number = current.number + 1
         else:
-            number = 0
+            number = self._base_segment
         segment = _Segment(number, next_position)
         self._add_segment(segment)
         return segment
@@ -853,9 +1144,9 @@ class Log:
         positions from ``position`` on and are written once the truncation is durable. The
         files are cut from the last segment backwards, each cut synced before the next, so
         a crash leaves a shorter valid log, never a gap."""
-        if self._phase is not _Phase.OPEN or self._truncating is not None:
-            raise LogError("log is not open, or a truncation is already under way")
-        sealed = 0 if self.checkpoint is None else self.checkpoint.position
+        if self._phase is not _Phase.OPEN or self._truncating is not None or self._installing:
+            raise LogError("log is not open, or a truncation or base install is under way")
+        sealed = max(self.base, 0 if self.checkpoint is None else self.checkpoint.position)
         if self._checkpointing is not None:
             sealed = max(sealed, self._checkpointing.position)
         if not sealed <= position <= self.head:
@@ -928,7 +1219,7 @@ class Log:
     def location(self, position: int) -> tuple[str, int, int] | None:
         """(file, offset, size) of the record at ``position``; None while it waits for a
         batch (a write is under way for it once it has a place)."""
-        assert 0 <= position < self.head
+        assert self.base <= position < self.head
         index = bisect.bisect_right(self._segment_firsts, position) - 1
         segment = self._segments[index]
         slot = position - segment.first_position
@@ -966,7 +1257,7 @@ class Log:
     def _locate(self, position: int) -> tuple[int, int]:
         """(segment, offset) where record ``position`` starts (or would start)."""
         if not self._segments:
-            return 0, 0
+            return self._base_segment, 0
         index = max(0, bisect.bisect_right(self._segment_firsts, position) - 1)
         segment = self._segments[index]
         slot = position - segment.first_position
@@ -999,9 +1290,20 @@ class Log:
             assert current is not None
             checkpoint = self._history_synced
             owner = self._wanted_owner_state
-            if checkpoint is None and owner is None:
+            base = self._installing if self._base_written else None
+            if checkpoint is None and owner is None and base is None:
                 return []
             fresh = attrs.evolve(current, sequence=current.sequence + 1)
+            if base is not None:
+                fresh = attrs.evolve(
+                    fresh,
+                    durable_before=max(current.durable_before, base.position),
+                    base_position=base.position,
+                    base_hash=base.chain_hash,
+                    base_segment=base.segment,
+                    base_digest=hashlib.sha256(base.state).digest(),
+                    base_size=len(base.state),
+                )
             if checkpoint is not None:
                 fresh = attrs.evolve(
                     fresh,
@@ -1053,6 +1355,9 @@ class Log:
         if self._phase is _Phase.RECOVERING:  # the first superblock of a new directory
             return self._open()
         outputs: list[LogOutput] = []
+        install = self._installing
+        if install is not None and self._base_written and fresh.base_position == install.position:
+            outputs.extend(self._finish_base(fresh))
         if fresh.checkpoint is not None and fresh.checkpoint == self._history_synced:
             self._history_synced = None
             self._checkpointing = None
@@ -1093,7 +1398,7 @@ class Log:
             except RecordError as error:
                 problem = error.reason
         if problem is None:
-            return [ReadResult(pending.tag, pending.position, body)]
+            return [ReadResult(pending.tag, pending.position, body, header.hash)]
         pending.attempts += 1
         where = f"file '{pending.path}' offset {pending.offset} record {pending.position}"
         if pending.attempts <= READ_RETRIES_MAX:

@@ -21,6 +21,7 @@ import collections
 from collections.abc import Callable
 
 from craton.core.log import (
+    BaseInstalled,
     Checkpointed,
     Durable,
     Log,
@@ -31,6 +32,8 @@ from craton.core.log import (
     ReadFailed,
     ReadResult,
     Recovered,
+    StateRead,
+    StateSaved,
     Truncated,
 )
 from craton.core.seam import (
@@ -159,6 +162,8 @@ class LogService:
                     effects.extend(self._answer("state", output.state))
                 case Recovered():
                     effects.append(Notice("log.recovered", (("head", output.head),)))
+                case BaseInstalled() | StateSaved() | StateRead():
+                    raise AssertionError("the log service keeps no state files")
                 case _:
                     effects.append(output)
         return effects

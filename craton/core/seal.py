@@ -73,9 +73,32 @@ class Sealer:
         self._key = Ed25519PrivateKey.from_private_bytes(seed)
         self.public_key = self._key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
+    def sign(self, message: bytes) -> bytes:
+        return self._key.sign(message)
+
     def seal(self, position: int, segment: int, offset: int, chain_hash: bytes) -> Checkpoint:
         signature = self._key.sign(seal_message(position, chain_hash))
         return Checkpoint(position, segment, offset, chain_hash, signature)
+
+
+STATE_DOMAIN = b"craton/checkpoint-state/v1"
+
+
+def state_message(op: int, chain_hash: bytes, digest: bytes) -> bytes:
+    """What a replica signs to vouch for its checkpoint state at ``op`` (state sync): the
+    op, the chain hash there, and the SHA-256 of the state's bytes."""
+    return STATE_DOMAIN + op.to_bytes(8, "little") + chain_hash + digest
+
+
+def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> bool:
+    """True when ``signature`` is ``public_key``'s Ed25519 signature of ``message``."""
+    if len(public_key) != PUBLIC_KEY_SIZE or len(signature) != SIGNATURE_SIZE:
+        return False
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
 
 
 def verify_seal(public_key: bytes, checkpoint: Checkpoint) -> bool:

@@ -20,7 +20,17 @@ Copy layout (little-endian):
         80   144  checkpoint       latest checkpoint entry (all zeros: none yet)
        224     2  owner_size       bytes of owner state that follow
        226     …  owner_state      opaque state of the log's owner (e.g. replica view)
+      2274     8  base_position    the log's first record (0 unless a base was installed)
+      2282    32  base_hash        chain hash before base_position
+      2314     8  base_segment     segments numbered below it are not part of the log
+      2322    32  base_digest      SHA-256 of the base state file (see ``state_path``)
+      2354     8  base_size        bytes of the base state file
          …     …  zeros
+
+Version 1 copies have zeros where the base fields are: a log that starts at record 0. A
+*base* is installed by a replica that caught up from another replica's checkpoint state
+instead of from its ops: the records below ``base_position`` are not on this disk, and the
+owner's state at that position is in the base state file, vouched for by its digest here.
 """
 
 from __future__ import annotations
@@ -43,13 +53,23 @@ PATH = "superblock"
 COPIES = 4
 COPY_SIZE = 4096
 MAGIC = b"CRSB"
-VERSION = 1
+VERSION = 2
+VERSIONS_READ = (1, 2)
 OWNER_STATE_SIZE_MAX = 2048
 _FIXED = struct.Struct("<4sHHQ32sQQ")
 _CHECKPOINT_OFFSET = 80
 _OWNER_OFFSET = _CHECKPOINT_OFFSET + ENTRY_SIZE
 assert 16 + _FIXED.size == _CHECKPOINT_OFFSET
-assert _OWNER_OFFSET + 2 + OWNER_STATE_SIZE_MAX <= COPY_SIZE
+_BASE = struct.Struct("<Q32sQ32sQ")  # position, hash, segment, state digest, state size
+_BASE_OFFSET = _OWNER_OFFSET + 2 + OWNER_STATE_SIZE_MAX
+assert _BASE_OFFSET == 2274 and _BASE_OFFSET + _BASE.size <= COPY_SIZE
+NO_HASH = bytes(32)
+STATE_FOLDER = "state"
+
+
+def state_path(position: int) -> str:
+    """The file holding the owner's state at ``position`` when it is the log's base."""
+    return f"{STATE_FOLDER}/{position:020d}.state"
 
 
 @attrs.frozen
@@ -60,6 +80,11 @@ class Superblock:
     checkpoint_count: int
     checkpoint: Checkpoint | None
     owner_state: bytes = b""
+    base_position: int = 0
+    base_hash: bytes = NO_HASH
+    base_segment: int = 0
+    base_digest: bytes = NO_HASH
+    base_size: int = 0
 
 
 def encode_copy(superblock: Superblock, copy: int) -> bytes:
@@ -80,6 +105,14 @@ def encode_copy(superblock: Superblock, copy: int) -> bytes:
     )
     owner = len(superblock.owner_state).to_bytes(2, "little") + superblock.owner_state
     body = fixed + entry + owner
+    body += bytes(_BASE_OFFSET - 16 - len(body))
+    body += _BASE.pack(
+        superblock.base_position,
+        superblock.base_hash,
+        superblock.base_segment,
+        superblock.base_digest,
+        superblock.base_size,
+    )
     body += bytes(COPY_SIZE - 16 - len(body))
     return checksum(body) + body
 
@@ -89,7 +122,7 @@ def decode_copy(data: bytes, copy: int) -> Superblock | None:
     if len(data) != COPY_SIZE or checksum(data[16:]) != data[:16]:
         return None
     magic, version, slot, sequence, public_key, durable_before, count = _FIXED.unpack_from(data, 16)
-    if magic != MAGIC or version != VERSION or slot != copy:
+    if magic != MAGIC or version not in VERSIONS_READ or slot != copy:
         return None
     entry = data[_CHECKPOINT_OFFSET:_OWNER_OFFSET]
     checkpoint = None
@@ -102,7 +135,8 @@ def decode_copy(data: bytes, copy: int) -> Superblock | None:
     if owner_size > OWNER_STATE_SIZE_MAX:
         return None
     owner_state = data[_OWNER_OFFSET + 2 : _OWNER_OFFSET + 2 + owner_size]
-    return Superblock(sequence, public_key, durable_before, count, checkpoint, owner_state)
+    base = _BASE.unpack_from(data, _BASE_OFFSET)
+    return Superblock(sequence, public_key, durable_before, count, checkpoint, owner_state, *base)
 
 
 def decode_all(data: bytes) -> list[Superblock | None]:

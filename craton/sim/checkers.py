@@ -171,7 +171,7 @@ class Checker:
             return
         if replica.commit == seen:
             return
-        for op in range(seen, replica.commit):
+        for op in range(max(seen, replica.first_op), replica.commit):
             self._check_commit(index, replica, op)
         self._committed_seen[index] = replica.commit
         digest = replica.machine.digest()
@@ -219,8 +219,11 @@ class Checker:
 
     def _check_commit(self, index: int, replica: Replica, op: int) -> None:
         self.commits_checked += 1
-        entry = replica.entries[op]
-        prev = GENESIS_HASH if op == 0 else replica.entries[op - 1].hash
+        entry = replica.entry(op)
+        if op > len(self.canonical):
+            self._fail(f"replica {index}: committed op {op} beyond the known history")
+            return
+        prev = GENESIS_HASH if op == 0 else self.canonical[op - 1]
         if entry.op != op or entry.hash != chain_hash(prev, op, entry.body):
             self._fail(f"replica {index}: committed op {op} breaks the hash chain")
         if op < len(self.canonical):

@@ -29,6 +29,7 @@ import attrs
 from craton.core.event_store import EventStore
 from craton.core.kv_machine import KvMachine
 from craton.core.prng import Prng
+from craton.core.seal import Sealer
 from craton.core.seam import ClientRequest, Halt, MessageReceived, Notice, Reply, Tick
 from craton.core.state_machine import StateMachine
 from craton.core.vsr import codec
@@ -56,7 +57,7 @@ MACHINES: dict[str, tuple[Callable[[], StateMachine], Callable[[Prng], bytes]]] 
 
 TICK_MS = 10
 CLIENT_TABLE_MAX = 3  # small, so that clients are evicted and must register again
-CHECKPOINT_INTERVAL_OPS = 64  # replicas seal a checkpoint at every multiple of this op
+CHECKPOINT_INTERVAL_OPS = 32  # replicas seal a checkpoint at every multiple of this op
 LIVENESS_TICKS_DEFAULT = 3000
 MESSAGE_LOSS_FLOOR = 0.01  # per message, when a seed drew no network fault at all
 CRASH_FLOOR = 0.0005  # per replica per tick, when a cluster's seed drew no crashes
@@ -70,6 +71,10 @@ REPAIR_NOTICES = {  # notices counted in a run's ``repairs``, by the name they a
     "replica.repaired": "logs_repaired",
     "replica.recovered": "rejoined",
     "replica.state_transfer": "state_transfers",
+    "replica.state_synced": "state_syncs",
+    "replica.checkpoint_rejected": "checkpoints_rejected",
+    "replica.journal_released": "journal_releases",
+    "log.base_state_lost": "base_states_lost",
 }
 
 
@@ -254,6 +259,7 @@ class Cluster:
         )
         self._faults_prng = self.prng.split("processes")
         self._seal_seeds = [self.prng.split(f"key-{i}").random_bytes(32) for i in range(n)]
+        self._public_keys = tuple(Sealer(seed).public_key for seed in self._seal_seeds)
         self.process_faults: dict[str, int] = {"crashes": 0, "pauses": 0, "restarts": 0}
         self.repairs: dict[str, int] = {}
         self._members = [False] * n  # whose view state was ever durable (see Replica.member)
@@ -294,6 +300,7 @@ class Cluster:
             segment_size_max=256 * 1024,
             checkpoint_interval_ops=CHECKPOINT_INTERVAL_OPS,
             checkpoint_states=True,
+            peer_public_keys=self._public_keys,
             client_table_max=CLIENT_TABLE_MAX,
         )
         prng = self.prng.split(f"replica-{index}-{self.process_faults['restarts']}")
@@ -508,9 +515,11 @@ class Cluster:
         index = self._faults_prng.below(count)
         node = self.nodes[index]
         log = node.replica.log
-        if not node.up or not log.is_open or log.durable <= index:
+        # its ops: the ones equal to its index modulo the count, from the log's base on
+        first = log.base + (index - log.base) % count
+        if not node.up or not log.is_open or log.durable <= first:
             return
-        op = index + count * self._faults_prng.below((log.durable - 1 - index) // count + 1)
+        op = first + count * self._faults_prng.below((log.durable - 1 - first) // count + 1)
         place = log.location(op)
         assert place is not None, f"durable op {op} has no place on disk"
         path, offset, size = place

@@ -306,6 +306,19 @@ def replica_message_strategies(heavy: bool) -> dict[Command, SearchStrategy[Mess
             op_from=u64s(),
             entries=entry_tuples(heavy),
         ),
+        Command.NEW_CHECKPOINT: st.builds(
+            vsr.NewCheckpoint,
+            view=views,
+            commit=u64s(),
+            head=u64s(),
+            replica=replicas,
+            op=u64s(),
+            chain_hash=st.binary(min_size=vsr.HASH_SIZE, max_size=vsr.HASH_SIZE),
+            digest=st.binary(min_size=vsr.HASH_SIZE, max_size=vsr.HASH_SIZE),
+            public_key=st.binary(max_size=32),
+            signature=st.binary(max_size=64),
+            state=st.binary(max_size=vsr.STATE_SIZE_MAX if heavy else 512),
+        ),
     }
     return strategies  # type: ignore[return-value]
 

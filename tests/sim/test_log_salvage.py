@@ -12,7 +12,7 @@ from __future__ import annotations
 import attrs
 import pytest
 
-from craton.core.log import Durable, Log, LogConfig, LogOutput, Recovered
+from craton.core.log import BaseInstalled, Durable, Log, LogConfig, LogOutput, Recovered
 from craton.core.prng import Prng
 from craton.core.record import GENESIS_HASH, chain_hash, encode
 from craton.core.scan import salvage_tail
@@ -29,6 +29,13 @@ class _Append:
     body: bytes
 
 
+@attrs.frozen
+class _InstallBase:
+    position: int
+    chain_hash: bytes
+    state: bytes
+
+
 @attrs.define
 class _Host:
     """Runs a bare ``Log`` under the driver, keeping its owner-facing outputs."""
@@ -39,9 +46,11 @@ class _Host:
     def start(self) -> list[Effect]:
         return self._split(self.log.start())
 
-    def step(self, event: Input | _Append) -> list[Effect]:
+    def step(self, event: Input | _Append | _InstallBase) -> list[Effect]:
         if isinstance(event, _Append):
             return self._split(self.log.append(event.body)[1])
+        if isinstance(event, _InstallBase):
+            return self._split(self.log.install_base(event.position, event.chain_hash, event.state))
         return self._split(self.log.on_disk(event))  # type: ignore[arg-type]
 
     def invariants(self) -> None:
@@ -50,7 +59,7 @@ class _Host:
     def _split(self, outputs: list[LogOutput]) -> list[Effect]:
         effects: list[Effect] = []
         for output in outputs:
-            if isinstance(output, (Recovered, Durable)):
+            if isinstance(output, (Recovered, Durable, BaseInstalled)):
                 self.outputs.append(output)
             else:
                 effects.append(output)  # type: ignore[arg-type]

@@ -43,15 +43,19 @@ that an entry was not written):
 - ``repair-without-hash-check``: a replica filling a hole in its log takes whatever entry a
   peer sends for that op, without checking it against the hash its log vouches for and
   the link to the op before.
-- ``install-without-verifying``: a replica installing a view's log (a new view's
+- ``transfer-without-chain-check``: a replica installing a view's log (a new view's
   ``StartView``, or the log a recovering replica rejoins with) takes its own journal as
   agreeing with it without comparing hashes, and believes transferred entries without
-  their chain (Craton has no checkpoint state sync yet: a lagging or recovering replica
-  catches up by this journal transfer, which is what is mutated).
+  their chain.
+- ``install-without-verifying``: a replica catching up by state sync installs the
+  checkpoint state a peer sends without checking it against its digest, the sender's
+  signature, or the op and chain hash the message names. The sender reads the state from
+  its state file and sends it as read, so a bit flipped on that read reaches the receiver.
 """
 
 from __future__ import annotations
 
+import hashlib
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -65,8 +69,9 @@ from craton.core.record import HEADER_SIZE, RecordError, chain_hash, decode_head
 from craton.core.scan import Salvaged
 from craton.core.seam import DiskCompletion, Effect, IoIds, ReadDone, Reply, Send
 from craton.core.state_machine import StateMachine
+from craton.core.vsr.checkpoint import OpenedCheckpoint, open_checkpoint
 from craton.core.vsr.replica import Replica, ReplicaConfig, ReplyStatus, Status
-from craton.core.wire.replica import Entry, Prepare, PrepareOk, PrepareReply
+from craton.core.wire.replica import Entry, NewCheckpoint, Prepare, PrepareOk, PrepareReply
 from craton.sim.cluster import Cluster, FaultAtlas, ProcessFaults, SwarmOptions, draw_options
 from craton.sim.disk import DiskFaults
 from craton.sim.workload import CLIENT_ID_BASE
@@ -201,7 +206,7 @@ class RepairWithoutHashCheck(Replica):
         return super()._repair_next()
 
 
-class InstallWithoutVerifying(Replica):
+class TransferWithoutChainCheck(Replica):
     """Installs a view's log (a StartView, or the log a recovering replica rejoins with)
     on top of its own journal without checking where the two differ: what it holds is
     taken as the view's, and transferred entries are believed without their chain."""
@@ -219,6 +224,17 @@ class InstallWithoutVerifying(Replica):
             believed.append(Entry(entry.op, own, entry.body))
             prev = own
         return super()._extend(tuple(believed))
+
+
+class InstallWithoutVerifying(Replica):
+    """Installs a state-sync checkpoint as it arrives: decodes and restores it, checks
+    nothing about where it came from or what it claims to be."""
+
+    def _verify_checkpoint(
+        self, offer: NewCheckpoint
+    ) -> tuple[OpenedCheckpoint, StateMachine] | str:
+        opened = open_checkpoint(offer.state, hashlib.sha256(offer.state).digest())
+        return opened, type(self.machine).restore(opened.machine_snapshot)
 
 
 # --- the search -----------------------------------------------------------------------------
@@ -289,6 +305,16 @@ def _read_flips(options: SwarmOptions) -> SwarmOptions:
     return attrs.evolve(crashes, disk=attrs.evolve(crashes.disk, read_corruption=0.05))
 
 
+def _lagging_flips(options: SwarmOptions) -> SwarmOptions:
+    """Load; crashes, after which one replica often comes back with a wiped disk, so that it
+    catches up by state sync once its peers released their journals; and bits flipped on
+    the way from disk."""
+    processes = ProcessFaults(crash=0.004, pause=0.0, down_ticks_min=20, down_ticks_max=200)
+    disk = attrs.evolve(options.disk, read_corruption=0.25)
+    atlas = FaultAtlas("atlas", (0,), 0.5, 0.0)
+    return attrs.evolve(_load(options), processes=processes, disk=disk, atlas=atlas)
+
+
 @attrs.frozen
 class PlantedBug:
     name: str
@@ -306,7 +332,8 @@ BUGS = (
     PlantedBug("truncate-on-local-damage", TruncateOnLocalDamage, _faulty_rot),
     PlantedBug("skip-checksum-on-read", SkipChecksumOnRead, _read_flips),
     PlantedBug("repair-without-hash-check", RepairWithoutHashCheck, _rot),
-    PlantedBug("install-without-verifying", InstallWithoutVerifying, _crashes),
+    PlantedBug("transfer-without-chain-check", TransferWithoutChainCheck, _crashes),
+    PlantedBug("install-without-verifying", InstallWithoutVerifying, _lagging_flips),
 )
 
 # The swarm does not catch this one within the bound (test_forgotten_vote_when_scripted

@@ -104,9 +104,10 @@ def replica(cluster: Cluster, index: int) -> Replica:
 
 def requests_in(entries_replica: Replica, upto: int) -> list[tuple[int, int]]:
     """(client, request id) of each op below ``upto`` in ``entries_replica``'s journal."""
+    assert entries_replica.first_op == 0, "expected a journal that still holds op 0"
     requests = []
-    for entry in entries_replica.entries[:upto]:
-        body = decode_prepare_body(entry.body)
+    for op in range(upto):
+        body = decode_prepare_body(entries_replica.entry(op).body)
         requests.append((body.client_id, body.request_number))
     return requests
 
@@ -127,8 +128,11 @@ def assert_converged(cluster: Cluster) -> None:
         f"expected one view, commit and head on every replica, got {states}"
     )
     assert all(r.status is Status.NORMAL for r in replicas), f"not all normal: {states}"
-    hashes = {tuple(entry.hash for entry in r.entries) for r in replicas}
+    first = max(r.first_op for r in replicas)  # journals release ops after checkpoints
+    hashes = {tuple(r.entry(op).hash for op in range(first, r.head)) for r in replicas}
     assert len(hashes) == 1, "expected every replica to hold the same log"
+    history = cluster.checker.canonical
+    assert all(r.entry(op).hash == history[op] for r in replicas for op in range(first, r.head))
 
 
 # --- primary crash mid-pipeline -------------------------------------------------------------
@@ -168,8 +172,8 @@ def test_primary_crash_mid_pipeline(seed: int) -> None:
         return len(pipeline) >= 3 and pipeline[-1] == now and pipeline[0] <= now - 4
 
     def crash_primary() -> None:
-        seen["committed"] = [e.hash for e in primary.entries[: primary.commit]]
-        seen["pipeline"] = [e.hash for e in primary.entries[primary.commit :]]
+        seen["committed"] = [primary.entry(op).hash for op in range(primary.commit)]
+        seen["pipeline"] = [primary.entry(op).hash for op in range(primary.commit, primary.head)]
         acknowledged.extend(
             (op.position, op.client_id, op.request_number)
             for client in cluster.clients
@@ -189,12 +193,14 @@ def test_primary_crash_mid_pipeline(seed: int) -> None:
     final = replica(cluster, 1)
     assert final.view >= 1, f"expected a view change away from replica 0, view {final.view}"
     committed, pipeline = seen["committed"], seen["pipeline"]
-    assert [e.hash for e in final.entries[: len(committed)]] == committed, (
+    history = cluster.checker.canonical  # the committed history, every op of it
+    assert final.commit == final.head == len(history), (final.commit, final.head, len(history))
+    assert history[: len(committed)] == committed, (
         "expected every op committed before the crash at its position in the new view"
     )
     assert acknowledged, "expected clients to have seen acknowledgements before the crash"
     for position, client_id, request_id in acknowledged:
-        body = decode_prepare_body(final.entries[position].body)
+        body = decode_prepare_body(cluster.checker.bodies[position])
         assert (body.client_id, body.request_number) == (client_id, request_id), (
             f"acknowledged request {request_id:#x} of client {client_id} expected at op "
             f"{position}, found {body.request_number:#x} of client {body.client_id}"
@@ -203,7 +209,7 @@ def test_primary_crash_mid_pipeline(seed: int) -> None:
     survivors = [
         offset
         for offset, op_hash in enumerate(pipeline)
-        if start + offset < final.head and final.entries[start + offset].hash == op_hash
+        if start + offset < final.head and history[start + offset] == op_hash
     ]
     assert survivors == list(range(len(survivors))), (
         f"expected the surviving in-flight ops to be a prefix of the pipeline, got {survivors}"
@@ -245,8 +251,8 @@ def test_view_change_during_partition(seed: int) -> None:
         seen["old_commit_max"] = max(seen["old_commit_max"], old.commit)
         seen["old_head_max"] = max(seen["old_head_max"], old.head)
         seen["old_view_max"] = max(seen.get("old_view_max", 0), old.view)
-        for entry in old.entries[seen["head_at_cut"] :]:
-            stranded[entry.op] = entry.hash
+        for op in range(max(seen["head_at_cut"], old.first_op), old.head):
+            stranded[op] = old.entry(op).hash
         for index in (1, 2):
             backup = replica(cluster, index)
             if backup.status is Status.NORMAL and backup.view >= 1:
@@ -277,7 +283,8 @@ def test_view_change_during_partition(seed: int) -> None:
     assert old.view >= 1 and old.view == replica(cluster, 1).view, (
         f"expected the old primary to rejoin the new view, got view {old.view}"
     )
-    assert stranded and all(old.entries[op].hash != h for op, h in stranded.items()), (
+    history = cluster.checker.canonical  # converged: every op of every journal committed
+    assert stranded and all(history[op] != h for op, h in stranded.items()), (
         f"expected the ops {sorted(stranded)} the old primary prepared in view 0 while cut off "
         "to be replaced by the new view's log"
     )

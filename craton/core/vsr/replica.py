@@ -33,11 +33,13 @@ from __future__ import annotations
 
 import enum
 import functools
+import hashlib
 import struct
 
 import attrs
 
 from craton.core.log import (
+    BaseInstalled,
     Checkpointed,
     Durable,
     Log,
@@ -48,11 +50,14 @@ from craton.core.log import (
     ReadFailed,
     ReadResult,
     Recovered,
+    StateRead,
+    StateSaved,
     Truncated,
 )
 from craton.core.prng import Prng
 from craton.core.record import GENESIS_HASH, chain_hash
 from craton.core.scan import Salvaged
+from craton.core.seal import state_message, verify_signature
 from craton.core.seam import (
     ClientRequest,
     Effect,
@@ -65,17 +70,26 @@ from craton.core.seam import (
     Send,
     Tick,
 )
-from craton.core.state_machine import StateMachine
+from craton.core.state_machine import SnapshotError, StateMachine
 from craton.core.vsr import codec
-from craton.core.vsr.checkpoint import CheckpointState, ClientEntry, encode_checkpoint
+from craton.core.vsr.checkpoint import (
+    CheckpointError,
+    CheckpointState,
+    ClientEntry,
+    OpenedCheckpoint,
+    encode_checkpoint,
+    open_checkpoint,
+)
 from craton.core.wire.errors import DecodeError
 from craton.core.wire.replica import (
     PREPARE_BODY,
+    STATE_SIZE_MAX,
     SUFFIX_ENTRIES_MAX,
     Commit,
     DoViewChange,
     Entry,
     GetState,
+    NewCheckpoint,
     NewState,
     Prepare,
     PrepareBody,
@@ -99,6 +113,7 @@ OWNER_RECOVERING = 1  # flag: the log is not this replica's own until it is repa
 JOURNAL_OPS_MAX = 4_000_000
 PREPARE_BODY_CACHE_MAX = 64  # decoded prepare bodies kept: at most 64 MiB of operations
 LOAD_READS_MAX = 64  # reads in flight while a restarted replica reloads its journal
+SERVE_TAG_BASE = 1 << 62  # log read tags from here on: a released op read for replica tag - base
 CHECKPOINT_STATES_MAX = 8  # states kept while the log has not sealed their ops yet
 VIEW_CHANGE_BACKOFF_MAX = 4  # doublings of the view change timeout
 
@@ -137,10 +152,14 @@ class ReplicaConfig:
     # or replaced disk), never that it is new.
     joined: bool = False
     # Take a canonical state (``craton.core.vsr.checkpoint``) at each multiple of the
-    # interval. The simulator compares them across replicas; nothing in a node consumes them
-    # yet (no checkpoint state sync), and a state holds a whole snapshot of the machine, so
-    # a node does not pay for them.
+    # interval, release the journal below the sealed one, and serve it to replicas whose
+    # journal ends below this one's (state sync). A state holds a whole snapshot of the
+    # machine, so it is off by default: a replica then keeps its whole journal and serves
+    # every lagging replica by journal transfer.
     checkpoint_states: bool = False
+    # The replicas' public keys (their data directories' seal keys), in replica order, when
+    # known: a state-sync checkpoint is then believed only under its sender's own key.
+    peer_public_keys: tuple[bytes, ...] = ()
 
     def __attrs_post_init__(self) -> None:
         assert 1 <= self.replica_count <= 16 and 0 <= self.replica_id < self.replica_count
@@ -164,6 +183,16 @@ class _ClientSession:
     number: int  # the last request number applied
     reply: bytes | None  # the reply to ``number``, once committed
     op: int  # the op that last touched this session (eviction order)
+
+
+@attrs.frozen
+class _StateFile:
+    """A checkpoint state durable in the log's state file for ``op``."""
+
+    op: int
+    chain_hash: bytes
+    digest: bytes
+    size: int
 
 
 @attrs.define
@@ -195,7 +224,15 @@ class Replica:
         self.view = 0
         self.log_view = 0
         self.commit = 0
-        self.entries: list[Entry] = []  # the journal: entries[op]
+        self.entries: list[Entry] = []  # the journal: entries[op - first_op]
+        self._base = 0  # first_op
+        self._base_hash = GENESIS_HASH  # the chain hash of op first_op - 1
+        self._syncing: tuple[NewCheckpoint, OpenedCheckpoint, StateMachine] | None = None
+        self._state_signatures: dict[int, bytes] = {}  # op -> this replica's signature
+        self._durable_state: _StateFile | None = None  # the latest state on disk
+        self._saving_state: int | None = None  # the op of the state being written
+        self._state_readers: dict[int, int] = {}  # asker -> op of the state read for it
+        self._avoid_source: int | None = None  # sent a state that did not check out
         # (client, request id) -> op, for the journal's uncommitted entries
         self._uncommitted: dict[tuple[int, int], int] = {}
         self.clients: dict[int, _ClientSession] = {}
@@ -237,7 +274,23 @@ class Replica:
 
     @property
     def head(self) -> int:
-        return len(self.entries)
+        return self._base + len(self.entries)
+
+    @property
+    def first_op(self) -> int:
+        """The first op whose entry the journal holds: the ops below it were released after
+        a checkpoint state covered them, or were never here (a state sync)."""
+        return self._base
+
+    def entry(self, op: int) -> Entry:
+        assert self._base <= op < self.head, f"op {op} is not in the journal"
+        return self.entries[op - self._base]
+
+    def _hash_before(self, op: int) -> bytes:
+        """The chain hash of op ``op - 1`` (from the journal's first op on)."""
+        if op == self._base:
+            return self._base_hash
+        return self.entry(op - 1).hash
 
     @property
     def persisted_view(self) -> int:
@@ -290,6 +343,7 @@ class Replica:
         assert self._persisted_view <= self.view
         assert len(self.clients) <= self.config.client_table_max
         assert all(self.commit <= op < self.head for op in self._uncommitted.values())
+        assert self._base <= self.commit
         assert len(self.checkpoints) <= CHECKPOINT_STATES_MAX
         interval = self.config.checkpoint_interval_ops
         assert all(op % interval == 0 and op <= self.commit for op in self.checkpoints)
@@ -307,10 +361,22 @@ class Replica:
                     effects.extend(self._on_recovered(output))
                 case Durable():
                     effects.extend(self._on_durable())
+                case ReadResult() if output.tag >= SERVE_TAG_BASE:
+                    entry = Entry(output.position, output.hash, output.body)
+                    reply = PrepareReply(self.log_view, entry)
+                    effects.append(Send(output.tag - SERVE_TAG_BASE, self._encode(reply)))
                 case ReadResult():
                     effects.extend(self._on_loaded(output.position, output.body))
+                case ReadFailed() if output.tag >= SERVE_TAG_BASE:
+                    pass  # the asker asks again
+                case ReadFailed() if output.tag < 0:
+                    self._state_readers.pop(-output.tag - 1, None)  # it asks again
                 case ReadFailed():
                     effects.extend(self._halt(f"reloading the journal: {output.reason}"))
+                case StateSaved():
+                    effects.extend(self._on_state_saved(output.position))
+                case StateRead():
+                    effects.extend(self._on_state_read(output))
                 case OwnerStateSaved():
                     effects.extend(self._on_saved(output.state))
                 case Truncated():
@@ -319,6 +385,9 @@ class Replica:
                 case Checkpointed():
                     self._release_checkpoints()
                     effects.append(Notice("replica.checkpoint", (("op", output.position),)))
+                    effects.extend(self._persist_state())
+                case BaseInstalled():
+                    effects.extend(self._on_base_installed(output.position))
                 case Halt():
                     self.halted = output.reason
                     effects.append(output)
@@ -343,7 +412,47 @@ class Replica:
         self._lost_from = recovered.lost_from
         self._recovered = recovered
         self._member = bool(recovered.owner_state)
+        if recovered.base:
+            if recovered.base_state is None:
+                return self._halt("the log has a base but no state for it")
+            problem = self._start_from_base(recovered.base, recovered.base_state)
+            if problem is not None:
+                return self._halt(f"the log's base state: {problem}")
         return self._load_more()
+
+    def _start_from_base(self, base: int, data: bytes) -> str | None:
+        """Take the checkpoint state at the log's base as this replica's state there."""
+        digest = hashlib.sha256(data).digest()
+        try:
+            opened = open_checkpoint(data, digest)
+            machine = type(self.machine).restore(opened.machine_snapshot)
+        except (CheckpointError, SnapshotError) as error:
+            return str(error)
+        if opened.op != base:
+            return f"it is the state at op {opened.op}, not at {base}"
+        self._adopt_state(opened, machine, CheckpointState(base, opened.chain_hash, data, digest))
+        self._load_next = base
+        return None
+
+    def _adopt_state(
+        self, opened: OpenedCheckpoint, machine: StateMachine, state: CheckpointState
+    ) -> None:
+        """Make this replica's journal start at the state's op, with its machine and client
+        table: what a replica that committed every op below it would hold."""
+        self.entries = []
+        self._uncommitted = {}
+        self._base = self.commit = opened.op
+        self._base_hash = opened.chain_hash
+        self.machine = machine
+        self.clients = {
+            entry.client: _ClientSession(entry.session, entry.number, entry.reply, entry.op)
+            for entry in opened.clients
+        }
+        # The log's base state file holds the state, durably: memory keeps what names it.
+        size = len(state.data)
+        self._durable_state = _StateFile(opened.op, opened.chain_hash, state.digest, size)
+        held = CheckpointState(opened.op, opened.chain_hash, b"", state.digest)
+        self.checkpoints = {opened.op: held} if self.config.checkpoint_states else {}
 
     def _load_more(self) -> list[Effect]:
         effects: list[Effect] = []
@@ -360,7 +469,7 @@ class Replica:
         self._loading[op] = body
         while self.head in self._loading:
             op_body = self._loading.pop(self.head)
-            prev = self.entries[-1].hash if self.entries else GENESIS_HASH
+            prev = self._last_hash()
             self._journal(Entry(self.head, chain_hash(prev, self.head, op_body), op_body))
         return self._load_more()
 
@@ -369,6 +478,7 @@ class Replica:
         checkpoint = self.log.checkpoint
         effects = self._commit_to(0 if checkpoint is None else checkpoint.position)
         self._release_checkpoints()
+        effects.extend(self._persist_state())
         self._primary_heard_tick = self._ticks
         self._arm_view_change_timer()
         if self._must_recover():
@@ -451,8 +561,12 @@ class Replica:
             return []
         if self._install is not None or self._truncating or self._rejoining:
             return []  # the journal is between two views' logs
+        if ask.op < self._base:  # released from memory: the log on disk still holds it
+            if not self.log.base <= ask.op < self.log.durable:
+                return []
+            return self._route(self.log.read(ask.op, SERVE_TAG_BASE + ask.replica))
         if ask.op < self.head:
-            entry = self.entries[ask.op]
+            entry = self.entry(ask.op)
         else:
             item = self._repair.get(ask.op)
             if item is None or item.body is None or item.hash is None:
@@ -620,7 +734,7 @@ class Replica:
         return self._route(outputs)
 
     def _last_hash(self) -> bytes:
-        return self.entries[-1].hash if self.entries else GENESIS_HASH
+        return self.entries[-1].hash if self.entries else self._base_hash
 
     # --- messages ----------------------------------------------------------------------------
 
@@ -654,6 +768,8 @@ class Replica:
                 return self._on_get_state(message, received.src)
             case NewState():
                 return self._on_new_state(message)
+            case NewCheckpoint():
+                return self._on_new_checkpoint(message)
             case Recovery():
                 return self._on_recovery(message)
             case RecoveryResponse():
@@ -759,6 +875,14 @@ class Replica:
     def _get_state(self, source: int | None = None) -> list[Effect]:
         """Ask ``source`` (the primary by default) for the entries from this head on."""
         source = self.primary if source is None else source
+        if source == self._avoid_source and self._count > 2:
+            # Its last checkpoint state did not check out (a state file rotting on its disk
+            # would fail every time): ask the next one once; any replica settled in the view
+            # serves the view's log.
+            avoided = source
+            others = [r for r in self._others() if r != avoided]
+            source = min(others, key=lambda r: (r - avoided) % self._count)
+        self._avoid_source = None
         if source == self.config.replica_id or self._ticks < self._get_state_quiet_until:
             return []
         self._get_state_quiet_until = self._ticks + self.config.repair_ticks // 2
@@ -777,7 +901,10 @@ class Replica:
             return []
         if ask.op_from > self.head:
             return []
-        entries = tuple(self.entries[ask.op_from : ask.op_from + SUFFIX_ENTRIES_MAX])
+        if ask.op_from < self._base:
+            return self._offer_checkpoint(ask.replica)
+        index = ask.op_from - self._base
+        entries = tuple(self.entries[index : index + SUFFIX_ENTRIES_MAX])
         answer = NewState(self.view, self.commit, self.head, ask.op_from, entries)
         return [Send(ask.replica, self._encode(answer))]
 
@@ -801,12 +928,159 @@ class Replica:
             effects.extend(self._get_state(source))
         return effects
 
+    # --- state sync: catching up from a checkpoint state -------------------------------------
+
+    def _persist_state(self) -> list[Effect]:
+        """Write the state at the sealed checkpoint to its state file, once per checkpoint:
+        from then on the journal below it may be released, and it is what this replica
+        serves to a replica that needs the ops below its journal."""
+        checkpoint = self.log.checkpoint
+        if not self.config.checkpoint_states or checkpoint is None or self._saving_state:
+            return []
+        op = checkpoint.position
+        state = self.checkpoints.get(op)
+        durable = self._durable_state
+        if state is None or not state.data or op == self.log.base:
+            return []
+        if durable is not None and durable.op >= op:
+            return []
+        self._saving_state = op
+        return self._route(self.log.save_state(op, state.data))
+
+    def _on_state_saved(self, op: int) -> list[Effect]:
+        state = self.checkpoints.get(op)
+        self._saving_state = None
+        if state is None:
+            return self._persist_state()  # superseded while it was written
+        old = self._durable_state
+        self._durable_state = _StateFile(op, state.chain_hash, state.digest, len(state.data))
+        # The bytes are on disk now: memory keeps what identifies them.
+        self.checkpoints = {
+            at: kept if at > op else CheckpointState(at, kept.chain_hash, b"", kept.digest)
+            for at, kept in self.checkpoints.items()
+        }
+        effects: list[Effect] = []
+        if old is not None and old.op != op:
+            effects.extend(self._route(self.log.release_state(old.op)))
+        effects.extend(self._release_journal())
+        return [*effects, *self._persist_state()]
+
+    def _offer_checkpoint(self, asker: int) -> list[Effect]:
+        """Send the latest durable checkpoint state to a replica whose journal ends below
+        this one's first op (the ops there are only in that state). It is read from its
+        file and sent as read: the receiver checks it against the digest and signature."""
+        durable = self._durable_state
+        if durable is None or asker >= self._count or asker == self.config.replica_id:
+            return []
+        if asker in self._state_readers:
+            return []
+        if durable.size > STATE_SIZE_MAX:
+            return [Notice("replica.checkpoint_too_large", (("op", durable.op),))]
+        self._state_readers[asker] = durable.op
+        return self._route(self.log.read_state(durable.op, durable.size, -asker - 1))
+
+    def _on_state_read(self, read: StateRead) -> list[Effect]:
+        asker, op = -read.tag - 1, read.position
+        durable = self._state_readers.pop(asker, None)
+        current = self._durable_state
+        if durable != op or current is None or current.op != op:
+            return []  # superseded by a later state: the asker asks again
+        signature = self._state_signatures.get(op)
+        if signature is None:
+            signature = self.log.sign(state_message(op, current.chain_hash, current.digest))
+            self._state_signatures = {op: signature}
+        offer = NewCheckpoint(
+            self.view,
+            self.commit,
+            self.head,
+            self.config.replica_id,
+            op,
+            current.chain_hash,
+            current.digest,
+            self.log.public_key,
+            signature,
+            read.data,
+        )
+        return [Send(asker, self._encode(offer))]
+
+    def _on_new_checkpoint(self, offer: NewCheckpoint) -> list[Effect]:
+        if offer.view != self.view or self._truncating or self.status is not Status.NORMAL:
+            return []
+        if (self.is_primary and self._install is None) or self._syncing is not None:
+            return []
+        if offer.op <= self.head:
+            return []  # it holds every op below the state: journal transfer serves it
+        self._primary_heard_tick = self._ticks
+        checked = self._verify_checkpoint(offer)
+        if isinstance(checked, str):
+            fields = (("op", offer.op), ("from", offer.replica), ("why", checked))
+            self._avoid_source = offer.replica
+            return [Notice("replica.checkpoint_rejected", fields)]
+        if not self.log.can_install_base:
+            return []  # writes in flight: the next GetState brings it again
+        self._syncing = (offer, *checked)
+        for entry in self.entries:
+            self._forget_request(entry)
+        return self._route(self.log.install_base(offer.op, offer.chain_hash, offer.state))
+
+    def _verify_checkpoint(
+        self, offer: NewCheckpoint
+    ) -> tuple[OpenedCheckpoint, StateMachine] | str:
+        """The state, once its digest, its sender's signature (under the sender's known key,
+        when keys are configured) and its contents check out; else why not."""
+        keys = self.config.peer_public_keys
+        if keys and (offer.replica >= len(keys) or keys[offer.replica] != offer.public_key):
+            return "signed by a key that is not the sender's"
+        message = state_message(offer.op, offer.chain_hash, offer.digest)
+        if not verify_signature(offer.public_key, message, offer.signature):
+            return "the signature does not verify"
+        try:
+            opened = open_checkpoint(offer.state, offer.digest)
+            machine = type(self.machine).restore(opened.machine_snapshot)
+        except (CheckpointError, SnapshotError) as error:
+            return str(error)
+        if (opened.op, opened.chain_hash) != (offer.op, offer.chain_hash):
+            return "the state is not the one the signature names"
+        return opened, machine
+
+    def _on_base_installed(self, position: int) -> list[Effect]:
+        syncing = self._syncing
+        assert syncing is not None and syncing[0].op == position
+        offer, opened, machine = syncing
+        self._syncing = None
+        state = CheckpointState(offer.op, offer.chain_hash, offer.state, offer.digest)
+        self._adopt_state(opened, machine, state)
+        effects: list[Effect] = [Notice("replica.state_synced", (("op", position),))]
+        self._get_state_quiet_until = 0
+        if self._install is not None:
+            return [*effects, *self._continue_install()]
+        return [*effects, *self._get_state()]
+
+    def _release_journal(self) -> list[Effect]:
+        """Drop the entries the durable checkpoint state covers, but for a pipeline's worth
+        below it (view changes send that much suffix): a replica that needs them gets the
+        state instead. The log on disk keeps every record."""
+        if not self.config.checkpoint_states or self.status is not Status.NORMAL:
+            return []
+        if self._install is not None or self._truncating or self._syncing is not None:
+            return []
+        durable = self._durable_state
+        target = (0 if durable is None else durable.op) - self.config.pipeline_max
+        if target <= self._base:
+            return []
+        self._base_hash = self.entry(target - 1).hash
+        del self.entries[: target - self._base]
+        self._base = target
+        return [Notice("replica.journal_released", (("below", target),))]
+
     def _extend(self, entries: tuple[Entry, ...]) -> list[Effect]:
         """Append the entries that continue this journal; check the ones it already has."""
         effects: list[Effect] = []
         for entry in entries:
+            if entry.op < self._base:
+                continue  # committed, below what this journal holds
             if entry.op < self.head:
-                if self.entries[entry.op].hash != entry.hash:
+                if self.entry(entry.op).hash != entry.hash:
                     return [*effects, Notice("replica.diverged", (("op", entry.op),))]
                 continue
             if entry.op > self.head:
@@ -821,7 +1095,7 @@ class Replica:
     def _commit_to(self, commit: int) -> list[Effect]:
         effects: list[Effect] = []
         while self.commit < min(commit, self.head):
-            entry = self.entries[self.commit]
+            entry = self.entry(self.commit)
             self._forget_request(entry)
             effects.extend(self._apply(entry))
             self.commit += 1
@@ -868,7 +1142,7 @@ class Replica:
             ClientEntry(client, s.session, s.number, s.op, s.reply)
             for client, s in self.clients.items()
         ]
-        chain = self.entries[self.commit - 1].hash if self.commit else GENESIS_HASH
+        chain = self._hash_before(self.commit)
         return encode_checkpoint(self.commit, chain, clients, self.machine.snapshot())
 
     def _release_checkpoints(self) -> None:
@@ -936,7 +1210,7 @@ class Replica:
             for replica in self._others():
                 have = self._acked.get(replica, -1) + 1
                 for op in range(max(have, self.commit), self.head):
-                    prepare = Prepare(self.view, self.commit, self.entries[op])
+                    prepare = Prepare(self.view, self.commit, self.entry(op))
                     effects.append(Send(replica, self._encode(prepare)))
         install = self._install
         if install is not None and self._ticks % self.config.repair_ticks == 0:
@@ -1038,7 +1312,7 @@ class Replica:
     def _send_do_view_change(self) -> list[Effect]:
         # Ops more than a pipeline below the head were committed by the view that
         # prepared them: only the entries above can be uncommitted.
-        start = max(0, self.head - self.config.pipeline_max)
+        start = max(self._base, self.head - self.config.pipeline_max)
         dvc = DoViewChange(
             self.view,
             self.log_view,
@@ -1046,7 +1320,7 @@ class Replica:
             self.commit,
             self.config.replica_id,
             start,
-            tuple(self.entries[start : self.head]),
+            tuple(self.entries[start - self._base :]),
         )
         if self.is_primary:
             return self._on_do_view_change(dvc)
@@ -1115,8 +1389,8 @@ class Replica:
         return [Send(ask.replica, self._encode(self._start_view_message()))]
 
     def _start_view_message(self) -> StartView:
-        start = max(0, self.head - self.config.pipeline_max)
-        entries = tuple(self.entries[start : self.head])
+        start = max(self._base, self.head - self.config.pipeline_max)
+        entries = tuple(self.entries[start - self._base :])
         return StartView(self.view, self.head, self.commit, start, entries)
 
     # --- installing a view's log -------------------------------------------------------------
@@ -1140,26 +1414,30 @@ class Replica:
         The first suffix entry's hash commits to the hash before it, so when it chains onto
         this journal, everything below ``suffix_start`` agrees; when it does not (or there
         is a gap), only the committed prefix is known to agree."""
-        if not entries:
-            assert head == 0 and self.commit == 0
-            return 0
+        if not entries:  # that log holds no op past its first: every op of it is committed
+            return self.commit
         if suffix_start > self.head:
             return self.commit
-        before = self.entries[suffix_start - 1].hash if suffix_start else GENESIS_HASH
+        if suffix_start < self._base:  # the ops below this journal are committed: they agree
+            entries = tuple(entry for entry in entries if entry.op >= self._base)
+            suffix_start = self._base
+            if not entries:
+                return min(self.head, head)
+        before = self._hash_before(suffix_start)
         if chain_hash(before, suffix_start, entries[0].body) != entries[0].hash:
             return self.commit
         for entry in entries:
             if entry.op >= self.head:
                 return self.head
-            if self.entries[entry.op].hash != entry.hash:
+            if self.entry(entry.op).hash != entry.hash:
                 return entry.op
         return min(self.head, head)
 
     def _truncate(self, cut: int) -> list[Effect]:
         self._truncating = True
-        for entry in self.entries[cut:]:
+        for entry in self.entries[cut - self._base :]:
             self._forget_request(entry)
-        del self.entries[cut:]
+        del self.entries[cut - self._base :]
         return self._route(self.log.truncate(cut))
 
     def _continue_install(self) -> list[Effect]:

@@ -111,6 +111,8 @@ def message_class(command: Command) -> type[AnyMessage]:
             return vsr.RequestPrepare
         case Command.PREPARE_REPLY:
             return vsr.PrepareReply
+        case Command.NEW_CHECKPOINT:
+            return vsr.NewCheckpoint
         case _:
             assert_never(command)
 

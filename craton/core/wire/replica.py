@@ -24,6 +24,7 @@ OPERATION_SIZE_MAX = 1024 * 1024  # bytes of one client operation
 PREPARE_BODY_SIZE_MAX = OPERATION_SIZE_MAX + 64  # the operation and its prepare header
 SUFFIX_ENTRIES_MAX = 64  # entries in one do-view-change, start-view or new-state message
 REPLICAS_MAX = 16
+STATE_SIZE_MAX = 15 * 1024 * 1024  # bytes of a checkpoint state sent in one NewCheckpoint
 
 U8 = UInt(8)
 U32 = UInt(32)
@@ -138,6 +139,26 @@ class NewState:
 
 
 @attrs.frozen(field_transformer=wire_fields)
+class NewCheckpoint:
+    """The answer to a ``GetState`` from below the sender's journal: the sender's checkpoint
+    state at ``op`` (ops ``0..op-1`` applied), whose SHA-256 is ``digest``, signed by the
+    sender (``replica``, key ``public_key``) over op, ``chain_hash`` and digest
+    (``craton.core.seal.state_message``). The receiver checks all of it before it installs
+    the state, then asks for the entries from ``op`` on."""
+
+    view: Annotated[int, U32]
+    commit: Annotated[int, U64]
+    head: Annotated[int, U64]
+    replica: Annotated[int, REPLICA]
+    op: Annotated[int, U64]
+    chain_hash: Annotated[bytes, HASH]
+    digest: Annotated[bytes, HASH]
+    public_key: Annotated[bytes, Blob(32)]
+    signature: Annotated[bytes, Blob(64)]
+    state: Annotated[bytes, Blob(STATE_SIZE_MAX)]
+
+
+@attrs.frozen(field_transformer=wire_fields)
 class Recovery:
     """``replica`` lost (part of) its log or its whole disk and asks what view the cluster
     is in; ``nonce`` ties the answers to this request."""
@@ -184,6 +205,7 @@ ReplicaMessage = (
     | RequestStartView
     | GetState
     | NewState
+    | NewCheckpoint
     | Recovery
     | RecoveryResponse
     | RequestPrepare
