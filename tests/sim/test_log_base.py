@@ -83,3 +83,29 @@ def test_a_damaged_base_state_halts_a_single_node_and_is_lost_by_a_replica() -> 
         world.driver.step(_Append(BODIES[0]))  # type: ignore[arg-type]
         again = world.restart()  # the empty log it started over with is the one it finds
         assert again is not None and again.base == 0 and again.head in (0, 1), again
+
+
+def test_a_crash_before_the_switch_leaves_the_old_log() -> None:
+    """The state file is durable but the superblock does not name it yet: the old log."""
+    world = World(salvage=True)
+    world.append_all(BODIES)
+    world.driver.step(_InstallBase(BASE, BASE_HASH, STATE))  # type: ignore[arg-type]
+    path = superblock.state_path(BASE)
+    world.events.run_until(lambda: world.disk.durable_size(path) == len(STATE))
+    recovered = world.restart()
+    assert recovered is not None and not world.halts, world.halts
+    assert (recovered.base, recovered.head, recovered.lost_from) == (0, len(BODIES), None)
+
+
+def test_a_crash_right_after_the_switch_keeps_the_base_and_empties_the_old_files() -> None:
+    """The superblock names the base, the old segment is not emptied yet: recovery opens
+    the log at the base and empties the old segment itself."""
+    world = World(salvage=True)
+    world.append_all(BODIES)
+    _install(world)  # stops as soon as BaseInstalled is out: the emptying is still queued
+    assert world.disk.durable_size(segment_path(0)) > 0, "expected the old segment unemptied"
+    recovered = world.restart()
+    assert recovered is not None and not world.halts, world.halts
+    assert (recovered.base, recovered.head, recovered.base_state) == (BASE, BASE, STATE)
+    world.events.run_until(lambda: world.disk.durable_size(segment_path(0)) == 0)
+    assert world.disk.durable_size(segment_path(0)) == 0, "recovery left the old segment"

@@ -186,7 +186,7 @@ class _ClientSession:
 
 
 @attrs.frozen
-class _StateFile:
+class StateFile:
     """A checkpoint state durable in the log's state file for ``op``."""
 
     op: int
@@ -229,7 +229,7 @@ class Replica:
         self._base_hash = GENESIS_HASH  # the chain hash of op first_op - 1
         self._syncing: tuple[NewCheckpoint, OpenedCheckpoint, StateMachine] | None = None
         self._state_signatures: dict[int, bytes] = {}  # op -> this replica's signature
-        self._durable_state: _StateFile | None = None  # the latest state on disk
+        self._durable_state: StateFile | None = None  # the latest state on disk
         self._saving_state: int | None = None  # the op of the state being written
         self._state_readers: dict[int, int] = {}  # asker -> op of the state read for it
         self._avoid_source: int | None = None  # sent a state that did not check out
@@ -281,6 +281,11 @@ class Replica:
         """The first op whose entry the journal holds: the ops below it were released after
         a checkpoint state covered them, or were never here (a state sync)."""
         return self._base
+
+    @property
+    def durable_state(self) -> StateFile | None:
+        """The latest checkpoint state in a state file: what this replica serves."""
+        return self._durable_state
 
     def entry(self, op: int) -> Entry:
         assert self._base <= op < self.head, f"op {op} is not in the journal"
@@ -450,7 +455,7 @@ class Replica:
         }
         # The log's base state file holds the state, durably: memory keeps what names it.
         size = len(state.data)
-        self._durable_state = _StateFile(opened.op, opened.chain_hash, state.digest, size)
+        self._durable_state = StateFile(opened.op, opened.chain_hash, state.digest, size)
         held = CheckpointState(opened.op, opened.chain_hash, b"", state.digest)
         self.checkpoints = {opened.op: held} if self.config.checkpoint_states else {}
 
@@ -953,7 +958,7 @@ class Replica:
         if state is None:
             return self._persist_state()  # superseded while it was written
         old = self._durable_state
-        self._durable_state = _StateFile(op, state.chain_hash, state.digest, len(state.data))
+        self._durable_state = StateFile(op, state.chain_hash, state.digest, len(state.data))
         # The bytes are on disk now: memory keeps what identifies them.
         self.checkpoints = {
             at: kept if at > op else CheckpointState(at, kept.chain_hash, b"", kept.digest)

@@ -1,0 +1,91 @@
+"""What a replica checks before it installs a state-sync checkpoint.
+
+A cluster runs until its replicas hold durable checkpoint states; then one replica is handed
+``NewCheckpoint`` offers built from another's real state file, each with one thing wrong,
+and must turn every one down naming what is wrong (the swarm and the planted bug
+``install-without-verifying`` show the same end to end).
+"""
+
+from __future__ import annotations
+
+import attrs
+import pytest
+
+from craton.core import superblock
+from craton.core.seal import Sealer, state_message
+from craton.core.vsr.replica import Replica
+from craton.core.wire.replica import NewCheckpoint
+from craton.sim.cluster import Cluster
+from tests.sim.test_vsr_scenarios import assert_clean, quiet_options
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Cluster:
+    cluster = Cluster(7, quiet_options(clients=3, requests=60, fault_ticks=2_500))
+    assert_clean(cluster.run())
+    return cluster
+
+
+def _offer(cluster: Cluster, sender: int) -> NewCheckpoint:
+    replica = cluster.nodes[sender].replica
+    durable = replica.durable_state
+    assert durable is not None, "expected a durable checkpoint state"
+    data = cluster.nodes[sender].disk.contents(superblock.state_path(durable.op))
+    message = state_message(durable.op, durable.chain_hash, durable.digest)
+    return NewCheckpoint(
+        replica.view,
+        replica.commit,
+        replica.head,
+        sender,
+        durable.op,
+        durable.chain_hash,
+        durable.digest,
+        replica.log.public_key,
+        replica.log.sign(message),
+        data,
+    )
+
+
+def _verdict(receiver: Replica, offer: NewCheckpoint) -> str:
+    checked = receiver._verify_checkpoint(offer)
+    return checked if isinstance(checked, str) else "accepted"
+
+
+def test_a_genuine_state_is_accepted_and_restores_the_senders_machine(cluster: Cluster) -> None:
+    offer = _offer(cluster, 0)
+    checked = cluster.nodes[1].replica._verify_checkpoint(offer)
+    assert not isinstance(checked, str), checked
+    opened, machine = checked
+    assert opened.op == offer.op and opened.chain_hash == cluster.checker.canonical[offer.op - 1]
+    assert machine.snapshot() == opened.machine_snapshot
+
+
+def test_every_tampered_offer_is_refused_naming_why(cluster: Cluster) -> None:
+    receiver = cluster.nodes[1].replica
+    offer = _offer(cluster, 0)
+    flipped = bytearray(offer.state)
+    flipped[len(flipped) // 2] ^= 0x10
+    stranger = Sealer(bytes(range(32)))
+    other_op = offer.op - 32
+    resigned = state_message(other_op, offer.chain_hash, offer.digest)
+    cases = {
+        "a flipped byte": attrs.evolve(offer, state=bytes(flipped)),
+        "a wrong signature": attrs.evolve(offer, signature=bytes(64)),
+        "a stranger's key": attrs.evolve(
+            offer,
+            public_key=stranger.public_key,
+            signature=stranger.sign(state_message(offer.op, offer.chain_hash, offer.digest)),
+        ),
+        "another replica's key": attrs.evolve(offer, replica=2),
+        "another op, validly signed": attrs.evolve(
+            offer, op=other_op, signature=cluster.nodes[0].replica.log.sign(resigned)
+        ),
+    }
+    verdicts = {name: _verdict(receiver, case) for name, case in cases.items()}
+    assert verdicts == {
+        "a flipped byte": "checkpoint state does not match its digest",
+        "a wrong signature": "the signature does not verify",
+        "a stranger's key": "signed by a key that is not the sender's",
+        "another replica's key": "signed by a key that is not the sender's",
+        "another op, validly signed": "the state is not the one the signature names",
+    }
