@@ -982,6 +982,17 @@ class Log:
         sizes = {info.name: info.size for info in state.root_files}
         history_size = chosen.checkpoint_count * ENTRY_SIZE
         found = sizes.get(CHECKPOINTS_PATH, 0)
+        if found < history_size and self.salvage:
+            # A write of the history that the disk acknowledged but lost: this replica's
+            # history of seals is gone (its peers keep theirs). It starts a new one; the
+            # records the checkpoint certified stay certified (``durable_before``).
+            fresh = attrs.evolve(
+                chosen, sequence=chosen.sequence + 1, checkpoint_count=0, checkpoint=None
+            )
+            state.superblock = fresh
+            state.salvaging = True
+            notice = Notice("log.history_lost", (("found", found), ("expected", history_size)))
+            return [notice, *self._write_superblock(fresh)]
         if found < history_size:
             return self._halt(
                 f"file '{CHECKPOINTS_PATH}': holds {found} bytes, but "

@@ -75,6 +75,7 @@ REPAIR_NOTICES = {  # notices counted in a run's ``repairs``, by the name they a
     "replica.checkpoint_rejected": "checkpoints_rejected",
     "replica.journal_released": "journal_releases",
     "log.base_state_lost": "base_states_lost",
+    "log.history_lost": "histories_lost",
 }
 
 

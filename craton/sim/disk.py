@@ -182,6 +182,16 @@ class SimDisk:
             self.faults[fault] += 1
         self.damage.append(Damage(path, offset, 1, fault))
 
+    def empty(self, path: str) -> None:
+        """Lose every byte of ``path``, in the page cache and on stable storage (what a
+        write the disk acknowledged and then lost leaves behind)."""
+        file = self._files.get(path)
+        if file is not None:
+            file.current = bytearray()
+            file.durable = bytearray()
+            file.unsynced = []
+            self.damage.append(Damage(path, 0, 0, "explicit"))
+
     def wipe(self) -> None:
         """Lose every file, as a replaced or reformatted disk would (call it while the
         replica is down: requests in flight never complete)."""

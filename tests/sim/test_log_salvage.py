@@ -12,7 +12,16 @@ from __future__ import annotations
 import attrs
 import pytest
 
-from craton.core.log import BaseInstalled, Durable, Log, LogConfig, LogOutput, Recovered
+from craton.core.log import (
+    CHECKPOINTS_PATH,
+    BaseInstalled,
+    Checkpointed,
+    Durable,
+    Log,
+    LogConfig,
+    LogOutput,
+    Recovered,
+)
 from craton.core.prng import Prng
 from craton.core.record import GENESIS_HASH, chain_hash, encode
 from craton.core.scan import salvage_tail
@@ -27,6 +36,11 @@ BODIES = [bytes([n]) * (40 + 37 * n) for n in range(12)]
 @attrs.frozen
 class _Append:
     body: bytes
+
+
+@attrs.frozen
+class _Checkpoint:
+    pass
 
 
 @attrs.frozen
@@ -46,9 +60,11 @@ class _Host:
     def start(self) -> list[Effect]:
         return self._split(self.log.start())
 
-    def step(self, event: Input | _Append | _InstallBase) -> list[Effect]:
+    def step(self, event: Input | _Append | _InstallBase | _Checkpoint) -> list[Effect]:
         if isinstance(event, _Append):
             return self._split(self.log.append(event.body)[1])
+        if isinstance(event, _Checkpoint):
+            return self._split(self.log.checkpoint_now())
         if isinstance(event, _InstallBase):
             return self._split(self.log.install_base(event.position, event.chain_hash, event.state))
         return self._split(self.log.on_disk(event))  # type: ignore[arg-type]
@@ -59,7 +75,7 @@ class _Host:
     def _split(self, outputs: list[LogOutput]) -> list[Effect]:
         effects: list[Effect] = []
         for output in outputs:
-            if isinstance(output, (Recovered, Durable, BaseInstalled)):
+            if isinstance(output, (Recovered, Durable, BaseInstalled, Checkpointed)):
                 self.outputs.append(output)
             else:
                 effects.append(output)  # type: ignore[arg-type]
@@ -182,3 +198,27 @@ def test_salvage_tail_finds_the_next_record_past_a_damaged_header() -> None:
 def test_salvage_tail_of_unreadable_bytes_is_incomplete() -> None:
     tail = salvage_tail(b"\x01" * 300, at=0, position=0)
     assert tail.records == () and not tail.complete
+
+
+@pytest.mark.parametrize("salvage", [False, True], ids=["single", "replica"])
+def test_a_lost_checkpoint_history_halts_a_single_node_and_restarts_a_replicas(
+    salvage: bool,
+) -> None:
+    """The disk acknowledged the history entry and lost it (a write torn to nothing): the
+    superblock counts a sealed entry the file does not hold. A single node refuses to start;
+    a replica starts a new history and keeps its records certified."""
+    world = World(salvage=salvage)
+    world.append_all(BODIES)
+    world.driver.step(_Checkpoint())  # type: ignore[arg-type]
+    log = world.host.log
+    world.events.run_until(lambda: log.checkpoint is not None)
+    world.disk.empty(CHECKPOINTS_PATH)
+    recovered = world.restart()
+    if not salvage:
+        assert recovered is None and "sealed entries need" in world.halts[0], world.halts
+        return
+    assert recovered is not None and not world.halts, world.halts
+    assert recovered.head == len(BODIES) and recovered.lost_from is None, recovered
+    assert recovered.certified >= len(BODIES), "expected the records to stay certified"
+    assert any("log.history_lost" in notice for notice in world.notices), world.notices
+    assert world.host.log.checkpoint is None

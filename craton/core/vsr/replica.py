@@ -940,7 +940,9 @@ class Replica:
         from then on the journal below it may be released, and it is what this replica
         serves to a replica that needs the ops below its journal."""
         checkpoint = self.log.checkpoint
-        if not self.config.checkpoint_states or checkpoint is None or self._saving_state:
+        if not self.config.checkpoint_states or checkpoint is None:
+            return []
+        if self._saving_state is not None:
             return []
         op = checkpoint.position
         state = self.checkpoints.get(op)
