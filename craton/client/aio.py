@@ -89,6 +89,7 @@ REQUEST_TIMEOUT_S = 10.0
 RETRY_DEADLINE_S = 30.0
 BACKOFF_FIRST_S = 0.02
 BACKOFF_MAX_S = 1.0
+TIMER_SLACK_S = 0.001  # a request due this soon when its link's timer fires times out then
 REQUEST_NUMBER_MAX = 2**32 - 1  # the node's limit on a write's request id
 READ_MAX_BYTES_DEFAULT = 1024 * 1024
 
@@ -152,6 +153,10 @@ class _Link(asyncio.Protocol):
         self._paused = False  # the transport's send buffer is full
         self._drained: list[asyncio.Future[None]] = []
         self._lost: asyncio.Future[None] = self._loop.create_future()
+        # One timer for the link, set for the earliest deadline of the requests waiting
+        # (a timer per request costs more than the request's own work).
+        self._deadlines: dict[int, float] = {}  # request id -> loop time it times out at
+        self._timer: asyncio.TimerHandle | None = None
 
     @property
     def broken(self) -> bool:
@@ -165,16 +170,38 @@ class _Link(asyncio.Protocol):
         assert transport is not None
         future: asyncio.Future[AnyMessage] = self._loop.create_future()
         self._pending[request_id] = future
-        timer = self._loop.call_later(timeout_s, _expire, future)
+        deadline = self._loop.time() + timeout_s
+        self._deadlines[request_id] = deadline
+        timer = self._timer
+        if timer is None or deadline < timer.when():
+            self._set_timer(deadline)
         try:
             transport.write(encode(message, request_id))
             if self._paused:
                 await self._drain()
             return await future
         finally:
-            timer.cancel()
             if self._pending.get(request_id) is future:
                 del self._pending[request_id]
+            self._deadlines.pop(request_id, None)
+
+    def _set_timer(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_at(when, self._expire)
+
+    def _expire(self) -> None:
+        """Fail the requests whose deadline has come; set the timer for the next one."""
+        self._timer = None
+        due = self._loop.time() + TIMER_SLACK_S
+        for request_id, deadline in list(self._deadlines.items()):
+            if deadline <= due:
+                del self._deadlines[request_id]
+                future = self._pending.pop(request_id, None)
+                if future is not None and not future.done():
+                    future.set_exception(TimeoutError())
+        if self._deadlines:
+            self._set_timer(min(self._deadlines.values()))
 
     async def close(self) -> None:
         self._break(_LinkBroken("closed by the client"))
@@ -241,6 +268,10 @@ class _Link(asyncio.Protocol):
         if self._broken is None:
             self._broken = broken
         pending, self._pending = self._pending, {}
+        self._deadlines.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         for future in pending.values():
             if not future.done():
                 future.set_exception(self._broken)
@@ -249,11 +280,6 @@ class _Link(asyncio.Protocol):
             transport.close()
         elif transport is None and not self._lost.done():
             self._lost.set_result(None)
-
-
-def _expire(future: asyncio.Future[AnyMessage]) -> None:
-    if not future.done():
-        future.set_exception(TimeoutError())
 
 
 class AsyncClient:
