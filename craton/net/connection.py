@@ -181,6 +181,10 @@ class DirectReader(asyncio.StreamReader):
         """From now on ``sink`` gets every chunk and ``end`` the end of the stream (None at
         EOF, else the error); returns the bytes received but not read so far. Called after
         an EOF or an error, ``end`` is called at once."""
+        error = self.exception()
+        if error is not None:  # the connection broke: what it held cannot be answered
+            end(error)
+            return b""
         held = b""
         # StreamReader keeps what was received and not read yet in ``_buffer`` (CPython
         # 3.8 and later); a read of that many bytes returns them without waiting.
@@ -188,9 +192,8 @@ class DirectReader(asyncio.StreamReader):
         if unread:
             held = await self.read(len(unread))
         self._sink, self._end = sink, end
-        error = self.exception()
-        if error is not None or self.at_eof():
-            end(error)
+        if self.at_eof():
+            end(None)
         return held
 
     def feed_data(self, data: bytes) -> None:  # type: ignore[override]
