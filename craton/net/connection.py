@@ -618,6 +618,10 @@ class ClientConnection:
         return reply.code if isinstance(reply, ErrorReply) else None
 
     def _release_syncs(self) -> None:
+        if not self._syncs:
+            if self._reading_paused:
+                self._resume()
+            return
         oldest_open = next(iter(self._open), None)
         while self._syncs and (oldest_open is None or self._syncs[0].seq < oldest_open):
             sync = self._syncs.popleft()

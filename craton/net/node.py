@@ -123,6 +123,7 @@ SESSION_OPS_MAX = 1 << (64 - SESSION_SHIFT)  # a session (an op) must leave room
 REQUEST_NUMBER_MAX = NUMBER_MASK  # largest wire request id of a write
 OPERATION_BYTES_MAX = OPERATION_SIZE_MAX  # bytes of one encoded event-store operation
 LOCK_FILE = "node.lock"
+_BUSY = bytes([ReplyStatus.BUSY])
 _U64 = 8
 
 
@@ -802,7 +803,7 @@ class ReplicaHost:
                 self._pump()
 
     def _on_reply(self, reply: Reply) -> None:
-        if reply.body[:1] == bytes([ReplyStatus.BUSY]):
+        if reply.body[:1] == _BUSY:
             self._busy = True
             return
         for replied in self._waiters.pop((reply.client_id, reply.request_id), []):
