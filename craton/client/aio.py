@@ -89,7 +89,7 @@ REQUEST_TIMEOUT_S = 10.0
 RETRY_DEADLINE_S = 30.0
 BACKOFF_FIRST_S = 0.02
 BACKOFF_MAX_S = 1.0
-READ_CHUNK_BYTES = 256 * 1024
+TIMER_SLACK_S = 0.001  # a request due this soon when its link's timer fires times out then
 REQUEST_NUMBER_MAX = 2**32 - 1  # the node's limit on a write's request id
 READ_MAX_BYTES_DEFAULT = 1024 * 1024
 
@@ -140,62 +140,120 @@ class _LinkBroken(Exception):
         self.error = error
 
 
-class _Link:
-    """One connection: frames out, replies matched to their request ids."""
+class _Link(asyncio.Protocol):
+    """One connection: frames out, replies matched to their request ids as they arrive."""
 
-    def __init__(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, address: str
-    ) -> None:
+    def __init__(self, address: str) -> None:
         self.address = address
-        self._reader = reader
-        self._writer = writer
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._decoder = FrameDecoder()
         self._pending: dict[int, asyncio.Future[AnyMessage]] = {}
         self._broken: _LinkBroken | None = None
-        self._task = asyncio.create_task(self._read_loop())
+        self._paused = False  # the transport's send buffer is full
+        self._drained: list[asyncio.Future[None]] = []
+        self._lost: asyncio.Future[None] = self._loop.create_future()
+        # One timer for the link, set for the earliest deadline of the requests waiting
+        # (a timer per request costs more than the request's own work).
+        self._deadlines: dict[int, float] = {}  # request id -> loop time it times out at
+        self._timer: asyncio.TimerHandle | None = None
 
     @property
     def broken(self) -> bool:
         return self._broken is not None
 
-    async def request(self, message: AnyMessage, request_id: int) -> AnyMessage:
+    async def request(self, message: AnyMessage, request_id: int, timeout_s: float) -> AnyMessage:
+        """The reply to ``message``; ``TimeoutError`` if none came within ``timeout_s``."""
         if self._broken is not None:
             raise self._broken
-        future: asyncio.Future[AnyMessage] = asyncio.get_running_loop().create_future()
+        transport = self._transport
+        assert transport is not None
+        future: asyncio.Future[AnyMessage] = self._loop.create_future()
         self._pending[request_id] = future
+        deadline = self._loop.time() + timeout_s
+        self._deadlines[request_id] = deadline
+        timer = self._timer
+        if timer is None or deadline < timer.when():
+            self._set_timer(deadline)
         try:
-            self._writer.write(encode(message, request_id))
-            await self._writer.drain()
+            transport.write(encode(message, request_id))
+            if self._paused:
+                await self._drain()
             return await future
-        except (ConnectionError, OSError) as error:
-            self._break(_LinkBroken(f"connection to {self.address} lost: {error}"))
-            raise self._broken or _LinkBroken("connection lost") from None
         finally:
             if self._pending.get(request_id) is future:
                 del self._pending[request_id]
+            self._deadlines.pop(request_id, None)
+
+    def _set_timer(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_at(when, self._expire)
+
+    def _expire(self) -> None:
+        """Fail the requests whose deadline has come; set the timer for the next one."""
+        self._timer = None
+        due = self._loop.time() + TIMER_SLACK_S
+        for request_id, deadline in list(self._deadlines.items()):
+            if deadline <= due:
+                del self._deadlines[request_id]
+                future = self._pending.pop(request_id, None)
+                if future is not None and not future.done():
+                    future.set_exception(TimeoutError())
+        if self._deadlines:
+            self._set_timer(min(self._deadlines.values()))
 
     async def close(self) -> None:
         self._break(_LinkBroken("closed by the client"))
-        self._task.cancel()
-        with contextlib.suppress(BaseException):
-            await self._task
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._writer.wait_closed(), 1.0)
+            await asyncio.wait_for(asyncio.shield(self._lost), 1.0)
 
-    async def _read_loop(self) -> None:
-        decoder = FrameDecoder()
+    async def _drain(self) -> None:
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        self._drained.append(waiter)
+        await waiter
+        if self._broken is not None:
+            raise self._broken
+
+    # --- asyncio.Protocol --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
         try:
-            while True:
-                data = await self._reader.read(READ_CHUNK_BYTES)
-                if not data:
-                    self._break(_LinkBroken(f"{self.address} closed the connection"))
-                    return
-                decoder.feed(data)
-                while (frame := decoder.next_frame()) is not None:
-                    self._deliver(frame.request_id, decode_frame(frame))
+            self._decoder.feed(data)
+            while (frame := self._decoder.next_frame()) is not None:
+                self._deliver(frame.request_id, decode_frame(frame))
         except DecodeError as error:
             self._break(_LinkBroken(f"undecodable reply from {self.address}: {error.reason}"))
-        except (ConnectionError, OSError) as error:
-            self._break(_LinkBroken(f"connection to {self.address} lost: {error}"))
+
+    def eof_received(self) -> bool:
+        self._break(_LinkBroken(f"{self.address} closed the connection"))
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is None:
+            self._break(_LinkBroken(f"{self.address} closed the connection"))
+        else:
+            self._break(_LinkBroken(f"connection to {self.address} lost: {exc}"))
+        self._wake_writers()
+        if not self._lost.done():
+            self._lost.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self._wake_writers()
+
+    def _wake_writers(self) -> None:
+        drained, self._drained = self._drained, []
+        for waiter in drained:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _deliver(self, request_id: int, message: AnyMessage) -> None:
         if request_id == 0 and isinstance(message, ErrorReply):
@@ -210,11 +268,18 @@ class _Link:
         if self._broken is None:
             self._broken = broken
         pending, self._pending = self._pending, {}
+        self._deadlines.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         for future in pending.values():
             if not future.done():
                 future.set_exception(self._broken)
-        if not self._writer.is_closing():
-            self._writer.close()
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.close()
+        elif transport is None and not self._lost.done():
+            self._lost.set_result(None)
 
 
 class AsyncClient:
@@ -389,7 +454,9 @@ class AsyncClient:
         async def attempt() -> AnyMessage | CratonError:
             return await self._attempt(message, request_id, deadline)
 
-        reply = await _retrying(attempt, deadline)
+        reply = await attempt()  # the first try, outside the retry loop's own coroutine
+        if isinstance(reply, CratonError):
+            reply = await _retrying(attempt, deadline, reply)
         if not isinstance(reply, expected):
             raise ProtocolError(f"the node answered with {type(reply).__name__}")
         return reply
@@ -404,7 +471,7 @@ class AsyncClient:
             return error
         timeout_s = max(0.001, min(self._request_timeout_s, deadline - time.monotonic()))
         try:
-            reply = await asyncio.wait_for(link.request(message, request_id), timeout_s)
+            reply = await link.request(message, request_id, timeout_s)
         except TimeoutError:
             await self._drop(link)
             return RequestTimeout(f"no answer from {link.address} within {timeout_s:.1f} s")
@@ -423,6 +490,9 @@ class AsyncClient:
     # --- connections -----------------------------------------------------------------------
 
     async def _ensure_link(self, deadline: float) -> _Link:
+        link = self._link
+        if link is not None and not link.broken:
+            return link  # what the locked path below returns too, without taking the lock
         async with self._link_lock:
             link = self._link
             if link is not None and not link.broken:
@@ -436,20 +506,18 @@ class AsyncClient:
         address = self._address
         host, port = _split_address(address)
         timeout_s = max(0.001, min(self._connect_timeout_s, deadline - time.monotonic()))
+        link = _Link(address)
+        loop = asyncio.get_running_loop()
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(host, port, ssl=self._tls, limit=READ_CHUNK_BYTES),
-                timeout_s,
+            await asyncio.wait_for(
+                loop.create_connection(lambda: link, host, port, ssl=self._tls), timeout_s
             )
         except (TimeoutError, OSError) as error:
             self._next_address()
             raise ConnectionFailed(f"cannot connect to {address}: {_why(error)}") from None
-        link = _Link(reader, writer, address)
         handshake = Handshake(PROTOCOL_VERSION, self.client_id, self._auth_token)
         try:
-            reply = await asyncio.wait_for(
-                link.request(handshake, self._take_request_id()), timeout_s
-            )
+            reply = await link.request(handshake, self._take_request_id(), timeout_s)
         except TimeoutError:
             await link.close()
             raise ConnectionFailed(f"no handshake reply from {address}") from None
@@ -514,16 +582,20 @@ class AsyncClient:
 
 
 async def _retrying(
-    attempt: Callable[[], Awaitable[_Outcome | CratonError]], deadline: float
+    attempt: Callable[[], Awaitable[_Outcome | CratonError]],
+    deadline: float,
+    first: _Outcome | CratonError | None = None,
 ) -> _Outcome:
-    """Run ``attempt`` until it succeeds, fails for good, or ``deadline`` passes.
+    """Run ``attempt`` until it succeeds, fails for good, or ``deadline`` passes; ``first``
+    is the outcome of a first try already made, if any.
 
     When the deadline passes, the error raised is the last one a node answered with, if
     any: a try cut short by the deadline itself says less than the node's own refusal."""
     backoff_s = BACKOFF_FIRST_S
     last: CratonError | None = None
     while True:
-        outcome = await attempt()
+        outcome = first if first is not None else await attempt()
+        first = None
         if not isinstance(outcome, CratonError):
             return outcome
         if not _retryable(outcome):

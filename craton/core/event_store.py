@@ -92,6 +92,7 @@ from craton.core.wire.messages import (
 from craton.core.wire.schema import (
     Blob,
     EnumType,
+    Fields,
     Option,
     Reader,
     Record,
@@ -255,6 +256,7 @@ _ROLE = EnumType(Role, 8)
 _KEY_ID = UInt(64)  # 0: the principal did not use an API key
 _SUBJECT = Text(0, AUDIT_TEXT_SIZE_MAX)
 _TIME_MS = U64
+_REQUEST_HEADER = Fields(_TAG_REQUEST, _TENANT, _ROLE, _KEY_ID, _SUBJECT, _TIME_MS)
 _REQUESTS: dict[RequestKind, tuple[type, Record[Any]]] = {
     RequestKind.CREATE_STREAM: (CreateStream, Record(CreateStream)),
     RequestKind.APPEND_EVENTS: (AppendEvents, Record(AppendEvents)),
@@ -354,12 +356,7 @@ def decode_request(body: bytes) -> StoreRequest:
             f"body of {len(body)} bytes exceeds the limit {REQUEST_SIZE_MAX}", ErrorCode.TOO_LARGE
         )
     reader = Reader(body)
-    kind = _TAG_REQUEST.decode(reader)
-    tenant_id = _TENANT.decode(reader)
-    role = _ROLE.decode(reader)
-    key_id = _KEY_ID.decode(reader)
-    subject = _SUBJECT.decode(reader)
-    time_ms = _TIME_MS.decode(reader)
+    kind, tenant_id, role, key_id, subject, time_ms = _REQUEST_HEADER.decode(reader)
     message: StoreMessage = _REQUESTS[kind][1].decode(reader)
     reader.finish()
     return StoreRequest(tenant_id, message, role, key_id, subject, time_ms)

@@ -26,6 +26,7 @@ checksums and that the stored hash is the chain hash of (prev_hash, position, bo
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import struct
 
@@ -40,6 +41,7 @@ HASH_SIZE = 32
 GENESIS_HASH = bytes(HASH_SIZE)
 BODY_SIZE_MAX = 16 * 1024 * 1024  # one record's body; the wire frame limit is the same
 CHAIN_DOMAIN = b"craton/chain/v1"
+CHAIN_HASHES_KEPT = 8
 
 # header bytes 32..128: magic, version, kind, position, durable_before, body_size, reserved,
 # prev_hash, hash
@@ -71,7 +73,11 @@ class RecordHeader:
         return HEADER_SIZE + self.body_size
 
 
+@functools.lru_cache(maxsize=CHAIN_HASHES_KEPT)
 def chain_hash(prev_hash: bytes, position: int, body: bytes) -> bytes:
+    """The chain hash of ``body`` at ``position`` after ``prev_hash``. An op's hash is asked
+    for when it is prepared, checked and written, so the latest are kept (a pure function
+    of its arguments: the cache changes only the time it takes)."""
     assert len(prev_hash) == HASH_SIZE
     digest = hashlib.sha256(CHAIN_DOMAIN)
     digest.update(prev_hash)

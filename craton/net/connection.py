@@ -117,7 +117,6 @@ from craton.net.logs import EventLog
 from craton.net.metrics import NodeMetrics
 from craton.net.node import REQUEST_NUMBER_MAX, Applied, Outcome, Refused, ReplicaHost
 
-READ_CHUNK_BYTES = 256 * 1024
 INFLIGHT_REQUESTS_MAX = 1024  # per connection
 HELD_FRAMES_MAX = 1024  # frames received before the handshake was answered
 AUTH_FAILURE_RECORDS_PER_S = 20.0  # refused handshakes audited per second, node-wide
@@ -167,11 +166,59 @@ class _Sync:
     received_s: float
 
 
+class DirectReader(asyncio.StreamReader):
+    """A ``StreamReader`` that, once a consumer is attached, hands it each chunk as it
+    arrives: a client connection decodes frames straight from the transport's callback,
+    with no task woken per chunk. Until then (while the server tells what the connection
+    is, and for HTTP and replica connections) it is an ordinary ``StreamReader``."""
+
+    _sink: Callable[[bytes], None] | None = None
+    _end: Callable[[Exception | None], None] | None = None
+
+    async def attach(
+        self, sink: Callable[[bytes], None], end: Callable[[Exception | None], None]
+    ) -> bytes:
+        """From now on ``sink`` gets every chunk and ``end`` the end of the stream (None at
+        EOF, else the error); returns the bytes received but not read so far. Called after
+        an EOF or an error, ``end`` is called at once."""
+        error = self.exception()
+        if error is not None:  # the connection broke: what it held cannot be answered
+            end(error)
+            return b""
+        held = b""
+        # StreamReader keeps what was received and not read yet in ``_buffer`` (CPython
+        # 3.8 and later); a read of that many bytes returns them without waiting.
+        unread: bytearray = getattr(self, "_buffer")  # noqa: B009 (not in the type stubs)
+        if unread:
+            held = await self.read(len(unread))
+        self._sink, self._end = sink, end
+        if self.at_eof():
+            end(None)
+        return held
+
+    def feed_data(self, data: bytes) -> None:  # type: ignore[override]
+        sink = self._sink
+        if sink is None:
+            super().feed_data(data)
+        elif data:
+            sink(data)
+
+    def feed_eof(self) -> None:
+        super().feed_eof()
+        if self._end is not None:
+            self._end(None)
+
+    def set_exception(self, exc: Exception) -> None:
+        super().set_exception(exc)
+        if self._end is not None:
+            self._end(exc)
+
+
 class ClientConnection:
     def __init__(
         self,
         owner: ConnectionOwner,
-        reader: asyncio.StreamReader,
+        reader: DirectReader,
         writer: asyncio.StreamWriter,
         peer: str,
     ) -> None:
@@ -196,8 +243,10 @@ class ClientConnection:
         self._seq = 0
         self._open: dict[int, None] = {}  # seqs of requests in flight, oldest first
         self._syncs: collections.deque[_Sync] = collections.deque()
-        self._room = asyncio.Event()
-        self._room.set()
+        # reading stops while too many requests are in flight or replies are not taken
+        self._reading_paused = False
+        self._draining: asyncio.Task[None] | None = None  # waits for the send buffer
+        self._ended: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
 
     @property
     def inflight(self) -> int:
@@ -206,25 +255,64 @@ class ClientConnection:
     # --- the read loop ---------------------------------------------------------------------
 
     async def run(self, first: bytes) -> None:
-        data = first
-        while not self._closing:
-            if data:
-                self.last_active_s = time.monotonic()
-                self._receive(data)
-                if self._closing:
-                    break
-            if self.inflight >= INFLIGHT_REQUESTS_MAX:
-                self._room.clear()
-                await self._room.wait()
-            try:
-                await self._writer.drain()
-                data = await self._reader.read(READ_CHUNK_BYTES)
-            except (ConnectionError, OSError):
-                break
-            if not data:
-                await self._await_replies(EOF_DRAIN_TIMEOUT_S)
-                break
+        """Serve the connection until it ends; ``first`` is what was read of it already."""
+        if first:
+            self._on_data(first)
+        if not self._closing:
+            held = await self._reader.attach(self._on_data, self._on_end)
+            if held and not self._closing:
+                self._on_data(held)
+        eof = await self._ended
+        if eof and not self._closing:
+            await self._await_replies(EOF_DRAIN_TIMEOUT_S)
         self.close()
+
+    def _on_data(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self.last_active_s = time.monotonic()
+        self._receive(data)
+        self._throttle()
+
+    def _on_end(self, error: Exception | None) -> None:
+        """The stream ended: at the client's EOF (``error`` None) replies are still
+        awaited; after a connection error they cannot be sent."""
+        if not self._ended.done():
+            self._ended.set_result(error is None)
+
+    def _throttle(self) -> None:
+        """Stop reading while too many requests are in flight or the socket's send buffer
+        is full (the client does not take its replies); ``_resume`` starts again."""
+        if self._closing or self._reading_paused:
+            return
+        transport = self._writer.transport
+        _, high = transport.get_write_buffer_limits()
+        full = transport.get_write_buffer_size() > high
+        if self.inflight < INFLIGHT_REQUESTS_MAX and not full:
+            return
+        self._reading_paused = True
+        transport.pause_reading()  # type: ignore[attr-defined]
+        if full and self._draining is None:
+            self._draining = asyncio.create_task(self._drain())
+
+    async def _drain(self) -> None:
+        try:
+            await self._writer.drain()
+        except (ConnectionError, OSError):
+            self._on_end(OSError("the connection broke while replies were sent"))
+            return
+        finally:
+            self._draining = None
+        self._resume()
+
+    def _resume(self) -> None:
+        if not self._reading_paused or self._closing or self._draining is not None:
+            return
+        if self.inflight >= INFLIGHT_REQUESTS_MAX:
+            return
+        self._reading_paused = False
+        self._writer.transport.resume_reading()  # type: ignore[attr-defined]
+        self._throttle()  # the send buffer may have filled meanwhile
 
     def _receive(self, data: bytes) -> None:
         try:
@@ -242,7 +330,8 @@ class ClientConnection:
     def close(self) -> None:
         """Close the socket after what was written so far has been sent."""
         self._closing = True
-        self._room.set()
+        if not self._ended.done():
+            self._ended.set_result(False)
         if not self._writer.is_closing():
             self._writer.close()
 
@@ -500,8 +589,6 @@ class ClientConnection:
             code = self._answer(request_id, outcome)
             self._metrics.observe_request(method, code, time.monotonic() - received_s)
             self._release_syncs()
-            if self.inflight < INFLIGHT_REQUESTS_MAX:
-                self._room.set()
 
         return done
 
@@ -531,13 +618,17 @@ class ClientConnection:
         return reply.code if isinstance(reply, ErrorReply) else None
 
     def _release_syncs(self) -> None:
+        if not self._syncs:
+            if self._reading_paused:
+                self._resume()
+            return
         oldest_open = next(iter(self._open), None)
         while self._syncs and (oldest_open is None or self._syncs[0].seq < oldest_open):
             sync = self._syncs.popleft()
             self._write(encode(SyncReply(self._host.commit), sync.request_id))
             self._metrics.observe_request("Sync", None, time.monotonic() - sync.received_s)
-        if self.inflight < INFLIGHT_REQUESTS_MAX:
-            self._room.set()
+        if self._reading_paused:
+            self._resume()
 
     def _refuse(
         self, frame: Frame, method: str, received_s: float, code: ErrorCode, message: str

@@ -66,6 +66,7 @@ import collections
 import contextlib
 import enum
 import fcntl
+import functools
 import hashlib
 import os
 from collections.abc import Callable
@@ -122,6 +123,7 @@ SESSION_OPS_MAX = 1 << (64 - SESSION_SHIFT)  # a session (an op) must leave room
 REQUEST_NUMBER_MAX = NUMBER_MASK  # largest wire request id of a write
 OPERATION_BYTES_MAX = OPERATION_SIZE_MAX  # bytes of one encoded event-store operation
 LOCK_FILE = "node.lock"
+_BUSY = bytes([ReplyStatus.BUSY])
 _U64 = 8
 
 
@@ -151,6 +153,7 @@ class HostError(RuntimeError):
     """The host cannot start: the data directory is locked, unreadable or damaged."""
 
 
+@functools.lru_cache(maxsize=SESSIONS_MAX)
 def replica_client_id(tenant_id: int, client_id: int) -> int:
     """The replica's 64-bit id for wire client ``client_id`` of tenant ``tenant_id``."""
     digest = hashlib.blake2b(
@@ -293,6 +296,7 @@ class ReplicaHost:
         self._durable = 0
         self._counting = False
         self._progress = _Progress()
+        self._gauges: tuple[int, int] | None = None  # (view, lag) as the metrics last showed
         self._lock_fd: int | None = None
         self._closed = False
         self._disk: FileDisk | None = None
@@ -729,18 +733,20 @@ class ReplicaHost:
         replica, loop = self.replica, self._loop
         assert replica is not None and loop is not None
         self._count_records(replica)
-        self._metrics.view.set(replica.view)
-        self._metrics.replication_lag.set(self._progress.lag(replica))
-        if self._serving_view is not None and (
-            not self.serving or replica.view != self._serving_view
-        ):
+        gauges = (replica.view, self._progress.lag(replica))
+        if gauges != self._gauges:  # a gauge's update takes a lock: only on a change
+            self._gauges = gauges
+            self._metrics.view.set(gauges[0])
+            self._metrics.replication_lag.set(gauges[1])
+        serving = self.serving
+        if self._serving_view is not None and (not serving or replica.view != self._serving_view):
             self._stop_serving()
-        if self.serving and self._serving_view is None:
+        if serving and self._serving_view is None:
             self._serving_view = replica.view
             self._table_final = False
             if self.in_cluster:
                 self._log.info("replica.serving", view=replica.view, commit=replica.commit)
-        if self.serving and not self._table_final and _table_is_final(replica):
+        if serving and not self._table_final and _table_is_final(replica):
             self._table_final = True
             if self._queue:
                 self._schedule_pump()
@@ -797,7 +803,7 @@ class ReplicaHost:
                 self._pump()
 
     def _on_reply(self, reply: Reply) -> None:
-        if reply.body[:1] == bytes([ReplyStatus.BUSY]):
+        if reply.body[:1] == _BUSY:
             self._busy = True
             return
         for replied in self._waiters.pop((reply.client_id, reply.request_id), []):

@@ -51,7 +51,12 @@ from craton.core.wire import (
 )
 from craton.core.wire.frame import MAGIC
 from craton.net.config import Address, ReplicationMode, ServerConfig
-from craton.net.connection import AUTH_FAILURE_RECORDS_PER_S, ClientConnection, TokenBucket
+from craton.net.connection import (
+    AUTH_FAILURE_RECORDS_PER_S,
+    ClientConnection,
+    DirectReader,
+    TokenBucket,
+)
 from craton.net.logs import EventLog
 from craton.net.metrics import NodeMetrics
 from craton.net.node import ReplicaHost
@@ -112,9 +117,13 @@ class Server:
         """Listen on both ports; raises ``OSError`` when an address cannot be bound."""
         config = self.config
         tls = _tls_context(config) if config.tls else None
+        loop = asyncio.get_running_loop()
         try:
-            self._listener = await asyncio.start_server(
-                self._accept, config.bind_addr.host, config.bind_addr.port, ssl=tls
+            self._listener = await loop.create_server(
+                lambda: asyncio.StreamReaderProtocol(DirectReader(loop=loop), self._accept),
+                config.bind_addr.host,
+                config.bind_addr.port,
+                ssl=tls,
             )
         except OSError as error:
             raise ListenError(_cannot_listen("VDB_BIND_ADDR", config.bind_addr, error)) from None
@@ -255,6 +264,7 @@ class Server:
         first: bytes,
         peer: str,
     ) -> None:
+        assert isinstance(reader, DirectReader)  # every connection's reader (``start``)
         connection = ClientConnection(self, reader, writer, peer)
         if self._shutting_down or len(self._connections) >= self.config.max_connections:
             why = (

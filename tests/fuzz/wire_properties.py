@@ -8,6 +8,8 @@ is asked and reports ``TRIED``, the number of inputs each property was called wi
 What they establish, for any input:
 - a message round-trips through encode and decode, byte for byte and value for value;
 - decoding yields frames and messages or raises ``DecodeError``, nothing else;
+- the compiled codecs agree with the field by field ones: the same bytes for every message,
+  the same message or the same error for every body;
 - whatever is accepted is canonical: re-encoding it gives exactly the bytes received, so
   no damaged or forged input is mistaken for some other valid message;
 - damage the checksums must catch (one flipped bit, an unsealed length lie) is caught in
@@ -21,9 +23,10 @@ What they establish, for any input:
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from itertools import accumulate, pairwise
 from typing import Any
 
@@ -55,7 +58,7 @@ from craton.core.wire import (
     parse_frame,
 )
 from craton.core.wire.frame import MAGIC, PROTOCOL_VERSION, checksum, encode_frame
-from craton.core.wire.schema import Record
+from craton.core.wire.schema import Reader, Record
 
 TRIED: Counter[str] = Counter()
 
@@ -123,6 +126,36 @@ def check_answerable(error: DecodeError) -> None:
     assert decode_frame(parse_frame(encode(reply, 0))) == reply
 
 
+@contextlib.contextmanager
+def field_by_field() -> Iterator[None]:
+    """Records encode and decode one field at a time, with no compiled code anywhere."""
+    saved = Record.decode, Record.encode
+    Record.decode, Record.encode = Record.decode_checked, Record.encode_checked  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Record.decode, Record.encode = saved  # type: ignore[method-assign]
+
+
+def reference_decode(frame: Frame) -> Message | tuple[str, ErrorCode]:
+    """The message in ``frame`` by the field by field decoder, or its error's (reason, code)."""
+    with field_by_field():
+        reader = Reader(frame.body)
+        try:
+            message = Record(message_class(frame.command)).decode(reader)
+            reader.finish()
+        except DecodeError as error:
+            return error.reason, error.code
+    return message  # type: ignore[no-any-return]
+
+
+def reference_encode(message: Message) -> bytes:
+    out = bytearray()
+    with field_by_field():
+        Record(message_class(command_of(message))).encode(message, out)
+    return bytes(out)
+
+
 def check_accepted_frames_are_canonical(data: bytes, outcome: StreamOutcome) -> list[Message]:
     """Every frame taken from ``data`` is its exact bytes; every message re-encodes to them."""
     decoded = []
@@ -133,11 +166,18 @@ def check_accepted_frames_are_canonical(data: bytes, outcome: StreamOutcome) -> 
         assert encode_frame(frame.command, frame.request_id, frame.body) == raw, (
             "an accepted frame must be the canonical encoding of its fields"
         )
+        expected = reference_decode(frame)
         try:
             message = decode_frame(frame)
         except DecodeError as error:
             check_answerable(error)
+            assert (error.reason, error.code) == expected, (
+                f"the compiled decoder raised {error!r}, the field by field one gave {expected!r}"
+            )
             continue
+        assert message == expected and type(message) is type(expected), (
+            f"the compiled decoder gave {message!r}, the field by field one {expected!r}"
+        )
         assert encode(message, frame.request_id) == raw, (
             f"accepted {message!r} but it does not re-encode to the bytes received"
         )
@@ -196,6 +236,9 @@ def round_trip(message: Message, request_id: int) -> None:
     assert decoded == message, f"decoded {decoded!r}, expected {message!r}"
     assert type(decoded) is type(message)
     assert encode(decoded, request_id) == data, "re-encoding must give the same bytes"
+    assert data[HEADER_SIZE:] == reference_encode(message), (
+        "the compiled encoder must write what the field by field one writes"
+    )
 
 
 def arbitrary_bytes(data: bytes) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from craton.core.wire import (
     SyncReply,
     encode,
 )
+from craton.net.connection import INFLIGHT_REQUESTS_MAX
 from tests.net.support import RawConnection, ServerProcess, http_get
 
 GUIDE_METRICS = (
@@ -133,6 +135,32 @@ def test_pipelined_requests_are_answered_by_id_and_sync_waits(node: ServerProces
     assert positions == sorted(positions), "appends are applied in the order sent"
     sync = replies[13]
     assert isinstance(sync, SyncReply) and sync.log_position > positions[-1]
+    connection.close()
+
+
+def test_more_pipelined_requests_than_may_be_in_flight_are_all_answered(
+    node: ServerProcess,
+) -> None:
+    """Past INFLIGHT_REQUESTS_MAX the node stops reading, and reads on as replies go out."""
+    connection = handshaken(node.address, 0x5EED_0007)
+    placement = Placement(PlacementKind.GLOBAL, "")
+    count = INFLIGHT_REQUESTS_MAX * 2 + 100
+    frames = encode(CreateStream("flood", DataClass.PUBLIC, placement), 2)
+    for number in range(3, 3 + count):
+        frames += encode(AppendEvents("flood", (b"%d" % number,), None), number)
+    frames += encode(Sync(), 3 + count)
+    sender = threading.Thread(target=connection.send_bytes, args=(frames,))
+    sender.start()
+    replies = dict(connection.receive() for _ in range(count + 2))
+    sender.join()
+    assert sorted(replies) == list(range(2, 4 + count)), "every request gets one reply"
+    offsets = [replies[n] for n in range(3, 3 + count)]
+    assert all(isinstance(r, AppendEventsReply) for r in offsets), offsets[:3]
+    assert [r.first_offset for r in offsets if isinstance(r, AppendEventsReply)] == list(
+        range(count)
+    ), "appends are applied once each, in the order sent"
+    sync = replies[3 + count]
+    assert isinstance(sync, SyncReply), sync
     connection.close()
 
 

@@ -111,7 +111,9 @@ OWNER_MAGIC = b"VSR2"
 OWNER_STATE_V1 = struct.Struct("<4sII")  # magic b"VSR1", view, log_view (no flags)
 OWNER_RECOVERING = 1  # flag: the log is not this replica's own until it is repaired
 JOURNAL_OPS_MAX = 4_000_000
-PREPARE_BODY_CACHE_MAX = 64  # decoded prepare bodies kept: at most 64 MiB of operations
+# decoded prepare bodies kept: an op is decoded when journaled and again when committed, a
+# pipeline (64 ops) later; at most 136 MiB of operations
+PREPARE_BODY_CACHE_MAX = 136
 LOAD_READS_MAX = 64  # reads in flight while a restarted replica reloads its journal
 SERVE_TAG_BASE = 1 << 62  # log read tags from here on: a released op read for replica tag - base
 CHECKPOINT_STATES_MAX = 8  # states kept while the log has not sealed their ops yet

@@ -53,6 +53,7 @@ FRAME_SIZE_MAX = 16 * 1024 * 1024  # bytes, header included
 BODY_SIZE_MAX = FRAME_SIZE_MAX - HEADER_SIZE
 REQUEST_ID_MAX = 2**64 - 1
 FLAGS_KNOWN = 0  # no flag bits are defined in protocol version 1
+_SMALL_FRAME_SIZE = 4096  # bytes; a decoder copies a frame this small out of its buffer twice
 
 # <: little-endian. magic, version, command, flags, reserved, body_size, request_id, body
 # checksum; the header checksum (u32) follows at offset 28.
@@ -229,32 +230,44 @@ class FrameDecoder:
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Buffer ``data``; raises ``DecodeError`` at once if the frame in front is invalid."""
-        self._raise_if_failed()
-        self._check_front()
+        if self._failure is not None:
+            self._raise_if_failed()
+        buffer = self._buffer
+        if self._header is None and buffer:  # (an empty buffer has nothing to check)
+            self._check_front()
         header = self._header
-        if header is not None and len(self._buffer) >= HEADER_SIZE + header.body_size:
+        if header is not None and len(buffer) >= HEADER_SIZE + header.body_size:
             raise DecoderNotDrained("call next_frame() until None before feeding more bytes")
-        self._buffer += data
-        self._check_front()
+        buffer += data
+        if header is None:
+            self._check_front()
 
     def next_frame(self) -> Frame | None:
         """The next whole frame, or ``None`` until more bytes are fed."""
-        self._raise_if_failed()
-        self._check_front()
+        if self._failure is not None:
+            self._raise_if_failed()
+        buffer = self._buffer
         header = self._header
         if header is None:
-            return None
+            if not buffer:
+                return None
+            self._check_front()
+            header = self._header
+            if header is None:
+                return None
         frame_size = HEADER_SIZE + header.body_size
-        if len(self._buffer) < frame_size:
+        if len(buffer) < frame_size:
             return None
-        with memoryview(self._buffer) as view:
-            body = bytes(view[HEADER_SIZE:frame_size])
-        del self._buffer[:frame_size]
+        if frame_size <= _SMALL_FRAME_SIZE:  # two small copies beat a memoryview's setup
+            body = bytes(buffer[HEADER_SIZE:frame_size])
+        else:
+            with memoryview(buffer) as view:
+                body = bytes(view[HEADER_SIZE:frame_size])
+        del buffer[:frame_size]
         self._header = None
-        try:
-            return _verified_frame(header, body)
-        except DecodeError as error:
-            self._fail(error)
+        if zlib.crc32(body) & 0xFFFFFFFF != header.body_checksum:
+            self._fail(DecodeError("body checksum mismatch"))
+        return Frame(header.command, header.request_id, body)
 
     def finish(self) -> None:
         """The stream has ended: raises ``DecodeError`` if it stopped inside a frame."""

@@ -357,16 +357,37 @@ class Record(WireType[T]):
             field.converter is None
             for field in attrs.fields(record_class)  # type: ignore[arg-type]
         ) and "__slots__" in vars(record_class)
+        self._fast_decode: FastDecode | None = None  # compiled on first use
+        self._fast_encode: FastEncode | None = None
 
     def check(self, value: object) -> None:
         if not isinstance(value, self.record_class):
             raise TypeError(f"expected {self.record_class.__name__}, got {type(value).__name__}")
 
     def encode(self, value: T, out: bytearray) -> None:
+        encode = self._fast_encode
+        if encode is None:
+            encode = self._fast_encode = _compile_record_encoder(self)
+        encode(value, out)
+
+    def decode(self, reader: Reader) -> T:
+        decode = self._fast_decode
+        if decode is None:
+            decode = self._fast_decode = _compile_record_decoder(self)
+        decoded = decode(reader.data, reader.offset)
+        if decoded is None:  # not a valid encoding: the field by field path says why
+            return self.decode_checked(reader)
+        value, reader.offset = decoded
+        return value  # type: ignore[no-any-return]
+
+    def encode_checked(self, value: T, out: bytearray) -> None:
+        """``encode``, one field at a time (the reference the compiled encoder matches)."""
         for name, wire in self.fields:
             wire.encode(getattr(value, name), out)
 
-    def decode(self, reader: Reader) -> T:
+    def decode_checked(self, reader: Reader) -> T:
+        """``decode``, one field at a time: the reference the compiled decoder matches, and
+        the path that names the field and the rule a bad encoding breaks."""
         values: list[Any] = []
         for name, wire in self.fields:
             try:
@@ -428,3 +449,313 @@ def _validator(wire: WireType[Any]) -> Any:
             raise ValueError(f"{attribute.name}: {error}") from None
 
     return validate
+
+
+class Fields:
+    """A run of wire types decoded one after the other, outside any record (e.g. a header
+    in front of a message): ``decode`` returns their values in order."""
+
+    def __init__(self, *wires: WireType[Any]) -> None:
+        self.wires = wires
+        self._fast_decode: FastDecode | None = None
+
+    def decode(self, reader: Reader) -> tuple[Any, ...]:
+        decode = self._fast_decode
+        if decode is None:
+            decode = self._fast_decode = _compile_fields_decoder(self.wires)
+        decoded = decode(reader.data, reader.offset)
+        if decoded is None:  # not a valid encoding: each type's own decode says why
+            return tuple(wire.decode(reader) for wire in self.wires)
+        values, reader.offset = decoded
+        return values  # type: ignore[no-any-return]
+
+
+# --- Compiled codecs -------------------------------------------------------------------------
+#
+# ``Record`` and ``Fields`` compile, on first use, one straight-line Python function per
+# schema: consecutive fixed-size fields (and the length or count prefix after them) are one
+# ``struct`` call, and checks are inline comparisons. A compiled decoder never raises for bad
+# bytes: it returns None, and the caller runs the field by field decoder, which raises the
+# ``DecodeError`` that names the field. It returns a value only where that decoder returns the
+# same value, and the compiled encoder writes the same bytes as the field by field one (the
+# property tests compare both on every message).
+
+FastDecode = typing.Callable[[bytes, int], "tuple[Any, int] | None"]
+FastEncode = typing.Callable[[Any, bytearray], None]
+_STRUCT_CODES = {8: "B", 16: "H", 32: "I", 64: "Q"}
+
+
+class _Code:
+    """Python source being generated, and the constants it refers to."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.names: dict[str, object] = {"DecodeError": DecodeError}
+        self._count = 0
+
+    def fresh(self, hint: str) -> str:
+        self._count += 1
+        return f"{hint}{self._count}"
+
+    def const(self, value: object, hint: str = "k") -> str:
+        name = self.fresh(f"_{hint}")
+        self.names[name] = value
+        return name
+
+    def line(self, indent: int, text: str) -> None:
+        self.lines.append("    " * indent + text)
+
+    def function(self, name: str) -> Any:
+        namespace = dict(self.names)
+        exec("\n".join(self.lines), namespace)  # the source is built above, from schemas only
+        return namespace[name]
+
+
+def _fixed_code(wire: WireType[Any]) -> str | None:
+    """The struct code of a fixed-size field, or None."""
+    if type(wire) is UInt and wire.bits in _STRUCT_CODES:
+        return _STRUCT_CODES[wire.bits]
+    if type(wire) is EnumType:
+        return _STRUCT_CODES[wire.bits]
+    return None
+
+
+def _prefixed(wire: WireType[Any]) -> bool:
+    """Whether the field starts with a u32 length or count that a struct run can take."""
+    return type(wire) in (Blob, Text, Seq)
+
+
+def _emit_decode(code: _Code, wires: typing.Sequence[WireType[Any]], indent: int) -> list[str]:
+    """Lines decoding ``wires`` from ``data`` at ``o`` (``n`` is its length), each failure a
+    ``return None``; returns the variables holding the values."""
+    result: list[str] = []
+    index = 0
+    while index < len(wires):
+        run: list[tuple[str, WireType[Any]]] = []
+        fmt = ""
+        while index < len(wires) and (part := _fixed_code(wires[index])) is not None:
+            run.append((code.fresh("v"), wires[index]))
+            fmt += part
+            index += 1
+        tail = wires[index] if index < len(wires) and _prefixed(wires[index]) else None
+        if not run and tail is None:
+            result.append(_emit_decode_one(code, wires[index], indent))
+            index += 1
+            continue
+        names = [name for name, _ in run]
+        if tail is not None:
+            names.append(code.fresh("n"))
+            fmt += "I"
+            index += 1
+        layout = struct.Struct("<" + fmt)
+        code.line(indent, f"if o + {layout.size} > n: return None")
+        code.line(indent, f"{', '.join(names)}, = {code.const(layout, 's')}.unpack_from(data, o)")
+        code.line(indent, f"o += {layout.size}")
+        for name, wire in run:
+            _emit_check_fixed(code, name, wire, indent)
+            result.append(name)
+        if tail is not None:
+            result.append(_emit_decode_tail(code, tail, names[-1], indent))
+    return result
+
+
+def _emit_check_fixed(code: _Code, name: str, wire: WireType[Any], indent: int) -> None:
+    if isinstance(wire, EnumType):
+        code.line(indent, f"{name} = {code.const(wire._members, 'm')}.get({name})")
+        code.line(indent, f"if {name} is None: return None")
+    elif isinstance(wire, UInt) and (wire.minimum, wire.maximum) != (0, 2**wire.bits - 1):
+        code.line(indent, f"if not {wire.minimum} <= {name} <= {wire.maximum}: return None")
+
+
+def _emit_slice(code: _Code, size: str, indent: int) -> str:
+    """Lines taking ``size`` bytes at ``o``; returns the variable holding them."""
+    end, value = code.fresh("e"), code.fresh("b")
+    code.line(indent, f"{end} = o + {size}")
+    code.line(indent, f"if {end} > n: return None")
+    code.line(indent, f"{value} = data[o:{end}]")
+    code.line(indent, f"o = {end}")
+    return value
+
+
+def _emit_decode_tail(code: _Code, wire: WireType[Any], size: str, indent: int) -> str:
+    """The rest of a Blob, Text or Seq whose u32 prefix is in ``size``."""
+    if isinstance(wire, Blob):
+        code.line(indent, f"if {size} > {wire.size_max}: return None")
+        return _emit_slice(code, size, indent)
+    if isinstance(wire, Text):
+        code.line(indent, f"if not {wire.text_size_min} <= {size} <= {wire.size_max}: return None")
+        raw = _emit_slice(code, size, indent)
+        text = code.fresh("t")
+        code.line(indent, f"try: {text} = {raw}.decode('utf-8')")
+        code.line(indent, "except UnicodeDecodeError: return None")
+        if wire._regex is not None:
+            regex = code.const(wire._regex, "r")
+            code.line(indent, f"if {regex}.fullmatch({text}) is None: return None")
+        return text
+    assert isinstance(wire, Seq)
+    inner = wire.inner
+    code.line(indent, f"if not {wire.count_min} <= {size} <= {wire.count_max}: return None")
+    code.line(indent, f"if {size} * {inner.size_min} > n - o: return None")
+    items = code.fresh("items")
+    code.line(indent, f"{items} = []")
+    code.line(indent, f"for _ in range({size}):")
+    if type(inner) is Blob:
+        length = code.fresh("n")
+        code.line(indent + 1, "if o + 4 > n: return None")
+        code.line(indent + 1, f"{length}, = {code.const(_LENGTH, 's')}.unpack_from(data, o)")
+        code.line(indent + 1, "o += 4")
+        code.line(indent + 1, f"if {length} > {inner.size_max}: return None")
+        item = _emit_slice(code, length, indent + 1)
+    else:
+        item = _emit_decode_one(code, inner, indent + 1)
+    code.line(indent + 1, f"{items}.append({item})")
+    value = code.fresh("q")
+    code.line(indent, f"{value} = tuple({items})")
+    return value
+
+
+def _emit_decode_one(code: _Code, wire: WireType[Any], indent: int) -> str:
+    """A field that no struct run takes: a u128, an option, a record, or any other type."""
+    value = code.fresh("v")
+    if type(wire) is UInt and wire.bits == 128:
+        raw = _emit_slice(code, "16", indent)
+        code.line(indent, f"{value} = int.from_bytes({raw}, 'little')")
+        code.line(indent, f"if not {wire.minimum} <= {value} <= {wire.maximum}: return None")
+        return value
+    if type(wire) is Option:
+        code.line(indent, "if o >= n: return None")
+        presence = code.fresh("p")
+        code.line(indent, f"{presence} = data[o]")
+        code.line(indent, "o += 1")
+        code.line(indent, f"if {presence} == 0: {value} = None")
+        code.line(indent, f"elif {presence} == 1:")
+        (inner,) = _emit_decode(code, [wire.inner], indent + 1)
+        code.line(indent + 1, f"{value} = {inner}")
+        code.line(indent, "else: return None")
+        return value
+    decode = code.const(_fast_decoder_of(wire), "d")
+    decoded = code.fresh("r")
+    code.line(indent, f"{decoded} = {decode}(data, o)")
+    code.line(indent, f"if {decoded} is None: return None")
+    code.line(indent, f"{value}, o = {decoded}")
+    return value
+
+
+def _fast_decoder_of(wire: WireType[Any]) -> FastDecode:
+    if isinstance(wire, Record):
+        if wire._fast_decode is None:
+            wire._fast_decode = _compile_record_decoder(wire)
+        return wire._fast_decode
+
+    def decode(data: bytes, offset: int) -> tuple[Any, int] | None:
+        reader = Reader(data)
+        reader.offset = offset
+        try:
+            value = wire.decode(reader)
+        except DecodeError:
+            return None
+        return value, reader.offset
+
+    return decode
+
+
+def _compile_fields_decoder(wires: typing.Sequence[WireType[Any]]) -> FastDecode:
+    code = _Code()
+    code.line(0, "def decode(data, o):")
+    code.line(1, "n = len(data)")
+    values = _emit_decode(code, wires, 1)
+    code.line(1, f"return ({''.join(value + ', ' for value in values)}), o")
+    return code.function("decode")  # type: ignore[no-any-return]
+
+
+def _compile_record_decoder(record: Record[Any]) -> FastDecode:
+    code = _Code()
+    code.line(0, "def decode(data, o):")
+    code.line(1, "n = len(data)")
+    values = _emit_decode(code, [wire for _, wire in record.fields], 1)
+    cls = code.const(record.record_class, "c")
+    if record._built_directly:
+        code.line(1, f"value = _new({cls})")
+        code.names["_new"] = object.__new__
+        code.names["_set"] = object.__setattr__
+        for (name, _), variable in zip(record.fields, values, strict=True):
+            code.line(1, f"_set(value, {name!r}, {variable})")
+        if record._post_init is not None:
+            post = code.const(record._post_init, "post")
+            code.line(1, f"try: {post}(value)")
+            code.line(1, "except ValueError: return None")
+    else:
+        code.line(1, f"try: value = {cls}({', '.join(values)})")
+        code.line(1, "except ValueError: return None")
+    code.line(1, "return value, o")
+    return code.function("decode")  # type: ignore[no-any-return]
+
+
+def _emit_encode(code: _Code, wires: typing.Sequence[WireType[Any]], values: list[str]) -> None:
+    """Lines appending the encodings of ``values`` (expressions) to ``out``."""
+    index = 0
+    while index < len(wires):
+        args: list[str] = []
+        fmt = ""
+        while index < len(wires) and (part := _fixed_code(wires[index])) is not None:
+            args.append(values[index])
+            fmt += part
+            index += 1
+        tail = wires[index] if index < len(wires) and _prefixed(wires[index]) else None
+        if not args and tail is None:
+            _emit_encode_one(code, wires[index], values[index])
+            index += 1
+            continue
+        body = None
+        if tail is not None:
+            body = code.fresh("x")
+            expression = values[index]
+            encoded = f"{expression}.encode('utf-8')" if isinstance(tail, Text) else expression
+            code.line(1, f"{body} = {encoded}")
+            args.append(f"len({body})")
+            fmt += "I"
+            index += 1
+        layout = code.const(struct.Struct("<" + fmt), "s")
+        code.line(1, f"out += {layout}.pack({', '.join(args)})")
+        if isinstance(tail, Seq):
+            item = code.fresh("i")
+            code.line(1, f"for {item} in {body}:")
+            if type(tail.inner) is Blob:
+                code.line(2, f"out += {code.const(_LENGTH, 's')}.pack(len({item}))")
+                code.line(2, f"out += {item}")
+            else:
+                code.line(2, f"{code.const(_fast_encoder_of(tail.inner), 'w')}({item}, out)")
+        elif tail is not None:
+            code.line(1, f"out += {body}")
+
+
+def _emit_encode_one(code: _Code, wire: WireType[Any], value: str) -> None:
+    if type(wire) is UInt and wire.bits == 128:
+        code.line(1, f"out += {value}.to_bytes(16, 'little')")
+        return
+    if type(wire) is Option:
+        present = code.fresh("x")
+        inner = code.const(_fast_encoder_of(wire.inner), "w")
+        code.line(1, f"{present} = {value}")
+        code.line(1, f"if {present} is None: out.append(0)")
+        code.line(1, f"else: out.append(1); {inner}({present}, out)")
+        return
+    code.line(1, f"{code.const(_fast_encoder_of(wire), 'w')}({value}, out)")
+
+
+def _fast_encoder_of(wire: WireType[Any]) -> FastEncode:
+    if isinstance(wire, Record):
+        if wire._fast_encode is None:
+            wire._fast_encode = _compile_record_encoder(wire)
+        return wire._fast_encode
+    return wire.encode
+
+
+def _compile_record_encoder(record: Record[Any]) -> FastEncode:
+    code = _Code()
+    code.line(0, "def encode(value, out):")
+    code.line(1, "pass")
+    _emit_encode(
+        code, [wire for _, wire in record.fields], [f"value.{name}" for name, _ in record.fields]
+    )
+    return code.function("encode")  # type: ignore[no-any-return]
