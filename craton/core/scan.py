@@ -175,16 +175,35 @@ def _judge(
 
 
 def _later_certification(view: memoryview, at: int) -> int:
-    """The highest ``durable_before`` among the readable headers from ``at`` on."""
+    """The highest ``durable_before`` among the readable headers from ``at`` on. Past an
+    unreadable spot (a write that landed elsewhere can cover several records) the walk
+    goes on from the next valid header found by its magic: a header is checksummed, so
+    only a real record's header counts."""
+    data = bytes(view)  # (only damage is judged here: the copy is rare)
     highest = 0
     while at + HEADER_SIZE <= len(view):
         try:
             header = decode_header(view[at : at + HEADER_SIZE])
         except RecordError:
-            break
+            found = _next_header(data, at + 1)
+            if found is None:
+                break
+            at, header = found
         highest = max(highest, header.durable_before)
         at += header.size
     return highest
+
+
+def _next_header(data: bytes, start: int) -> tuple[int, RecordHeader] | None:
+    """The first offset from ``start`` holding a valid header (of any position)."""
+    view = memoryview(data)
+    found = data.find(MAGIC, start + 32)
+    while found >= 0:
+        try:
+            return found - 32, decode_header(view[found - 32 : found - 32 + HEADER_SIZE])
+        except RecordError:
+            found = data.find(MAGIC, found + 1)
+    return None
 
 
 # --- salvage: what survives past the first damaged record -----------------------------------

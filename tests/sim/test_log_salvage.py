@@ -222,3 +222,31 @@ def test_a_lost_checkpoint_history_halts_a_single_node_and_restarts_a_replicas(
     assert recovered.certified >= len(BODIES), "expected the records to stay certified"
     assert any("log.history_lost" in notice for notice in world.notices), world.notices
     assert world.host.log.checkpoint is None
+
+
+def test_a_write_landing_over_later_records_is_damage_not_a_torn_tail() -> None:
+    """A misdirected write covers the end of record 2 and all of records 3 and 4 with the
+    bytes of record 8: the scan cannot walk past it record by record, yet the intact
+    records after it certify record 2 durable, so it must not be cut as a torn tail."""
+    from craton.core.scan import Corrupt, scan_segment
+
+    records, prev = [], GENESIS_HASH
+    for position, body in enumerate(BODIES):
+        data, prev = encode(position=position, prev_hash=prev, body=body, durable_before=position)
+        records.append(data)
+    starts = [sum(len(r) for r in records[:n]) for n in range(len(records))]
+    segment = bytearray(b"".join(records))
+    landing = starts[2] + 140
+    batch = records[8] + records[9]  # a batch of two records, written two records early
+    segment[landing : landing + len(batch)] = batch
+    assert landing + len(batch) >= starts[5], "expected the write to cover records 3-4"
+    scan = scan_segment(
+        bytes(segment),
+        base_offset=0,
+        first_position=0,
+        prev_hash=GENESIS_HASH,
+        verify_from=0,
+        certified=0,
+        may_tear=True,
+    )
+    assert isinstance(scan.verdict, Corrupt) and scan.verdict.position == 2, scan.verdict
