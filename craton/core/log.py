@@ -230,6 +230,7 @@ class _Io(enum.Enum):
     SUPERBLOCK_READ = 1
     LIST_SEGMENTS = 2
     LIST_ROOT = 3
+    LIST_STATES = 26
     SEGMENT_READ = 4
     RECOVERY_TRUNCATE = 5
     RECOVERY_SYNC = 6
@@ -286,6 +287,7 @@ class _Recovery:
     repairing: bool = False
     segment_files: tuple[FileInfo, ...] | None = None
     root_files: tuple[FileInfo, ...] | None = None
+    state_files: tuple[FileInfo, ...] | None = None
     superblock: Superblock | None = None
     numbers: list[int] = attrs.field(factory=list)
     sizes: dict[int, int] = attrs.field(factory=dict)
@@ -392,6 +394,7 @@ class Log:
             self._read_superblock(),
             self._track(_Io.LIST_SEGMENTS, None, lambda io: DiskList(io, SEGMENT_FOLDER)),
             self._track(_Io.LIST_ROOT, None, lambda io: DiskList(io, "")),
+            self._track(_Io.LIST_STATES, None, lambda io: DiskList(io, superblock.STATE_FOLDER)),
         ]
 
     def append(self, body: bytes, kind: int = 0) -> tuple[int, list[LogOutput]]:
@@ -576,7 +579,7 @@ class Log:
         ):
             return self._halt(f"disk {purpose.name.lower()} failed: {completion.detail}")
         match purpose:
-            case _Io.SUPERBLOCK_READ | _Io.LIST_SEGMENTS | _Io.LIST_ROOT:
+            case _Io.SUPERBLOCK_READ | _Io.LIST_SEGMENTS | _Io.LIST_ROOT | _Io.LIST_STATES:
                 return self._on_recovery_listing(purpose, completion)
             case _Io.SEGMENT_READ:
                 return self._on_segment_read(completion)
@@ -667,11 +670,14 @@ class Log:
             case _Io.LIST_ROOT:
                 assert isinstance(completion, ListDone)
                 state.root_files = completion.files
+            case _Io.LIST_STATES:
+                assert isinstance(completion, ListDone)
+                state.state_files = completion.files
             case _:
                 raise AssertionError(purpose)
         if not state.superblock_done or state.segment_files is None:
             return []
-        if state.root_files is None:
+        if state.root_files is None or state.state_files is None:
             return []
         return self._plan_recovery()
 
@@ -801,7 +807,9 @@ class Log:
         if state.attempts <= READ_RETRIES_MAX and not believed:
             notice = Notice("log.recovery_reread", (("problem", f"file '{path}': {problem}"),))
             return [notice, self._read_base_state()]
-        if not self.salvage:
+        if not self.salvage or not believed:
+            # A single node has no other copy; and a file that cannot be read at all may
+            # read again later: its intact records are not given up for that.
             return self._halt(f"file '{path}': the log's base state is lost: {problem}")
         return self._lose_base(f"file '{path}': {problem}")
 
@@ -894,6 +902,10 @@ class Log:
             return self._retry_segment(f"file '{path}': {_describe(verdict)}")
         if isinstance(verdict, Torn):
             verdict = scan.verdict = torn_or_damaged(completion.data, verdict, scan.next_position)
+        if isinstance(verdict, Torn) and verdict.whole and self.salvage:
+            # It may have been synced and acknowledged: repaired from the peers, not cut.
+            reason = f"{verdict.reason} in a whole record: damage, not a torn write"
+            verdict = scan.verdict = Corrupt(verdict.offset, scan.next_position, reason)
         if isinstance(verdict, Corrupt) and not self.salvage:
             return self._halt(f"file '{path}' {_describe(verdict)}")
         state.seen_damage = None
@@ -979,6 +991,11 @@ class Log:
         for number in state.numbers[: self._base_segment]:
             if state.sizes[number]:  # left behind by a base install a crash interrupted
                 outputs.append(self._release(_Io.RECOVERY_TRUNCATE, segment_path(number)))
+        base_state = superblock.state_path(self.base) if self.base else None
+        for info in state.state_files or ():
+            path = f"{superblock.STATE_FOLDER}/{info.name}"
+            if info.size and path != base_state:  # superseded: its owner writes anew
+                outputs.append(self._release(_Io.RECOVERY_TRUNCATE, path))
         sizes = {info.name: info.size for info in state.root_files}
         history_size = chosen.checkpoint_count * ENTRY_SIZE
         found = sizes.get(CHECKPOINTS_PATH, 0)

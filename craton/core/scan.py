@@ -40,10 +40,17 @@ class Clean:
 
 @attrs.frozen
 class Torn:
-    """An unacknowledged tail starts at ``offset``: cut the file there."""
+    """An unacknowledged tail starts at ``offset``: cut the file there.
+
+    ``whole``: the damaged record is all there, with an intact header, and only its body
+    does not check out. An interrupted append leaves a record short (or zeros), so this is
+    more likely a synced record that rotted or was overwritten; it can only be called torn
+    because nothing later certifies it. A replica's log, which can ask its peers, treats it
+    as damage to repair rather than cut it (it may have been acknowledged)."""
 
     offset: int
     reason: str
+    whole: bool = False
 
 
 @attrs.frozen
@@ -171,7 +178,7 @@ def _judge(
     assert kind == "body" and header is not None
     if _later_certification(view, at + header.size) > position:
         return Corrupt(at, position, f"{reason} (a later record certifies it durable)")
-    return Torn(at, reason)
+    return Torn(at, reason, whole=True)
 
 
 def _later_certification(view: memoryview, at: int) -> int:

@@ -566,8 +566,8 @@ class Replica:
     def _on_request_prepare(self, ask: RequestPrepare) -> list[Effect]:
         if ask.replica == self.config.replica_id or ask.replica >= self._count:
             return []
-        if self._install is not None or self._truncating or self._rejoining:
-            return []  # the journal is between two views' logs
+        if self._install is not None or self._truncating or self._rejoining or self._syncing:
+            return []  # the journal is between two views' logs, or about to be replaced
         if ask.op < self._base:  # released from memory: the log on disk still holds it
             if not self.log.base <= ask.op < self.log.durable:
                 return []
@@ -802,7 +802,7 @@ class Replica:
         self._primary_heard_tick = self._ticks
         entry = prepare.entry
         effects: list[Effect] = []
-        if entry.op == self.head and not self._truncating:
+        if entry.op == self.head and not self._truncating and self._syncing is None:
             if entry.hash != chain_hash(self._last_hash(), entry.op, entry.body):
                 return [Notice("replica.prepare_rejected", (("op", entry.op),))]
             effects.extend(self._append(entry))
@@ -882,29 +882,32 @@ class Replica:
     def _get_state(self, source: int | None = None) -> list[Effect]:
         """Ask ``source`` (the primary by default) for the entries from this head on."""
         source = self.primary if source is None else source
-        if source == self._avoid_source and self._count > 2:
-            # Its last checkpoint state did not check out (a state file rotting on its disk
-            # would fail every time): ask the next one once; any replica settled in the view
-            # serves the view's log.
-            avoided = source
-            others = [r for r in self._others() if r != avoided]
-            source = min(others, key=lambda r: (r - avoided) % self._count)
-        self._avoid_source = None
         if source == self.config.replica_id or self._ticks < self._get_state_quiet_until:
             return []
+        avoided = self._avoid_source
+        if source == avoided and not self.is_primary and self._count > 2:
+            # Its checkpoint state did not check out (a state file rotting on its disk fails
+            # every time): a backup asks the next replica instead, until it has caught up or
+            # the view changes; only replicas settled in the view answer it (see
+            # ``_on_get_state``), so what it gets is still the view's log.
+            source = min(
+                (r for r in self._others() if r != avoided),
+                key=lambda r: (r - avoided) % self._count,
+            )
         self._get_state_quiet_until = self._ticks + self.config.repair_ticks // 2
         ask = GetState(self.view, self.head, self.config.replica_id)
         return [Send(source, self._encode(ask))]
 
     def _on_get_state(self, ask: GetState, src: int) -> list[Effect]:
         """Serve entries only from a journal known to be the view's log: a replica in normal
-        status that installed the view, or one frozen in its view change (the new primary
-        fetches from the replica whose log it chose)."""
+        status that installed the view, or, to the view's new primary only, one frozen in
+        its view change (the new primary fetches from the replica whose log it chose)."""
         del src
-        if ask.view != self.view or self._truncating:
+        if ask.view != self.view or self._truncating or self._syncing is not None:
             return []
         settled = self._install is None and self.log_view == self.view
-        if not (self.status is Status.VIEW_CHANGE or (self.status is Status.NORMAL and settled)):
+        chosen = self.status is Status.VIEW_CHANGE and ask.replica == self.primary
+        if not (chosen or (self.status is Status.NORMAL and settled)):
             return []
         if ask.op_from > self.head:
             return []
@@ -918,6 +921,8 @@ class Replica:
     def _on_new_state(self, state: NewState) -> list[Effect]:
         if state.view != self.view or self._truncating or self.status is not Status.NORMAL:
             return []
+        if self._syncing is not None:
+            return []  # its journal is about to start at a checkpoint: asked again then
         if self.is_primary and self._install is None:
             return []  # a primary fetches only while installing its view's log
         self._primary_heard_tick = self._ticks
@@ -959,8 +964,10 @@ class Replica:
     def _on_state_saved(self, op: int) -> list[Effect]:
         state = self.checkpoints.get(op)
         self._saving_state = None
-        if state is None:
-            return self._persist_state()  # superseded while it was written
+        durable = self._durable_state
+        if state is None or (durable is not None and durable.op >= op):
+            # superseded while it was written (a later state, or a state-sync base)
+            return [*self._route(self.log.release_state(op)), *self._persist_state()]
         old = self._durable_state
         self._durable_state = StateFile(op, state.chain_hash, state.digest, len(state.data))
         # The bytes are on disk now: memory keeps what identifies them.
@@ -1057,12 +1064,18 @@ class Replica:
         assert syncing is not None and syncing[0].op == position
         offer, opened, machine = syncing
         self._syncing = None
+        self._avoid_source = None
+        old = self._durable_state
         state = CheckpointState(offer.op, offer.chain_hash, offer.state, offer.digest)
         self._adopt_state(opened, machine, state)
         effects: list[Effect] = [Notice("replica.state_synced", (("op", position),))]
+        if old is not None:  # superseded by the base's own state file
+            effects.extend(self._route(self.log.release_state(old.op)))
         self._get_state_quiet_until = 0
         if self._install is not None:
             return [*effects, *self._continue_install()]
+        if self.status is not Status.NORMAL:
+            return effects
         return [*effects, *self._get_state()]
 
     def _release_journal(self) -> list[Effect]:
@@ -1250,6 +1263,7 @@ class Replica:
         self.view = max(self.view, view)
         self.status = Status.VIEW_CHANGE
         self._install = None
+        self._avoid_source = None
         self._acked = {}
         self._primary_heard_tick = self._ticks
         self._arm_view_change_timer()
@@ -1411,6 +1425,10 @@ class Replica:
         append the suffix; what is missing before the suffix is fetched by state transfer."""
         assert all(e.op == suffix_start + i for i, e in enumerate(entries))
         self._install = _Install(self.view, head, commit, entries, source)
+        if self._syncing is not None:
+            # A checkpoint is being installed as this log's base: the journal will hold no
+            # op past it (all committed), so nothing can diverge; installing goes on then.
+            return []
         cut = self._divergence(head, suffix_start, entries)
         assert cut >= self.commit, "a committed op differs from the view's log"
         if cut < self.head or self.log.has_stale:
@@ -1451,8 +1469,8 @@ class Replica:
 
     def _continue_install(self) -> list[Effect]:
         install = self._install
-        if install is None or self._truncating:
-            return []
+        if install is None or self._truncating or self._syncing is not None:
+            return []  # continued once the log's truncation or base install is durable
         effects = self._extend(install.entries)
         if self.head < install.head:
             return [*effects, *self._get_state(install.source)]
