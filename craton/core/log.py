@@ -36,6 +36,7 @@ import bisect
 import enum
 import hashlib
 import re
+import struct
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -75,6 +76,13 @@ from craton.core.superblock import Superblock
 
 SEGMENT_FOLDER = "log"
 CHECKPOINTS_PATH = "checkpoints"
+# A replica's log: how far the log was durable, written after each batch's sync, before the
+# batch counts as durable (see ``_on_batch_synced``). Two slots of WITNESS_SLOT bytes, the
+# newer sequence winning: checksum (16) | b"CRWT" | u64 sequence | u64 durable | u32 slot.
+WITNESS_PATH = "durable"
+WITNESS_SLOT = 64
+_WITNESS = struct.Struct("<4sQQI")
+WITNESS_MAGIC = b"CRWT"
 SEGMENT_NAME = re.compile(r"^(\d{10})\.seg$")
 SEGMENT_SIZE_MAX_DEFAULT = 64 * 1024 * 1024
 BATCH_SIZE_MAX_DEFAULT = 4 * 1024 * 1024
@@ -88,6 +96,17 @@ R = TypeVar("R", DiskRead, DiskWrite, DiskSync, DiskTruncate, DiskList)
 
 def segment_path(segment: int) -> str:
     return f"{SEGMENT_FOLDER}/{segment:010d}.seg"
+
+
+def _decode_witness(data: bytes, slot: int) -> tuple[int, int] | None:
+    """(sequence, durable) of a witness slot, or None when it is damaged or misplaced."""
+    size = 16 + _WITNESS.size
+    if len(data) < size or checksum(data[16:size]) != data[:16]:
+        return None
+    magic, sequence, durable, found = _WITNESS.unpack_from(data, 16)
+    if magic != WITNESS_MAGIC or found != slot:
+        return None
+    return sequence, durable
 
 
 def _describe(verdict: Torn | Corrupt) -> str:
@@ -231,6 +250,9 @@ class _Io(enum.Enum):
     LIST_SEGMENTS = 2
     LIST_ROOT = 3
     LIST_STATES = 26
+    WITNESS_READ = 27
+    WITNESS_WRITE = 28
+    WITNESS_SYNC = 29
     SEGMENT_READ = 4
     RECOVERY_TRUNCATE = 5
     RECOVERY_SYNC = 6
@@ -288,6 +310,7 @@ class _Recovery:
     segment_files: tuple[FileInfo, ...] | None = None
     root_files: tuple[FileInfo, ...] | None = None
     state_files: tuple[FileInfo, ...] | None = None
+    witness_done: bool = False
     superblock: Superblock | None = None
     numbers: list[int] = attrs.field(factory=list)
     sizes: dict[int, int] = attrs.field(factory=dict)
@@ -364,6 +387,11 @@ class Log:
         self._base_segment = 0
         self._installing: _BaseInstall | None = None
         self._base_written = False  # the installing base's state file is durable
+        # salvage only: the durable mark in the witness file (``WITNESS_PATH``), and the one
+        # recovery found there (records below it were durable, and may have been acked)
+        self._witnessed = 0
+        self._witness_sequence = 0
+        self._witness_claim = 0
 
     # --- entry points ------------------------------------------------------------------------
 
@@ -395,6 +423,7 @@ class Log:
             self._track(_Io.LIST_SEGMENTS, None, lambda io: DiskList(io, SEGMENT_FOLDER)),
             self._track(_Io.LIST_ROOT, None, lambda io: DiskList(io, "")),
             self._track(_Io.LIST_STATES, None, lambda io: DiskList(io, superblock.STATE_FOLDER)),
+            self._read_witness(),
         ]
 
     def append(self, body: bytes, kind: int = 0) -> tuple[int, list[LogOutput]]:
@@ -576,10 +605,17 @@ class Log:
             _Io.SUPERBLOCK_READ,
             _Io.BASE_STATE_READ,
             _Io.STATE_READ,
+            _Io.WITNESS_READ,
         ):
             return self._halt(f"disk {purpose.name.lower()} failed: {completion.detail}")
         match purpose:
-            case _Io.SUPERBLOCK_READ | _Io.LIST_SEGMENTS | _Io.LIST_ROOT | _Io.LIST_STATES:
+            case (
+                _Io.SUPERBLOCK_READ
+                | _Io.LIST_SEGMENTS
+                | _Io.LIST_ROOT
+                | _Io.LIST_STATES
+                | _Io.WITNESS_READ
+            ):
                 return self._on_recovery_listing(purpose, completion)
             case _Io.SEGMENT_READ:
                 return self._on_segment_read(completion)
@@ -591,6 +627,9 @@ class Log:
                 return [self._track(_Io.BATCH_SYNC, None, lambda io: DiskSync(io, path))]
             case _Io.BATCH_SYNC:
                 return self._on_batch_synced()
+            case _Io.WITNESS_WRITE | _Io.WITNESS_SYNC:
+                assert isinstance(context, tuple)
+                return self._on_witness_step(purpose, *context)
             case _Io.HISTORY_WRITE:
                 return [
                     self._track(_Io.HISTORY_SYNC, None, lambda io: DiskSync(io, CHECKPOINTS_PATH))
@@ -673,13 +712,66 @@ class Log:
             case _Io.LIST_STATES:
                 assert isinstance(completion, ListDone)
                 state.state_files = completion.files
+            case _Io.WITNESS_READ:
+                more = self._on_witness_read(completion)
+                if more:
+                    return more
             case _:
                 raise AssertionError(purpose)
         if not state.superblock_done or state.segment_files is None:
             return []
-        if state.root_files is None or state.state_files is None:
+        if state.root_files is None or state.state_files is None or not state.witness_done:
             return []
         return self._plan_recovery()
+
+    # --- the witness: a replica's durable mark, kept apart from the segments ---------------
+
+    def _read_witness(self) -> DiskRead:
+        size = 2 * WITNESS_SLOT
+        return self._track(_Io.WITNESS_READ, None, lambda io: DiskRead(io, WITNESS_PATH, 0, size))
+
+    def _on_witness_read(self, completion: DiskCompletion) -> list[LogOutput]:
+        """The newest valid slot's mark. A read that keeps failing, or two damaged slots,
+        leave no mark: recovery then knows only what the superblock and records say."""
+        state = self._recovery
+        if isinstance(completion, IoFailed):
+            state.attempts += 1
+            if state.attempts <= READ_RETRIES_MAX:
+                return [self._read_witness()]
+            state.attempts = 0
+            state.witness_done = True
+            return [Notice("log.witness_unreadable", (("detail", completion.detail),))]
+        assert isinstance(completion, ReadDone)
+        state.attempts = 0
+        state.witness_done = True
+        best = (0, 0)
+        for slot in range(2):
+            found = _decode_witness(completion.data[slot * WITNESS_SLOT :], slot)
+            if found is not None and found > best:
+                best = found
+        self._witness_sequence, self._witness_claim = best
+        self._witnessed = self._witness_claim
+        return []
+
+    def _write_witness(self, durable: int, then: str) -> DiskWrite:
+        self._witness_sequence += 1
+        slot = self._witness_sequence % 2
+        body = _WITNESS.pack(WITNESS_MAGIC, self._witness_sequence, durable, slot)
+        data = checksum(body) + body
+        context = (durable, then)
+        offset = slot * WITNESS_SLOT
+        return self._track(
+            _Io.WITNESS_WRITE, context, lambda io: DiskWrite(io, WITNESS_PATH, offset, data)
+        )
+
+    def _on_witness_step(self, purpose: _Io, durable: int, then: str) -> list[LogOutput]:
+        if purpose is _Io.WITNESS_WRITE:
+            context = (durable, then)
+            return [self._track(_Io.WITNESS_SYNC, context, lambda io: DiskSync(io, WITNESS_PATH))]
+        self._witnessed = durable
+        if then == "batch":
+            return self._batch_landed()
+        return self._truncate_next()
 
     def _read_superblock(self) -> DiskRead:
         size = superblock.COPIES * superblock.COPY_SIZE
@@ -931,7 +1023,7 @@ class Log:
 
     def _certified(self, chosen: Superblock) -> int:
         checkpoint = 0 if chosen.checkpoint is None else chosen.checkpoint.position
-        return max(chosen.durable_before, checkpoint)
+        return max(chosen.durable_before, checkpoint, self._witness_claim)
 
     def _retry_segment(self, problem: str) -> list[LogOutput]:
         """Reads can fail or flip bits in transit: only damage that persists is real."""
@@ -1146,13 +1238,23 @@ class Log:
         self._segment_firsts.append(segment.first_position)
 
     def _on_batch_synced(self) -> list[LogOutput]:
+        """A replica's log writes its witness before the batch counts as durable (and may be
+        acknowledged): a write the disk reported done and lost leaves the mark behind, so
+        recovery knows records are missing instead of taking a shorter log as whole."""
+        batch = self._batch
+        assert batch is not None
+        if self.salvage and self._truncating is None and batch.end_position > self._witnessed:
+            return [self._write_witness(batch.end_position, "batch")]
+        return self._batch_landed()
+
+    def _batch_landed(self) -> list[LogOutput]:
         batch = self._batch
         assert batch is not None
         self._batch = None
         outputs: list[LogOutput] = []
         if self._truncating is not None:  # records at or past the cut no longer count
             self.durable = min(batch.end_position, self._truncating)
-            return [Durable(self.durable), *self._truncate_next()]
+            return [Durable(self.durable), *self._truncate_begin()]
         self.durable = batch.end_position
         outputs.append(Durable(self.durable))
         interval = self.config.checkpoint_interval
@@ -1198,6 +1300,15 @@ class Log:
         self._cuts = cuts
         if self._batch is not None:
             return []  # the cut starts once the batch in flight has landed
+        return self._truncate_begin()
+
+    def _truncate_begin(self) -> list[LogOutput]:
+        """A replica's witness is lowered to the cut first: a crash in the middle of the cut
+        must not find a mark claiming records the owner chose to remove."""
+        position = self._truncating
+        assert position is not None
+        if self.salvage and self._witnessed > position:
+            return [self._write_witness(position, "truncate")]
         return self._truncate_next()
 
     def _stale_cuts(self, cuts: list[tuple[_Segment, int]]) -> list[tuple[_Segment, int]]:

@@ -185,12 +185,17 @@ class SimDisk:
     def empty(self, path: str) -> None:
         """Lose every byte of ``path``, in the page cache and on stable storage (what a
         write the disk acknowledged and then lost leaves behind)."""
+        self.shorten(path, 0)
+
+    def shorten(self, path: str, length: int) -> None:
+        """Lose the bytes of ``path`` from ``length`` on, cached and stable (an append the
+        disk acknowledged, even synced, and lost)."""
         file = self._files.get(path)
         if file is not None:
-            file.current = bytearray()
-            file.durable = bytearray()
+            self.damage.append(Damage(path, length, len(file.current) - length, "explicit"))
+            del file.current[length:]
+            del file.durable[length:]
             file.unsynced = []
-            self.damage.append(Damage(path, 0, 0, "explicit"))
 
     def wipe(self) -> None:
         """Lose every file, as a replaced or reformatted disk would (call it while the

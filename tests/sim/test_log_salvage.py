@@ -250,3 +250,23 @@ def test_a_write_landing_over_later_records_is_damage_not_a_torn_tail() -> None:
         may_tear=True,
     )
     assert isinstance(scan.verdict, Corrupt) and scan.verdict.position == 2, scan.verdict
+
+
+def test_a_synced_append_the_disk_lost_is_reported_lost_by_the_witness() -> None:
+    """The disk acknowledged and synced the last batch, then lost it: the segment ends one
+    record early and nothing in it says more was ever there. A replica's log writes its
+    durable mark to the witness file after each batch's sync, before the batch counts as
+    durable, so recovery reports the record lost (the owner must get it back) instead of
+    opening a shorter log as if it were whole."""
+    world = World(salvage=True)
+    world.append_all(BODIES[:-1])
+    world.append_all(BODIES[-1:])  # its own batch: the one the disk loses
+    place = world.host.log.location(len(BODIES) - 1)
+    assert place is not None
+    path, offset, _ = place
+    world.disk.shorten(path, offset)
+    recovered = world.restart()
+    assert recovered is not None and not world.halts, world.halts
+    assert recovered.head == len(BODIES) - 1, recovered
+    assert recovered.lost_from == len(BODIES) - 1, "expected the lost record reported lost"
+    assert recovered.certified >= len(BODIES)
