@@ -266,9 +266,6 @@ class _Io(enum.Enum):
     TRUNCATE_CUT = 14
     TRUNCATE_SYNC = 15
     BASE_STATE_READ = 16
-    BASE_STATE_WRITE = 17
-    BASE_STATE_TRUNCATE = 18
-    BASE_STATE_SYNC = 19
     BASE_RELEASE = 20  # emptying a file the base left behind
     BASE_RELEASE_SYNC = 21
     STATE_WRITE = 22
@@ -494,22 +491,7 @@ class Log:
         known = [segment.number for segment in self._segments] + self._stale
         segment = max([*known, self._base_segment - 1]) + 1
         self._installing = _BaseInstall(position, chain_hash, state, segment)
-        path = superblock.state_path(position)
-        return [self._track(_Io.BASE_STATE_WRITE, None, lambda io: DiskWrite(io, path, 0, state))]
-
-    def _on_base_state_step(self, purpose: _Io) -> list[LogOutput]:
-        install = self._installing
-        assert install is not None
-        path = superblock.state_path(install.position)
-        if purpose is _Io.BASE_STATE_WRITE:  # a longer file from an interrupted install
-            size = len(install.state)
-            return [
-                self._track(_Io.BASE_STATE_TRUNCATE, None, lambda io: DiskTruncate(io, path, size))
-            ]
-        if purpose is _Io.BASE_STATE_TRUNCATE:
-            return [self._track(_Io.BASE_STATE_SYNC, None, lambda io: DiskSync(io, path))]
-        self._base_written = True
-        return self._write_superblock()
+        return [self._write_state(position, state, then_base=True)]
 
     def _finish_base(self, fresh: Superblock) -> list[LogOutput]:
         install = self._installing
@@ -541,19 +523,29 @@ class Log:
             raise LogError(f"log is {self._phase.value}, not open")
         if position == self.base or (self._installing and self._installing.position == position):
             raise LogError(f"the state at {position} is the log's base")
-        path = superblock.state_path(position)
-        context = (position, len(state))
-        return [self._track(_Io.STATE_WRITE, context, lambda io: DiskWrite(io, path, 0, state))]
+        return [self._write_state(position, state, then_base=False)]
 
-    def _on_state_step(self, purpose: _Io, position: int, size: int) -> list[LogOutput]:
+    def _write_state(self, position: int, state: bytes, *, then_base: bool) -> DiskWrite:
+        """Write a state file, then trim it (a longer one may be left from an interrupted
+        write) and sync it; then the base install goes on, or ``StateSaved`` follows."""
         path = superblock.state_path(position)
-        context = (position, size)
+        context = (position, len(state), then_base)
+        return self._track(_Io.STATE_WRITE, context, lambda io: DiskWrite(io, path, 0, state))
+
+    def _on_state_step(
+        self, purpose: _Io, position: int, size: int, then_base: bool
+    ) -> list[LogOutput]:
+        path = superblock.state_path(position)
+        context = (position, size, then_base)
         if purpose is _Io.STATE_WRITE:
             cut = self._track(_Io.STATE_TRUNCATE, context, lambda io: DiskTruncate(io, path, size))
             return [cut]
         if purpose is _Io.STATE_TRUNCATE:
             return [self._track(_Io.STATE_SYNC, context, lambda io: DiskSync(io, path))]
-        return [StateSaved(position)]
+        if not then_base:
+            return [StateSaved(position)]
+        self._base_written = True
+        return self._write_superblock()
 
     def read_state(self, position: int, size: int, tag: int) -> list[LogOutput]:
         """Read ``size`` bytes of the state file at ``position``: ``StateRead`` (unchecked) or
@@ -648,8 +640,6 @@ class Log:
                 return self._on_record_read(context, completion)
             case _Io.BASE_STATE_READ:
                 return self._on_base_state_read(completion)
-            case _Io.BASE_STATE_WRITE | _Io.BASE_STATE_TRUNCATE | _Io.BASE_STATE_SYNC:
-                return self._on_base_state_step(purpose)
             case _Io.BASE_RELEASE:
                 assert isinstance(context, str)
                 return [self._track(_Io.BASE_RELEASE_SYNC, None, lambda io: DiskSync(io, context))]
