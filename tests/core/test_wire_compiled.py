@@ -10,6 +10,7 @@ field by field decoder; every message that decodes must encode to the same bytes
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from collections.abc import Iterator
 from typing import Any
@@ -32,10 +33,19 @@ from craton.core.wire.schema import (
     UInt,
     WireType,
 )
-from tests.fuzz.wire_properties import field_by_field
 
 _U32 = struct.Struct("<I")
 TEXT_SAMPLES = ("", "a", "Zz9", "a-b.c:d_e", "-a", "a b", "ä", "\x7f", "A" * 70)
+
+
+@contextlib.contextmanager
+def field_by_field() -> Iterator[None]:
+    saved = Record.decode, Record.encode
+    Record.decode, Record.encode = Record.decode_checked, Record.encode_checked  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Record.decode, Record.encode = saved  # type: ignore[method-assign]
 
 
 def samples(wire: WireType[Any], depth: int = 0) -> list[bytes]:
