@@ -308,6 +308,8 @@ class _Recovery:
     root_files: tuple[FileInfo, ...] | None = None
     state_files: tuple[FileInfo, ...] | None = None
     witness_done: bool = False
+    witness_reads: int = 0
+    witness_slots: list[tuple[int, int] | None] = attrs.field(factory=lambda: [None, None])
     superblock: Superblock | None = None
     numbers: list[int] = attrs.field(factory=list)
     sizes: dict[int, int] = attrs.field(factory=dict)
@@ -733,12 +735,16 @@ class Log:
             return [Notice("log.witness_unreadable", (("detail", completion.detail),))]
         assert isinstance(completion, ReadDone)
         state.attempts = 0
-        state.witness_done = True
-        best = (0, 0)
-        for slot in range(2):
+        state.witness_reads += 1
+        for slot in range(2):  # a slot that checks out on any read is kept (as the superblock)
             found = _decode_witness(completion.data[slot * WITNESS_SLOT :], slot)
-            if found is not None and found > best:
-                best = found
+            if state.witness_slots[slot] is None:
+                state.witness_slots[slot] = found
+        missing = None in state.witness_slots and any(completion.data)
+        if missing and state.witness_reads < SUPERBLOCK_READS:
+            return [self._read_witness()]
+        state.witness_done = True
+        best = max((found for found in state.witness_slots if found is not None), default=(0, 0))
         self._witness_sequence, self._witness_claim = best
         self._witnessed = self._witness_claim
         return []
@@ -1297,7 +1303,8 @@ class Log:
         must not find a mark claiming records the owner chose to remove."""
         position = self._truncating
         assert position is not None
-        if self.salvage and self._witnessed > position:
+        # (at the mark too: a slot recovery could not read may hold a higher one)
+        if self.salvage and self._witnessed >= position:
             return [self._write_witness(position, "truncate")]
         return self._truncate_next()
 

@@ -81,7 +81,7 @@ from tests.sim.test_vsr_scenarios import Script, quiet_options
 
 REPLICAS = 3
 SEED_FIRST = 0  # every search starts here: a catch is reproducible by its seed alone
-SEEDS_MAX = 60  # a bug the simulator does not catch within this many seeds fails its test
+SEEDS_MAX = 120  # a bug the simulator does not catch within this many seeds fails its test
 UNATTRIBUTED_MAX = 1  # catching seeds the unmutated replica fails too (never a correctness one)
 FAULT_TICKS = 2_000  # each run's fault phase (the liveness phase follows it)
 
