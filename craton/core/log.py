@@ -266,8 +266,8 @@ class _Io(enum.Enum):
     TRUNCATE_CUT = 14
     TRUNCATE_SYNC = 15
     BASE_STATE_READ = 16
-    BASE_RELEASE = 20  # emptying a file the base left behind
-    BASE_RELEASE_SYNC = 21
+    RELEASE = 20  # emptying a file no longer needed (old segments, superseded states)
+    RELEASE_SYNC = 21
     STATE_WRITE = 22
     STATE_TRUNCATE = 23
     STATE_SYNC = 24
@@ -309,6 +309,7 @@ class _Recovery:
     state_files: tuple[FileInfo, ...] | None = None
     witness_done: bool = False
     witness_reads: int = 0
+    witness_failures: int = 0  # its own count: it is read while the superblock is
     witness_slots: list[tuple[int, int] | None] = attrs.field(factory=lambda: [None, None])
     superblock: Superblock | None = None
     numbers: list[int] = attrs.field(factory=list)
@@ -513,7 +514,7 @@ class Log:
         self._hashes_base = install.position
         self._base_segment = install.segment
         notice = Notice("log.base_installed", (("position", install.position),))
-        releases = [self._release(_Io.BASE_RELEASE, path) for path in sorted(set(released))]
+        releases = [self._release(_Io.RELEASE, path) for path in sorted(set(released))]
         return [notice, BaseInstalled(install.position), *releases]
 
     # --- state files: the owner's checkpoint states ------------------------------------------
@@ -564,7 +565,7 @@ class Log:
             return []
         if self._installing is not None and self._installing.position == position:
             return []
-        return [self._release(_Io.BASE_RELEASE, superblock.state_path(position))]
+        return [self._release(_Io.RELEASE, superblock.state_path(position))]
 
     def _release(self, purpose: _Io, path: str) -> DiskTruncate:
         return self._track(purpose, path, lambda io: DiskTruncate(io, path, 0))
@@ -642,10 +643,10 @@ class Log:
                 return self._on_record_read(context, completion)
             case _Io.BASE_STATE_READ:
                 return self._on_base_state_read(completion)
-            case _Io.BASE_RELEASE:
+            case _Io.RELEASE:
                 assert isinstance(context, str)
-                return [self._track(_Io.BASE_RELEASE_SYNC, None, lambda io: DiskSync(io, context))]
-            case _Io.BASE_RELEASE_SYNC:
+                return [self._track(_Io.RELEASE_SYNC, None, lambda io: DiskSync(io, context))]
+            case _Io.RELEASE_SYNC:
                 return []
             case _Io.STATE_WRITE | _Io.STATE_TRUNCATE | _Io.STATE_SYNC:
                 assert isinstance(context, tuple)
@@ -727,14 +728,12 @@ class Log:
         leave no mark: recovery then knows only what the superblock and records say."""
         state = self._recovery
         if isinstance(completion, IoFailed):
-            state.attempts += 1
-            if state.attempts <= READ_RETRIES_MAX:
+            state.witness_failures += 1
+            if state.witness_failures <= READ_RETRIES_MAX:
                 return [self._read_witness()]
-            state.attempts = 0
             state.witness_done = True
             return [Notice("log.witness_unreadable", (("detail", completion.detail),))]
         assert isinstance(completion, ReadDone)
-        state.attempts = 0
         state.witness_reads += 1
         for slot in range(2):  # a slot that checks out on any read is kept (as the superblock)
             found = _decode_witness(completion.data[slot * WITNESS_SLOT :], slot)
