@@ -12,15 +12,18 @@ each for ``--seconds``. Systems, measured in the same run:
                       per request (1 or 100 rows of 128 bytes), the baseline everybody has
   postgres            when installed: a throwaway cluster driven by pgbench, one transaction
                       per request, durable defaults (scripts/bench_postgres.py)
+  echo                the ceiling, not a database: a bare asyncio server process that sends
+                      each request straight back (no parsing, no storage), driven the same
+                      way, one request of an append's size in flight per client
 
 Every figure is durable: Craton answers an append only after its fsync; SQLite's and
 PostgreSQL's commits return after their WAL flush. Printed: requests/s, events/s, p50 and
 p99 latency, and the peak RSS of the process that did the storing (the server, the largest
 replica of the cluster, the SQLite worker, the largest PostgreSQL process). Then the ratio
 of each Craton system with 64 clients to the best baseline figure with as many rows per
-transaction. Every process shares the machine's cores with the benchmark's clients. etcd is
-not driven by this build (no etcd client is bundled): the report says whether it is
-installed.
+transaction, and what share of the echo ceiling the 3x target is. Every process shares the
+machine's cores with the benchmark's clients. etcd is not driven by this build (no etcd
+client is bundled): the report says whether it is installed.
 
 Usage: scripts/bench [--seconds S] [--dir PATH] [--only SYSTEM ...]
 (PATH defaults to a temporary folder under the current directory, so it measures the disk
@@ -58,7 +61,8 @@ from craton.client import AsyncClient
 EVENT_SIZE = 128
 CLIENT_COUNTS = (1, 64)
 BATCH_SIZES = (1, 100)
-SYSTEMS = ("none", "single-node", "cluster", "sqlite", "postgres")
+SYSTEMS = ("none", "single-node", "cluster", "sqlite", "postgres", "echo")
+ECHO_REQUEST_SIZE = 200  # about an AppendEvents frame of one 128-byte event
 START_TIMEOUT_S = 30.0
 AUTH_MODES = ("none", "jwt", "apikey")
 JWT_SECRET = "the benchmark's JWT secret, 32 bytes or more"
@@ -85,6 +89,13 @@ def summary(
         "p99_ms": percentile(latencies, 0.99) * 1000,
         "peak_rss_mib": rss_kib / 1024,
     }
+
+
+def peak_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
 
 
 # --- craton ----------------------------------------------------------------------------------
@@ -130,10 +141,7 @@ class Node:
         raise SystemExit(f"craton-server did not become ready:\n{self.log.read_text()}")
 
     def peak_rss_kib(self) -> int:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-        return 0
+        return peak_rss_kib(self.process.pid)
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
@@ -318,6 +326,77 @@ def bench_sqlite(folder: Path, seconds: float) -> list[dict[str, object]]:
     return results
 
 
+# --- echo: the ceiling of an asyncio server on this machine ---------------------------------
+
+
+class _Echo(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
+
+
+def echo_server() -> None:
+    """Runs in its own process: prints its port, echoes until its stdin closes."""
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(_Echo, "127.0.0.1", 0)
+        print(server.sockets[0].getsockname()[1], flush=True)
+        await loop.run_in_executor(None, sys.stdin.read)
+        server.close()
+
+    asyncio.run(serve())
+
+
+async def echo_workload(port: int, clients: int, seconds: float) -> tuple[list[float], float]:
+    streams = [await asyncio.open_connection("127.0.0.1", port) for _ in range(clients)]
+    request = b"e" * ECHO_REQUEST_SIZE
+    latencies: list[float] = []
+    deadline = time.perf_counter() + seconds
+
+    async def worker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            writer.write(request)
+            await reader.readexactly(ECHO_REQUEST_SIZE)
+            latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(reader, writer) for reader, writer in streams))
+    elapsed = time.perf_counter() - started
+    for _, writer in streams:
+        writer.close()
+    return latencies, elapsed
+
+
+def bench_echo(seconds: float) -> list[dict[str, object]]:
+    server = subprocess.Popen(
+        [sys.executable, __file__, "--echo-server"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert server.stdin is not None and server.stdout is not None
+    try:
+        port = int(server.stdout.readline())
+        results = []
+        for clients in CLIENT_COUNTS:
+            latencies, elapsed = asyncio.run(echo_workload(port, clients, seconds))
+            rss_kib = peak_rss_kib(server.pid)
+            results.append(summary("echo (no storage)", clients, 1, latencies, elapsed, rss_kib))
+        return results
+    finally:
+        server.stdin.close()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
 # --- report ----------------------------------------------------------------------------------
 
 
@@ -385,10 +464,26 @@ def report(
                 f"the best {baseline} figure with {r['batch']} row(s) per transaction "
                 f"({max(figures):.0f}/s){target}"
             )
+    report_ceiling(results)
     if postgres_note is not None:
         print(f"postgres: {postgres_note}")
     found = shutil.which("etcd")
     print(f"etcd: {'installed, not driven by this build' if found else 'not installed'}")
+
+
+def report_ceiling(results: list[dict[str, object]]) -> None:
+    """What the 3x target asks of this machine, against the echo ceiling at 64 clients."""
+    sqlite = [float(str(r["requests_per_s"])) for r in results
+              if r["system"] == "sqlite" and r["batch"] == 1]  # fmt: skip
+    echo = [float(str(r["requests_per_s"])) for r in results
+            if r["system"] == "echo (no storage)" and r["clients"] == 64]  # fmt: skip
+    if not sqlite or not echo:
+        return
+    needed = 3 * max(sqlite)
+    print(
+        f"echo ceiling, 64 clients: {echo[0]:.0f}/s; the 3x target ({needed:.0f}/s) is "
+        f"{100 * needed / echo[0]:.0f}% of it"
+    )
 
 
 def report_auth(results: list[dict[str, object]]) -> None:
@@ -403,6 +498,9 @@ def report_auth(results: list[dict[str, object]]) -> None:
 
 
 def main() -> int:
+    if sys.argv[1:] == ["--echo-server"]:
+        echo_server()
+        return 0
     if len(sys.argv) == 6 and sys.argv[1] == "--sqlite-worker":
         sqlite_worker(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]))
         return 0
@@ -441,6 +539,8 @@ def main() -> int:
         if "postgres" in args.only:
             results_pg, postgres_note = bench_postgres(folder / "postgres", args.seconds)
             results.extend(results_pg)
+        if "echo" in args.only:
+            results.extend(bench_echo(args.seconds))
         report(results, postgres_note)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
