@@ -12,6 +12,9 @@ each for ``--seconds``. Systems, measured in the same run:
                       per request (1 or 100 rows of 128 bytes), the baseline everybody has
   postgres            when installed: a throwaway cluster driven by pgbench, one transaction
                       per request, durable defaults (scripts/bench_postgres.py)
+  etcd                when installed: a throwaway one-member etcd, one put (or one
+                      transaction of 100 puts) per request through its v3 JSON gateway,
+                      fsynced before it is answered (scripts/bench_etcd.py)
   echo                the ceiling, not a database: a bare asyncio server process that sends
                       each request straight back (no parsing, no storage), driven the same
                       way, one request of an append's size in flight per client
@@ -22,8 +25,8 @@ p99 latency, and the peak RSS of the process that did the storing (the server, t
 replica of the cluster, the SQLite worker, the largest PostgreSQL process). Then the ratio
 of each Craton system with 64 clients to the best baseline figure with as many rows per
 transaction, and what share of the echo ceiling the 3x target is. Every process shares the
-machine's cores with the benchmark's clients. etcd is not driven by this build (no etcd
-client is bundled): the report says whether it is installed.
+machine's cores with the benchmark's clients. A baseline that is not installed is skipped
+with a line saying so.
 
 Usage: scripts/bench [--seconds S] [--dir PATH] [--only SYSTEM ...]
 (PATH defaults to a temporary folder under the current directory, so it measures the disk
@@ -53,6 +56,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import bench_etcd as bench_etcd_module
 import bench_postgres as bench_postgres_module
 from cluster import free_ports  # scripts/cluster.py: ports the replicas know beforehand
 
@@ -61,7 +65,7 @@ from craton.client import AsyncClient
 EVENT_SIZE = 128
 CLIENT_COUNTS = (1, 64)
 BATCH_SIZES = (1, 100)
-SYSTEMS = ("none", "single-node", "cluster", "sqlite", "postgres", "echo")
+SYSTEMS = ("none", "single-node", "cluster", "sqlite", "postgres", "etcd", "echo")
 ECHO_REQUEST_SIZE = 200  # about an AppendEvents frame of one 128-byte event
 START_TIMEOUT_S = 30.0
 AUTH_MODES = ("none", "jwt", "apikey")
@@ -424,8 +428,33 @@ def bench_postgres(folder: Path, seconds: float) -> tuple[list[dict[str, object]
     return results, None
 
 
+def bench_etcd(folder: Path, seconds: float) -> tuple[list[dict[str, object]], str | None]:
+    """The etcd rows (scripts/bench_etcd.py), or none and the reason why."""
+    program = bench_etcd_module.find_bin()
+    if program is None:
+        return [], "not installed"
+    try:
+        server = bench_etcd_module.Etcd(folder, program)
+    except (RuntimeError, OSError) as error:
+        return [], f"could not start a throwaway member: {error}"
+    results = []
+    try:
+        for clients in CLIENT_COUNTS:
+            for batch in BATCH_SIZES:
+                latencies, elapsed = server.workload(clients, batch, seconds)
+                rss_kib = server.peak_rss_kib()
+                results.append(summary("etcd", clients, batch, latencies, elapsed, rss_kib))
+    except (RuntimeError, OSError, asyncio.IncompleteReadError) as error:
+        return results, f"the workload failed: {error}"
+    finally:
+        server.stop()
+    return results, None
+
+
 def report(
-    results: list[dict[str, object]], postgres_note: str | None = None, baselines: bool = True
+    results: list[dict[str, object]],
+    notes: dict[str, str] | None = None,
+    baselines: bool = True,
 ) -> None:
     header = (
         f"{'system':<26} {'clients':>7} {'batch':>5} {'req/s':>10} {'events/s':>11} "
@@ -445,7 +474,7 @@ def report(
     for r in results:
         if not str(r["system"]).startswith("craton/") or r["clients"] != 64:
             continue
-        for baseline in ("sqlite", "postgres"):
+        for baseline in ("sqlite", "postgres", "etcd"):
             figures = [
                 float(str(q["requests_per_s"]))
                 for q in results
@@ -465,10 +494,8 @@ def report(
                 f"({max(figures):.0f}/s){target}"
             )
     report_ceiling(results)
-    if postgres_note is not None:
-        print(f"postgres: {postgres_note}")
-    found = shutil.which("etcd")
-    print(f"etcd: {'installed, not driven by this build' if found else 'not installed'}")
+    for system, note in (notes or {}).items():
+        print(f"{system}: {note}")
 
 
 def report_ceiling(results: list[dict[str, object]]) -> None:
@@ -535,13 +562,20 @@ def main() -> int:
             results.extend(bench_cluster(folder / "cluster", args.seconds))
         if "sqlite" in args.only:
             results.extend(bench_sqlite(folder, args.seconds))
-        postgres_note = None
+        notes: dict[str, str] = {}
         if "postgres" in args.only:
-            results_pg, postgres_note = bench_postgres(folder / "postgres", args.seconds)
+            results_pg, note = bench_postgres(folder / "postgres", args.seconds)
             results.extend(results_pg)
+            if note is not None:
+                notes["postgres"] = note
+        if "etcd" in args.only:
+            results_etcd, note = bench_etcd(folder / "etcd", args.seconds)
+            results.extend(results_etcd)
+            if note is not None:
+                notes["etcd"] = note
         if "echo" in args.only:
             results.extend(bench_echo(args.seconds))
-        report(results, postgres_note)
+        report(results, notes)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return 0
