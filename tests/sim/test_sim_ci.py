@@ -72,11 +72,21 @@ REGRESSION_SEEDS: list[tuple[int, int | None]] = [
     # replica crashed before rejoining (0, listed above); torn writes cut as a torn tail
     # although intact records followed (105); an interrupted first format (40, 73, 193)
     *((seed, 3) for seed in (31, 32, 40, 73, 105, 193)),
+    # a prepare fetched for a hole arrived while a checkpoint state was being installed past
+    # it, and was appended to the log mid-install (51)
+    (51, 3),
 ]
 
 # Seeds of the disjoint disk profile (every replica's log rots, at different ops): each must
 # pass with every replica repaired. (seed, replicas)
-DISJOINT_SEEDS: list[tuple[int, int]] = [(1, 3), (7, 3), (2, 5), (3, 5)]
+DISJOINT_SEEDS: list[tuple[int, int]] = [
+    (1, 3),
+    (7, 3),
+    (2, 5),
+    (3, 5),
+    (70, 3),  # two replicas recovering at once, one with a hole below every peer's log
+    (17, 3),  # the same repair, with a prepare for the hole arriving mid-install
+]
 
 # Regression seeds whose bug is not fixed yet: each runs as a strict xfail, so the tier stays
 # green and the day the bug is fixed the seed XPASSes and fails, asking for its entry here to

@@ -550,6 +550,8 @@ class Replica:
         effects: list[Effect] = []
         if not self._persisted_recovering:
             return []  # the log changes only once the superblock says it is recovering
+        if self._syncing is not None:
+            return []  # the log is taking a state as its base: repair goes on from there
         while self.head in self._repair:
             item = self._repair[self.head]
             if item.body is None:
@@ -600,6 +602,8 @@ class Replica:
         item = self._repair.get(entry.op)
         if self.status is not Status.RECOVERING or entry.op != self.head or item is None:
             return []
+        if self._syncing is not None:
+            return []  # a state is being installed past this op
         if item.body is not None or entry.hash != (item.hash or entry.hash):
             return []
         if item.hash is None and reply.log_view != self.log_view:
