@@ -21,6 +21,9 @@ Rules it keeps:
   be in that state at once: one more is closed at once, before a byte is read (its protocol
   is not known yet, so no error can be written in it). Silent sockets cannot hold the node's
   descriptors for longer than that.
+- A connection being closed has ``CLOSE_TIMEOUT_S`` to take the replies still queued for
+  it; a client that takes none is reset (``connection.reset``), so that its socket and
+  those bytes do not outlive the connection (and the ``VDB_MAX_CONNECTIONS`` count).
 - ``shutdown`` stops accepting, refuses new requests with ``UNAVAILABLE``, waits (bounded)
   for the requests in flight to be answered and for the replica to commit everything it
   was given, closes the connections, then the disk.
@@ -30,7 +33,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
+import struct
 import time
 
 import attrs
@@ -71,6 +76,7 @@ FIRST_BYTES_TIMEOUT_S = 10.0  # a new connection's time to send its request line
 CLOSE_TIMEOUT_S = 2.0  # waiting for a closed connection's buffered replies to go out
 _COMMAND_AT = slice(6, 8)  # the command field of a frame header (docs/PROTOCOL.md)
 _BODY_SIZE_AT = slice(12, 16)  # the body_size field
+_LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a reset
 
 
 class ListenError(Exception):
@@ -255,7 +261,7 @@ class Server:
             await self._http.serve(reader, writer, first)
         finally:
             self._http_connections -= 1
-            writer.close()
+            await _close(writer)
 
     async def _serve_binary(
         self,
@@ -287,7 +293,12 @@ class Server:
         finally:
             del self._connections[connection]
             self.metrics.connections_active.set(len(self._connections))
-            await _close(writer)
+            if not await _close(writer):
+                self.log.info(
+                    "connection.reset",
+                    peer=peer,
+                    reason=f"the client took no replies for {CLOSE_TIMEOUT_S:.0f} s after close",
+                )
             self.log.debug("connection.closed", peer=peer)
 
     async def _sweep_idle(self) -> None:
@@ -362,11 +373,30 @@ async def _sniff(reader: asyncio.StreamReader) -> bytes:
             return buffer
 
 
-async def _close(writer: asyncio.StreamWriter) -> None:
+async def _close(writer: asyncio.StreamWriter) -> bool:
+    """Close the connection once what was written has gone out; a peer that does not take
+    it within ``CLOSE_TIMEOUT_S`` has the connection reset, so that neither its socket nor
+    the bytes waiting for it outlive the connection. True if it closed in time."""
     if not writer.is_closing():
         writer.close()
-    with contextlib.suppress(Exception):
+    try:
         await asyncio.wait_for(writer.wait_closed(), CLOSE_TIMEOUT_S)
+    except TimeoutError:
+        _reset(writer)
+        return False
+    except Exception:  # the connection broke while closing: it is closed
+        return True
+    return True
+
+
+def _reset(writer: asyncio.StreamWriter) -> None:
+    """Drop the connection with a TCP reset: the bytes still queued for the peer, in the
+    process and in the kernel, are discarded rather than sent."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+    writer.transport.abort()
 
 
 def _tls_context(config: ServerConfig) -> ssl.SSLContext:
