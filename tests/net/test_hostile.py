@@ -13,9 +13,12 @@ import socket
 import time
 from pathlib import Path
 
+import pytest
+
 from craton.client import Client
-from craton.core.wire import Handshake, HandshakeReply, ReadEvents, encode
+from craton.core.wire import Handshake, HandshakeReply, ReadEvents, ReadEventsReply, encode
 from craton.core.wire.messages import EVENT_SIZE_MAX, READ_SIZE_MAX
+from craton.net.connection import REPLY_BYTES_MAX
 from tests.net.support import RawConnection, ServerProcess
 
 EVENT = b"e" * (EVENT_SIZE_MAX - 64)  # about 1 MiB: a read of the stream is a big reply
@@ -36,7 +39,7 @@ def filled_node(tmp_path: Path, events: int, **env: str) -> ServerProcess:
 def non_reader(address: str, client_id: int, reads: int) -> RawConnection:
     """A client that pipelines ``reads`` whole-stream reads of ``big`` and reads nothing."""
     connection = RawConnection(address)
-    connection.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    connection.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
     connection.send(Handshake(1, client_id, None), 1)
     assert isinstance(connection.receive()[1], HandshakeReply)
     frames = [encode(ReadEvents("big", 0, 8192, READ_SIZE_MAX), 10 + n) for n in range(reads)]
@@ -68,6 +71,40 @@ def ended_by_reset(sock: socket.socket) -> bool:
     except ConnectionResetError:
         return True
     return False
+
+
+def rss_bytes(pid: int) -> int:
+    """The resident memory of process ``pid`` (Linux's /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS in /proc/{pid}/status")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux's /proc")
+def test_replies_a_client_does_not_take_hold_bounded_memory(tmp_path: Path) -> None:
+    """A client pipelines 64 reads whose replies are about 8 MiB each, and reads none of
+    them: the node takes requests from it only while its replies in flight and unsent
+    stay under REPLY_BYTES_MAX, so its memory grows by a bounded amount rather than by
+    half a gigabyte; a bystander is served meanwhile, and the flood is answered, in
+    order, once its client starts reading."""
+    with filled_node(tmp_path, 8) as server:
+        with Client(server.address, retry_deadline_s=10) as bystander:
+            bystander.read("big", 0, max_bytes=READ_SIZE_MAX)  # such a reply was built once
+            before = rss_bytes(server.pid)
+            flood = non_reader(server.address, 0xBAD0_0002, 64)
+            # requests are applied in the order received: once the bystander's read is
+            # answered, every read of the flood the node took has been answered too
+            assert len(bystander.read("big", 0, max_bytes=READ_SIZE_MAX).events) == 8
+            grown = rss_bytes(server.pid) - before
+        bound = 6 * REPLY_BYTES_MAX
+        assert grown < bound, f"the node grew by {grown} bytes; expected under {bound}"
+        flood.sock.settimeout(WAIT_S)
+        replies = [flood.receive() for _ in range(2)]  # the client starts reading at last
+        assert [request_id for request_id, _ in replies] == [10, 11]
+        assert all(isinstance(reply, ReadEventsReply) for _, reply in replies), replies[0]
+        flood.close()
+        assert server.stop() == 0, server.tail()
 
 
 def test_a_closed_connection_whose_client_takes_no_replies_is_reset(tmp_path: Path) -> None:
