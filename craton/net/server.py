@@ -66,7 +66,7 @@ from craton.net.logs import EventLog
 from craton.net.metrics import NodeMetrics
 from craton.net.node import ReplicaHost
 from craton.net.peers import HELLO_BODY_SIZE_MAX, PeerHello, parse_hello
-from craton.net.probes import MainPortHttp, Probes, metrics_app
+from craton.net.probes import METRICS_PORT_LOGGER, MainPortHttp, Probes, metrics_app
 
 HTTP_METHODS = (b"GET ", b"HEAD ", b"POST ", b"PUT ", b"DELETE ", b"OPTIONS ", b"PATCH ")
 HTTP_CONNECTIONS_MAX = 64  # probe connections on the main port at once
@@ -134,7 +134,12 @@ class Server:
         except OSError as error:
             raise ListenError(_cannot_listen("VDB_BIND_ADDR", config.bind_addr, error)) from None
         self.main_address = _bound(self._listener, config.bind_addr)
-        runner = web.AppRunner(metrics_app(self.probes), access_log=None, handle_signals=False)
+        runner = web.AppRunner(
+            metrics_app(self.probes),
+            access_log=None,
+            handle_signals=False,
+            logger=METRICS_PORT_LOGGER,
+        )
         await runner.setup()
         self._metrics_runner = runner
         site = web.TCPSite(runner, config.metrics_addr.host, config.metrics_addr.port)

@@ -19,7 +19,7 @@ from craton.client import Client
 from craton.core.wire import Handshake, HandshakeReply, ReadEvents, ReadEventsReply, encode
 from craton.core.wire.messages import EVENT_SIZE_MAX, READ_SIZE_MAX
 from craton.net.connection import REPLY_BYTES_MAX
-from tests.net.support import RawConnection, ServerProcess
+from tests.net.support import RawConnection, ServerProcess, http_get, split
 
 EVENT = b"e" * (EVENT_SIZE_MAX - 64)  # about 1 MiB: a read of the stream is a big reply
 WAIT_S = 20.0  # hang guard for anything the node is expected to do
@@ -120,3 +120,41 @@ def test_a_closed_connection_whose_client_takes_no_replies_is_reset(tmp_path: Pa
         with Client(server.address, retry_deadline_s=10) as bystander:
             assert bystander.read("big", 0, max_events=1).events == (EVENT,)
         assert server.stop() == 0, server.tail()
+
+
+def http_exchange(address: str, request: bytes) -> bytes:
+    """Send ``request`` raw; what the server answered before it closed (or reset)."""
+    answer = b""
+    with socket.create_connection(split(address), timeout=WAIT_S) as sock:
+        try:
+            sock.sendall(request)
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except (ConnectionResetError, BrokenPipeError):
+            pass  # closed while the rest of the request was still coming: allowed
+    return answer
+
+
+def test_malformed_http_on_the_metrics_port_is_answered_400_and_not_logged(
+    tmp_path: Path,
+) -> None:
+    """Requests aiohttp cannot parse get a 400; the log records no error for them and
+    none of their bytes (a client's bytes never reach the log)."""
+    marker = b"hostileheadermarker"
+    requests = (
+        b"GET /health HTTP/1.1\r\nX-Long: " + marker * 60_000 + b"\r\n\r\n",
+        b"GET /" + marker * 1000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /health HTTP/1.1\r\nBad Header" + marker + b"\r\n\r\n",
+        b"BREW /" + marker + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    with ServerProcess(tmp_path / "data", tmp_path / "server.log") as server:
+        server.start()
+        for request in requests:
+            answer = http_exchange(server.metrics_address, request)
+            assert answer.split(b" ", 2)[1:2] == [b"400"], (request[:40], answer[:80])
+        status, _, _ = http_get(server.metrics_address, "/health")
+        assert status == 200, "the metrics port still serves"
+        assert server.stop() == 0, server.tail()
+        errors = [e for e in server.events() if e["level"] == "error"]
+        assert errors == [], f"expected no error for a client's bad request: {errors}"
+        assert marker.decode() not in server.log_path.read_text(), "a client's bytes were logged"
