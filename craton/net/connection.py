@@ -282,8 +282,8 @@ class ClientConnection:
         if self._closing:
             return
         received_s = time.monotonic()
-        self.last_active_s = received_s
-        self._receive(data, received_s)
+        if self._receive(data, received_s):
+            self.last_active_s = received_s  # a frame trickled in part by part is no activity
         self._advance()
 
     def _on_end(self, error: Exception | None) -> None:
@@ -292,17 +292,20 @@ class ClientConnection:
         if not self._ended.done():
             self._ended.set_result(error is None)
 
-    def _receive(self, data: bytes, received_s: float) -> None:
-        """Decode the frames ``data`` completes into the queue of frames to serve."""
+    def _receive(self, data: bytes, received_s: float) -> bool:
+        """Decode the frames ``data`` completes into the queue of frames to serve; whether
+        it completed one (or ended the stream with an error)."""
         frames = self._frames
         if frames and isinstance(frames[-1][0], DecodeError):
-            return  # the stream is out of step: nothing after the error is read
+            return False  # the stream is out of step: nothing after the error is read
+        queued = len(frames)
         try:
             self._decoder.feed(data)
             while (frame := self._decoder.next_frame()) is not None:
                 frames.append((frame, received_s))
         except DecodeError as error:
             frames.append((error, received_s))
+        return len(frames) > queued
 
     def _advance(self) -> None:
         """Serve the waiting frames, in order, while the connection may take requests; then

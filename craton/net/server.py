@@ -14,8 +14,9 @@ Rules it keeps:
   ``UNAVAILABLE`` error frame (request id 0) and is closed. Probe requests do not count
   against that limit (a busy node still answers its orchestrator) but have their own,
   ``HTTP_CONNECTIONS_MAX``.
-- A binary connection with nothing in flight and no bytes for ``VDB_IDLE_TIMEOUT_SECS`` is
-  closed (with an ``UNAVAILABLE`` frame saying why).
+- A binary connection with nothing in flight and no whole frame received (and no reply
+  sent) for ``VDB_IDLE_TIMEOUT_SECS`` is closed (with an ``UNAVAILABLE`` frame saying why):
+  bytes that trickle in without ever completing a frame do not keep it open.
 - A connection has ``FIRST_BYTES_TIMEOUT_S`` (or the idle timeout, if shorter) to say what
   it is (an HTTP request line, or its first frame), and at most ``VDB_MAX_CONNECTIONS`` may
   be in that state at once: one more is closed at once, before a byte is read (its protocol

@@ -16,7 +16,18 @@ from pathlib import Path
 import pytest
 
 from craton.client import Client
-from craton.core.wire import Handshake, HandshakeReply, ReadEvents, ReadEventsReply, encode
+from craton.core.wire import (
+    HEADER_SIZE,
+    AppendEvents,
+    ErrorCode,
+    ErrorReply,
+    Handshake,
+    HandshakeReply,
+    ReadEvents,
+    ReadEventsReply,
+    encode,
+)
+from craton.core.wire.codec import AnyMessage
 from craton.core.wire.messages import EVENT_SIZE_MAX, READ_SIZE_MAX
 from craton.net.connection import REPLY_BYTES_MAX
 from tests.net.support import RawConnection, ServerProcess, http_get, split
@@ -158,3 +169,47 @@ def test_malformed_http_on_the_metrics_port_is_answered_400_and_not_logged(
         errors = [e for e in server.events() if e["level"] == "error"]
         assert errors == [], f"expected no error for a client's bad request: {errors}"
         assert marker.decode() not in server.log_path.read_text(), "a client's bytes were logged"
+
+
+def test_a_frame_trickled_byte_by_byte_does_not_hold_the_connection(tmp_path: Path) -> None:
+    """A client announces a 1 MB append and sends its body one byte at a time, never
+    completing it: the connection is closed at the idle timeout as one without requests
+    (a byte now and then is no request), and the append is not applied."""
+    env = {"VDB_IDLE_TIMEOUT_SECS": "1"}
+    with ServerProcess(tmp_path / "data", tmp_path / "server.log", **env) as server:
+        server.start()
+        with Client(server.address, retry_deadline_s=10) as bystander:
+            bystander.create_stream("slow")
+            connection = RawConnection(server.address)
+            connection.send(Handshake(1, 0xBAD0_0003, None), 1)
+            assert isinstance(connection.receive()[1], HandshakeReply)
+            frame = encode(AppendEvents("slow", (b"s" * 1_000_000,), None), 2)
+            connection.send_bytes(frame[:HEADER_SIZE])
+            answer = trickle(connection, frame[HEADER_SIZE:])
+            assert answer is not None, f"the connection was still open after {WAIT_S} s"
+            request_id, reply = answer
+            assert request_id == 0 and isinstance(reply, ErrorReply), answer
+            assert reply.code == ErrorCode.UNAVAILABLE and "without requests" in reply.message
+            assert connection.closed_by_peer()
+            connection.close()
+            assert bystander.read("slow").events == (), "the unfinished append was not applied"
+        assert server.stop() == 0, server.tail()
+
+
+def trickle(connection: RawConnection, body: bytes) -> tuple[int, AnyMessage] | None:
+    """Send ``body`` a byte every 0.2 s until the node answers (its answer) or ``WAIT_S``
+    pass (None)."""
+    deadline = time.monotonic() + WAIT_S
+    connection.sock.settimeout(0.2)
+    for byte in body:
+        if time.monotonic() >= deadline:
+            return None
+        try:
+            connection.send_bytes(bytes([byte]))
+            return connection.receive()
+        except TimeoutError:
+            continue
+        except (BrokenPipeError, ConnectionResetError):
+            break
+    connection.sock.settimeout(WAIT_S)
+    return connection.receive()
