@@ -25,7 +25,9 @@ On the main port, ``MainPortHttp`` answers one request per connection (``Connect
 close``): ``GET`` or ``HEAD`` of those three paths, 404 for another path, 405 for another
 method, 400 for a request it cannot parse or that exceeds ``HTTP_HEAD_BYTES_MAX`` or
 ``HTTP_READ_TIMEOUT_S``. It never echoes what it received. On the metrics port, a request
-aiohttp cannot parse gets its 400 and, likewise, leaves no trace in the log.
+aiohttp cannot parse gets its 400 and, likewise, leaves no trace in the log, and a
+connection that has not sent a whole request ``HTTP_READ_TIMEOUT_S`` after it opened (or
+after its last answer) is closed.
 """
 
 from __future__ import annotations

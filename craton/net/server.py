@@ -67,7 +67,13 @@ from craton.net.logs import EventLog
 from craton.net.metrics import NodeMetrics
 from craton.net.node import ReplicaHost
 from craton.net.peers import HELLO_BODY_SIZE_MAX, PeerHello, parse_hello
-from craton.net.probes import METRICS_PORT_LOGGER, MainPortHttp, Probes, metrics_app
+from craton.net.probes import (
+    HTTP_READ_TIMEOUT_S,
+    METRICS_PORT_LOGGER,
+    MainPortHttp,
+    Probes,
+    metrics_app,
+)
 
 HTTP_METHODS = (b"GET ", b"HEAD ", b"POST ", b"PUT ", b"DELETE ", b"OPTIONS ", b"PATCH ")
 HTTP_CONNECTIONS_MAX = 64  # probe connections on the main port at once
@@ -140,6 +146,8 @@ class Server:
             access_log=None,
             handle_signals=False,
             logger=METRICS_PORT_LOGGER,
+            # a request must arrive within this of the connection or of the last answer
+            keepalive_timeout=HTTP_READ_TIMEOUT_S,
         )
         await runner.setup()
         self._metrics_runner = runner

@@ -213,3 +213,19 @@ def trickle(connection: RawConnection, body: bytes) -> tuple[int, AnyMessage] | 
             break
     connection.sock.settimeout(WAIT_S)
     return connection.receive()
+
+
+def test_silent_and_unfinished_requests_on_the_metrics_port_are_closed(tmp_path: Path) -> None:
+    """Sockets that open the metrics port and send nothing, or half a request, are closed
+    after the HTTP read timeout instead of holding a descriptor each for an hour."""
+    with ServerProcess(tmp_path / "data", tmp_path / "server.log") as server:
+        server.start()
+        silent = RawConnection(server.metrics_address)
+        unfinished = RawConnection(server.metrics_address)
+        unfinished.send_bytes(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        for connection in (silent, unfinished):
+            connection.sock.settimeout(WAIT_S)
+            assert connection.closed_by_peer(), f"still open after {WAIT_S} s"
+            connection.close()
+        assert http_get(server.metrics_address, "/health")[0] == 200
+        assert server.stop() == 0, server.tail()
