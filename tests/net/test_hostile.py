@@ -9,6 +9,7 @@ stops it by its PID.
 
 from __future__ import annotations
 
+import signal
 import socket
 import time
 from pathlib import Path
@@ -229,3 +230,28 @@ def test_silent_and_unfinished_requests_on_the_metrics_port_are_closed(tmp_path:
             connection.close()
         assert http_get(server.metrics_address, "/health")[0] == 200
         assert server.stop() == 0, server.tail()
+
+
+def test_a_graceful_stop_with_unfinished_connections_logs_no_error(tmp_path: Path) -> None:
+    """SIGTERM while one socket has said nothing yet, one has sent half an HTTP request and
+    one takes none of its replies: the node still exits 0 after a clean stop, resets the
+    one that takes nothing, and logs no error (no connection task ends as unhandled)."""
+    with filled_node(tmp_path, 4) as server:
+        silent = RawConnection(server.address)
+        half = RawConnection(server.address)
+        half.send_bytes(b"GET /health HTTP/1.1\r\n")
+        stuck = non_reader(server.address, 0xBAD0_0004, 8)
+        with Client(server.address, retry_deadline_s=10) as bystander:
+            bystander.read("big", 0)  # the stuck client's reads were taken before this
+        server.signal(signal.SIGTERM)
+        assert server.wait() == 0, server.tail()
+        events = server.events()
+        stopped = [e for e in events if e["event"] == "server.stopped"]
+        assert stopped and stopped[-1]["clean"] is True, server.tail()
+        errors = [e for e in events if e["level"] == "error"]
+        assert errors == [], f"expected no error for a client's unfinished connection: {errors}"
+        name = stuck.sock.getsockname()
+        reset = [e for e in events if e["event"] == "connection.reset"]
+        assert [e["peer"] for e in reset] == [f"{name[0]}:{name[1]}"], server.tail()
+        for connection in (silent, half, stuck):
+            connection.close()
