@@ -20,8 +20,9 @@ Rules it keeps:
 - A connection has ``FIRST_BYTES_TIMEOUT_S`` (or the idle timeout, if shorter) to say what
   it is (an HTTP request line, or its first frame), and at most ``VDB_MAX_CONNECTIONS`` may
   be in that state at once: one more is closed at once, before a byte is read (its protocol
-  is not known yet, so no error can be written in it). Silent sockets cannot hold the node's
-  descriptors for longer than that.
+  is not known yet, so no error can be written in it). With TLS, the TLS handshake comes
+  first and has the same time (asyncio closes a connection that does not finish it; these
+  are not counted). Silent sockets cannot hold the node's descriptors for longer than that.
 - A connection being closed has ``CLOSE_TIMEOUT_S`` to take the replies still queued for
   it; a client that takes none is reset (``connection.reset``), so that its socket and
   those bytes do not outlive the connection (and the ``VDB_MAX_CONNECTIONS`` count).
@@ -127,6 +128,11 @@ class Server:
     def shutting_down(self) -> bool:
         return self._shutting_down
 
+    @property
+    def _first_bytes_timeout_s(self) -> float:
+        """A newcomer's time to say what it is (its TLS handshake included)."""
+        return min(FIRST_BYTES_TIMEOUT_S, float(self.config.idle_timeout_secs))
+
     async def start(self) -> None:
         """Listen on both ports; raises ``OSError`` when an address cannot be bound."""
         config = self.config
@@ -138,6 +144,8 @@ class Server:
                 config.bind_addr.host,
                 config.bind_addr.port,
                 ssl=tls,
+                # a TLS handshake is a newcomer's first bytes: it gets no longer than they do
+                ssl_handshake_timeout=self._first_bytes_timeout_s if tls is not None else None,
             )
         except OSError as error:
             raise ListenError(_cannot_listen("VDB_BIND_ADDR", config.bind_addr, error)) from None
@@ -222,10 +230,7 @@ class Server:
             return
         self._unidentified += 1
         try:
-            identified = await asyncio.wait_for(
-                self._identify(reader),
-                min(FIRST_BYTES_TIMEOUT_S, float(self.config.idle_timeout_secs)),
-            )
+            identified = await asyncio.wait_for(self._identify(reader), self._first_bytes_timeout_s)
         except (TimeoutError, ConnectionError, OSError):
             identified = None
         finally:

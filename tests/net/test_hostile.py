@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import ssl
 import time
 from pathlib import Path
 
@@ -255,3 +256,27 @@ def test_a_graceful_stop_with_unfinished_connections_logs_no_error(tmp_path: Pat
         assert [e["peer"] for e in reset] == [f"{name[0]}:{name[1]}"], server.tail()
         for connection in (silent, half, stuck):
             connection.close()
+
+
+def test_a_silent_socket_on_the_tls_port_is_closed_at_the_first_bytes_timeout(
+    tmp_path: Path,
+) -> None:
+    """With TLS, a socket that never starts its TLS handshake is closed as a silent newcomer
+    is on a plain port (here at the 1 s idle timeout, shorter than FIRST_BYTES_TIMEOUT_S),
+    not after asyncio's default minute; a TLS client is served meanwhile."""
+    from tests.net.test_tls import self_signed
+
+    cert, key = self_signed(tmp_path)
+    env = {"VDB_TLS_CERT": str(cert), "VDB_TLS_KEY": str(key), "VDB_IDLE_TIMEOUT_SECS": "1"}
+    with ServerProcess(tmp_path / "data", tmp_path / "server.log", **env) as server:
+        server.start()
+        silent = RawConnection(server.address)
+        silent.sock.settimeout(WAIT_S)
+        assert silent.closed_by_peer(), f"a silent socket was still open after {WAIT_S} s"
+        silent.close()
+        trust = ssl.create_default_context(cafile=str(cert))
+        tls_client = RawConnection(server.address, tls=trust)
+        tls_client.send(Handshake(1, 0xBAD0_0005, None), 1)
+        assert isinstance(tls_client.receive()[1], HandshakeReply)
+        tls_client.close()
+        assert server.stop() == 0, server.tail()
