@@ -235,6 +235,7 @@ class ClientConnection:
         self._metrics = owner.metrics
         self._reader = reader
         self._writer = writer
+        self._transport = writer.transport
         self.peer = peer
         self._decoder = FrameDecoder()
         self._client_id: int | None = None
@@ -327,9 +328,9 @@ class ClientConnection:
 
     def _admits(self) -> bool:
         """Whether the next frame may be served now (see the module's rules)."""
-        if self._handshaking or self.inflight >= INFLIGHT_REQUESTS_MAX:
+        if self._handshaking or len(self._open) + len(self._syncs) >= INFLIGHT_REQUESTS_MAX:
             return False
-        unsent = self._writer.transport.get_write_buffer_size()
+        unsent = self._transport.get_write_buffer_size()
         return self._reserved_bytes + unsent < REPLY_BYTES_MAX
 
     def _throttle(self) -> None:
@@ -337,7 +338,7 @@ class ClientConnection:
         takes its replies); a full buffer is waited for (``_drain``)."""
         if self._closing:
             return
-        transport = self._writer.transport
+        transport = self._transport
         _, high = transport.get_write_buffer_limits()
         full = transport.get_write_buffer_size() > high
         if full and self._draining is None:
