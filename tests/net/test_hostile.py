@@ -27,6 +27,8 @@ from craton.core.wire import (
     HandshakeReply,
     ReadEvents,
     ReadEventsReply,
+    Sync,
+    SyncReply,
     encode,
 )
 from craton.core.wire.codec import AnyMessage
@@ -279,4 +281,22 @@ def test_a_silent_socket_on_the_tls_port_is_closed_at_the_first_bytes_timeout(
         tls_client.send(Handshake(1, 0xBAD0_0005, None), 1)
         assert isinstance(tls_client.receive()[1], HandshakeReply)
         tls_client.close()
+        assert server.stop() == 0, server.tail()
+
+
+def test_frames_pipelined_behind_the_handshake_wait_for_it_however_many(tmp_path: Path) -> None:
+    """A client sends its handshake and 3000 requests in one go: they wait, in order, until
+    the handshake is answered (the node stops reading meanwhile), and all are answered."""
+    with ServerProcess(tmp_path / "data", tmp_path / "server.log") as server:
+        server.start()
+        connection = RawConnection(server.address)
+        count = 3000
+        syncs = b"".join(encode(Sync(), 2 + n) for n in range(count))
+        connection.send_bytes(encode(Handshake(1, 0xBAD0_0006, None), 1) + syncs)
+        request_id, reply = connection.receive()
+        assert request_id == 1 and isinstance(reply, HandshakeReply), reply
+        replies = [connection.receive() for _ in range(count)]
+        assert [request_id for request_id, _ in replies] == list(range(2, 2 + count))
+        assert all(isinstance(reply, SyncReply) for _, reply in replies), replies[0]
+        connection.close()
         assert server.stop() == 0, server.tail()
