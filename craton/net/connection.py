@@ -7,7 +7,7 @@ event-store operation for the ``ReplicaHost`` and writes each reply as soon as i
 Rules it keeps:
 - The first frame must be ``HANDSHAKE``; anything else gets ``INVALID_REQUEST`` with request
   id 0 and the connection is closed. Frames that arrive before the handshake is answered
-  are held (up to ``HELD_FRAMES_MAX``) and served after it.
+  wait, and are served after it (reading stops meanwhile).
 - A frame the decoder refuses (bad magic, version, checksum, size, command) is a connection
   error: ``ErrorReply`` with request id 0, then close. A sound frame whose body does not
   decode, or a request not valid here (a reply, a replica message, a second handshake, a
@@ -19,8 +19,12 @@ Rules it keeps:
 - Writes carry the request id to the host so that a retry is applied at most once; reads
   are applied at their own op; ``SYNC`` is answered once every request received before it
   on this connection has been answered.
-- At most ``INFLIGHT_REQUESTS_MAX`` requests are in flight: past that the connection stops
-  reading until replies go out, and it also waits while the socket's send buffer is full.
+- Frames are served in the order received, each once the connection may take it: at most
+  ``INFLIGHT_REQUESTS_MAX`` requests are in flight, and the replies in flight (a read
+  counts the largest reply it may get) and those written but not yet taken by the client
+  stay under ``REPLY_BYTES_MAX`` (one request at least is always taken). While a frame
+  waits, or the socket's send buffer is full, the connection stops reading: a client that
+  does not take its replies holds a bounded amount of the node's memory.
 - With a rate limit, each request after the handshake takes a token from a bucket of
   ``rate`` tokens per second holding at most ``max(1, rate)``; without one it is refused
   with ``RATE_LIMITED``.
@@ -107,7 +111,9 @@ from craton.core.wire.codec import AnyMessage
 from craton.core.wire.frame import encode_frame
 from craton.core.wire.messages import (
     ADDRESS_SIZE_MAX,
+    API_KEYS_LISTED_MAX,
     ERROR_MESSAGE_SIZE_MAX,
+    EVENT_SIZE_MAX,
     CreateApiKey,
     CreateApiKeyReply,
     ListApiKeys,
@@ -118,9 +124,11 @@ from craton.net.metrics import NodeMetrics
 from craton.net.node import REQUEST_NUMBER_MAX, Applied, Outcome, Refused, ReplicaHost
 
 INFLIGHT_REQUESTS_MAX = 1024  # per connection
-HELD_FRAMES_MAX = 1024  # frames received before the handshake was answered
+REPLY_BYTES_MAX = 16 * 1024 * 1024  # replies of a connection in flight or unsent, at most
 AUTH_FAILURE_RECORDS_PER_S = 20.0  # refused handshakes audited per second, node-wide
 EOF_DRAIN_TIMEOUT_S = 30.0  # how long replies are still awaited after the client's EOF
+_READ_REPLY_FIXED_BYTES = 8 + 8 + 4  # ReadEventsReply: from_offset, log_position, event count
+_KEYS_REPLY_BYTES_MAX = HEADER_SIZE + 8 + 4 + API_KEYS_LISTED_MAX * 128  # an ApiKeyInfo < 128
 _ADDRESS = re.compile(rf"[!-~]{{1,{ADDRESS_SIZE_MAX}}}")  # what ErrorReply.primary_address holds
 
 
@@ -227,6 +235,7 @@ class ClientConnection:
         self._metrics = owner.metrics
         self._reader = reader
         self._writer = writer
+        self._transport = writer.transport
         self.peer = peer
         self._decoder = FrameDecoder()
         self._client_id: int | None = None
@@ -234,7 +243,10 @@ class ClientConnection:
         self._tenant_id = TENANT_WITHOUT_AUTH
         self._prefix = b""  # the principal's bytes in every store request (encode_principal)
         self._handshaking = False
-        self._held: list[tuple[Frame, float]] = []
+        # frames received and not served yet, in order; a DecodeError ends the stream
+        self._frames: collections.deque[tuple[Frame | DecodeError, float]] = collections.deque()
+        self._advancing = False  # ``_advance`` is running (it is not entered twice)
+        self._reserved_bytes = 0  # the largest replies the requests in flight may get
         self._closing = False
         now = time.monotonic()
         self.last_active_s = now
@@ -243,7 +255,7 @@ class ClientConnection:
         self._seq = 0
         self._open: dict[int, None] = {}  # seqs of requests in flight, oldest first
         self._syncs: collections.deque[_Sync] = collections.deque()
-        # reading stops while too many requests are in flight or replies are not taken
+        # reading stops while frames wait or replies are not taken
         self._reading_paused = False
         self._draining: asyncio.Task[None] | None = None  # waits for the send buffer
         self._ended: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
@@ -270,9 +282,10 @@ class ClientConnection:
     def _on_data(self, data: bytes) -> None:
         if self._closing:
             return
-        self.last_active_s = time.monotonic()
-        self._receive(data)
-        self._throttle()
+        received_s = time.monotonic()
+        if self._receive(data, received_s):
+            self.last_active_s = received_s  # a frame trickled in part by part is no activity
+        self._advance()
 
     def _on_end(self, error: Exception | None) -> None:
         """The stream ended: at the client's EOF (``error`` None) replies are still
@@ -280,20 +293,64 @@ class ClientConnection:
         if not self._ended.done():
             self._ended.set_result(error is None)
 
+    def _receive(self, data: bytes, received_s: float) -> bool:
+        """Decode the frames ``data`` completes into the queue of frames to serve; whether
+        it completed one (or ended the stream with an error)."""
+        frames = self._frames
+        if frames and isinstance(frames[-1][0], DecodeError):
+            return False  # the stream is out of step: nothing after the error is read
+        queued = len(frames)
+        try:
+            self._decoder.feed(data)
+            while (frame := self._decoder.next_frame()) is not None:
+                frames.append((frame, received_s))
+        except DecodeError as error:
+            frames.append((error, received_s))
+        return len(frames) > queued
+
+    def _advance(self) -> None:
+        """Serve the waiting frames, in order, while the connection may take requests; then
+        stop or restart reading."""
+        if self._advancing:
+            return  # called back from inside the loop below, which goes on by itself
+        self._advancing = True
+        try:
+            frames = self._frames
+            while frames and not self._closing and self._admits():
+                item, received_s = frames.popleft()
+                if isinstance(item, DecodeError):
+                    self._bad_frame(item)
+                else:
+                    self._on_frame(item, received_s)
+        finally:
+            self._advancing = False
+        self._throttle()
+
+    def _admits(self) -> bool:
+        """Whether the next frame may be served now (see the module's rules)."""
+        if self._handshaking or len(self._open) + len(self._syncs) >= INFLIGHT_REQUESTS_MAX:
+            return False
+        unsent = self._transport.get_write_buffer_size()
+        return self._reserved_bytes + unsent < REPLY_BYTES_MAX
+
     def _throttle(self) -> None:
-        """Stop reading while too many requests are in flight or the socket's send buffer
-        is full (the client does not take its replies); ``_resume`` starts again."""
-        if self._closing or self._reading_paused:
+        """Read while no frame waits and the socket's send buffer is not full (the client
+        takes its replies); a full buffer is waited for (``_drain``)."""
+        if self._closing:
             return
-        transport = self._writer.transport
+        transport = self._transport
         _, high = transport.get_write_buffer_limits()
         full = transport.get_write_buffer_size() > high
-        if self.inflight < INFLIGHT_REQUESTS_MAX and not full:
-            return
-        self._reading_paused = True
-        transport.pause_reading()  # type: ignore[attr-defined]
         if full and self._draining is None:
             self._draining = asyncio.create_task(self._drain())
+        pause = full or bool(self._frames)
+        if pause == self._reading_paused:
+            return
+        self._reading_paused = pause
+        if pause:
+            transport.pause_reading()  # type: ignore[attr-defined]
+        else:
+            transport.resume_reading()  # type: ignore[attr-defined]
 
     async def _drain(self) -> None:
         try:
@@ -303,29 +360,12 @@ class ClientConnection:
             return
         finally:
             self._draining = None
-        self._resume()
+        self._advance()
 
-    def _resume(self) -> None:
-        if not self._reading_paused or self._closing or self._draining is not None:
-            return
-        if self.inflight >= INFLIGHT_REQUESTS_MAX:
-            return
-        self._reading_paused = False
-        self._writer.transport.resume_reading()  # type: ignore[attr-defined]
-        self._throttle()  # the send buffer may have filled meanwhile
-
-    def _receive(self, data: bytes) -> None:
-        try:
-            self._decoder.feed(data)
-            while not self._closing:
-                frame = self._decoder.next_frame()
-                if frame is None:
-                    break
-                self._on_frame(frame, time.monotonic())
-        except DecodeError as error:
-            self._metrics.observe_request("Frame", error.code, 0.0)
-            self._owner.log.debug("connection.bad_frame", peer=self.peer, reason=error.reason)
-            self._fail(error_reply(error))
+    def _bad_frame(self, error: DecodeError) -> None:
+        self._metrics.observe_request("Frame", error.code, 0.0)
+        self._owner.log.debug("connection.bad_frame", peer=self.peer, reason=error.reason)
+        self._fail(error_reply(error))
 
     def close(self) -> None:
         """Close the socket after what was written so far has been sent."""
@@ -350,23 +390,17 @@ class ClientConnection:
 
     async def _await_replies(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
-        while self.inflight and time.monotonic() < deadline and not self._writer.is_closing():
+        while (
+            (self.inflight or self._frames)
+            and time.monotonic() < deadline
+            and not self._writer.is_closing()
+        ):
             await asyncio.sleep(0.01)
 
     # --- frames ----------------------------------------------------------------------------
 
     def _on_frame(self, frame: Frame, received_s: float) -> None:
         if self._client_id is None:
-            if self._handshaking:
-                if len(self._held) >= HELD_FRAMES_MAX:
-                    self._fail(
-                        _error(
-                            ErrorCode.INVALID_REQUEST, "too many frames before the handshake reply"
-                        )
-                    )
-                    return
-                self._held.append((frame, received_s))
-                return
             self._on_handshake(frame, received_s)
             return
         if self._credential_expired(received_s):
@@ -427,7 +461,9 @@ class ClientConnection:
                 self._host.submit_write(self._tenant_id, client_id, request_id, body, done)
             case ReadEvents() | ReadEventsAsOf() | ListApiKeys():
                 body = store_request(frame, self._prefix, _now_ms())
-                self._host.submit_read(body, self._tracked(request_id, method, received_s))
+                reserved = _reply_bytes_max(message)
+                done = self._tracked(request_id, method, received_s, reserved)
+                self._host.submit_read(body, done)
             case Sync():
                 self._syncs.append(_Sync(self._seq, request_id, received_s))
                 self._seq += 1
@@ -534,11 +570,7 @@ class ClientConnection:
             )
             self._write(encode(reply, frame.request_id))
             self._metrics.observe_request("Handshake", None, duration_s)
-            held, self._held = self._held, []
-            for held_frame, held_received_s in held:
-                if self._closing:
-                    break
-                self._on_frame(held_frame, held_received_s)
+            self._advance()  # the frames that came after the handshake
 
         self._host.open_session(self._tenant_id, client_id, ready)
 
@@ -578,17 +610,24 @@ class ClientConnection:
     # --- replies ---------------------------------------------------------------------------
 
     def _tracked(
-        self, request_id: int, method: str, received_s: float
+        self, request_id: int, method: str, received_s: float, reserved_bytes: int = 0
     ) -> Callable[[Outcome], None]:
+        """The ``done`` of a request in flight, whose reply may be up to ``reserved_bytes``
+        long (counted against ``REPLY_BYTES_MAX`` until it is written)."""
         seq = self._seq
         self._seq += 1
         self._open[seq] = None
+        self._reserved_bytes += reserved_bytes
 
         def done(outcome: Outcome) -> None:
-            self._open.pop(seq, None)
+            if seq in self._open:
+                del self._open[seq]
+                self._reserved_bytes -= reserved_bytes
             code = self._answer(request_id, outcome)
             self._metrics.observe_request(method, code, time.monotonic() - received_s)
             self._release_syncs()
+            if self._frames or self._reading_paused:
+                self._advance()
 
         return done
 
@@ -619,16 +658,12 @@ class ClientConnection:
 
     def _release_syncs(self) -> None:
         if not self._syncs:
-            if self._reading_paused:
-                self._resume()
             return
         oldest_open = next(iter(self._open), None)
         while self._syncs and (oldest_open is None or self._syncs[0].seq < oldest_open):
             sync = self._syncs.popleft()
             self._write(encode(SyncReply(self._host.commit), sync.request_id))
             self._metrics.observe_request("Sync", None, time.monotonic() - sync.received_s)
-        if self._reading_paused:
-            self._resume()
 
     def _refuse(
         self, frame: Frame, method: str, received_s: float, code: ErrorCode, message: str
@@ -689,6 +724,15 @@ def wire_reply(store_reply: bytes, request_id: int) -> bytes | None:
     if command is None:
         return None
     return encode_frame(command, request_id, store_reply[1:])
+
+
+def _reply_bytes_max(message: ReadEvents | ReadEventsAsOf | ListApiKeys) -> int:
+    """The longest reply frame ``message`` may get: a read's events (at most ``max_bytes``
+    of them, unless the first alone is larger) with their length fields, or a whole key list."""
+    if isinstance(message, ListApiKeys):
+        return _KEYS_REPLY_BYTES_MAX
+    events_bytes = max(message.max_bytes, EVENT_SIZE_MAX) + 4 * message.max_events
+    return HEADER_SIZE + _READ_REPLY_FIXED_BYTES + events_bytes
 
 
 def _error(code: ErrorCode, message: str, primary_address: str | None = None) -> ErrorReply:

@@ -24,7 +24,10 @@ node stopped after a fault, degraded when connections are near the limit.
 On the main port, ``MainPortHttp`` answers one request per connection (``Connection:
 close``): ``GET`` or ``HEAD`` of those three paths, 404 for another path, 405 for another
 method, 400 for a request it cannot parse or that exceeds ``HTTP_HEAD_BYTES_MAX`` or
-``HTTP_READ_TIMEOUT_S``. It never echoes what it received.
+``HTTP_READ_TIMEOUT_S``. It never echoes what it received. On the metrics port, a request
+aiohttp cannot parse gets its 400 and, likewise, leaves no trace in the log, and a
+connection that has not sent a whole request ``HTTP_READ_TIMEOUT_S`` after it opened (or
+after its last answer) is closed.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -39,6 +43,7 @@ from pathlib import Path
 
 import attrs
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from craton import __version__
 from craton.net.metrics import METRICS_CONTENT_TYPE, NodeMetrics
@@ -194,6 +199,20 @@ class Probes:
 
 
 # --- the metrics port ------------------------------------------------------------------------
+
+
+class _ClientErrorsUnlogged(logging.Filter):
+    """A request aiohttp cannot parse (a line too long, a bad method or header) is the
+    client's doing: it is answered 400 and not logged, as on the main port. aiohttp would
+    log it as an error quoting the client's bytes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, HttpProcessingError)
+
+
+METRICS_PORT_LOGGER = logging.getLogger("craton.metrics_port")  # the metrics port's aiohttp
+METRICS_PORT_LOGGER.addFilter(_ClientErrorsUnlogged())
 
 
 def metrics_app(probes: Probes) -> web.Application:

@@ -14,13 +14,18 @@ Rules it keeps:
   ``UNAVAILABLE`` error frame (request id 0) and is closed. Probe requests do not count
   against that limit (a busy node still answers its orchestrator) but have their own,
   ``HTTP_CONNECTIONS_MAX``.
-- A binary connection with nothing in flight and no bytes for ``VDB_IDLE_TIMEOUT_SECS`` is
-  closed (with an ``UNAVAILABLE`` frame saying why).
+- A binary connection with nothing in flight and no whole frame received (and no reply
+  sent) for ``VDB_IDLE_TIMEOUT_SECS`` is closed (with an ``UNAVAILABLE`` frame saying why):
+  bytes that trickle in without ever completing a frame do not keep it open.
 - A connection has ``FIRST_BYTES_TIMEOUT_S`` (or the idle timeout, if shorter) to say what
   it is (an HTTP request line, or its first frame), and at most ``VDB_MAX_CONNECTIONS`` may
   be in that state at once: one more is closed at once, before a byte is read (its protocol
-  is not known yet, so no error can be written in it). Silent sockets cannot hold the node's
-  descriptors for longer than that.
+  is not known yet, so no error can be written in it). With TLS, the TLS handshake comes
+  first and has the same time (asyncio closes a connection that does not finish it; these
+  are not counted). Silent sockets cannot hold the node's descriptors for longer than that.
+- A connection being closed has ``CLOSE_TIMEOUT_S`` to take the replies still queued for
+  it; a client that takes none is reset (``connection.reset``), so that its socket and
+  those bytes do not outlive the connection (and the ``VDB_MAX_CONNECTIONS`` count).
 - ``shutdown`` stops accepting, refuses new requests with ``UNAVAILABLE``, waits (bounded)
   for the requests in flight to be answered and for the replica to commit everything it
   was given, closes the connections, then the disk.
@@ -30,7 +35,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
+import struct
 import time
 
 import attrs
@@ -61,7 +68,13 @@ from craton.net.logs import EventLog
 from craton.net.metrics import NodeMetrics
 from craton.net.node import ReplicaHost
 from craton.net.peers import HELLO_BODY_SIZE_MAX, PeerHello, parse_hello
-from craton.net.probes import MainPortHttp, Probes, metrics_app
+from craton.net.probes import (
+    HTTP_READ_TIMEOUT_S,
+    METRICS_PORT_LOGGER,
+    MainPortHttp,
+    Probes,
+    metrics_app,
+)
 
 HTTP_METHODS = (b"GET ", b"HEAD ", b"POST ", b"PUT ", b"DELETE ", b"OPTIONS ", b"PATCH ")
 HTTP_CONNECTIONS_MAX = 64  # probe connections on the main port at once
@@ -69,8 +82,10 @@ SNIFF_BYTES_MAX = max(len(method) for method in HTTP_METHODS)
 IDLE_SWEEP_INTERVAL_S = 1.0
 FIRST_BYTES_TIMEOUT_S = 10.0  # a new connection's time to send its request line or frame
 CLOSE_TIMEOUT_S = 2.0  # waiting for a closed connection's buffered replies to go out
+SHUTDOWN_CLOSE_MARGIN_S = 1.0  # at shutdown, beyond CLOSE_TIMEOUT_S, for the resets to happen
 _COMMAND_AT = slice(6, 8)  # the command field of a frame header (docs/PROTOCOL.md)
 _BODY_SIZE_AT = slice(12, 16)  # the body_size field
+_LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a reset
 
 
 class ListenError(Exception):
@@ -113,6 +128,11 @@ class Server:
     def shutting_down(self) -> bool:
         return self._shutting_down
 
+    @property
+    def _first_bytes_timeout_s(self) -> float:
+        """A newcomer's time to say what it is (its TLS handshake included)."""
+        return min(FIRST_BYTES_TIMEOUT_S, float(self.config.idle_timeout_secs))
+
     async def start(self) -> None:
         """Listen on both ports; raises ``OSError`` when an address cannot be bound."""
         config = self.config
@@ -124,11 +144,20 @@ class Server:
                 config.bind_addr.host,
                 config.bind_addr.port,
                 ssl=tls,
+                # a TLS handshake is a newcomer's first bytes: it gets no longer than they do
+                ssl_handshake_timeout=self._first_bytes_timeout_s if tls is not None else None,
             )
         except OSError as error:
             raise ListenError(_cannot_listen("VDB_BIND_ADDR", config.bind_addr, error)) from None
         self.main_address = _bound(self._listener, config.bind_addr)
-        runner = web.AppRunner(metrics_app(self.probes), access_log=None, handle_signals=False)
+        runner = web.AppRunner(
+            metrics_app(self.probes),
+            access_log=None,
+            handle_signals=False,
+            logger=METRICS_PORT_LOGGER,
+            # a request must arrive within this of the connection or of the last answer
+            keepalive_timeout=HTTP_READ_TIMEOUT_S,
+        )
         await runner.setup()
         self._metrics_runner = runner
         site = web.TCPSite(runner, config.metrics_addr.host, config.metrics_addr.port)
@@ -173,8 +202,8 @@ class Server:
         for connection in list(self._connections):
             connection.close()
         tasks = list(self._connections.values())
-        if tasks:
-            await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT_S)
+        if tasks:  # each closes, or is reset after CLOSE_TIMEOUT_S (``_close``)
+            await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT_S + SHUTDOWN_CLOSE_MARGIN_S)
         if self._metrics_runner is not None:
             await self._metrics_runner.cleanup()
         self.host.close()  # closes the replica connections too
@@ -185,16 +214,23 @@ class Server:
     # --- accepting -------------------------------------------------------------------------
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Serve one accepted connection. When the node stops with the connection still open
+        (a newcomer not identified yet, an HTTP request not finished), its task is cancelled:
+        the connection is dropped and the task ends quietly, since asyncio (3.11) would
+        report a cancelled connection task as an unhandled error."""
+        try:
+            await self._serve(reader, writer)
+        except asyncio.CancelledError:
+            writer.transport.abort()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = _peer(writer)
         if self._unidentified >= self.config.max_connections:
             writer.close()  # too many silent newcomers: this one is not even read
             return
         self._unidentified += 1
         try:
-            identified = await asyncio.wait_for(
-                self._identify(reader),
-                min(FIRST_BYTES_TIMEOUT_S, float(self.config.idle_timeout_secs)),
-            )
+            identified = await asyncio.wait_for(self._identify(reader), self._first_bytes_timeout_s)
         except (TimeoutError, ConnectionError, OSError):
             identified = None
         finally:
@@ -255,7 +291,7 @@ class Server:
             await self._http.serve(reader, writer, first)
         finally:
             self._http_connections -= 1
-            writer.close()
+            await _close(writer)
 
     async def _serve_binary(
         self,
@@ -287,7 +323,12 @@ class Server:
         finally:
             del self._connections[connection]
             self.metrics.connections_active.set(len(self._connections))
-            await _close(writer)
+            if not await _close(writer):
+                self.log.info(
+                    "connection.reset",
+                    peer=peer,
+                    reason=f"the client took no replies for {CLOSE_TIMEOUT_S:.0f} s after close",
+                )
             self.log.debug("connection.closed", peer=peer)
 
     async def _sweep_idle(self) -> None:
@@ -362,11 +403,30 @@ async def _sniff(reader: asyncio.StreamReader) -> bytes:
             return buffer
 
 
-async def _close(writer: asyncio.StreamWriter) -> None:
+async def _close(writer: asyncio.StreamWriter) -> bool:
+    """Close the connection once what was written has gone out; a peer that does not take
+    it within ``CLOSE_TIMEOUT_S`` has the connection reset, so that neither its socket nor
+    the bytes waiting for it outlive the connection. True if it closed in time."""
     if not writer.is_closing():
         writer.close()
-    with contextlib.suppress(Exception):
+    try:
         await asyncio.wait_for(writer.wait_closed(), CLOSE_TIMEOUT_S)
+    except TimeoutError:
+        _reset(writer)
+        return False
+    except Exception:  # the connection broke while closing: it is closed
+        return True
+    return True
+
+
+def _reset(writer: asyncio.StreamWriter) -> None:
+    """Drop the connection with a TCP reset: the bytes still queued for the peer, in the
+    process and in the kernel, are discarded rather than sent."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+    writer.transport.abort()
 
 
 def _tls_context(config: ServerConfig) -> ssl.SSLContext:
