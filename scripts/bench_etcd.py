@@ -21,13 +21,13 @@ import asyncio
 import base64
 import json
 import shutil
-import signal
 import subprocess
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+from bench_common import peak_rss_kib, stop_process
 from cluster import free_ports  # scripts/cluster.py
 
 EVENT_SIZE = 128
@@ -124,19 +124,10 @@ class Etcd:
         return latencies, elapsed
 
     def peak_rss_kib(self) -> int:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-        return 0
+        return peak_rss_kib(self.process.pid)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         self._log.close()
 
 

@@ -46,7 +46,6 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -58,6 +57,7 @@ from pathlib import Path
 
 import bench_etcd as bench_etcd_module
 import bench_postgres as bench_postgres_module
+from bench_common import peak_rss_kib, stop_process
 from cluster import free_ports  # scripts/cluster.py: ports the replicas know beforehand
 
 from craton.client import AsyncClient
@@ -93,13 +93,6 @@ def summary(
         "p99_ms": percentile(latencies, 0.99) * 1000,
         "peak_rss_mib": rss_kib / 1024,
     }
-
-
-def peak_rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    return 0
 
 
 # --- craton ----------------------------------------------------------------------------------
@@ -148,12 +141,7 @@ class Node:
         return peak_rss_kib(self.process.pid)
 
     def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process)
 
 
 async def craton_workload(
@@ -404,23 +392,34 @@ def bench_echo(seconds: float) -> list[dict[str, object]]:
 # --- report ----------------------------------------------------------------------------------
 
 
+def measure_each(
+    results: list[dict[str, object]],
+    system: str,
+    workload: Callable[[int, int, float], tuple[list[float], float]],
+    peak_rss: Callable[[], int],
+    seconds: float,
+) -> None:
+    """Run ``workload(clients, batch, seconds)`` for every workload shape, adding a row to
+    ``results`` after each (so the rows measured before a failure are kept)."""
+    for clients in CLIENT_COUNTS:
+        for batch in BATCH_SIZES:
+            latencies, elapsed = workload(clients, batch, seconds)
+            results.append(summary(system, clients, batch, latencies, elapsed, peak_rss()))
+
+
 def bench_postgres(folder: Path, seconds: float) -> tuple[list[dict[str, object]], str | None]:
     """The PostgreSQL rows (scripts/bench_postgres.py), or none and the reason why."""
     reason = bench_postgres_module.unavailable_reason()
     bin_dir = bench_postgres_module.find_bin()
     if reason is not None or bin_dir is None:
         return [], reason
-    results = []
+    results: list[dict[str, object]] = []
     try:
         server = bench_postgres_module.Postgres(folder, bin_dir)
     except (RuntimeError, OSError, subprocess.TimeoutExpired) as error:
         return [], f"could not start a throwaway cluster: {error}"
     try:
-        for clients in CLIENT_COUNTS:
-            for batch in BATCH_SIZES:
-                latencies, elapsed = server.pgbench(clients, batch, seconds)
-                rss_kib = server.peak_rss_kib()
-                results.append(summary("postgres", clients, batch, latencies, elapsed, rss_kib))
+        measure_each(results, "postgres", server.pgbench, server.peak_rss_kib, seconds)
     except (RuntimeError, subprocess.TimeoutExpired) as error:
         return results, f"pgbench failed: {error}"
     finally:
@@ -437,13 +436,9 @@ def bench_etcd(folder: Path, seconds: float) -> tuple[list[dict[str, object]], s
         server = bench_etcd_module.Etcd(folder, program)
     except (RuntimeError, OSError) as error:
         return [], f"could not start a throwaway member: {error}"
-    results = []
+    results: list[dict[str, object]] = []
     try:
-        for clients in CLIENT_COUNTS:
-            for batch in BATCH_SIZES:
-                latencies, elapsed = server.workload(clients, batch, seconds)
-                rss_kib = server.peak_rss_kib()
-                results.append(summary("etcd", clients, batch, latencies, elapsed, rss_kib))
+        measure_each(results, "etcd", server.workload, server.peak_rss_kib, seconds)
     except (RuntimeError, OSError, asyncio.IncompleteReadError) as error:
         return results, f"the workload failed: {error}"
     finally:
