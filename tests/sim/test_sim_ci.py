@@ -86,12 +86,21 @@ DISJOINT_SEEDS: list[tuple[int, int]] = [
     (3, 5),
     (70, 3),  # two replicas recovering at once, one with a hole below every peer's log
     (17, 3),  # the same repair, with a prepare for the hole arriving mid-install
+    (373, 3),  # two replicas whose repair finished but whose flag clearing failed
 ]
 
 # Regression seeds whose bug is not fixed yet: each runs as a strict xfail, so the tier stays
 # green and the day the bug is fixed the seed XPASSes and fails, asking for its entry here to
 # be removed (the seed itself stays in REGRESSION_SEEDS for good).
 KNOWN_BUGS: dict[tuple[int, int | None], str] = {}
+# The same for DISJOINT_SEEDS.
+DISJOINT_KNOWN_BUGS: dict[tuple[int, int], str] = {
+    (373, 3): (
+        "liveness: two replicas repaired their logs, failed the superblock write that clears "
+        "the recovering flag and crashed; on restart each is 'unfinished' and waits to rejoin "
+        "through a quorum, which the third replica, alone in its view change, cannot give"
+    ),
+}
 
 FRESH_SEED_COUNT = 24
 FRESH_BASE_ENV = "CRATON_SIM_FRESH_BASE"
@@ -196,7 +205,20 @@ def test_regression_seed_passes(seed: int, replicas: int | None) -> None:
         )
 
 
-@pytest.mark.parametrize(("seed", "replicas"), DISJOINT_SEEDS)
+def disjoint_params() -> list[object]:
+    params: list[object] = []
+    for seed, replicas in DISJOINT_SEEDS:
+        bug = DISJOINT_KNOWN_BUGS.get((seed, replicas))
+        marks = (
+            []
+            if bug is None
+            else [pytest.mark.xfail(raises=AssertionError, strict=True, reason=bug)]
+        )
+        params.append(pytest.param(seed, replicas, marks=marks, id=f"seed{seed}-r{replicas}"))
+    return params
+
+
+@pytest.mark.parametrize(("seed", "replicas"), disjoint_params())
 def test_disjoint_damage_seed_passes(seed: int, replicas: int) -> None:
     summary = run_seed(seed, replicas=replicas, profile="disjoint")
     assert summary["result"] == "pass", failure_message(summary, replicas)
@@ -215,6 +237,8 @@ def test_regression_list_is_well_formed() -> None:
         assert seed >= 0 and replicas in (None, 1, 2, 3, 4, 5, 6, 7), (seed, replicas)
     unknown = [key for key in KNOWN_BUGS if key not in REGRESSION_SEEDS]
     assert not unknown, f"KNOWN_BUGS names seeds missing from REGRESSION_SEEDS: {unknown}"
+    unknown = [key for key in DISJOINT_KNOWN_BUGS if key not in DISJOINT_SEEDS]
+    assert not unknown, f"DISJOINT_KNOWN_BUGS names seeds missing from DISJOINT_SEEDS: {unknown}"
 
 
 @pytest.mark.parametrize("index", range(FRESH_SEED_COUNT), ids=lambda i: f"fresh{i:02}")
