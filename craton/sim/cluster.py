@@ -67,7 +67,6 @@ REPAIR_NOTICES = {  # notices counted in a run's ``repairs``, by the name they a
     "log.superblock_lost": "superblocks_lost",
     "log.torn_tail_truncated": "torn_tails_cut",
     "replica.prepare_repaired": "prepares_repaired",
-    "replica.hole_filled_from_state": "holes_filled_from_states",
     "replica.repair_abandoned": "repairs_abandoned",
     "replica.repaired": "logs_repaired",
     "replica.recovered": "rejoined",

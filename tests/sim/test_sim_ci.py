@@ -73,7 +73,7 @@ REGRESSION_SEEDS: list[tuple[int, int | None]] = [
     # although intact records followed (105); an interrupted first format (40, 73, 193)
     *((seed, 3) for seed in (31, 32, 40, 73, 105, 193)),
     # a prepare fetched for a hole arrived while a checkpoint state was being installed past
-    # it, and was appended to the log mid-install (51)
+    # it, and was appended to the log mid-install (51; a repair by state since withdrawn)
     (51, 3),
 ]
 
@@ -84,8 +84,8 @@ DISJOINT_SEEDS: list[tuple[int, int]] = [
     (7, 3),
     (2, 5),
     (3, 5),
+    (17, 3),  # a prepare for a hole arriving mid-install (a repair by state since withdrawn)
     (70, 3),  # two replicas recovering at once, one with a hole below every peer's log
-    (17, 3),  # the same repair, with a prepare for the hole arriving mid-install
     (373, 3),  # two replicas whose repair finished but whose flag clearing failed
 ]
 
@@ -95,6 +95,11 @@ DISJOINT_SEEDS: list[tuple[int, int]] = [
 KNOWN_BUGS: dict[tuple[int, int | None], str] = {}
 # The same for DISJOINT_SEEDS.
 DISJOINT_KNOWN_BUGS: dict[tuple[int, int], str] = {
+    (70, 3): (
+        "liveness: a replica's hole lies below every peer's log (their logs start at a "
+        "checkpoint-state base), so repair by hash never finds it, while a second replica "
+        "is recovering too: no quorum forms and nothing fills the hole"
+    ),
     (373, 3): (
         "liveness: two replicas repaired their logs, failed the superblock write that clears "
         "the recovering flag and crashed; on restart each is 'unfinished' and waits to rejoin "

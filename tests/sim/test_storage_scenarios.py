@@ -283,51 +283,6 @@ def test_lagging_replica_catches_up_while_the_primary_fails(seed: int) -> None:
     assert cluster.checker.checkpoint_states_checked > 0
 
 
-# --- a hole below every peer's log -------------------------------------------------------------
-
-
-@pytest.mark.parametrize("seed", SEEDS)
-def test_a_hole_below_every_peers_log_is_filled_from_a_checkpoint_state(seed: int) -> None:
-    """Replicas 1 and 2 each fall behind in turn and catch up by state sync, so both their
-    logs start at a base. Then every replica has a committed op rot and all three crash at
-    once, so none can rejoin through a quorum of healthy ones: replicas 1 and 2 fetch their
-    holes from the others by hash, but replica 0's lies below both bases and no log holds
-    it any more. Replica 0 takes a checkpoint state whose chain hash its own record before
-    the state's op carries, starts its log at that state, re-appends what it found past
-    the damage, and the cluster goes on with every committed op kept."""
-    seen: dict[str, dict[int, bytes]] = {}
-    hole = 3
-
-    def script_it(cluster: Cluster, script: Script) -> None:
-        replica = lambda index: cluster.nodes[index].replica  # noqa: E731
-
-        def synced(index: int) -> bool:
-            return cluster.nodes[index].up and replica(index).log.base > hole
-
-        def damage() -> None:
-            seen["committed"] = committed_hashes(cluster, 0)
-            for index in range(3):
-                durable = replica(index).log.durable
-                cluster.crash(index, down_ticks=60 + 10 * index)
-                cluster.corrupt_op(index, hole if index == 0 else durable - 1 - 3 * index)
-
-        script.then(
-            "1 cut off", lambda: replica(0).commit >= 4, lambda: cluster.crash(1, down_ticks=900)
-        )
-        script.then("1 synced", lambda: synced(1), lambda: cluster.crash(2, down_ticks=900))
-        in_log = lambda: replica(2).log.durable >= replica(2).log.base + 8  # noqa: E731
-        script.then("2 synced", lambda: synced(2) and in_log(), damage)
-
-    cluster, notices, _ = run_scenario(seed, script_it, requests=150)
-    assert notices.of(0, "replica.recovering"), "expected replica 0 to go recovering"
-    assert notices.of(0, "replica.hole_filled_from_state"), (
-        f"expected replica 0 to fill its hole from a state: {notices.of(0, 'replica.')}"
-    )
-    assert notices.of(0, "replica.repaired"), "expected replica 0 to be repaired"
-    assert cluster.nodes[0].replica.log.base > hole, "expected replica 0's log to start at a base"
-    assert_kept(cluster, seen["committed"])
-
-
 # --- checkpoints at agreed ops ---------------------------------------------------------------
 
 

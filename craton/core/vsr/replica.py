@@ -118,16 +118,6 @@ LOAD_READS_MAX = 64  # reads in flight while a restarted replica reloads its jou
 SERVE_TAG_BASE = 1 << 62  # log read tags from here on: a released op read for replica tag - base
 CHECKPOINT_STATES_MAX = 8  # states kept while the log has not sealed their ops yet
 VIEW_CHANGE_BACKOFF_MAX = 4  # doublings of the view change timeout
-# What a recovering replica still takes: the answers that end its recovery, the asks it
-# answers, and the prepares and checkpoint states that fill the holes in its log.
-_WHILE_RECOVERING = (
-    StartView,
-    RecoveryResponse,
-    Recovery,
-    RequestPrepare,
-    PrepareReply,
-    NewCheckpoint,
-)
 
 
 class ReplyStatus(enum.IntEnum):
@@ -550,8 +540,6 @@ class Replica:
         effects: list[Effect] = []
         if not self._persisted_recovering:
             return []  # the log changes only once the superblock says it is recovering
-        if self._syncing is not None:
-            return []  # the log is taking a state as its base: repair goes on from there
         while self.head in self._repair:
             item = self._repair[self.head]
             if item.body is None:
@@ -580,12 +568,8 @@ class Replica:
             return []
         if self._install is not None or self._truncating or self._rejoining or self._syncing:
             return []  # the journal is between two views' logs, or about to be replaced
-        if ask.op < self.log.base:
-            # Below this log's base the op survives only in checkpoint states: the asker
-            # takes one whose chain hash its own log vouches for (``_repair_from_state``).
-            return self._offer_checkpoint(ask.replica)
         if ask.op < self._base:  # released from memory: the log on disk still holds it
-            if ask.op >= self.log.durable:
+            if not self.log.base <= ask.op < self.log.durable:
                 return []
             return self._route(self.log.read(ask.op, SERVE_TAG_BASE + ask.replica))
         if ask.op < self.head:
@@ -602,8 +586,6 @@ class Replica:
         item = self._repair.get(entry.op)
         if self.status is not Status.RECOVERING or entry.op != self.head or item is None:
             return []
-        if self._syncing is not None:
-            return []  # a state is being installed past this op
         if item.body is not None or entry.hash != (item.hash or entry.hash):
             return []
         if item.hash is None and reply.log_view != self.log_view:
@@ -770,7 +752,9 @@ class Replica:
             return [Notice("replica.bad_message", (("from", received.src), ("why", error.reason)))]
         if self.status is Status.LOADING:
             return []
-        if self.status is Status.RECOVERING and not isinstance(message, _WHILE_RECOVERING):
+        if self.status is Status.RECOVERING and not isinstance(
+            message, (StartView, RecoveryResponse, Recovery, RequestPrepare, PrepareReply)
+        ):
             return []
         match message:
             case Prepare():
@@ -1036,8 +1020,6 @@ class Replica:
         return [Send(asker, self._encode(offer))]
 
     def _on_new_checkpoint(self, offer: NewCheckpoint) -> list[Effect]:
-        if self.status is Status.RECOVERING:
-            return self._repair_from_state(offer)
         if offer.view != self.view or self._truncating or self.status is not Status.NORMAL:
             return []
         if (self.is_primary and self._install is None) or self._syncing is not None:
@@ -1052,28 +1034,6 @@ class Replica:
             return [Notice("replica.checkpoint_rejected", fields)]
         if not self.log.can_install_base:
             return []  # writes in flight: the next GetState brings it again
-        self._syncing = (offer, *checked)
-        for entry in self.entries:
-            self._forget_request(entry)
-        return self._route(self.log.install_base(offer.op, offer.chain_hash, offer.state))
-
-    def _repair_from_state(self, offer: NewCheckpoint) -> list[Effect]:
-        """A hole below every peer's log: the ops there survive only in checkpoint states.
-        A state at an op this replica's salvaged records reach, whose chain hash is the one
-        its own record before that op carries, holds exactly what this log held below it
-        (whatever view it comes from). The log then starts at that state, and the records
-        found past the damage are re-appended from it on."""
-        if not self._repairing or not self._persisted_recovering or self._syncing is not None:
-            return []
-        vouched = self._repair.get(offer.op - 1)
-        if offer.op <= self.head or vouched is None or vouched.hash != offer.chain_hash:
-            return []
-        checked = self._verify_checkpoint(offer)
-        if isinstance(checked, str):
-            fields = (("op", offer.op), ("from", offer.replica), ("why", checked))
-            return [Notice("replica.checkpoint_rejected", fields)]
-        if not self.log.can_install_base:
-            return []  # a write in flight: the next round of asking brings it again
         self._syncing = (offer, *checked)
         for entry in self.entries:
             self._forget_request(entry)
@@ -1112,11 +1072,6 @@ class Replica:
         if old is not None:  # superseded by the base's own state file
             effects.extend(self._route(self.log.release_state(old.op)))
         self._get_state_quiet_until = 0
-        if self._repairing:  # the holes below the state are filled by it
-            for op in [op for op in self._repair if op < position]:
-                del self._repair[op]
-            effects.append(Notice("replica.hole_filled_from_state", (("op", position),)))
-            return [*effects, *self._repair_next()]
         if self._install is not None:
             return [*effects, *self._continue_install()]
         if self.status is not Status.NORMAL:
