@@ -26,6 +26,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from functools import cache
 from pathlib import Path
 
@@ -94,7 +95,7 @@ DISJOINT_SEEDS: list[tuple[int, int]] = [
 # be removed (the seed itself stays in REGRESSION_SEEDS for good).
 KNOWN_BUGS: dict[tuple[int, int | None], str] = {}
 # The same for DISJOINT_SEEDS.
-DISJOINT_KNOWN_BUGS: dict[tuple[int, int], str] = {
+DISJOINT_KNOWN_BUGS: dict[tuple[int, int | None], str] = {
     (70, 3): (
         "liveness: a replica's hole lies below every peer's log (their logs start at a "
         "checkpoint-state base), so repair by hash never finds it, while a second replica "
@@ -182,10 +183,13 @@ def failure_message(summary: dict[str, object], replicas: int | None) -> str:
 # --- the seeded runs -------------------------------------------------------------------------
 
 
-def regression_params() -> list[object]:
+def seed_params(
+    seeds: Sequence[tuple[int, int | None]], known_bugs: Mapping[tuple[int, int | None], str]
+) -> list[object]:
+    """One pytest param per (seed, replicas); a known bug's seed runs as a strict xfail."""
     params: list[object] = []
-    for seed, replicas in REGRESSION_SEEDS:
-        bug = KNOWN_BUGS.get((seed, replicas))
+    for seed, replicas in seeds:
+        bug = known_bugs.get((seed, replicas))
         marks = (
             []
             if bug is None
@@ -196,7 +200,7 @@ def regression_params() -> list[object]:
     return params
 
 
-@pytest.mark.parametrize(("seed", "replicas"), regression_params())
+@pytest.mark.parametrize(("seed", "replicas"), seed_params(REGRESSION_SEEDS, KNOWN_BUGS))
 def test_regression_seed_passes(seed: int, replicas: int | None) -> None:
     summary = run_seed(seed, replicas=replicas)
     assert summary["result"] == "pass", failure_message(summary, replicas)
@@ -210,20 +214,7 @@ def test_regression_seed_passes(seed: int, replicas: int | None) -> None:
         )
 
 
-def disjoint_params() -> list[object]:
-    params: list[object] = []
-    for seed, replicas in DISJOINT_SEEDS:
-        bug = DISJOINT_KNOWN_BUGS.get((seed, replicas))
-        marks = (
-            []
-            if bug is None
-            else [pytest.mark.xfail(raises=AssertionError, strict=True, reason=bug)]
-        )
-        params.append(pytest.param(seed, replicas, marks=marks, id=f"seed{seed}-r{replicas}"))
-    return params
-
-
-@pytest.mark.parametrize(("seed", "replicas"), disjoint_params())
+@pytest.mark.parametrize(("seed", "replicas"), seed_params(DISJOINT_SEEDS, DISJOINT_KNOWN_BUGS))
 def test_disjoint_damage_seed_passes(seed: int, replicas: int) -> None:
     summary = run_seed(seed, replicas=replicas, profile="disjoint")
     assert summary["result"] == "pass", failure_message(summary, replicas)
