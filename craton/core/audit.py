@@ -5,6 +5,12 @@
 checks every record body from position 0 and every entry of the checkpoint history, and it
 changes nothing. A torn, never-acknowledged tail is reported as a warning, not a failure:
 it is exactly what recovery would cut off.
+
+A replica's directory is judged by the rules its node recovers by: its witness file
+(``durable``, see ``craton.core.log``) certifies how far the log was durable, so a log that
+ends short of the mark, or is torn inside records below it, is damage (data the node
+acknowledged is missing and must be repaired from the peers), never a harmless torn tail;
+and a whole record whose body does not check out is damage too, as the node judges it.
 """
 
 from __future__ import annotations
@@ -15,7 +21,13 @@ from collections.abc import Callable
 import attrs
 
 from craton.core import superblock
-from craton.core.log import CHECKPOINTS_PATH, SEGMENT_NAME, segment_path
+from craton.core.log import (
+    CHECKPOINTS_PATH,
+    SEGMENT_NAME,
+    WITNESS_PATH,
+    segment_path,
+    witness_mark,
+)
 from craton.core.record import GENESIS_HASH
 from craton.core.scan import Corrupt, Torn, scan_segment, torn_or_damaged
 from craton.core.seal import ENTRY_SIZE, Checkpoint, SealError, decode_entry, verify_seal
@@ -73,12 +85,18 @@ def audit(
         report.problem = problem
         return report
     sealed = {entry.position - 1: entry.chain_hash for entry in history if entry.position}
+    witness = witness_mark(read(WITNESS_PATH))
     certified = max(chosen.durable_before, max((e.position for e in history), default=0))
-    _audit_segments(report, numbers[chosen.base_segment :], read, sealed, certified)
+    by = "the superblock and checkpoints"
+    if witness is not None and witness > certified:
+        certified, by = witness, f"the witness file '{WITNESS_PATH}'"
+    end = _audit_segments(
+        report, numbers[chosen.base_segment :], read, sealed, certified, witness is not None
+    )
     if report.ok and report.records < certified:
         report.problem = (
-            f"folder 'log': holds {report.records} records, but records below {certified} "
-            "were certified durable"
+            f"{end}: the log ends at record {report.records}, but records below {certified} "
+            f"were certified durable (by {by}): acknowledged records are missing"
         )
     return report
 
@@ -119,7 +137,12 @@ def _audit_segments(
     read: Callable[[str], bytes],
     sealed: dict[int, bytes],
     certified: int,
-) -> None:
+    replica: bool,
+) -> str:
+    """Scan the segments in order; the location where the log ends (``file '…' offset N``).
+    ``replica``: the directory has a witness, so a whole record that does not check out is
+    damage, as the node judges it, not a torn write."""
+    end = "folder 'log'"
     for number in numbers:
         path = segment_path(number)
         data = read(path)
@@ -137,16 +160,22 @@ def _audit_segments(
         report.records = scan.next_position
         report.head_hash = scan.last_hash
         verdict = scan.verdict
+        end = f"file '{path}' offset {len(data)}"
         if isinstance(verdict, Torn):  # as recovery judges it: intact records after it?
             verdict = torn_or_damaged(data, verdict, scan.next_position)
+        if isinstance(verdict, Torn) and verdict.whole and replica:
+            reason = f"{verdict.reason} in a whole record: damage, not a torn write"
+            verdict = Corrupt(verdict.offset, scan.next_position, reason)
         if isinstance(verdict, Corrupt):
             report.problem = (
                 f"file '{path}' offset {verdict.offset}: record {verdict.position} is damaged: "
                 f"{verdict.reason}"
             )
-            return
+            return end
         if isinstance(verdict, Torn):
+            end = f"file '{path}' offset {verdict.offset}"
             report.warnings.append(
                 f"file '{path}' offset {verdict.offset}: torn tail of {len(data) - verdict.offset}"
                 f" bytes ({verdict.reason}); never acknowledged, recovery cuts it off"
             )
+    return end

@@ -109,6 +109,21 @@ def _decode_witness(data: bytes, slot: int) -> tuple[int, int] | None:
     return sequence, durable
 
 
+def encode_witness(sequence: int, durable: int) -> bytes:
+    """The bytes of the witness slot that ``sequence`` writes (slot ``sequence % 2``, at
+    offset ``slot * WITNESS_SLOT``): the log was durable up to ``durable``."""
+    body = _WITNESS.pack(WITNESS_MAGIC, sequence, durable, sequence % 2)
+    return checksum(body) + body
+
+
+def witness_mark(data: bytes) -> int | None:
+    """How far the witness file's bytes say the log was durable: the newer valid slot's
+    mark, or None when neither slot checks out (no witness, or both copies damaged)."""
+    slots = [_decode_witness(data[slot * WITNESS_SLOT :], slot) for slot in range(2)]
+    found = [slot for slot in slots if slot is not None]
+    return max(found)[1] if found else None
+
+
 def _describe(verdict: Torn | Corrupt) -> str:
     if isinstance(verdict, Torn):
         return f"offset {verdict.offset}: torn tail ({verdict.reason})"
@@ -751,8 +766,7 @@ class Log:
     def _write_witness(self, durable: int, then: str) -> DiskWrite:
         self._witness_sequence += 1
         slot = self._witness_sequence % 2
-        body = _WITNESS.pack(WITNESS_MAGIC, self._witness_sequence, durable, slot)
-        data = checksum(body) + body
+        data = encode_witness(self._witness_sequence, durable)
         context = (durable, then)
         offset = slot * WITNESS_SLOT
         return self._track(
@@ -1010,11 +1024,28 @@ class Log:
             later = any(state.sizes[n] for n in state.numbers[state.index :])
             state.salvaged = tail.records
             state.salvage_complete = tail.complete and not later
-            notice = Notice("log.damage_cut", (("file", path), ("where", _describe(verdict))))
+            fields = (
+                ("file", path),
+                ("offset", verdict.offset),
+                ("record", verdict.position),
+                ("where", _describe(verdict)),
+            )
+            notice = Notice("log.damage_cut", fields)
             return [notice, *self._finish_recovery()]
         if state.index < len(state.numbers):
             return [self._read_segment()]
         return self._finish_recovery()
+
+    def _records_missing(self, certified: int) -> Notice:
+        """Where a replica's log ends short of what it certified durable: the records from
+        there on were acknowledged and are gone (a cut or lost write), to be repaired."""
+        if self._segments:
+            last = self._segments[-1]
+            where = (("file", last.path), ("offset", last.size))
+        else:
+            where = (("file", SEGMENT_FOLDER), ("offset", 0))
+        fields = (*where, ("from_record", self.head), ("certified", certified))
+        return Notice("log.records_missing", fields)
 
     def _certified(self, chosen: Superblock) -> int:
         checkpoint = 0 if chosen.checkpoint is None else chosen.checkpoint.position
@@ -1033,19 +1064,22 @@ class Log:
         state = self._recovery
         chosen = state.superblock
         assert chosen is not None and state.root_files is not None
-        if self.head < self._certified(chosen) and self.salvage:
+        certified = self._certified(chosen)
+        outputs: list[LogOutput] = []
+        if self.head < certified and self.salvage:
+            if state.cut is None or state.cut > self.head:  # said once, not on re-entry
+                outputs.append(self._records_missing(certified))
             state.cut = self.head if state.cut is None else min(state.cut, self.head)
-        elif self.head < self._certified(chosen):
+        elif self.head < certified:
             return self._halt(
                 f"folder '{SEGMENT_FOLDER}': the log ends at record {self.head} but records "
-                f"below {self._certified(chosen)} were certified durable"
+                f"below {certified} were certified durable"
             )
         if state.cut is not None and not self._formatted:
             fresh = self._salvage_superblock(chosen, state.cut)
             if fresh is not None:
                 state.salvaging = True
-                return self._write_superblock(fresh)
-        outputs: list[LogOutput] = []
+                return [*outputs, *self._write_superblock(fresh)]
         scan = state.last_scan
         if scan is not None and isinstance(scan.verdict, Corrupt):
             outputs.extend(self._salvage_cuts(state, scan))

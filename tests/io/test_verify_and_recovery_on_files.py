@@ -6,7 +6,10 @@
   trusts the sealed prefix; reads always verify) — it is never dropped or served;
 - the segment cut mid-record at the tail after a crash: verify warns but passes, recovery
   cuts the torn tail, and verify then passes clean on what remains;
-- the tail cut inside a record that a checkpoint certified: recovery refuses to open.
+- the tail cut inside a record that a checkpoint certified: recovery refuses to open;
+- a replica's directory (one with a witness file): a log cut short of the witness's mark, at
+  a record boundary or inside a record, and a whole record that does not check out at its
+  tail, are DAMAGED with file and offset, as the node judges them, not a harmless torn tail.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from craton.core import record
+from craton.core.log import WITNESS_PATH, WITNESS_SLOT, encode_witness
 from craton.io.local import LocalLog, LogHalted, LogRefused
 
 RECORDS = 40
@@ -139,3 +143,54 @@ def test_verify_survives_one_damaged_superblock_copy(tmp_path: Path) -> None:
     assert run_verify(tmp_path).returncode == 0
     with LocalLog(tmp_path) as log:
         assert log.head == RECORDS
+
+
+def witness(data_dir: Path, durable: int) -> None:
+    """Give the directory a replica's witness: the log was durable up to ``durable``."""
+    (data_dir / WITNESS_PATH).write_bytes(encode_witness(2, durable).ljust(2 * WITNESS_SLOT, b"\0"))
+
+
+@pytest.mark.parametrize("cut", ["boundary", "mid-record"])
+def test_a_replica_cut_below_its_witness_is_damaged(tmp_path: Path, cut: str) -> None:
+    fill(tmp_path, clean_close=False)  # the superblock certifies little: the witness more
+    data = segment(tmp_path).read_bytes()
+    offsets = record_offsets(data)
+    at = offsets[30] if cut == "boundary" else offsets[30] + 7
+    with segment(tmp_path).open("r+b") as file:
+        file.truncate(at)
+    assert run_verify(tmp_path).returncode == 0, "without a witness the cut is a torn tail"
+
+    witness(tmp_path, RECORDS)
+    result = run_verify(tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stdout.startswith(f"DAMAGED {tmp_path}: file 'log/0000000000.seg' offset ")
+    if cut == "boundary":
+        assert f"offset {at}: the log ends at record 30, but records below {RECORDS}" in (
+            result.stdout
+        )
+        assert "witness file 'durable'" in result.stdout
+    else:
+        assert f"offset {offsets[30]}: record 30 is damaged" in result.stdout
+        assert "certified durable" in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_a_replica_whose_last_whole_record_is_damaged_is_damaged(tmp_path: Path) -> None:
+    fill(tmp_path, clean_close=False)
+    target = flip_in_record(tmp_path, RECORDS - 1)
+    single = run_verify(tmp_path)
+    assert single.returncode == 0 and "torn tail" in single.stderr, single.stdout + single.stderr
+
+    witness(tmp_path, RECORDS - 1)  # the last record itself was never certified
+    result = run_verify(tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"offset {target}: record {RECORDS - 1} is damaged" in result.stdout
+    assert "damage, not a torn write" in result.stdout
+
+
+def test_a_replica_within_its_witness_verifies_ok(tmp_path: Path) -> None:
+    fill(tmp_path, clean_close=False)
+    witness(tmp_path, RECORDS)
+    result = run_verify(tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"OK {tmp_path}: {RECORDS} records" in result.stdout

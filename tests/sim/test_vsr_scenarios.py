@@ -498,3 +498,55 @@ def test_duplicate_request_after_view_change(seed: int) -> None:
         assert cached.reply[9:] == acknowledged[0].reply, (
             "expected the cached reply to be the reply the op produced"
         )
+
+
+# --- a restarted backup is settled (``/ready``) only once it caught up ----------------------
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_a_restarted_backup_is_settled_only_once_caught_up(seed: int) -> None:
+    """§4.3 (a replica rejoining after a crash): a backup that was down while the others
+    committed comes back in normal status with a log that ends short of the view's. It is
+    not ``settled`` (what the node's ``/ready`` reports) until it has heard the primary and
+    committed as far as the primary then announced: a rolling restart that waits for it
+    never takes a second replica away while the first still lacks the view's log."""
+    cluster = Cluster(seed, quiet_options(clients=3, requests=30, fault_ticks=1_500))
+    script = Script(cluster)
+    seen: dict[str, int] = {}
+    unsettled_ticks: list[int] = []
+    settled_too_early: list[tuple[int, int]] = []
+
+    def crash_backup() -> None:
+        cluster.crash(2, down_ticks=200)
+
+    def back() -> bool:
+        node = cluster.nodes[2]
+        return node.up and node.incarnation == 1 and node.replica.status is Status.NORMAL
+
+    def restarted() -> None:
+        seen["primary_commit"] = max(node.replica.commit for node in cluster.nodes)
+        seen["own_commit"] = cluster.nodes[2].replica.commit
+
+    def watch_backup() -> None:
+        node = cluster.nodes[2]
+        if "backup restarted" not in script.fired or not node.up:
+            return
+        if not node.replica.settled:
+            unsettled_ticks.append(cluster.events.now)
+        elif node.replica.commit < seen["primary_commit"]:
+            settled_too_early.append((node.replica.commit, seen["primary_commit"]))
+
+    script.watch(watch_backup)
+    script.then("clients at work", lambda: replica(cluster, 0).commit >= 10, crash_backup)
+    script.then("backup restarted", back, restarted)
+    result = cluster.run()
+
+    assert script.done, f"the script did not finish: fired {script.fired}"
+    assert_clean(result)
+    assert_converged(cluster)
+    assert seen["own_commit"] < seen["primary_commit"], (
+        f"expected the restarted backup behind the primary, {seen}"
+    )
+    assert unsettled_ticks, "expected the behind backup to be unsettled for a while"
+    assert not settled_too_early, f"settled before catching up: {settled_too_early[:3]}"
+    assert all(node.replica.settled for node in cluster.nodes), "expected all settled at the end"

@@ -246,6 +246,9 @@ class Replica:
         self._acked: dict[int, int] = {}  # replica -> highest op it holds durably, this view
         self._ticks = 0
         self._primary_heard_tick = 0
+        # (view, the commit number its primary announced when first heard in it): a backup
+        # has caught up with its view once it committed that far (see ``settled``)
+        self._catch_up: tuple[int, int] | None = None
         self._view_change_deadline = 0
         self._view_changes_unsettled = 0  # view changes since this replica was last normal
         self._heartbeat_due = 0
@@ -267,6 +270,7 @@ class Replica:
         self._member = False  # its superblock holds its view state (see ``member``)
         self._repair: dict[int, Salvaged] = {}  # records past the damage, holes to fetch
         self._repairing = False  # filling holes by hash: done, it resumes as after a restart
+        self._repair_holes = 0  # records of the repair that only the peers could supply
         # op -> the state when the commit number reached that multiple of the interval, from
         # the sealed checkpoint's op on (see ``craton.core.vsr.checkpoint``)
         self.checkpoints: dict[int, CheckpointState] = {}
@@ -308,6 +312,27 @@ class Replica:
     def installing(self) -> bool:
         """True while this replica brings its log in line with its view's log."""
         return self._install is not None
+
+    @property
+    def settled(self) -> bool:
+        """Recovered and taking part: normal status, the view's whole log installed and
+        durable (no install, state sync or rejoin in progress), and, for a backup, caught up
+        with the commit number its primary announced when this replica first heard it in
+        this view. What an operator's readiness probe asks before stopping another replica."""
+        if self.halted is not None or not self._ready_to_ack() or self._syncing is not None:
+            return False
+        if self._recovering or self._rejoining:
+            return False
+        if self.is_primary:
+            return True
+        heard = self._catch_up
+        return heard is not None and heard[0] == self.view and self.commit >= heard[1]
+
+    def _heard_primary(self, commit: int) -> None:
+        """The primary of this view announced ``commit`` (a prepare or a heartbeat)."""
+        self._primary_heard_tick = self._ticks
+        if self._catch_up is None or self._catch_up[0] != self.view:
+            self._catch_up = (self.view, commit)
 
     @property
     def member(self) -> bool:
@@ -532,6 +557,7 @@ class Replica:
         if max(tail[-1].position + 1, self.head) < recovered.certified:
             return []  # records the log certified are missing even past the damage
         self._repair = {item.position: item for item in tail}
+        self._repair_holes = sum(item.body is None for item in tail)
         self._repairing = True
         self._recovered = attrs.evolve(recovered, salvaged=())  # held in _repair from now
         return self._repair_next()
@@ -560,7 +586,8 @@ class Replica:
         self._repairing = False
         self._lost_from = None
         self._recovering = False
-        notice = Notice("replica.repaired", (("head", self.head),))
+        fields = (("head", self.head), ("fetched_from_peers", self._repair_holes))
+        notice = Notice("replica.repaired", fields)
         return [notice, *self._save_state(), *self._resume()]
 
     def _on_request_prepare(self, ask: RequestPrepare) -> list[Effect]:
@@ -620,6 +647,8 @@ class Replica:
         if self._persisted_recovering and self._lost_from is None:
             reason = "unfinished"
         fields = (("reason", reason), ("head", self.head), ("view", self.view))
+        if self._lost_from is not None:
+            fields = (*fields, ("lost_from", self._lost_from))
         # Before its log changes in any way, the superblock says it is recovering: a crash
         # in the middle of a repair or an install must not leave a log that looks whole.
         self._recovering = True
@@ -799,7 +828,7 @@ class Replica:
             return self._behind(prepare.view)
         if self.status is not Status.NORMAL or self.is_primary:
             return []
-        self._primary_heard_tick = self._ticks
+        self._heard_primary(prepare.commit)
         entry = prepare.entry
         effects: list[Effect] = []
         if entry.op == self.head and not self._truncating and self._syncing is None:
@@ -869,6 +898,8 @@ class Replica:
         if self.is_primary:
             return []
         self._primary_heard_tick = self._ticks  # only this view's primary sends its heartbeat
+        if self.status is Status.NORMAL:
+            self._heard_primary(commit.commit)
         if self.status is not Status.NORMAL:
             # The new primary is alive (installing its log): wait for its StartView rather
             # than give up on the view; ask for it in case it was lost.
@@ -1489,7 +1520,8 @@ class Replica:
         self._arm_view_change_timer()
         if self._rejoining:
             self._rejoining = False
-            effects.append(Notice("replica.recovered", (("view", self.view), ("head", self.head))))
+            fields = (("view", self.view), ("head", self.head), ("commit", self.commit))
+            effects.append(Notice("replica.recovered", fields))
         if self.is_primary:
             effects.extend(self._broadcast(self._start_view_message()))
             effects.extend(self._advance_commit())
