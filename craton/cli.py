@@ -88,6 +88,13 @@ def _parser() -> argparse.ArgumentParser:
             default="atlas",
             help="where destructive disk faults land (default: atlas)",
         )
+        sub.add_argument(
+            "--sizes",
+            choices=["shrunk", "production"],
+            default=None,
+            help="the replicas' sizes and timeouts: the simulation profile (shrunk) or the "
+            "production profile a node runs (default: drawn per seed, production in 1 of 8)",
+        )
         sub.set_defaults(run=_run_sim)
 
     from craton.client.commands import add_client_commands
@@ -186,10 +193,19 @@ def _run_sim(args: argparse.Namespace) -> int:
         return _fail("--ticks must be at least 1", EXIT_USAGE)
     if args.sim_command == "replay":
         header = run_header(
-            args.seed, replicas=args.replicas, ticks=args.ticks, profile=args.disk_profile
+            args.seed,
+            replicas=args.replicas,
+            ticks=args.ticks,
+            profile=args.disk_profile,
+            sizes=args.sizes,
         )
         print(header, file=sys.stderr)
-    shape = {"replicas": args.replicas, "ticks": args.ticks, "profile": args.disk_profile}
+    shape = {
+        "replicas": args.replicas,
+        "ticks": args.ticks,
+        "profile": args.disk_profile,
+        "sizes": args.sizes,
+    }
     if args.trace is None:
         return run_seeds(seeds, **shape, trace_file=None)
     try:

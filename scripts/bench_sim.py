@@ -12,9 +12,10 @@ clogs, clock drift and skew, disk errors and the odd crash and pause) and the sc
 and the same two figures over all seeds. The run's result (``pass`` expected) is printed
 too: a benchmark of a broken run is not a figure.
 
-The swarm keeps the client table small (``CLIENT_TABLE_MAX``) so that sessions are evicted
-and clients must register again; a benchmark measures throughput instead, so it makes the
-table as large as the client count for the duration of the run. Clients are given more
+The swarm's shrunk profile keeps the client table small so that sessions are evicted and
+clients must register again; a benchmark measures throughput instead, so its replicas run
+the production profile (``craton.core.vsr.profile.PRODUCTION``: the sizes and timeouts a
+node runs, a client table far larger than the client count). Clients are given more
 requests than they get through in the fault phase, so the cluster is under load for all of
 it; the liveness phase that follows sends nothing new and ends once the cluster settles.
 
@@ -26,9 +27,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from craton.sim import cluster
+from craton.core.vsr.profile import PRODUCTION, TICK_MS
 from craton.sim.clock import ClockFaults
-from craton.sim.cluster import TICK_MS, Cluster, ProcessFaults, SwarmOptions
+from craton.sim.cluster import Cluster, ProcessFaults, SwarmOptions
 from craton.sim.disk import DiskFaults
 from craton.sim.network import NetworkFaults
 from craton.sim.runner import parse_seeds
@@ -72,19 +73,15 @@ def options(clients: int, requests: int, fault_ticks: int) -> SwarmOptions:
         disk=DISK,
         clocks=CLOCKS,
         processes=PROCESSES,
+        sizes=PRODUCTION.name,
     )
 
 
 def run(seed: int, plan: SwarmOptions) -> tuple[float, float, int, str]:
     """One run: (wall seconds, simulated seconds, committed ops, result)."""
-    table_max = cluster.CLIENT_TABLE_MAX
-    cluster.CLIENT_TABLE_MAX = max(table_max, plan.client_count)
-    try:
-        started = time.perf_counter()
-        result = Cluster(seed, plan).run()
-        wall_seconds = time.perf_counter() - started
-    finally:
-        cluster.CLIENT_TABLE_MAX = table_max
+    started = time.perf_counter()
+    result = Cluster(seed, plan).run()
+    wall_seconds = time.perf_counter() - started
     return wall_seconds, result.ticks * TICK_MS / 1000, result.committed_ops, result.result
 
 

@@ -33,6 +33,7 @@ from craton.core.seal import Sealer
 from craton.core.seam import ClientRequest, Halt, MessageReceived, Notice, Reply, Tick
 from craton.core.state_machine import StateMachine
 from craton.core.vsr import codec
+from craton.core.vsr.profile import PROFILE_NAMES, PROFILES, SIMULATION
 from craton.core.vsr.replica import Replica, ReplicaConfig
 from craton.core.wire.errors import DecodeError
 from craton.io.driver import Driver
@@ -55,9 +56,11 @@ MACHINES: dict[str, tuple[Callable[[], StateMachine], Callable[[Prng], bytes]]] 
     "event_store": (EventStore, event_store_operation),
 }
 
-TICK_MS = 10
-CLIENT_TABLE_MAX = 3  # small, so that clients are evicted and must register again
-CHECKPOINT_INTERVAL_OPS = 32  # replicas seal a checkpoint at every multiple of this op
+# Replicas run the simulation profile (the production one with sizes shrunk) or, in a share
+# of the seeds, the production profile exactly (``craton.core.vsr.profile``).
+CLIENT_TABLE_MAX = SIMULATION.client_table_max
+CHECKPOINT_INTERVAL_OPS = SIMULATION.checkpoint_interval_ops
+PRODUCTION_SIZES_SHARE = 0.125  # of seeds whose sizes are drawn, not given
 LIVENESS_TICKS_DEFAULT = 3000
 MESSAGE_LOSS_FLOOR = 0.01  # per message, when a seed drew no network fault at all
 CRASH_FLOOR = 0.0005  # per replica per tick, when a cluster's seed drew no crashes
@@ -140,9 +143,11 @@ class SwarmOptions:
     clocks: ClockFaults
     processes: ProcessFaults
     atlas: FaultAtlas = FaultAtlas("atlas", (), 0.0, 0.0)
+    sizes: str = SIMULATION.name  # the replica profile (``craton.core.vsr.profile``)
 
     def summary(self) -> dict[str, object]:
         return {
+            "sizes": self.sizes,
             "replicas": self.replica_count,
             "clients": self.client_count,
             "requests_per_client": self.requests_per_client,
@@ -166,8 +171,19 @@ class SwarmOptions:
 
 
 def draw_options(
-    seed: int, *, replicas: int | None = None, ticks: int | None = None, profile: str = "atlas"
+    seed: int,
+    *,
+    replicas: int | None = None,
+    ticks: int | None = None,
+    profile: str = "atlas",
+    sizes: str | None = None,
 ) -> SwarmOptions:
+    """The options seed ``seed`` draws; ``sizes`` (a replica profile's name) is drawn too
+    when not given: the production profile in ``PRODUCTION_SIZES_SHARE`` of the seeds."""
+    assert sizes is None or sizes in PROFILE_NAMES, sizes
+    if sizes is None:  # a stream of its own: the other draws are the same either way
+        production = Prng(seed, "sizes").chance(PRODUCTION_SIZES_SHARE)
+        sizes = "production" if production else SIMULATION.name
     prng = Prng(seed, "swarm")
     replica_count = replicas if replicas is not None else prng.choice([1, 3, 3, 5])
     network = NetworkFaults.draw(prng.split("network"))
@@ -189,6 +205,7 @@ def draw_options(
         clocks=ClockFaults.draw(prng.split("clocks")),
         processes=processes,
         atlas=FaultAtlas.draw(prng.split("atlas"), replica_count, profile),
+        sizes=sizes,
     )
 
 
@@ -265,7 +282,13 @@ class Cluster:
         self.repairs: dict[str, int] = {}
         self._members = [False] * n  # whose view state was ever durable (see Replica.member)
         self.digest = hashlib.sha256(f"craton-sim:{seed}".encode())
-        self.checker = Checker(n, self._make_machine, CLIENT_TABLE_MAX, CHECKPOINT_INTERVAL_OPS)
+        self.profile = PROFILES[options.sizes]
+        self.checker = Checker(
+            n,
+            self._make_machine,
+            self.profile.client_table_max,
+            self.profile.checkpoint_interval_ops,
+        )
         self.nodes = [self._boot(index, None) for index in range(n)]
         for index in range(n):
             self.network.endpoint(index).set_receiver(self._receiver(index))
@@ -293,16 +316,12 @@ class Cluster:
         if disk is None:
             plan = self.options.disk_plan(index)
             disk = SimDisk(self.prng.split(f"disk-{index}"), self.events, plan)
-        config = ReplicaConfig(
+        config = self.profile.config(
             joined=joined,
             replica_id=index,
             replica_count=self.options.replica_count,
             seal_seed=self._seal_seeds[index],
-            segment_size_max=256 * 1024,
-            checkpoint_interval_ops=CHECKPOINT_INTERVAL_OPS,
-            checkpoint_states=True,
             peer_public_keys=self._public_keys,
-            client_table_max=CLIENT_TABLE_MAX,
         )
         prng = self.prng.split(f"replica-{index}-{self.process_faults['restarts']}")
         replica = self._replica_factory(config, self._make_machine(), prng)

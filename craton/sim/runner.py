@@ -19,7 +19,8 @@ import traceback
 from collections.abc import Callable
 from typing import TextIO
 
-from craton.sim.cluster import TICK_MS, Cluster, draw_options
+from craton.core.vsr.profile import TICK_MS
+from craton.sim.cluster import Cluster, draw_options
 
 EXIT_PASS = 0
 EXIT_CORRECTNESS = 127
@@ -34,7 +35,11 @@ EXIT_CODES = {
 
 
 def replay_command(
-    seed: int, replicas: int | None, ticks: int | None, profile: str = "atlas"
+    seed: int,
+    replicas: int | None,
+    ticks: int | None,
+    profile: str = "atlas",
+    sizes: str | None = None,
 ) -> str:
     command = f"craton sim replay --seed {seed}"
     if replicas is not None:
@@ -43,15 +48,22 @@ def replay_command(
         command += f" --ticks {ticks}"
     if profile != "atlas":
         command += f" --disk-profile {profile}"
+    if sizes is not None:
+        command += f" --sizes {sizes}"
     return command
 
 
 def run_header(
-    seed: int, *, replicas: int | None, ticks: int | None, profile: str = "atlas"
+    seed: int,
+    *,
+    replicas: int | None,
+    ticks: int | None,
+    profile: str = "atlas",
+    sizes: str | None = None,
 ) -> str:
     """The swarm options a seed draws, as one line (the trace's first line; ``replay``
     prints it on stderr)."""
-    options = draw_options(seed, replicas=replicas, ticks=ticks, profile=profile)
+    options = draw_options(seed, replicas=replicas, ticks=ticks, profile=profile, sizes=sizes)
     return f"seed {seed}: swarm options {json.dumps(options.summary(), sort_keys=True)}"
 
 
@@ -62,23 +74,27 @@ def run_seed(
     ticks: int | None = None,
     trace: Callable[[str], None] | None = None,
     profile: str = "atlas",
+    sizes: str | None = None,
 ) -> dict[str, object]:
     """Run one seed; returns its summary (the JSON line's fields)."""
-    options = draw_options(seed, replicas=replicas, ticks=ticks, profile=profile)
+    options = draw_options(seed, replicas=replicas, ticks=ticks, profile=profile, sizes=sizes)
     if trace is not None:
-        trace(f"# {run_header(seed, replicas=replicas, ticks=ticks, profile=profile)}")
+        header = run_header(seed, replicas=replicas, ticks=ticks, profile=profile, sizes=sizes)
+        trace(f"# {header}")
     summary: dict[str, object] = {
         "seed": seed,
         "replicas": options.replica_count,
         "clients": options.client_count,
+        "sizes": options.sizes,
     }
+    replay = replay_command(seed, replicas, ticks, profile, sizes)
     try:
         result = Cluster(seed, options, trace=trace).run()
     except Exception as error:  # a crash is a finding: report it like any other
         frames = traceback.extract_tb(error.__traceback__)
         where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
         summary.update(result="crash", error=f"{type(error).__name__}: {error} at {where}")
-        summary["replay"] = replay_command(seed, replicas, ticks, profile)
+        summary["replay"] = replay
         return summary
     summary.update(
         result=result.result,
@@ -94,7 +110,7 @@ def run_seed(
     if result.violations:
         summary["violations"] = list(result.violations)
     if result.result != "pass":
-        summary["replay"] = replay_command(seed, replicas, ticks, profile)
+        summary["replay"] = replay
     return summary
 
 
@@ -107,6 +123,7 @@ def run_seeds(
     out: TextIO | None = None,
     progress: TextIO | None = None,
     profile: str = "atlas",
+    sizes: str | None = None,
 ) -> int:
     """Run ``seeds`` in order: a JSON line each on ``out`` (default: stdout), failures and
     progress on ``progress`` (default: stderr); returns the exit code."""
@@ -118,7 +135,9 @@ def run_seeds(
         trace = None
         if trace_file is not None:
             trace = lambda line: print(line, file=trace_file)  # noqa: E731
-        summary = run_seed(seed, replicas=replicas, ticks=ticks, trace=trace, profile=profile)
+        summary = run_seed(
+            seed, replicas=replicas, ticks=ticks, trace=trace, profile=profile, sizes=sizes
+        )
         print(json.dumps(summary, sort_keys=True), file=out, flush=True)
         code = EXIT_CODES[str(summary["result"])]
         if code != EXIT_PASS:

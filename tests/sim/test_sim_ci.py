@@ -41,8 +41,9 @@ from craton.core.state_machine import (
     open_snapshot,
     seal_snapshot,
 )
+from craton.core.vsr.profile import TICK_MS
 from craton.sim import checkers, cluster, runner
-from craton.sim.cluster import TICK_MS, Cluster, draw_options
+from craton.sim.cluster import Cluster, draw_options
 from craton.sim.runner import (
     EXIT_CORRECTNESS,
     EXIT_CRASH,

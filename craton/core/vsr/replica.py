@@ -646,7 +646,11 @@ class Replica:
         reason = "damaged" if self._lost_from is not None else "wiped"
         if self._persisted_recovering and self._lost_from is None:
             reason = "unfinished"
-        fields = (("reason", reason), ("head", self.head), ("view", self.view))
+        fields: tuple[tuple[str, str | int], ...] = (
+            ("reason", reason),
+            ("head", self.head),
+            ("view", self.view),
+        )
         if self._lost_from is not None:
             fields = (*fields, ("lost_from", self._lost_from))
         # Before its log changes in any way, the superblock says it is recovering: a crash
