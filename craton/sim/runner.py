@@ -86,15 +86,15 @@ def run_seed(
         "replicas": options.replica_count,
         "clients": options.client_count,
         "sizes": options.sizes,
+        # every line carries the command that runs this very seed again, whatever it gave
+        "replay": replay_command(seed, replicas, ticks, profile, sizes),
     }
-    replay = replay_command(seed, replicas, ticks, profile, sizes)
     try:
         result = Cluster(seed, options, trace=trace).run()
     except Exception as error:  # a crash is a finding: report it like any other
         frames = traceback.extract_tb(error.__traceback__)
         where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
         summary.update(result="crash", error=f"{type(error).__name__}: {error} at {where}")
-        summary["replay"] = replay
         return summary
     summary.update(
         result=result.result,
@@ -109,8 +109,6 @@ def run_seed(
     )
     if result.violations:
         summary["violations"] = list(result.violations)
-    if result.result != "pass":
-        summary["replay"] = replay
     return summary
 
 

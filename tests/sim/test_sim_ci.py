@@ -372,7 +372,27 @@ def test_run_prints_one_json_line_with_every_field() -> None:
     assert isinstance(faults, dict) and faults, f"expected faults injected: {summary}"
     assert all(isinstance(count, int) and count > 0 for count in faults.values()), faults
     assert summary["fault_kinds"] == len(faults)
-    assert "replay" not in summary, "a passing run needs no replay command"
+    assert summary["replay"] == "craton sim replay --seed 19 --replicas 1", summary
+
+
+def test_the_replay_command_of_a_json_line_reproduces_its_run(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A seed run with a given shape replays from its JSON line alone: the line's command
+    carries the shape (here ``--replicas 3``, which the seed alone would draw otherwise)."""
+    out, progress = io.StringIO(), io.StringIO()
+    code = run_seeds(
+        range(42, 43), replicas=3, ticks=SHORT_TICKS, trace_file=None, out=out, progress=progress
+    )
+    assert code == EXIT_PASS, progress.getvalue()
+    line = json.loads(out.getvalue())
+    assert draw_options(42).replica_count != 3, "expected a seed whose own draw differs"
+    assert cli.main(str(line["replay"]).split()[1:]) == EXIT_PASS
+    replayed = json.loads(capsys.readouterr().out)
+    assert (replayed["replicas"], replayed["trace_digest"]) == (3, line["trace_digest"]), (
+        line,
+        replayed,
+    )
 
 
 def test_run_over_a_range_prints_a_line_per_seed_in_order() -> None:
