@@ -20,6 +20,8 @@ Rules it keeps:
   address too: a replica in a view change may be the one cut off from the others.
 - Write request ids stay within ``REQUEST_NUMBER_MAX``; past it the client draws a new
   client id and starts numbering again.
+- Deadlines and timeouts are measured on the client's ``Clock`` (``clock``, the system's
+  by default); the event loop only does the waiting.
 - Every failure is a ``craton.client.errors`` exception; nothing else escapes.
 """
 
@@ -29,7 +31,6 @@ import asyncio
 import contextlib
 import os
 import ssl
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import TypeVar
@@ -82,6 +83,7 @@ from craton.core.wire.messages import (
     RevokeApiKey,
     RevokeApiKeyReply,
 )
+from craton.io.clock import SYSTEM_CLOCK, Clock, monotonic_s
 
 DEFAULT_ADDRESS = "127.0.0.1:5432"
 CONNECT_TIMEOUT_S = 5.0
@@ -143,8 +145,9 @@ class _LinkBroken(Exception):
 class _Link(asyncio.Protocol):
     """One connection: frames out, replies matched to their request ids as they arrive."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, clock: Clock) -> None:
         self.address = address
+        self._clock = clock
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._decoder = FrameDecoder()
@@ -155,8 +158,9 @@ class _Link(asyncio.Protocol):
         self._lost: asyncio.Future[None] = self._loop.create_future()
         # One timer for the link, set for the earliest deadline of the requests waiting
         # (a timer per request costs more than the request's own work).
-        self._deadlines: dict[int, float] = {}  # request id -> loop time it times out at
+        self._deadlines: dict[int, float] = {}  # request id -> when it times out (``_clock``)
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at_s = 0.0  # the deadline the timer is set for, while there is one
 
     @property
     def broken(self) -> bool:
@@ -170,11 +174,10 @@ class _Link(asyncio.Protocol):
         assert transport is not None
         future: asyncio.Future[AnyMessage] = self._loop.create_future()
         self._pending[request_id] = future
-        deadline = self._loop.time() + timeout_s
-        self._deadlines[request_id] = deadline
-        timer = self._timer
-        if timer is None or deadline < timer.when():
-            self._set_timer(deadline)
+        deadline_s = monotonic_s(self._clock) + timeout_s
+        self._deadlines[request_id] = deadline_s
+        if self._timer is None or deadline_s < self._timer_at_s:
+            self._set_timer(deadline_s)
         try:
             transport.write(encode(message, request_id))
             if self._paused:
@@ -185,17 +188,20 @@ class _Link(asyncio.Protocol):
                 del self._pending[request_id]
             self._deadlines.pop(request_id, None)
 
-    def _set_timer(self, when: float) -> None:
+    def _set_timer(self, at_s: float) -> None:
+        """Call ``_expire`` once the clock reaches ``at_s`` (the loop only waits the time)."""
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = self._loop.call_at(when, self._expire)
+        delay_s = max(0.0, at_s - monotonic_s(self._clock))
+        self._timer = self._loop.call_later(delay_s, self._expire)
+        self._timer_at_s = at_s
 
     def _expire(self) -> None:
         """Fail the requests whose deadline has come; set the timer for the next one."""
         self._timer = None
-        due = self._loop.time() + TIMER_SLACK_S
-        for request_id, deadline in list(self._deadlines.items()):
-            if deadline <= due:
+        due_s = monotonic_s(self._clock) + TIMER_SLACK_S
+        for request_id, deadline_s in list(self._deadlines.items()):
+            if deadline_s <= due_s:
                 del self._deadlines[request_id]
                 future = self._pending.pop(request_id, None)
                 if future is not None and not future.done():
@@ -295,6 +301,7 @@ class AsyncClient:
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
         request_timeout_s: float = REQUEST_TIMEOUT_S,
         retry_deadline_s: float = RETRY_DEADLINE_S,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         addresses = [address] if isinstance(address, str) else list(address)
         if not addresses:
@@ -313,6 +320,7 @@ class AsyncClient:
         self._connect_timeout_s = connect_timeout_s
         self._request_timeout_s = request_timeout_s
         self._retry_deadline_s = retry_deadline_s
+        self._clock = clock  # deadlines and timeouts are measured on it
         self._next_request_id = 1
         self._link: _Link | None = None
         self._link_lock = asyncio.Lock()
@@ -336,17 +344,17 @@ class AsyncClient:
 
     async def connect(self) -> ServerInfo:
         """Connect and handshake now (requests do it themselves when needed)."""
-        deadline = time.monotonic() + self._retry_deadline_s
+        deadline_s = monotonic_s(self._clock) + self._retry_deadline_s
 
         async def attempt() -> ServerInfo | CratonError:
             try:
-                await self._ensure_link(deadline)
+                await self._ensure_link(deadline_s)
             except CratonError as error:
                 return error
             assert self.info is not None
             return self.info
 
-        return await _retrying(attempt, deadline)
+        return await _retrying(attempt, deadline_s, self._clock)
 
     async def close(self) -> None:
         self._closed = True
@@ -449,27 +457,27 @@ class AsyncClient:
         if self._closed:
             raise ConnectionFailed("the client is closed")
         request_id = self._take_request_id()
-        deadline = time.monotonic() + self._retry_deadline_s
+        deadline_s = monotonic_s(self._clock) + self._retry_deadline_s
 
         async def attempt() -> AnyMessage | CratonError:
-            return await self._attempt(message, request_id, deadline)
+            return await self._attempt(message, request_id, deadline_s)
 
         reply = await attempt()  # the first try, outside the retry loop's own coroutine
         if isinstance(reply, CratonError):
-            reply = await _retrying(attempt, deadline, reply)
+            reply = await _retrying(attempt, deadline_s, self._clock, reply)
         if not isinstance(reply, expected):
             raise ProtocolError(f"the node answered with {type(reply).__name__}")
         return reply
 
     async def _attempt(
-        self, message: AnyMessage, request_id: int, deadline: float
+        self, message: AnyMessage, request_id: int, deadline_s: float
     ) -> AnyMessage | CratonError:
         """One try: the reply, or the error that decides whether to try again."""
         try:
-            link = await self._ensure_link(deadline)
+            link = await self._ensure_link(deadline_s)
         except CratonError as error:
             return error
-        timeout_s = max(0.001, min(self._request_timeout_s, deadline - time.monotonic()))
+        timeout_s = max(0.001, min(self._request_timeout_s, self._left_s(deadline_s)))
         try:
             reply = await link.request(message, request_id, timeout_s)
         except TimeoutError:
@@ -489,7 +497,7 @@ class AsyncClient:
 
     # --- connections -----------------------------------------------------------------------
 
-    async def _ensure_link(self, deadline: float) -> _Link:
+    async def _ensure_link(self, deadline_s: float) -> _Link:
         link = self._link
         if link is not None and not link.broken:
             return link  # what the locked path below returns too, without taking the lock
@@ -498,15 +506,15 @@ class AsyncClient:
             if link is not None and not link.broken:
                 return link
             self._link = None
-            link = await self._open_link(deadline)
+            link = await self._open_link(deadline_s)
             self._link = link
             return link
 
-    async def _open_link(self, deadline: float) -> _Link:
+    async def _open_link(self, deadline_s: float) -> _Link:
         address = self._address
         host, port = _split_address(address)
-        timeout_s = max(0.001, min(self._connect_timeout_s, deadline - time.monotonic()))
-        link = _Link(address)
+        timeout_s = max(0.001, min(self._connect_timeout_s, self._left_s(deadline_s)))
+        link = _Link(address, self._clock)
         loop = asyncio.get_running_loop()
         try:
             await asyncio.wait_for(
@@ -572,6 +580,10 @@ class AsyncClient:
         else:
             self._address = self._addresses[0]
 
+    def _left_s(self, deadline_s: float) -> float:
+        """Seconds from now (on the client's clock) until ``deadline_s``."""
+        return deadline_s - monotonic_s(self._clock)
+
     def _take_request_id(self) -> int:
         request_id = self._next_request_id
         self._next_request_id += 1
@@ -583,11 +595,12 @@ class AsyncClient:
 
 async def _retrying(
     attempt: Callable[[], Awaitable[_Outcome | CratonError]],
-    deadline: float,
+    deadline_s: float,
+    clock: Clock,
     first: _Outcome | CratonError | None = None,
 ) -> _Outcome:
-    """Run ``attempt`` until it succeeds, fails for good, or ``deadline`` passes; ``first``
-    is the outcome of a first try already made, if any.
+    """Run ``attempt`` until it succeeds, fails for good, or ``deadline_s`` (on ``clock``)
+    passes; ``first`` is the outcome of a first try already made, if any.
 
     When the deadline passes, the error raised is the last one a node answered with, if
     any: a try cut short by the deadline itself says less than the node's own refusal."""
@@ -602,7 +615,7 @@ async def _retrying(
             raise outcome
         if isinstance(outcome, ServerError) or last is None or not isinstance(last, ServerError):
             last = outcome
-        wait_s = min(backoff_s, deadline - time.monotonic())
+        wait_s = min(backoff_s, deadline_s - monotonic_s(clock))
         if wait_s <= 0:
             raise last
         await asyncio.sleep(wait_s)

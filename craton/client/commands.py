@@ -35,7 +35,6 @@ import os
 import re
 import ssl
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -54,6 +53,7 @@ from craton.core.auth import (
     Role,
 )
 from craton.core.wire.messages import API_KEY_LABEL_SIZE_MAX, READ_EVENTS_MAX, DataClass
+from craton.io.clock import NS_PER_S, SYSTEM_CLOCK, Clock, realtime_ms
 
 ADDRESS_ENV = "CRATON_ADDRESS"
 TOKEN_ENV = "CRATON_TOKEN"
@@ -281,14 +281,14 @@ def _run_status(args: argparse.Namespace, client: Client) -> int:
     return EXIT_OK
 
 
-def _run_key_create(args: argparse.Namespace, client: Client) -> int:
+def _run_key_create(args: argparse.Namespace, client: Client, clock: Clock = SYSTEM_CLOCK) -> int:
     if args.expires_in is not None and args.expires_in <= 0:
         return _fail("--expires-in must be positive", EXIT_USAGE)
     if len(args.label.encode("utf-8")) > API_KEY_LABEL_SIZE_MAX:
         return _fail(f"--label is longer than {API_KEY_LABEL_SIZE_MAX} bytes", EXIT_USAGE)
     expires_ms = None
     if args.expires_in is not None:
-        expires_ms = time.time_ns() // 1_000_000 + args.expires_in * 1000
+        expires_ms = realtime_ms(clock) + args.expires_in * 1000
     made = client.create_api_key(_ROLES[args.role], expires_ms=expires_ms, label=args.label)
     print(f"created API key {made.key_id:016x} ({args.role}) at log position "
           f"{made.log_position}; it is shown this once:", file=sys.stderr)  # fmt: skip
@@ -331,7 +331,7 @@ def _run_key_revoke(args: argparse.Namespace, client: Client) -> int:
     return EXIT_OK
 
 
-def _run_token_issue(args: argparse.Namespace) -> int:
+def _run_token_issue(args: argparse.Namespace, clock: Clock = SYSTEM_CLOCK) -> int:
     secret = os.environ.get("VDB_JWT_SECRET", "").strip()
     if len(secret.encode("utf-8")) < JWT_SECRET_SIZE_MIN:
         return _fail(
@@ -350,15 +350,15 @@ def _run_token_issue(args: argparse.Namespace) -> int:
     ttl = lifetime_max if args.ttl is None else args.ttl
     if not 1 <= ttl <= lifetime_max:
         return _fail(f"--ttl must be in 1..{lifetime_max} (VDB_JWT_EXPIRATION_SECS)", EXIT_USAGE)
-    now = int(time.time())
+    now_s = clock.realtime_ns() // NS_PER_S
     claims = {
         "sub": args.subject,
         "tenant_id": args.tenant,
         "role": args.role,
         "iss": os.environ.get("VDB_JWT_ISSUER", "").strip() or "craton",
         "aud": os.environ.get("VDB_JWT_AUDIENCE", "").strip() or "craton",
-        "iat": now,
-        "exp": now + ttl,
+        "iat": now_s,
+        "exp": now_s + ttl,
     }
     print(jwt.encode(claims, secret, algorithm=JWT_ALGORITHM))
     return EXIT_OK

@@ -29,7 +29,7 @@ Rules it keeps:
   ``rate`` tokens per second holding at most ``max(1, rate)``; without one it is refused
   with ``RATE_LIMITED``.
 - Authentication happens once, at the handshake (``craton.core.auth.authenticate`` with
-  the wall clock's time and this replica's API-key table): a refused credential gets
+  the clock's wall-clock time and this replica's API-key table): a refused credential gets
   ``AUTHENTICATION_FAILED`` with request id 0 and the connection is closed — one failed
   attempt per connection, counted in ``vdb_auth_failures_total``, logged and, on the
   primary, recorded in the audit stream of the credential's tenant (tenant 0 when nothing
@@ -38,8 +38,13 @@ Rules it keeps:
   whether the refusal was audited). Each request then carries the connection's principal
   and the time it was received into the log, where the event store authorizes it (role,
   tenant, a key that was revoked or expired since): the same decision on every replica.
-  A token's connection ends at its first frame after the token ran out
-  (``Principal.expires_ms``), refused as that token would be at a handshake.
+  A token's expiry is judged again at every frame served after the handshake, against
+  the wall-clock time read then (no decision is cached): the connection ends at its first
+  frame after the token ran out (``Principal.expires_ms``), refused as that token would be
+  at a handshake, and a clock stepped back afterwards cannot revive it (it is closed).
+- Time comes only from the connection's ``Clock`` (``craton.io.clock``): its monotonic
+  time for request durations, the idle time and the rate limit, its wall-clock time for
+  tokens, keys and audit stamps.
 - An API key is drawn here (``secrets``) when an admin asks for one; only its hash enters
   the log, and the key goes back in the reply once.
 - Nothing a client sent is ever logged or echoed: errors name fields, not contents.
@@ -51,7 +56,6 @@ import asyncio
 import collections
 import re
 import secrets
-import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -119,6 +123,7 @@ from craton.core.wire.messages import (
     ListApiKeys,
     RevokeApiKey,
 )
+from craton.io.clock import SYSTEM_CLOCK, Clock, monotonic_s, realtime_ms
 from craton.net.logs import EventLog
 from craton.net.metrics import NodeMetrics
 from craton.net.node import REQUEST_NUMBER_MAX, Applied, Outcome, Refused, ReplicaHost
@@ -229,8 +234,10 @@ class ClientConnection:
         reader: DirectReader,
         writer: asyncio.StreamWriter,
         peer: str,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._owner = owner
+        self._clock = clock
         self._host = owner.host
         self._metrics = owner.metrics
         self._reader = reader
@@ -248,10 +255,10 @@ class ClientConnection:
         self._advancing = False  # ``_advance`` is running (it is not entered twice)
         self._reserved_bytes = 0  # the largest replies the requests in flight may get
         self._closing = False
-        now = time.monotonic()
-        self.last_active_s = now
+        now_s = monotonic_s(clock)
+        self.last_active_s = now_s  # on the clock's monotonic time, as ``received_s`` is
         rate = owner.rate_limit_rps
-        self._bucket = TokenBucket(rate, now) if rate is not None else None
+        self._bucket = TokenBucket(rate, now_s) if rate is not None else None
         self._seq = 0
         self._open: dict[int, None] = {}  # seqs of requests in flight, oldest first
         self._syncs: collections.deque[_Sync] = collections.deque()
@@ -263,6 +270,14 @@ class ClientConnection:
     @property
     def inflight(self) -> int:
         return len(self._open) + len(self._syncs)
+
+    def _now_s(self) -> float:
+        """Monotonic seconds: request durations, the idle time and the rate limit."""
+        return monotonic_s(self._clock)
+
+    def _now_ms(self) -> int:
+        """Unix time in milliseconds: the time the core is given for tokens, keys and audit."""
+        return realtime_ms(self._clock)
 
     # --- the read loop ---------------------------------------------------------------------
 
@@ -282,7 +297,7 @@ class ClientConnection:
     def _on_data(self, data: bytes) -> None:
         if self._closing:
             return
-        received_s = time.monotonic()
+        received_s = self._now_s()
         if self._receive(data, received_s):
             self.last_active_s = received_s  # a frame trickled in part by part is no activity
         self._advance()
@@ -389,10 +404,10 @@ class ClientConnection:
         self.close()
 
     async def _await_replies(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
+        deadline_s = self._now_s() + timeout_s
         while (
             (self.inflight or self._frames)
-            and time.monotonic() < deadline
+            and self._now_s() < deadline_s
             and not self._writer.is_closing()
         ):
             await asyncio.sleep(0.01)
@@ -457,10 +472,10 @@ class ClientConnection:
                 if isinstance(message, CreateApiKey):
                     body, done = self._create_key(message, done)
                 else:
-                    body = store_request(frame, self._prefix, _now_ms())
+                    body = store_request(frame, self._prefix, self._now_ms())
                 self._host.submit_write(self._tenant_id, client_id, request_id, body, done)
             case ReadEvents() | ReadEventsAsOf() | ListApiKeys():
-                body = store_request(frame, self._prefix, _now_ms())
+                body = store_request(frame, self._prefix, self._now_ms())
                 reserved = _reply_bytes_max(message)
                 done = self._tracked(request_id, method, received_s, reserved)
                 self._host.submit_read(body, done)
@@ -495,7 +510,7 @@ class ClientConnection:
             principal.role,
             principal.key_id,
             principal.subject,
-            _now_ms(),
+            self._now_ms(),
         )
 
         def created(outcome: Outcome) -> None:
@@ -541,7 +556,7 @@ class ClientConnection:
             return
         owner = self._owner
         principal = authenticate(
-            owner.auth_mode, handshake.auth_token, _now_ms(), owner.jwt_policy, self._host
+            owner.auth_mode, handshake.auth_token, self._now_ms(), owner.jwt_policy, self._host
         )
         if isinstance(principal, AuthRefusal):
             self._refuse_credential(principal, received_s)
@@ -554,7 +569,7 @@ class ClientConnection:
         client_id = handshake.client_id
 
         def ready(refusal: Refused | None) -> None:
-            duration_s = time.monotonic() - received_s
+            duration_s = self._now_s() - received_s
             if refusal is not None:
                 self._metrics.observe_request("Handshake", refusal.code, duration_s)
                 self._fail(_error(refusal.code, refusal.message, refusal.primary_address))
@@ -580,7 +595,7 @@ class ClientConnection:
         principal = self._principal
         if principal is None or principal.expires_ms is None:
             return False
-        if _now_ms() <= principal.expires_ms:
+        if self._now_ms() <= principal.expires_ms:
             return False
         expired = AuthRefusal(Refusal.EXPIRED, principal.tenant_id, principal.subject)
         self._refuse_credential(expired, received_s)
@@ -589,9 +604,9 @@ class ClientConnection:
     def _refuse_credential(self, refusal: AuthRefusal, received_s: float) -> None:
         """One failed authentication: count it, log it, audit it, close the connection."""
         self._metrics.auth_failures.labels(refusal.reason.name.lower()).inc()
-        duration_s = time.monotonic() - received_s
+        duration_s = self._now_s() - received_s
         self._metrics.observe_request("Handshake", ErrorCode.AUTHENTICATION_FAILED, duration_s)
-        audited = self._owner.auth_failure_records.take(time.monotonic())
+        audited = self._owner.auth_failure_records.take(self._now_s())
         self._owner.log.warn(
             "connection.auth_failed",
             peer=self.peer,
@@ -603,7 +618,9 @@ class ClientConnection:
             record = AuthFailure(refusal.subject or "", refusal.reason.name.lower())
             subject = f"connection from {self.peer}"[:64]
             self._host.submit_record(
-                encode_request(StoreRequest(tenant, record, subject=subject, time_ms=_now_ms()))
+                encode_request(
+                    StoreRequest(tenant, record, subject=subject, time_ms=self._now_ms())
+                )
             )
         self._fail(_error(ErrorCode.AUTHENTICATION_FAILED, refusal.message))
 
@@ -624,7 +641,7 @@ class ClientConnection:
                 del self._open[seq]
                 self._reserved_bytes -= reserved_bytes
             code = self._answer(request_id, outcome)
-            self._metrics.observe_request(method, code, time.monotonic() - received_s)
+            self._metrics.observe_request(method, code, self._now_s() - received_s)
             self._release_syncs()
             if self._frames or self._reading_paused:
                 self._advance()
@@ -663,16 +680,16 @@ class ClientConnection:
         while self._syncs and (oldest_open is None or self._syncs[0].seq < oldest_open):
             sync = self._syncs.popleft()
             self._write(encode(SyncReply(self._host.commit), sync.request_id))
-            self._metrics.observe_request("Sync", None, time.monotonic() - sync.received_s)
+            self._metrics.observe_request("Sync", None, self._now_s() - sync.received_s)
 
     def _refuse(
         self, frame: Frame, method: str, received_s: float, code: ErrorCode, message: str
     ) -> None:
         self._write(encode(_error(code, message), frame.request_id))
-        self._metrics.observe_request(method, code, time.monotonic() - received_s)
+        self._metrics.observe_request(method, code, self._now_s() - received_s)
 
     def _write(self, data: bytes) -> None:
-        self.last_active_s = time.monotonic()
+        self.last_active_s = self._now_s()
         if not self._writer.is_closing():
             self._writer.write(data)
 
@@ -706,11 +723,6 @@ def store_request(frame: Frame, principal: bytes, time_ms: int) -> bytes:
     ``principal`` encodes (``encode_principal``), received at ``time_ms``."""
     kind = _STORE_KINDS[frame.command]
     return bytes([kind]) + principal + time_ms.to_bytes(8, "little") + frame.body
-
-
-def _now_ms() -> int:
-    """Unix time in milliseconds: the time the core is given for tokens, keys and audit."""
-    return time.time_ns() // 1_000_000
 
 
 def _encode_body(message: CreateApiKeyReply) -> bytes:

@@ -1,8 +1,9 @@
 """Structured logs for the node: one JSON object per line on standard error.
 
-Every line has ``ts`` (UTC, ISO 8601 with milliseconds), ``level``, ``event`` (a dotted
-name such as ``server.listening``) and the event's fields. ``VDB_LOG_LEVEL`` chooses the
-lowest level written: ``trace`` < ``debug`` < ``info`` < ``warn`` < ``error``.
+Every line has ``ts`` (UTC, ISO 8601 with milliseconds, read from the log's ``Clock``),
+``level``, ``event`` (a dotted name such as ``server.listening``) and the event's fields.
+``VDB_LOG_LEVEL`` chooses the lowest level written: ``trace`` < ``debug`` < ``info`` <
+``warn`` < ``error``.
 
 Rules: callers pass fields as values of their own, never request payloads, event bytes or
 credentials; a field value is cut to ``FIELD_CHARS_MAX`` characters; a line is written in
@@ -12,13 +13,13 @@ raises into the node (a value that is not JSON becomes its ``str``).
 
 from __future__ import annotations
 
-import datetime
 import json
 import logging
 import sys
 import threading
 from typing import TextIO
 
+from craton.io.clock import SYSTEM_CLOCK, Clock, iso_utc_ms
 from craton.net.config import LogLevel
 
 LOGGER_NAME = "craton.node"
@@ -46,8 +47,11 @@ FieldValue = str | int | float | bool | None
 class EventLog:
     """The node's log: ``log.info("server.listening", addr="0.0.0.0:5432")``."""
 
-    def __init__(self, level: LogLevel, stream: TextIO | None = None) -> None:
+    def __init__(
+        self, level: LogLevel, stream: TextIO | None = None, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         self._threshold = LEVELS[level]
+        self._clock = clock
         self._stream = stream if stream is not None else sys.stderr
         self._lock = threading.Lock()
 
@@ -72,9 +76,8 @@ class EventLog:
     def emit(self, level: int, event: str, fields: dict[str, FieldValue]) -> None:
         if level < self._threshold:
             return
-        now = datetime.datetime.now(datetime.UTC)
         record: dict[str, FieldValue] = {
-            "ts": now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "ts": iso_utc_ms(self._clock.realtime_ns()).replace("+00:00", "Z"),
             "level": _NAMES.get(level, str(level)),
             "event": event,
         }

@@ -101,6 +101,7 @@ from craton.core.vsr.replica import (
 from craton.core.wire import Command, DecodeError, Frame, decode_frame
 from craton.core.wire.errors import ErrorCode
 from craton.core.wire.replica import OPERATION_SIZE_MAX, SUFFIX_ENTRIES_MAX, Commit, PrepareOk
+from craton.io.clock import SYSTEM_CLOCK, Clock, monotonic_s
 from craton.io.driver import Driver
 from craton.io.entropy import OsEntropy
 from craton.io.file_disk import FileDisk
@@ -442,12 +443,12 @@ class ReplicaHost:
     def view(self) -> int:
         return 0 if self.replica is None else self.replica.view
 
-    async def drain(self, timeout_s: float) -> bool:
-        """Wait until every queued request is committed; False if ``timeout_s`` ran out."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
+    async def drain(self, timeout_s: float, clock: Clock = SYSTEM_CLOCK) -> bool:
+        """Wait until every queued request is committed; False if ``timeout_s`` ran out
+        (measured on ``clock``)."""
+        deadline_s = monotonic_s(clock) + timeout_s
         while not self.idle and self.halted is None:
-            if loop.time() >= deadline:
+            if monotonic_s(clock) >= deadline_s:
                 return False
             await asyncio.sleep(TICK_INTERVAL_S)
         return self.halted is None

@@ -32,13 +32,13 @@ Rules it keeps:
   per peer is open.
 - Peers prove membership before anything else: a hello's ``auth_token`` carries a proof
   made with ``VDB_CLUSTER_SECRET`` (``craton.core.peer_auth``: an HMAC over the hello's
-  client id, the receiving replica's id, the time and a nonce, good once and for
-  ``PROOF_AGE_MS_MAX``). A hello without a good proof is refused with
-  ``AUTHENTICATION_FAILED`` (request id 0), the connection is closed, and the refusal is
-  counted in ``vdb_peer_auth_failures_total``; no frame after it is read. With TLS
-  configured, replica connections are mutual TLS as well: the opener checks the
-  receiver's certificate against ``VDB_TLS_CERT``'s chain and presents its own, and the
-  receiver refuses (the same way) a hello on a connection without a verified one.
+  client id, the receiving replica's id, the time (the wall-clock time of the network's
+  ``Clock``) and a nonce, good once and for ``PROOF_AGE_MS_MAX``). A hello without a good
+  proof is refused with ``AUTHENTICATION_FAILED`` (request id 0), the connection is
+  closed, and the refusal is counted in ``vdb_peer_auth_failures_total``; no frame after
+  it is read. With TLS configured, replica connections are mutual TLS as well: the opener
+  checks the receiver's certificate against ``VDB_TLS_CERT``'s chain and presents its own,
+  and the receiver refuses (the same way) a hello on a connection without a verified one.
 """
 
 from __future__ import annotations
@@ -50,7 +50,6 @@ import random
 import secrets
 import socket
 import ssl
-import time
 from collections.abc import Callable
 
 import attrs
@@ -72,6 +71,7 @@ from craton.core.wire import (
 )
 from craton.core.wire.frame import COMMAND_REPLICA_RANGE, FRAME_SIZE_MAX, encode_frame
 from craton.core.wire.messages import AUTH_TOKEN_SIZE_MAX
+from craton.io.clock import SYSTEM_CLOCK, Clock, realtime_ms
 from craton.io.interfaces import ReceiveCallback
 from craton.net.config import Address
 from craton.net.logs import EventLog
@@ -154,8 +154,10 @@ class PeerNetwork:
         *,
         view: Callable[[], int],
         observe: Callable[[int, Frame], None] | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.settings = settings
+        self.clock = clock
         self.metrics = metrics
         self.log = log
         self._view = view
@@ -170,7 +172,7 @@ class PeerNetwork:
         accepted = (settings.secret,) if settings.secondary is None else (
             settings.secret, settings.secondary
         )  # fmt: skip
-        started_ms = time.time_ns() // 1_000_000  # before the node listens: see ProofChecker
+        started_ms = realtime_ms(clock)  # before the node listens: see ProofChecker
         self._proofs = ProofChecker(accepted, settings.replica_id, started_ms)
         self._closed = False
         for replica in self._links:  # every series exists from the start, at zero
@@ -240,7 +242,7 @@ class PeerNetwork:
         """Serve a connection whose first frame was ``hello``: replica frames until it ends.
 
         ``decoder`` holds whatever followed the hello."""
-        unproven = self._proofs.check(hello.proof, hello.client_id, time.time_ns() // 1_000_000)
+        unproven = self._proofs.check(hello.proof, hello.client_id, realtime_ms(self.clock))
         if unproven is None and self.settings.tls is not None and not _peer_certified(writer):
             unproven = "a replica must present a certificate of the cluster's chain (mTLS)"
         if unproven is not None:
@@ -316,7 +318,7 @@ class PeerNetwork:
 
     def hello(self, receiver: int) -> bytes:
         """This replica's hello frame to replica ``receiver``, with a fresh proof."""
-        now_ms = time.time_ns() // 1_000_000
+        now_ms = realtime_ms(self.clock)
         return hello_frame(self.settings, receiver, now_ms, secrets.token_bytes(NONCE_SIZE))
 
 

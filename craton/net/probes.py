@@ -37,7 +37,6 @@ import contextlib
 import json
 import logging
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -46,6 +45,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from craton import __version__
+from craton.io.clock import NS_PER_MS, SYSTEM_CLOCK, Clock, monotonic_s
 from craton.net.metrics import METRICS_CONTENT_TYPE, NodeMetrics
 from craton.net.node import ReplicaHost
 
@@ -85,12 +85,14 @@ class Probes:
         *,
         max_connections: int,
         connections: Callable[[], int],
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._host = host
+        self._clock = clock
         self._metrics = metrics
         self._max_connections = max_connections
         self._connections = connections
-        self._started_s = time.monotonic()
+        self._started_s = monotonic_s(clock)
 
     def answer(self, path: str) -> Answer:
         match path:
@@ -113,6 +115,7 @@ class Probes:
 
     def ready(self) -> dict[str, object]:
         checks: dict[str, dict[str, object]] = {}
+        clock = self._clock
         named = [
             ("disk", self._check_disk),
             ("memory", self._connection_status),
@@ -122,11 +125,11 @@ class Probes:
         if self._host.in_cluster:
             named.append(("replication", self._check_replication))
         for name, check in named:
-            started = time.perf_counter()
+            started_ns = clock.monotonic_ns()
             status, detail = check()
             result: dict[str, object] = {
                 "status": status,
-                "duration_ms": round((time.perf_counter() - started) * 1000),
+                "duration_ms": round((clock.monotonic_ns() - started_ns) / NS_PER_MS),
             }
             if detail:
                 result["detail"] = detail
@@ -191,7 +194,7 @@ class Probes:
     # --- helpers ---------------------------------------------------------------------------
 
     def _uptime(self) -> int:
-        return int(time.monotonic() - self._started_s)
+        return int(monotonic_s(self._clock) - self._started_s)
 
     def _json(self, body: dict[str, object]) -> Answer:
         status = 503 if body["status"] == UNHEALTHY else 200

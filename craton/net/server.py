@@ -26,6 +26,8 @@ Rules it keeps:
 - A connection being closed has ``CLOSE_TIMEOUT_S`` to take the replies still queued for
   it; a client that takes none is reset (``connection.reset``), so that its socket and
   those bytes do not outlive the connection (and the ``VDB_MAX_CONNECTIONS`` count).
+- Time (the idle sweep, the shutdown's deadline, the audit of refused handshakes, and
+  through them every connection's) comes from the server's ``Clock``, never the system's.
 - ``shutdown`` stops accepting, refuses new requests with ``UNAVAILABLE``, waits (bounded)
   for the requests in flight to be answered and for the replica to commit everything it
   was given, closes the connections, then the disk.
@@ -38,7 +40,6 @@ import contextlib
 import socket
 import ssl
 import struct
-import time
 
 import attrs
 from aiohttp import web
@@ -57,6 +58,7 @@ from craton.core.wire import (
     encode,
 )
 from craton.core.wire.frame import MAGIC
+from craton.io.clock import SYSTEM_CLOCK, Clock, monotonic_s
 from craton.net.config import Address, ReplicationMode, ServerConfig
 from craton.net.connection import (
     AUTH_FAILURE_RECORDS_PER_S,
@@ -94,9 +96,15 @@ class ListenError(Exception):
 
 class Server:
     def __init__(
-        self, config: ServerConfig, host: ReplicaHost, metrics: NodeMetrics, log: EventLog
+        self,
+        config: ServerConfig,
+        host: ReplicaHost,
+        metrics: NodeMetrics,
+        log: EventLog,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.config = config
+        self.clock = clock
         self.host = host
         self.log = log
         self.metrics = metrics
@@ -105,7 +113,7 @@ class Server:
         # only jwt and both read tokens: the configuration checks VDB_JWT_SECRET for those
         uses_jwt = config.auth_mode in (AuthMode.JWT, AuthMode.BOTH)
         self.jwt_policy = config.jwt.policy() if uses_jwt else None
-        self.auth_failure_records = TokenBucket(AUTH_FAILURE_RECORDS_PER_S, time.monotonic())
+        self.auth_failure_records = TokenBucket(AUTH_FAILURE_RECORDS_PER_S, monotonic_s(clock))
         self._shutting_down = False
         self._connections: dict[ClientConnection, asyncio.Task[None]] = {}
         self._peer_tasks: set[asyncio.Task[None]] = set()  # replica connections served
@@ -119,6 +127,7 @@ class Server:
             self.metrics,
             max_connections=config.max_connections,
             connections=lambda: len(self._connections),
+            clock=clock,
         )
         self._http = MainPortHttp(self.probes)
         self.main_address: Address | None = None
@@ -186,19 +195,20 @@ class Server:
     async def shutdown(self, grace_s: float) -> bool:
         """Stop serving; True if every request in flight was answered within ``grace_s``."""
         self._shutting_down = True
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace_s
+        deadline_s = monotonic_s(self.clock) + grace_s
         if self._listener is not None:
             self._listener.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
         answered = True
         while any(conn.inflight for conn in self._connections):
-            if loop.time() >= deadline or self.host.halted is not None:
+            if monotonic_s(self.clock) >= deadline_s or self.host.halted is not None:
                 answered = False
                 break
             await asyncio.sleep(0.01)
-        committed = await self.host.drain(max(0.0, deadline - loop.time()))
+        committed = await self.host.drain(
+            max(0.0, deadline_s - monotonic_s(self.clock)), self.clock
+        )
         for connection in list(self._connections):
             connection.close()
         tasks = list(self._connections.values())
@@ -301,7 +311,7 @@ class Server:
         peer: str,
     ) -> None:
         assert isinstance(reader, DirectReader)  # every connection's reader (``start``)
-        connection = ClientConnection(self, reader, writer, peer)
+        connection = ClientConnection(self, reader, writer, peer, self.clock)
         if self._shutting_down or len(self._connections) >= self.config.max_connections:
             why = (
                 "the node is shutting down"
@@ -335,9 +345,9 @@ class Server:
         timeout_s = self.config.idle_timeout_secs
         while True:
             await asyncio.sleep(IDLE_SWEEP_INTERVAL_S)
-            now = time.monotonic()
+            now_s = monotonic_s(self.clock)
             for connection in list(self._connections):
-                if connection.inflight == 0 and now - connection.last_active_s >= timeout_s:
+                if connection.inflight == 0 and now_s - connection.last_active_s >= timeout_s:
                     self.log.debug("connection.idle_closed", peer=connection.peer)
                     connection.close_idle(timeout_s)
 

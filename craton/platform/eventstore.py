@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import time
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -27,6 +26,7 @@ import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext, api
 
+from craton.io.clock import SYSTEM_CLOCK, Clock, monotonic_s
 from craton.platform.domain import Event
 
 STREAM = "PLATFORM_EVENTS"
@@ -97,9 +97,12 @@ def valid_id(text: str) -> bool:
 class EventStore:
     """Appends commits and reads an aggregate's commits back."""
 
-    def __init__(self, js: JetStreamContext, stream: str = STREAM) -> None:
+    def __init__(
+        self, js: JetStreamContext, stream: str = STREAM, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         self.js = js
         self.stream = stream
+        self.clock = clock  # measures ``APPEND_DEADLINE_S``
 
     async def ensure_stream(self) -> None:
         config = api.StreamConfig(
@@ -128,7 +131,7 @@ class EventStore:
             api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE.value: str(expected_seq),
             api.Header.MSG_ID.value: commit.command_id,
         }
-        deadline = time.monotonic() + APPEND_DEADLINE_S
+        deadline_s = monotonic_s(self.clock) + APPEND_DEADLINE_S
         attempts = 0
         while True:
             attempts += 1
@@ -138,7 +141,7 @@ class EventStore:
                 )
                 return int(ack.seq)
             except nats.js.errors.APIError as error:
-                if error.code == JETSTREAM_UNAVAILABLE and time.monotonic() < deadline:
+                if error.code == JETSTREAM_UNAVAILABLE and monotonic_s(self.clock) < deadline_s:
                     await asyncio.sleep(RETRY_PAUSE_S)  # JetStream is still starting
                     continue
                 if error.err_code not in WRONG_LAST_SEQUENCE:
@@ -156,7 +159,7 @@ class EventStore:
                 nats.js.errors.NoStreamResponseError,
                 nats.errors.ConnectionReconnectingError,
             ):
-                if time.monotonic() > deadline:
+                if monotonic_s(self.clock) > deadline_s:
                     raise StoreUnavailable("NATS did not acknowledge the append") from None
                 await asyncio.sleep(RETRY_PAUSE_S)
 

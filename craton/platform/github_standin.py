@@ -20,12 +20,13 @@ import base64
 import contextlib
 import hashlib
 import secrets
-import time
 import zlib
 from urllib.parse import urlencode
 
 import attrs
 from aiohttp import web
+
+from craton.io.clock import SYSTEM_CLOCK, Clock, monotonic_s
 
 CODE_TTL_S = 600.0
 CLIENT_ID_DEFAULT = "standin-client"
@@ -42,7 +43,14 @@ class _Grant:
 
 
 class GithubStandIn:
-    def __init__(self, client_id: str, client_secret: str, logins: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        client_id: str,
+        client_secret: str,
+        logins: tuple[str, ...],
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.clock = clock  # measures a code's ``CODE_TTL_S``
         self.client_id = client_id
         self.client_secret = client_secret
         self.logins = logins
@@ -73,7 +81,7 @@ class GithubStandIn:
         login = q.get("login") or self.logins[0]
         code = secrets.token_hex(10)
         self.codes[code] = _Grant(
-            login, self.client_id, redirect_uri, q["code_challenge"], time.monotonic()
+            login, self.client_id, redirect_uri, q["code_challenge"], monotonic_s(self.clock)
         )
         separator = "&" if "?" in redirect_uri else "?"
         raise web.HTTPFound(f"{redirect_uri}{separator}{urlencode({'code': code, 'state': state})}")
@@ -86,7 +94,7 @@ class GithubStandIn:
             self.client_secret
         ):
             return web.json_response({"error": "incorrect_client_credentials"})
-        if grant is None or time.monotonic() - grant.issued_s > CODE_TTL_S:
+        if grant is None or monotonic_s(self.clock) - grant.issued_s > CODE_TTL_S:
             return web.json_response({"error": "bad_verification_code"})
         if form.get("redirect_uri") != grant.redirect_uri:
             return web.json_response({"error": "redirect_uri_mismatch"})

@@ -17,7 +17,6 @@ import hmac
 import json
 import logging
 import secrets
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -25,6 +24,7 @@ import nats.errors
 from aiohttp import web
 
 from craton import __version__
+from craton.io.clock import NS_PER_S, SYSTEM_CLOCK, Clock, monotonic_s
 from craton.platform import domain as d
 from craton.platform import fleet, github
 from craton.platform.config import parse_address
@@ -78,7 +78,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     platform = request.app[PLATFORM]
     route = request.match_info.route.resource
     label = route.canonical if route is not None else "unmatched"
-    started = time.perf_counter()
+    started_s = monotonic_s(platform.clock)
     try:
         response = await handler(request)
     except ApiError as error:
@@ -103,7 +103,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         log.exception("unexpected error answering %s %s", request.method, label)
         response = error_response(500, "internal", "internal error")
     platform.metrics.requests.labels(label, str(response.status)).inc()
-    platform.metrics.duration.labels(label).observe(time.perf_counter() - started)
+    platform.metrics.duration.labels(label).observe(monotonic_s(platform.clock) - started_s)
     return response
 
 
@@ -125,20 +125,21 @@ async def session_middleware(request: web.Request, handler: Handler) -> web.Stre
 class RateLimiter:
     """At most ``per_minute`` attempts per client address in any sliding minute."""
 
-    def __init__(self, per_minute: int) -> None:
+    def __init__(self, per_minute: int, clock: Clock = SYSTEM_CLOCK) -> None:
         self.per_minute = per_minute
+        self.clock = clock
         self._seen: dict[str, collections.deque[float]] = {}
 
     def allow(self, client: str) -> bool:
-        now = time.monotonic()
+        now_s = monotonic_s(self.clock)
         if len(self._seen) >= RATE_TRACKED_MAX:
             self._seen.clear()
         window = self._seen.setdefault(client, collections.deque())
-        while window and now - window[0] > RATE_WINDOW_S:
+        while window and now_s - window[0] > RATE_WINDOW_S:
             window.popleft()
         if len(window) >= self.per_minute:
             return False
-        window.append(now)
+        window.append(now_s)
         return True
 
 
@@ -235,7 +236,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def _uptime(platform: Platform) -> int:
-    return int(time.monotonic() - platform.started_s)
+    return int(monotonic_s(platform.clock) - platform.started_s)
 
 
 # --- Sign-in -----------------------------------------------------------------------------------
@@ -560,7 +561,7 @@ async def mint(request: web.Request) -> web.Response:
         secret = fleet.unseal(key, cluster_id, row["secret_sealed"])
     except fleet.SealError as error:
         raise ApiError(503, "sealed", str(error)) from None
-    now_s = int(time.time())
+    now_s = platform.clock.realtime_ns() // NS_PER_S
     ttl_s = platform.config.token_ttl_secs
     token = fleet.mint_token(
         secret=secret,
@@ -621,7 +622,7 @@ def build_app(platform: Platform) -> web.Application:
         middlewares=[errors_middleware, session_middleware], client_max_size=BODY_BYTES_MAX
     )
     app[PLATFORM] = platform
-    app[LIMITER] = RateLimiter(platform.config.signin_rate_per_min)
+    app[LIMITER] = RateLimiter(platform.config.signin_rate_per_min, platform.clock)
     app.router.add_get("/", index)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import json
 import logging
 import os
@@ -22,6 +21,7 @@ from collections.abc import Sequence
 
 import nats.errors
 
+from craton.io.clock import SYSTEM_CLOCK, iso_utc_ms
 from craton.platform.config import ConfigErrors, PlatformConfig, load_config
 
 EXIT_OK = 0
@@ -32,7 +32,7 @@ START_TIMEOUT_S = 15.0
 
 def emit(level: str, event: str, **fields: object) -> None:
     line = {
-        "ts": datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds"),
+        "ts": iso_utc_ms(SYSTEM_CLOCK.realtime_ns()),
         "level": level,
         "event": event,
         **fields,
@@ -73,7 +73,7 @@ async def serve(config: PlatformConfig) -> int:
     from craton.platform.service import Platform
 
     emit("info", "platform.starting", **config.summary())
-    platform = Platform(config, PlatformMetrics())
+    platform = Platform(config, PlatformMetrics(), SYSTEM_CLOCK)
     runner: web.AppRunner | None = None
     try:
         try:

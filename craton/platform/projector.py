@@ -26,6 +26,7 @@ import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext, api
 
+from craton.io.clock import SYSTEM_CLOCK, Clock, monotonic_s
 from craton.platform.eventstore import STREAM, SUBJECT_PREFIX, Commit, parse_commit
 
 FETCH_BATCH = 256
@@ -230,15 +231,16 @@ def dump(db: sqlite3.Connection) -> dict[str, list[tuple[Any, ...]]]:
     }
 
 
-async def stop_task(task: asyncio.Task[None], timeout_s: float = STOP_TIMEOUT_S) -> None:
-    """Cancel ``task`` and wait until it has ended (at most ``timeout_s``).
+async def stop_task(
+    task: asyncio.Task[None], timeout_s: float = STOP_TIMEOUT_S, clock: Clock = SYSTEM_CLOCK
+) -> None:
+    """Cancel ``task`` and wait until it has ended (at most ``timeout_s``, on ``clock``).
 
     Python 3.11's ``asyncio.wait_for`` (used inside nats-py) can swallow a cancellation
     that arrives as the awaited result does; so the task is cancelled again until it ends.
     """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not task.done() and loop.time() < deadline:
+    deadline_s = monotonic_s(clock) + timeout_s
+    while not task.done() and monotonic_s(clock) < deadline_s:
         task.cancel()
         await asyncio.wait({task}, timeout=STOP_RETRY_S)
     if task.done() and not task.cancelled() and task.exception() is not None:

@@ -6,18 +6,20 @@ node poller. A command goes: load the aggregate, decide (pure), append with the 
 last sequence, and on a conflict load again and re-decide (at most ``CONFLICT_RETRIES``
 times); once appended, it waits for the projector to apply it, so the caller's next read
 sees its own write. Queries read SQLite.
+
+Time comes only from the platform's ``Clock`` (``clock``, the system's by default): the
+stamps of commits and health rows, the uptime, session expiry, the sign-in rate limit and
+every deadline; the platform hands it to its sessions, event store and HTTP app.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import logging
 import random
 import sqlite3
 import ssl
-import time
 import uuid
 import zlib
 from collections.abc import Callable
@@ -27,6 +29,7 @@ import aiohttp
 import nats
 from nats.aio.client import Client as NatsClient
 
+from craton.io.clock import SYSTEM_CLOCK, Clock, iso_utc_ms, monotonic_s
 from craton.platform import domain as d
 from craton.platform.config import NatsTls, PlatformConfig
 from craton.platform.eventstore import (
@@ -75,20 +78,24 @@ def nats_tls_context(settings: NatsTls) -> ssl.SSLContext:
     return context
 
 
-def now_iso() -> str:
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
+def now_iso(clock: Clock) -> str:
+    """``clock``'s wall-clock time, ISO 8601 in UTC with milliseconds (events, health rows)."""
+    return iso_utc_ms(clock.realtime_ns())
 
 
 class Platform:
-    def __init__(self, config: PlatformConfig, metrics: PlatformMetrics) -> None:
+    def __init__(
+        self, config: PlatformConfig, metrics: PlatformMetrics, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         self.config = config
         self.metrics = metrics
+        self.clock = clock  # the platform's one source of time, handed to the parts it builds
         self.nc: NatsClient | None = None
         self.db: sqlite3.Connection | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._locks = [asyncio.Lock() for _ in range(AGGREGATE_LOCK_STRIPES)]
         self._closing = False
-        self.started_s = time.monotonic()
+        self.started_s = monotonic_s(clock)
 
     async def start(self) -> None:
         settings = self.config.nats_tls
@@ -107,9 +114,9 @@ class Platform:
         # is waited out for as long as it lasts.
         self.nc.options["max_reconnect_attempts"] = -1
         js = self.nc.jetstream(timeout=JS_TIMEOUT_S)
-        self.store = EventStore(js)
+        self.store = EventStore(js, clock=self.clock)
         await self.store.ensure_stream()
-        self.sessions = Sessions(js, self.config.session_ttl_secs)
+        self.sessions = Sessions(js, self.config.session_ttl_secs, self.clock)
         await self.sessions.open()
         self.db = open_database(self.config.sqlite_path)
         self.projector = Projector(self.db, js)
@@ -125,7 +132,7 @@ class Platform:
         if getattr(self, "projector", None) is not None:
             self.projector.stop()
         for task in self._tasks:
-            await stop_task(task)
+            await stop_task(task, clock=self.clock)
         self._tasks.clear()
         if getattr(self, "http", None) is not None:
             await self.http.close()
@@ -189,7 +196,7 @@ class Platform:
             if not decision:
                 return []
             commit = Commit(
-                0, kind, aggregate_id, actor, now_iso(), uuid.uuid4().hex, tuple(decision)
+                0, kind, aggregate_id, actor, now_iso(self.clock), uuid.uuid4().hex, tuple(decision)
             )
             try:
                 landed = await self.store.append(commit, seq)
@@ -253,7 +260,7 @@ class Platform:
             "ON c.id = n.cluster_id WHERE c.removed = 0 ORDER BY 1, n.position"
         )
         seen = await asyncio.gather(*(poll_node(self.http, n["address"]) for n in nodes))
-        checked_at = now_iso()
+        checked_at = now_iso(self.clock)
         db = self.database
         db.execute("BEGIN IMMEDIATE")
         for node, health in zip(nodes, seen, strict=True):
@@ -284,7 +291,7 @@ class Platform:
             self.database.execute(
                 "INSERT INTO ready_probe (id, at) VALUES (1, ?) "
                 "ON CONFLICT (id) DO UPDATE SET at = excluded.at",
-                (now_iso(),),
+                (now_iso(self.clock),),
             )
             checks["sqlite"] = (True, "")
         except sqlite3.Error as error:

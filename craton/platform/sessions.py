@@ -4,7 +4,9 @@ A session is a random token (the cookie's value); the bucket key is its SHA-256,
 bucket never holds a usable credential. The value records the user, a CSRF token and the
 expiry time. The ``platform_sessions`` bucket's TTL is ``PLATFORM_SESSION_TTL_SECS``, so
 JetStream forgets a session by itself; the stored expiry is checked as well, so a session
-never outlives its TTL by the bucket's expiry granularity.
+never outlives its TTL by the bucket's expiry granularity. That expiry is wall-clock time
+read from the ``Clock`` the sessions are given (any platform instance may read a session
+another created), checked afresh at every ``get``: nothing about it is cached.
 
 ``platform_flows`` holds what a sign-in flow must remember between its two requests (the
 OAuth ``state`` with its PKCE verifier, a WebAuthn challenge), for ``FLOW_TTL_SECS``, and
@@ -17,13 +19,14 @@ import contextlib
 import hashlib
 import json
 import secrets
-import time
 from typing import Any
 
 import attrs
 import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
+
+from craton.io.clock import SYSTEM_CLOCK, Clock, realtime_s
 
 SESSIONS_BUCKET = "platform_sessions"
 FLOWS_BUCKET = "platform_flows"
@@ -43,9 +46,10 @@ def _key(token: str) -> str:
 
 
 class Sessions:
-    def __init__(self, js: JetStreamContext, ttl_secs: int) -> None:
+    def __init__(self, js: JetStreamContext, ttl_secs: int, clock: Clock = SYSTEM_CLOCK) -> None:
         self.js = js
         self.ttl_secs = ttl_secs
+        self.clock = clock
         self._sessions: KeyValue | None = None
         self._flows: KeyValue | None = None
 
@@ -76,7 +80,8 @@ class Sessions:
 
     async def create(self, user_id: str) -> tuple[str, Session]:
         token = secrets.token_urlsafe(TOKEN_BYTES)
-        session = Session(user_id, secrets.token_urlsafe(TOKEN_BYTES), time.time() + self.ttl_secs)
+        expires_at = realtime_s(self.clock) + self.ttl_secs
+        session = Session(user_id, secrets.token_urlsafe(TOKEN_BYTES), expires_at)
         await self.sessions.put(_key(token), json.dumps(attrs.asdict(session)).encode())
         return token, session
 
@@ -88,7 +93,7 @@ class Sessions:
         if entry.value is None:
             return None
         session = Session(**json.loads(entry.value))
-        if session.expires_at <= time.time():
+        if session.expires_at <= realtime_s(self.clock):
             return None
         return session
 
