@@ -90,17 +90,17 @@ from craton.core.seam import (
     Tick,
     WriteDone,
 )
+from craton.core.vsr.profile import PRODUCTION, TICK_MS
 from craton.core.vsr.replica import (
     NUMBER_MASK,
     SESSION_SHIFT,
     Replica,
-    ReplicaConfig,
     ReplyStatus,
     Status,
 )
 from craton.core.wire import Command, DecodeError, Frame, decode_frame
 from craton.core.wire.errors import ErrorCode
-from craton.core.wire.replica import OPERATION_SIZE_MAX, SUFFIX_ENTRIES_MAX, Commit, PrepareOk
+from craton.core.wire.replica import OPERATION_SIZE_MAX, Commit, PrepareOk
 from craton.io.clock import SYSTEM_CLOCK, Clock, monotonic_s
 from craton.io.driver import Driver
 from craton.io.entropy import OsEntropy
@@ -111,13 +111,11 @@ from craton.net.logs import EventLog
 from craton.net.metrics import NodeMetrics
 from craton.net.peers import ClusterSettings, PeerNetwork
 
-TICK_INTERVAL_S = 0.010  # one core tick
-HEARTBEAT_TICKS = 5  # a primary's commit heartbeat every 50 ms
-VIEW_CHANGE_TIMEOUT_TICKS = 100  # a backup gives up on a silent primary after 1 s ...
-VIEW_CHANGE_JITTER_TICKS = 50  # ... plus up to 0.5 s, drawn per timer
-PIPELINE_OPS_MAX = SUFFIX_ENTRIES_MAX  # uncommitted ops in flight: a group commit's size
-SESSIONS_MAX = 4096  # the replica's client table; fixed for a data directory (see above)
-CHECKPOINT_INTERVAL_OPS = 1024  # committed ops between sealed checkpoints
+# The replica's sizes and timeouts are the production profile's (``craton.core.vsr.profile``),
+# the very profile a share of the simulator's seeds runs.
+TICK_INTERVAL_S = TICK_MS / 1000  # one core tick
+PIPELINE_OPS_MAX = PRODUCTION.pipeline_max  # uncommitted ops in flight: a group commit's size
+SESSIONS_MAX = PRODUCTION.client_table_max  # fixed for a data directory (see above)
 QUEUE_REQUESTS_MAX = 65_536  # requests waiting for the pipeline, all connections together
 WRITE_REPLIES_KEPT = 64  # most recent write replies kept per client, for retries
 SESSION_OPS_MAX = 1 << (64 - SESSION_SHIFT)  # a session (an op) must leave room for numbers
@@ -125,6 +123,32 @@ REQUEST_NUMBER_MAX = NUMBER_MASK  # largest wire request id of a write
 OPERATION_BYTES_MAX = OPERATION_SIZE_MAX  # bytes of one encoded event-store operation
 LOCK_FILE = "node.lock"
 _BUSY = bytes([ReplyStatus.BUSY])
+# What an operator must see of damage and repair, one line each (file, offset, records):
+_WARNING_NOTICES = frozenset(
+    {
+        "log.damage_cut",  # the damaged record's file, offset and position; the log is cut there
+        "log.records_missing",  # a replica's log ends short of its witness: file, offset
+        "log.superblock_lost",
+        "log.base_state_lost",
+        "log.history_lost",
+        "log.witness_unreadable",
+        "replica.recovering",  # damage, a lost disk or an unfinished recovery
+        "replica.repair_abandoned",
+        "replica.checkpoint_rejected",
+    }
+)
+_INFO_NOTICES = frozenset(
+    {
+        "log.formatted",
+        "replica.started",
+        "log.torn_tail_truncated",
+        "replica.view_change",
+        "replica.primary",
+        "replica.repaired",  # the holes were fetched from the peers by hash
+        "replica.recovered",  # the view's log is installed: the replica takes part again
+        "replica.state_synced",
+    }
+)
 _U64 = 8
 
 
@@ -326,16 +350,10 @@ class ReplicaHost:
         except (OSError, ValueError) as error:
             raise HostError(f"data directory {self.data_dir}: {_reason(error)}") from None
         self._disk = FileDisk(self.data_dir, self._post)
-        config = ReplicaConfig(
+        config = PRODUCTION.config(
             replica_id=self.replica_id,
             replica_count=self.cluster_size,
             seal_seed=seed,
-            pipeline_max=PIPELINE_OPS_MAX,
-            heartbeat_ticks=HEARTBEAT_TICKS,
-            view_change_timeout_ticks=VIEW_CHANGE_TIMEOUT_TICKS,
-            view_change_jitter_ticks=VIEW_CHANGE_JITTER_TICKS,
-            client_table_max=SESSIONS_MAX,
-            checkpoint_interval_ops=CHECKPOINT_INTERVAL_OPS,
             # Once the cluster has formed, a blank disk is a lost one (``Replica.member``).
             joined=self._cluster is not None and self._cluster.formed,
         )
@@ -403,6 +421,13 @@ class ReplicaHost:
         return self.halted is None and replica is not None and replica.status is Status.NORMAL
 
     @property
+    def settled(self) -> bool:
+        """Ready, and recovered and taking part (``Replica.settled``): the view's whole log
+        installed and, for a backup, caught up with its primary. What ``/ready`` reports."""
+        replica = self.replica
+        return self.ready and replica is not None and replica.settled
+
+    @property
     def primary_address(self) -> str | None:
         """``host:port`` of the primary, when this node knows one (normal status)."""
         replica = self.replica
@@ -424,9 +449,14 @@ class ReplicaHost:
             return f"no primary known: view change to view {replica.view} in progress"
         if replica.status is Status.RECOVERING:
             return "repairing its log from the other replicas (damaged or lost disk)"
+        if replica.installing:
+            return f"installing the log of view {replica.view} (damaged, lost or behind)"
         if replica.is_primary:
             return f"primary of view {replica.view}"
-        return f"backup in view {replica.view}, primary is replica {replica.primary}"
+        backup = f"backup in view {replica.view}, primary is replica {replica.primary}"
+        if not replica.settled:
+            return f"{backup}; catching up with it"
+        return backup
 
     @property
     def idle(self) -> bool:
@@ -754,7 +784,7 @@ class ReplicaHost:
         if not self._recovered_seen and replica.status is not Status.LOADING:
             self._recovered_seen = True
             loop.call_soon(self._run_after_recovery)
-        if not self._ready.is_set() and self.ready:
+        if not self._ready.is_set() and self.settled:
             self._log.info(
                 "replica.ready", view=replica.view, commit=self.commit, status=self.status
             )
@@ -830,17 +860,9 @@ class ReplicaHost:
         if notice.event == "replica.checkpoint":
             self._metrics.checkpoints.inc()
             self._log.debug(notice.event, **fields)
-        elif notice.event in (
-            "log.formatted",
-            "replica.started",
-            "log.torn_tail_truncated",
-            "replica.view_change",
-            "replica.primary",
-            "replica.recovering",  # damage, a lost disk or an unfinished recovery: say so
-            "replica.repaired",
-            "replica.repair_abandoned",
-            "replica.recovered",
-        ):
+        elif notice.event in _WARNING_NOTICES:
+            self._log.warn(notice.event, **fields)
+        elif notice.event in _INFO_NOTICES:
             self._log.info(notice.event, **fields)
         else:
             self._log.debug(notice.event, **fields)

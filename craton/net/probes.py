@@ -16,8 +16,11 @@ measured); ``memory`` — open connections as a proxy (degraded from
 ``CONNECTIONS_WARN_FRACTION`` of ``VDB_MAX_CONNECTIONS``, unhealthy at the limit);
 ``data_dir`` — a probe file can be created and removed there; ``log`` — the log is
 recovered and the replica runs (unhealthy while recovering and after a fault);
-``replication``, in cluster mode only — the replica is in normal status, so it knows the
-primary (unhealthy during a view change: clients would only be told to retry). A check
+``replication``, in cluster mode only — the replica has recovered and takes part: normal
+status with its view's whole log installed and, for a backup, caught up with the commit
+number its primary announced when first heard (unhealthy during a view change, while a
+rejoining replica installs the view's log, and while a restarted backup catches up, so a
+rolling restart that waits for ``/ready`` never stops a second replica too early). A check
 that is not ok carries a ``detail`` line. ``/health`` is liveness: unhealthy only once the
 node stopped after a fault, degraded when connections are near the limit.
 
@@ -181,13 +184,13 @@ class Probes:
         host = self._host
         if host.halted is not None:
             return UNHEALTHY, "the node stopped after a fault"
-        if not host.recovered or (not host.in_cluster and not host.ready):
+        if not host.recovered or (not host.in_cluster and not host.settled):
             return UNHEALTHY, "recovering the log"
         return OK, ""
 
     def _check_replication(self) -> tuple[str, str]:
         host = self._host
-        if not host.ready:
+        if not host.settled:
             return UNHEALTHY, host.status
         return OK, ""
 

@@ -67,10 +67,11 @@ def test_a_missing_data_dir_is_not_ready(tmp_path: Path) -> None:
     assert probes.answer("/elsewhere").status == 404
 
 
-def test_a_cluster_replica_is_ready_only_while_it_knows_a_primary(tmp_path: Path) -> None:
+def test_a_cluster_replica_is_not_ready_before_it_has_heard_its_primary(tmp_path: Path) -> None:
     """Replica 1 of a cluster whose other replicas never answer: recovered, it is a backup
-    of view 0 (ready, requests redirected to replica 0); once it gives up on the silent
-    primary it is in a view change, and not ready."""
+    of view 0 (requests redirected to replica 0) but not ready, since it has not heard its
+    primary and cannot know it holds the view's log; once it gives up on the silent primary
+    it is in a view change, and still not ready."""
     addresses = tuple(Address("127.0.0.1", port) for port in free_ports(3))
     metrics = NodeMetrics()
     host = ReplicaHost(
@@ -87,7 +88,8 @@ def test_a_cluster_replica_is_ready_only_while_it_knows_a_primary(tmp_path: Path
     async def scenario() -> tuple[dict[str, object], Refused, dict[str, object], Refused]:
         host.open()
         try:
-            await asyncio.wait_for(host.wait_ready(), 10)
+            while not host.ready:  # normal status: it knows its view's primary
+                await asyncio.sleep(0.01)
             as_backup = json.loads(probes.answer("/ready").body)
             redirected: list[Refused] = []
             host.submit_read(b"", lambda outcome: redirected.append(_refused(outcome)))
@@ -101,7 +103,11 @@ def test_a_cluster_replica_is_ready_only_while_it_knows_a_primary(tmp_path: Path
             host.close()
 
     as_backup, redirected, in_view_change, waiting = asyncio.run(asyncio.wait_for(scenario(), 20))
-    assert as_backup["status"] == "ok", as_backup
+    assert as_backup["status"] == "unhealthy", as_backup
+    backup = as_backup["checks"]
+    assert isinstance(backup, dict)
+    assert "catching up" in backup["replication"]["detail"], backup
+    assert backup["log"]["status"] == "ok", backup
     assert redirected.code is ErrorCode.NOT_PRIMARY
     assert redirected.primary_address == str(addresses[0])
     replication = in_view_change["checks"]
