@@ -298,8 +298,10 @@ class ReplicaHost:
         *,
         cluster: ClusterSettings | None = None,
         on_halt: Callable[[str], None] | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.data_dir = data_dir
+        self.clock = clock
         self._log = log
         self._metrics = metrics
         self._cluster = cluster
@@ -336,6 +338,7 @@ class ReplicaHost:
                 log,
                 view=lambda: self.view,
                 observe=lambda _src, frame: self._progress.observe(frame),
+                clock=clock,
             )
 
     # --- life cycle ------------------------------------------------------------------------
@@ -473,9 +476,10 @@ class ReplicaHost:
     def view(self) -> int:
         return 0 if self.replica is None else self.replica.view
 
-    async def drain(self, timeout_s: float, clock: Clock = SYSTEM_CLOCK) -> bool:
+    async def drain(self, timeout_s: float) -> bool:
         """Wait until every queued request is committed; False if ``timeout_s`` ran out
-        (measured on ``clock``)."""
+        (measured on the host's clock)."""
+        clock = self.clock
         deadline_s = monotonic_s(clock) + timeout_s
         while not self.idle and self.halted is None:
             if monotonic_s(clock) >= deadline_s:

@@ -206,9 +206,7 @@ class Server:
                 answered = False
                 break
             await asyncio.sleep(0.01)
-        committed = await self.host.drain(
-            max(0.0, deadline_s - monotonic_s(self.clock)), self.clock
-        )
+        committed = await self.host.drain(max(0.0, deadline_s - monotonic_s(self.clock)))
         for connection in list(self._connections):
             connection.close()
         tasks = list(self._connections.values())

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from craton import __version__
 from craton.core.auth import AuthMode
+from craton.io.clock import SYSTEM_CLOCK, Clock
 from craton.net.config import ConfigError, ReplicationMode, ServerConfig, load_config
 from craton.net.logs import EventLog, route_python_logging
 
@@ -59,16 +60,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"craton-server: {error}", file=sys.stderr)
         return EXIT_CONFIG
-    log = EventLog(config.log_level)
+    clock = SYSTEM_CLOCK  # the one clock of the process: logs, host, peers, connections
+    log = EventLog(config.log_level, clock=clock)
     try:
-        return asyncio.run(serve(config, log))
+        return asyncio.run(serve(config, log, clock))
     except StartError as error:
         log.error("server.start_failed", reason=str(error))
         print(f"craton-server: {error}", file=sys.stderr)
         return EXIT_FAILED
 
 
-async def serve(config: ServerConfig, log: EventLog) -> int:
+async def serve(config: ServerConfig, log: EventLog, clock: Clock) -> int:
     """Run the node until a signal or a fault; returns the exit status."""
     # Imported here so that a bad configuration is reported before the node's heavier
     # modules (aiohttp, prometheus-client, the core) are loaded.
@@ -88,7 +90,12 @@ async def serve(config: ServerConfig, log: EventLog) -> int:
     metrics = NodeMetrics()
     cluster = _cluster_settings(config)
     host = ReplicaHost(
-        config.data_dir, log, metrics, cluster=cluster, on_halt=lambda _reason: stop.set()
+        config.data_dir,
+        log,
+        metrics,
+        cluster=cluster,
+        on_halt=lambda _reason: stop.set(),
+        clock=clock,
     )
     log.info("server.starting", version=__version__, **config.summary())
     if config.replication_mode is ReplicationMode.NONE:
@@ -103,7 +110,7 @@ async def serve(config: ServerConfig, log: EventLog) -> int:
             note="VDB_AUTH_MODE=none: no client is authenticated; every client is the owner "
             "of one default tenant (0). Set jwt, apikey or both to separate tenants",
         )
-    server = Server(config, host, metrics, log)
+    server = Server(config, host, metrics, log, clock=clock)
     try:
         await server.start()  # before recovery: probes answer (not ready) meanwhile
     except ListenError as error:
