@@ -1028,6 +1028,7 @@ class Log:
                 ("file", path),
                 ("offset", verdict.offset),
                 ("record", verdict.position),
+                ("certified", self._certified(state.superblock)),
                 ("where", _describe(verdict)),
             )
             notice = Notice("log.damage_cut", fields)

@@ -113,7 +113,7 @@ class Checker:
         self._digests: dict[int, bytes] = {}  # commit number -> state machine digest
         self.commits_checked = 0
 
-    def _fail(self, message: str) -> None:
+    def fail(self, message: str) -> None:
         if len(self.violations) < VIOLATIONS_MAX:
             self.violations.append(message)
 
@@ -146,18 +146,18 @@ class Checker:
                 problem = f"op {message.op} before it was durable ({replica.log.durable})"
             case _:
                 return
-        self._fail(f"replica {index}: sent {type(message).__name__} for {problem}")
+        self.fail(f"replica {index}: sent {type(message).__name__} for {problem}")
 
     def observe(self, index: int, replica: Replica) -> None:
         if replica.status is Status.LOADING:
             return  # its view and journal are not known until its log is recovered
         if replica.view < self._view_max[index]:
-            self._fail(
+            self.fail(
                 f"replica {index}: view went back from {self._view_max[index]} "
                 f"to {replica.view} within one run of the process"
             )
         if replica.persisted_view < self._persisted_max[index]:
-            self._fail(
+            self.fail(
                 f"replica {index}: persisted view went back from "
                 f"{self._persisted_max[index]} to {replica.persisted_view}"
             )
@@ -167,7 +167,7 @@ class Checker:
         self._check_checkpoint_states(index, replica)
         seen = self._committed_seen[index]
         if replica.commit < seen:
-            self._fail(f"replica {index}: commit went back from {seen} to {replica.commit}")
+            self.fail(f"replica {index}: commit went back from {seen} to {replica.commit}")
             return
         if replica.commit == seen:
             return
@@ -177,7 +177,7 @@ class Checker:
         digest = replica.machine.digest()
         known = self._digests.setdefault(replica.commit, digest)
         if known != digest:
-            self._fail(f"replica {index}: state machine digest differs at commit {replica.commit}")
+            self.fail(f"replica {index}: state machine digest differs at commit {replica.commit}")
 
     def _check_checkpoint(self, index: int, replica: Replica) -> None:
         """A sealed checkpoint is at an agreed op (a multiple of the interval) and vouches
@@ -187,11 +187,11 @@ class Checker:
             return
         position = checkpoint.position
         if self._checkpoint_interval and position % self._checkpoint_interval:
-            self._fail(f"replica {index}: checkpoint at op {position}, not an agreed op")
+            self.fail(f"replica {index}: checkpoint at op {position}, not an agreed op")
         if position - 1 < len(self.canonical):
             self.checkpoints_checked += 1
             if self.canonical[position - 1] != checkpoint.chain_hash:
-                self._fail(
+                self.fail(
                     f"replica {index}: checkpoint at op {position} seals a chain hash the "
                     "committed history does not have"
                 )
@@ -207,12 +207,12 @@ class Checker:
             self.checkpoint_states_checked += 1
             known = self._checkpoint_digests.setdefault(op, state.digest)
             if known != state.digest:
-                self._fail(
+                self.fail(
                     f"replica {index}: checkpoint state at op {op} differs from another "
                     "replica's at the same op (expected byte-identical states)"
                 )
             if self.canonical[op - 1] != state.chain_hash:
-                self._fail(
+                self.fail(
                     f"replica {index}: checkpoint state at op {op} names a chain hash the "
                     "committed history does not have"
                 )
@@ -221,16 +221,16 @@ class Checker:
         self.commits_checked += 1
         entry = replica.entry(op)
         if op > len(self.canonical):
-            self._fail(f"replica {index}: committed op {op} beyond the known history")
+            self.fail(f"replica {index}: committed op {op} beyond the known history")
             return
         prev = GENESIS_HASH if op == 0 else self.canonical[op - 1]
         if entry.op != op or entry.hash != chain_hash(prev, op, entry.body):
-            self._fail(f"replica {index}: committed op {op} breaks the hash chain")
+            self.fail(f"replica {index}: committed op {op} breaks the hash chain")
         if op == len(self.canonical):
             self.canonical.append(entry.hash)
             self.bodies.append(entry.body)
         elif self.canonical[op] != entry.hash:
-            self._fail(
+            self.fail(
                 f"replica {index}: committed op {op} differs from the op committed "
                 "there before (two histories)"
             )
@@ -252,7 +252,7 @@ class Checker:
         for op, raw in enumerate(self.bodies):
             body = decode_prepare_body(raw)
             if body.client_id not in by_id:
-                self._fail(f"op {op}: committed for client {body.client_id}, which never ran")
+                self.fail(f"op {op}: committed for client {body.client_id}, which never ran")
                 continue
             if applies(op, body.client_id, body.request_number):
                 committed.append(Committed(op, body.client_id, body.request_number, body.operation))
@@ -263,4 +263,4 @@ class Checker:
         for problem in check_history(
             operations, committed, lambda: WithNoOps(self._make_machine())
         ):
-            self._fail(problem)
+            self.fail(problem)

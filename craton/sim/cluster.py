@@ -40,6 +40,7 @@ from craton.io.driver import Driver
 from craton.sim.checkers import Checker
 from craton.sim.clock import ClockFaults, SimClocks
 from craton.sim.disk import DiskFaults, SimDisk
+from craton.sim.durability import DAMAGE_NOTICES, DurabilityChecker
 from craton.sim.events import EventQueue
 from craton.sim.network import NetworkFaults, SimNetwork
 from craton.sim.workload import (
@@ -289,6 +290,9 @@ class Cluster:
             self.profile.client_table_max,
             self.profile.checkpoint_interval_ops,
         )
+        supply = options.atlas.profile != "disjoint"  # see craton.sim.durability
+        self.durability = DurabilityChecker(n // 2 + 1, self.checker.fail, supply=supply)
+        self._durability_seen = 0  # committed ops whose durable copies were counted
         self.nodes = [self._boot(index, None) for index in range(n)]
         for index in range(n):
             self.network.endpoint(index).set_receiver(self._receiver(index))
@@ -349,9 +353,22 @@ class Cluster:
                 node.driver.step(ClientRequest(src, number, body))
             else:
                 node.driver.step(MessageReceived(src, payload))
-            self.checker.observe(index, node.replica)
+            self._observe(node)
 
         return receive
+
+    def _observe(self, node: _Node) -> None:
+        """The checkers' look at a replica after it stepped; ops the history gained are
+        looked for on the disks' stable bytes (``craton.sim.durability``)."""
+        self.checker.observe(node.index, node.replica)
+        history = self.checker.canonical
+        while self._durability_seen < len(history):
+            op = self._durability_seen
+            self.durability.committed(op, history[op], self._holders())
+            self._durability_seen += 1
+
+    def _holders(self) -> list[tuple[int, Replica, SimDisk]]:
+        return [(node.index, node.replica, node.disk) for node in self.nodes]
 
     def _sent_by(self, index: int) -> Callable[[bytes], None]:
         def watch(payload: bytes) -> None:
@@ -373,6 +390,9 @@ class Cluster:
                 name = f"recoveries_{dict(event.fields)['reason']}"
             if name is not None:
                 self.repairs[name] = self.repairs.get(name, 0) + 1
+            if event.event in DAMAGE_NOTICES:
+                disk = self.nodes[index].disk
+                self.durability.damage_found(index, event.event, dict(event.fields), disk)
             if self._trace is not None:
                 fields = " ".join(f"{k}={v}" for k, v in event.fields)
                 self._trace(f"{self.events.now:>7} r{index} {event.event} {fields}")
@@ -425,6 +445,7 @@ class Cluster:
             node.disk.wipe()
             self.checker.wiped(index)
             self._log(f"r{index} disk wiped")
+        self.durability.crashed(index, self.checker.canonical, self._holders())
         node.up = False
         node.paused = False
         node.back_at = self.events.now + down_ticks
@@ -508,7 +529,7 @@ class Cluster:
             if node.up and not node.paused:
                 for _ in range(self.clocks.ticks_due(node.index)):
                     node.driver.step(Tick())
-                self.checker.observe(node.index, node.replica)
+                self._observe(node)
         for client in self.clients:
             client.tick()
 

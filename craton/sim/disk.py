@@ -210,6 +210,26 @@ class SimDisk:
         file = self._files.get(path)
         return 0 if file is None else len(file.durable)
 
+    def stable(self, path: str, offset: int, length: int) -> bytes:
+        """The bytes of ``path`` on stable storage (what a crash now would leave of what
+        was synced), ``[offset, offset + length)``; shorter where the file is."""
+        file = self._files.get(path)
+        return b"" if file is None else bytes(file.durable[offset : offset + length])
+
+    def destroyed(self, path: str, offset: int, length: int) -> bool:
+        """Whether an injected fault destroyed stored bytes of ``path`` in the range (a
+        wipe destroys every file)."""
+        end = offset + length
+        return any(
+            damage.fault == "wiped"
+            or (
+                damage.path == path
+                and damage.offset < end
+                and offset < damage.offset + damage.length
+            )
+            for damage in self.damage
+        )
+
     def contents(self, path: str) -> bytes:
         """What a read of the whole file would return now (no faults)."""
         file = self._files.get(path)

@@ -53,6 +53,15 @@ that an entry was not written):
   checkpoint state a peer sends without checking it against its digest, the sender's
   signature, or the op and chain hash the message names. The sender reads the state from
   its state file and sends it as read, so a bit flipped on that read reaches the receiver.
+
+Durability mutations (caught by ``craton.sim.durability``, which reads the disks' stable
+bytes; with those checks switched off, neither is caught in 120 seeds):
+
+- ``durable-before-sync``: the log counts a batch durable once its write is done and never
+  syncs it, so a replica acknowledges, and a primary commits, ops a crash can take away.
+- ``witness-kept-at-cut``: the log cuts an uncommitted suffix without lowering its witness
+  first, so after a crash the replica finds "certified" records missing on a disk no fault
+  touched (and, in a real cluster, rejoins needlessly as if its disk had been damaged).
 """
 
 from __future__ import annotations
@@ -65,11 +74,11 @@ from pathlib import Path
 import attrs
 import pytest
 
-from craton.core.log import Log, LogOutput, ReadResult, _PendingRead
+from craton.core.log import Log, LogOutput, ReadResult, _Io, _PendingRead
 from craton.core.prng import Prng
 from craton.core.record import HEADER_SIZE, RecordError, chain_hash, decode_header
 from craton.core.scan import Salvaged
-from craton.core.seam import DiskCompletion, Effect, IoIds, ReadDone, Reply, Send
+from craton.core.seam import DiskCompletion, Effect, IoIds, ReadDone, Reply, Send, WriteDone
 from craton.core.state_machine import StateMachine
 from craton.core.vsr.checkpoint import OpenedCheckpoint, open_checkpoint
 from craton.core.vsr.replica import Replica, ReplicaConfig, ReplyStatus, Status
@@ -240,6 +249,46 @@ class InstallWithoutVerifying(Replica):
         return opened, type(self.machine).restore(opened.machine_snapshot)
 
 
+class _SyncSkippingLog(Log):
+    """Counts a batch durable once its write is done: the sync that makes it so is never
+    issued (the witness, written next, is still synced)."""
+
+    def on_disk(self, completion: DiskCompletion) -> list[LogOutput]:
+        purpose = self._waiting.get(completion.io_id, (None, None))[0]
+        if purpose is _Io.BATCH_WRITE and isinstance(completion, WriteDone):
+            del self._waiting[completion.io_id]
+            return self._on_batch_synced()
+        return super().on_disk(completion)
+
+
+class DurableBeforeSync(Replica):
+    """Its log reports appends durable before they are synced, so it acknowledges (and, as
+    primary, commits) ops that a crash can still take away."""
+
+    def __init__(self, config: ReplicaConfig, machine: StateMachine, prng: Prng) -> None:
+        super().__init__(config, machine, prng)
+        self.log = _SyncSkippingLog(self.log.config, IoIds(), salvage=self.log.salvage)
+
+
+class _WitnessKeptAtCut(Log):
+    """Truncates without lowering the witness first: the mark keeps claiming the records
+    the cut removes."""
+
+    def _truncate_begin(self) -> list[LogOutput]:
+        assert self._truncating is not None, "Log changed: this mutation needs updating"
+        return self._truncate_next()
+
+
+class WitnessKeptAtCut(Replica):
+    """A replica whose log cuts an uncommitted suffix (a view change) but leaves its
+    witness claiming the cut records: after a crash it finds certified records missing on
+    a disk no fault touched."""
+
+    def __init__(self, config: ReplicaConfig, machine: StateMachine, prng: Prng) -> None:
+        super().__init__(config, machine, prng)
+        self.log = _WitnessKeptAtCut(self.log.config, IoIds(), salvage=self.log.salvage)
+
+
 # --- the search -----------------------------------------------------------------------------
 
 ReplicaFactory = Callable[[ReplicaConfig, StateMachine, Prng], Replica]
@@ -282,6 +331,12 @@ def _late_messages(options: SwarmOptions) -> SwarmOptions:
         clog_delay_ticks=150,
     )
     return attrs.evolve(_load(options), network=network)
+
+
+def _late_crashes(options: SwarmOptions) -> SwarmOptions:
+    """Crashes that lose unsynced writes, and late messages: view changes leave backups
+    with uncommitted suffixes to cut, and crashes fall soon after the cuts."""
+    return attrs.evolve(_crashes(options), network=_late_messages(options).network)
 
 
 def _rot(options: SwarmOptions) -> SwarmOptions:
@@ -344,6 +399,8 @@ BUGS = (
     PlantedBug("repair-without-hash-check", RepairWithoutHashCheck, _late_rot),
     PlantedBug("transfer-without-chain-check", TransferWithoutChainCheck, _crashes),
     PlantedBug("install-without-verifying", InstallWithoutVerifying, _lagging_flips),
+    PlantedBug("durable-before-sync", DurableBeforeSync, _crashes),
+    PlantedBug("witness-kept-at-cut", WitnessKeptAtCut, _late_crashes),
 )
 
 # The swarm does not catch this one within the bound (test_forgotten_vote_when_scripted

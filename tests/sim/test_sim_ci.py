@@ -518,7 +518,7 @@ def test_a_correctness_violation_exits_127(monkeypatch: pytest.MonkeyPatch) -> N
 
     def finish_and_object(self: checkers.Checker, *args: object) -> None:
         finish(self, *args)  # type: ignore[arg-type]
-        self._fail("planted: the checker reports a violation")
+        self.fail("planted: the checker reports a violation")
 
     monkeypatch.setattr(checkers.Checker, "finish", finish_and_object)
     code, summaries, progress = run_broken(range(7, 8), replicas=3)
