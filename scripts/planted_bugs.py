@@ -40,9 +40,14 @@ def main(argv: list[str] | None = None) -> int:
     names = [bug.name for bug in BUGS]
     parser.add_argument("--bug", action="append", choices=names, help="only this bug")
     parser.add_argument("--first", type=int, default=SEED_FIRST, help="the first seed")
-    parser.add_argument("--seeds", type=int, default=SEEDS_MAX, help="seeds at most per bug")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        help=f"seeds at most per bug (default: the bug's own bound, {SEEDS_MAX} for most)",
+    )
     args = parser.parse_args(argv)
-    if args.first < 0 or args.seeds < 1:
+    if args.first < 0 or (args.seeds is not None and args.seeds < 1):
         parser.error("--first must be >= 0 and --seeds >= 1")
     chosen = [bug for bug in BUGS if not args.bug or bug.name in args.bug]
     print(f"{TABLE_HEADER} | unmutated", flush=True)

@@ -35,7 +35,13 @@ from craton.core.vsr.replica import (
     Status,
     decode_prepare_body,
 )
-from craton.core.wire.replica import DoViewChange, PrepareOk, StartView, StartViewChange
+from craton.core.wire.replica import (
+    DoViewChange,
+    PrepareOk,
+    RecoveryResponse,
+    StartView,
+    StartViewChange,
+)
 from craton.sim.linearizability import Committed, Operation, check_history
 from craton.sim.workload import SimClient
 
@@ -134,6 +140,9 @@ class Checker:
         also its log view; a prepare-ok needs the op on disk. (The replica object is still
         the one that emitted the message: the driver sends effects as it runs them.)"""
         message = codec.decode_message(payload)
+        self._check_quorum_member(index, replica, message)
+        if isinstance(message, StartView):
+            self._check_start_view(index, message)
         problem = None
         match message:
             case StartViewChange() | DoViewChange() if message.view > replica.persisted_view:
@@ -147,6 +156,56 @@ class Checker:
             case _:
                 return
         self.fail(f"replica {index}: sent {type(message).__name__} for {problem}")
+
+    def _check_quorum_member(self, index: int, replica: Replica, message: object) -> None:
+        """A replica that may lack ops it once held (recovering: damage, a lost disk, an
+        unfinished recovery) is part of no quorum that vouches for a log: it acknowledges no
+        prepare, sends no log in a view change and answers no other replica's recovery
+        until it has its view's log again. (A ``StartViewChange`` names no log: a recovering
+        replica that promised a later view than the others are in sends one to move them.)"""
+        if not (replica.recovering or replica.status is Status.RECOVERING):
+            return
+        if isinstance(message, PrepareOk | DoViewChange | RecoveryResponse):
+            self.fail(
+                f"replica {index}: sent {type(message).__name__} while recovering "
+                "(a recovering replica must not count towards any quorum)"
+            )
+
+    def _check_start_view(self, index: int, start: StartView) -> None:
+        """A new view's log holds every op committed before it: the StartView's head is
+        past every committed op, and its suffix agrees with the committed history."""
+        committed = len(self.canonical)
+        if start.head < committed:
+            self.fail(
+                f"replica {index}: StartView of view {start.view} ends at op {start.head}, "
+                f"but ops below {committed} were committed"
+            )
+            return
+        for entry in start.entries:
+            if entry.op < committed and entry.hash != self.canonical[entry.op]:
+                self.fail(
+                    f"replica {index}: StartView of view {start.view} carries op {entry.op} "
+                    "unlike the one committed there"
+                )
+                return
+
+    def agree_with_primary(self, index: int, replica: Replica, primary: Replica) -> None:
+        """A backup that installed its view's log holds the view's log: on every op both
+        hold past the backup's commit number (the committed ones are checked against the
+        history), its entry is its primary's. State transfer brings only what the view's
+        primary vouches for."""
+        if replica is primary or not _installed(replica) or not _installed(primary):
+            return
+        if primary.view != replica.view or not primary.is_primary:
+            return
+        low = max(replica.commit, replica.first_op, primary.first_op)
+        for op in range(low, min(replica.head, primary.head)):
+            if replica.entry(op).hash != primary.entry(op).hash:
+                self.fail(
+                    f"replica {index}: holds an op {op} in view {replica.view} that its "
+                    f"primary (replica {primary.config.replica_id}) does not"
+                )
+                return
 
     def observe(self, index: int, replica: Replica) -> None:
         if replica.status is Status.LOADING:
@@ -264,3 +323,13 @@ class Checker:
             operations, committed, lambda: WithNoOps(self._make_machine())
         ):
             self.fail(problem)
+
+
+def _installed(replica: Replica) -> bool:
+    """Normal status with its view's log installed (a backup then holds the view's log)."""
+    return (
+        replica.status is Status.NORMAL
+        and not replica.installing
+        and replica.log_view == replica.view
+        and not replica.recovering
+    )

@@ -34,7 +34,7 @@ from craton.core.seam import ClientRequest, Halt, MessageReceived, Notice, Reply
 from craton.core.state_machine import StateMachine
 from craton.core.vsr import codec
 from craton.core.vsr.profile import PROFILE_NAMES, PROFILES, SIMULATION
-from craton.core.vsr.replica import Replica, ReplicaConfig
+from craton.core.vsr.replica import Replica, ReplicaConfig, Status
 from craton.core.wire.errors import DecodeError
 from craton.io.driver import Driver
 from craton.sim.checkers import Checker
@@ -361,6 +361,9 @@ class Cluster:
         """The checkers' look at a replica after it stepped; ops the history gained are
         looked for on the disks' stable bytes (``craton.sim.durability``)."""
         self.checker.observe(node.index, node.replica)
+        primary = self.nodes[node.replica.primary]
+        if primary.up and primary.replica.status is not Status.LOADING:
+            self.checker.agree_with_primary(node.index, node.replica, primary.replica)
         history = self.checker.canonical
         while self._durability_seen < len(history):
             op = self._durability_seen

@@ -62,6 +62,15 @@ bytes; with those checks switched off, neither is caught in 120 seeds):
 - ``witness-kept-at-cut``: the log cuts an uncommitted suffix without lowering its witness
   first, so after a crash the replica finds "certified" records missing on a disk no fault
   touched (and, in a real cluster, rejoins needlessly as if its disk had been damaged).
+
+Protocol mutations caught by the checkers of protocol invariants (``craton.sim.checkers``):
+
+- ``answer-recovery-while-recovering``: a replica answers another's ``Recovery`` while it
+  is itself recovering, so a replica whose log may lack ops helps another settle on a view
+  (not caught in 300 seeds without the quorum-member check).
+- ``state-from-any-view``: a replica installs a ``NewState`` whatever view it comes from,
+  so an old view's entries, which the new view replaced, enter its log (searched over 300
+  seeds: the schedule is rarer).
 """
 
 from __future__ import annotations
@@ -82,7 +91,16 @@ from craton.core.seam import DiskCompletion, Effect, IoIds, ReadDone, Reply, Sen
 from craton.core.state_machine import StateMachine
 from craton.core.vsr.checkpoint import OpenedCheckpoint, open_checkpoint
 from craton.core.vsr.replica import Replica, ReplicaConfig, ReplyStatus, Status
-from craton.core.wire.replica import Entry, NewCheckpoint, Prepare, PrepareOk, PrepareReply
+from craton.core.wire.replica import (
+    Entry,
+    NewCheckpoint,
+    NewState,
+    Prepare,
+    PrepareOk,
+    PrepareReply,
+    Recovery,
+    RecoveryResponse,
+)
 from craton.sim.cluster import Cluster, FaultAtlas, ProcessFaults, SwarmOptions, draw_options
 from craton.sim.disk import DiskFaults
 from craton.sim.workload import CLIENT_ID_BASE
@@ -91,6 +109,7 @@ from tests.sim.test_vsr_scenarios import Script, quiet_options
 REPLICAS = 3
 SEED_FIRST = 0  # every search starts here: a catch is reproducible by its seed alone
 SEEDS_MAX = 120  # a bug the simulator does not catch within this many seeds fails its test
+NEW_BUG_SEEDS_MAX = 300  # the bound a planted bug may be given for a rarer schedule
 UNATTRIBUTED_MAX = 1  # catching seeds the unmutated replica fails too (never a correctness one)
 FAULT_TICKS = 2_000  # each run's fault phase (the liveness phase follows it)
 
@@ -289,6 +308,27 @@ class WitnessKeptAtCut(Replica):
         self.log = _WitnessKeptAtCut(self.log.config, IoIds(), salvage=self.log.salvage)
 
 
+class AnswerRecoveryWhileRecovering(Replica):
+    """Answers another replica's Recovery whatever its own state: a replica that is itself
+    recovering (its log may lack ops) helps another one settle on a view."""
+
+    def _on_recovery(self, ask: Recovery) -> list[Effect]:
+        if ask.replica >= self.config.replica_count:
+            return []
+        answer = RecoveryResponse(self.view, self.config.replica_id, ask.nonce)
+        return [Send(ask.replica, self._encode(answer))]
+
+
+class StateFromAnyView(Replica):
+    """Installs the entries of a NewState whatever view they come from: a replica of an
+    old view sends its log, ops the new view replaced included."""
+
+    def _on_new_state(self, state: NewState) -> list[Effect]:
+        if state.view != self.view:
+            state = attrs.evolve(state, view=self.view)
+        return super()._on_new_state(state)
+
+
 # --- the search -----------------------------------------------------------------------------
 
 ReplicaFactory = Callable[[ReplicaConfig, StateMachine, Prng], Replica]
@@ -385,6 +425,7 @@ class PlantedBug:
     name: str
     replica: type[Replica]
     bias: Bias
+    seeds_max: int = SEEDS_MAX  # the bound of its search (at most NEW_BUG_SEEDS_MAX)
 
 
 BUGS = (
@@ -401,6 +442,8 @@ BUGS = (
     PlantedBug("install-without-verifying", InstallWithoutVerifying, _lagging_flips),
     PlantedBug("durable-before-sync", DurableBeforeSync, _crashes),
     PlantedBug("witness-kept-at-cut", WitnessKeptAtCut, _late_crashes),
+    PlantedBug("answer-recovery-while-recovering", AnswerRecoveryWhileRecovering, _rot),
+    PlantedBug("state-from-any-view", StateFromAnyView, _late_crashes, NEW_BUG_SEEDS_MAX),
 )
 
 # The swarm does not catch this one within the bound (test_forgotten_vote_when_scripted
@@ -462,11 +505,12 @@ def run_cluster(cluster: Cluster) -> Outcome:
     return Outcome(cluster.seed, result.result, detail)
 
 
-def hunt(bug: PlantedBug, first: int = SEED_FIRST, seeds: int = SEEDS_MAX) -> Hunt:
+def hunt(bug: PlantedBug, first: int = SEED_FIRST, seeds: int | None = None) -> Hunt:
     """Run ``bug``'s mutation on seeds ``first``, ``first + 1``, ... until one catches it:
     the mutation ends in a correctness violation or a crash, and the unmutated replica
     passes the same seed with the same options (otherwise the catch is not the bug's, and
     the seed is reported as skipped)."""
+    seeds = bug.seeds_max if seeds is None else seeds
     unattributed: list[Outcome] = []
     for count, seed in enumerate(range(first, first + seeds), start=1):
         options = options_for(bug, seed)
@@ -546,7 +590,7 @@ def test_planted_bug_is_caught(
     catch = found.catch
     assert catch is not None, (
         f"planted bug {bug.name!r} ({bug.replica.__name__}) was not caught in seeds "
-        f"{SEED_FIRST}..{SEED_FIRST + SEEDS_MAX - 1}: expected a correctness violation or a "
+        f"{SEED_FIRST}..{SEED_FIRST + bug.seeds_max - 1}: expected a correctness violation or a "
         "broken assertion within the bound"
     )
     unsafe = [o for o in found.unattributed if o.result != "liveness"]

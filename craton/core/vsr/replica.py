@@ -328,6 +328,12 @@ class Replica:
         heard = self._catch_up
         return heard is not None and heard[0] == self.view and self.commit >= heard[1]
 
+    @property
+    def recovering(self) -> bool:
+        """Its log may lack ops it once held (damage, a lost disk, an unfinished recovery):
+        until it has the view's log again it takes part in no quorum."""
+        return self._recovering
+
     def _heard_primary(self, commit: int) -> None:
         """The primary of this view announced ``commit`` (a prepare or a heartbeat)."""
         self._primary_heard_tick = self._ticks

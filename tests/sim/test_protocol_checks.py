@@ -1,0 +1,97 @@
+"""The checkers of protocol invariants (``craton.sim.checkers``), each fed a hand-made
+violation: a quiet three-replica cluster runs to the end, then the tests hand the checker
+messages and replica states that break one rule, and one that keeps it.
+
+- a new view's log holds every op committed before it (``StartView``);
+- a recovering replica vouches for no log (no ``PrepareOk``, ``DoViewChange`` or
+  ``RecoveryResponse`` while it may lack ops);
+- a backup that installed its view's log holds its primary's entries (state transfer
+  installs only what the view's primary vouches for).
+"""
+
+from __future__ import annotations
+
+import attrs
+import pytest
+
+from craton.core.vsr import codec
+from craton.core.wire.replica import Entry, PrepareOk, RecoveryResponse, StartView, StartViewChange
+from craton.sim.checkers import Checker
+from craton.sim.cluster import Cluster
+from tests.sim.test_vsr_scenarios import quiet_options
+
+
+@pytest.fixture(name="cluster")
+def finished_cluster() -> Cluster:
+    cluster = Cluster(11, quiet_options(clients=2, requests=15, fault_ticks=400))
+    result = cluster.run()
+    assert result.result == "pass", result.violations
+    return cluster
+
+
+def fresh_checker(cluster: Cluster) -> Checker:
+    """A checker that knows the cluster's committed history and has seen nothing fail."""
+    checker = Checker(3, cluster._make_machine, cluster.profile.client_table_max)
+    checker.canonical = list(cluster.checker.canonical)
+    return checker
+
+
+def start_view(cluster: Cluster, *, head: int, entries: tuple[Entry, ...]) -> bytes:
+    primary = cluster.nodes[0].replica
+    view = primary.persisted_log_view
+    first = entries[0].op if entries else head
+    return codec.encode_message(StartView(view, head, head, first, entries))
+
+
+def test_a_start_view_missing_committed_ops_is_a_violation(cluster: Cluster) -> None:
+    checker = fresh_checker(cluster)
+    replica = cluster.nodes[0].replica
+    committed = len(checker.canonical)
+    last = [replica.entry(op) for op in range(committed - 2, committed)]
+    checker.sent(0, replica, start_view(cluster, head=committed, entries=tuple(last)))
+    assert checker.violations == [], "a StartView holding every committed op is fine"
+    checker.sent(0, replica, start_view(cluster, head=committed - 1, entries=tuple(last[:1])))
+    assert len(checker.violations) == 1
+    assert f"ends at op {committed - 1}, but ops below {committed}" in checker.violations[0]
+    other = attrs.evolve(last[0], hash=bytes(32))
+    checker.sent(0, replica, start_view(cluster, head=committed, entries=(other, last[1])))
+    assert len(checker.violations) == 2
+    assert f"carries op {committed - 2} unlike the one committed" in checker.violations[1]
+
+
+@pytest.mark.parametrize("kind", ["prepare_ok", "recovery_response"])
+def test_a_recovering_replica_that_vouches_for_a_log_is_a_violation(
+    cluster: Cluster, kind: str
+) -> None:
+    checker = fresh_checker(cluster)
+    replica = cluster.nodes[1].replica
+    message = (
+        PrepareOk(replica.view, replica.log.durable - 1, 1)
+        if kind == "prepare_ok"
+        else RecoveryResponse(replica.view, 1, 7)
+    )
+    checker.sent(1, replica, codec.encode_message(message))
+    assert checker.violations == [], "a replica with its log may acknowledge and answer"
+    replica._recovering = True  # as if its recovery found damage
+    checker.sent(1, replica, codec.encode_message(message))
+    assert len(checker.violations) == 1 and "while recovering" in checker.violations[0]
+    vote = StartViewChange(replica.persisted_view, 1)  # names no log: allowed
+    checker.sent(1, replica, codec.encode_message(vote))
+    assert len(checker.violations) == 1, checker.violations
+
+
+def test_a_backup_holding_an_entry_its_primary_does_not_is_a_violation(cluster: Cluster) -> None:
+    checker = fresh_checker(cluster)
+    primary, backup = cluster.nodes[0].replica, cluster.nodes[1].replica
+    if not primary.is_primary:
+        primary, backup = backup, primary
+    assert primary.is_primary and primary.head == backup.head, "expected a converged cluster"
+    checker.agree_with_primary(1, backup, primary)
+    assert checker.violations == [], "a converged backup agrees with its primary"
+    op = backup.head - 1
+    backup.commit = op  # the last op uncommitted on the backup, and another entry there
+    index = op - backup.first_op
+    backup.entries[index] = attrs.evolve(backup.entries[index], hash=bytes(32))
+    checker.agree_with_primary(1, backup, primary)
+    assert len(checker.violations) == 1
+    assert f"holds an op {op} in view {backup.view} that its primary" in checker.violations[0]
