@@ -15,10 +15,11 @@ history. On every commit they check:
   the checkpoint interval) are byte-identical between replicas at the same op: equal
   SHA-256 digests, and the chain hash the committed history has there.
 
-At the end of a run: every committed op is a request a client actually sent, and the client
+At the end of a run: every committed op is a request a client actually sent, the client
 histories are linearizable against the committed log (``craton.sim.linearizability``):
 acknowledged ops committed where they were told, real-time order respected, and replies
-equal to what replaying the log gives.
+equal to what replaying the log gives; and, for a machine with an independent model
+(``craton.sim.models``), every reply of that replay is the one the model predicts.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from craton.core.wire.replica import (
     StartViewChange,
 )
 from craton.sim.linearizability import Committed, Operation, check_history
+from craton.sim.models import Model
 from craton.sim.workload import SimClient
 
 VIOLATIONS_MAX = 50
@@ -102,8 +104,11 @@ class Checker:
         make_machine: Callable[[], StateMachine],
         client_table_max: int,
         checkpoint_interval: int = 0,
+        make_model: Callable[[], Model] | None = None,
     ) -> None:
         self._checkpoint_interval = checkpoint_interval
+        self._make_model = make_model  # the machine's independent model, where it has one
+        self.model_replies_checked = 0
         self.checkpoints_checked = 0
         self.checkpoint_states_checked = 0
         self._checkpoint_digests: dict[int, bytes] = {}  # op -> digest of the state there
@@ -323,6 +328,26 @@ class Checker:
             operations, committed, lambda: WithNoOps(self._make_machine())
         ):
             self.fail(problem)
+        if self._make_model is not None:
+            self._check_model(committed, self._make_model())
+
+    def _check_model(self, committed: Sequence[Committed], model: Model) -> None:
+        """The machine's reply to every applied op of the committed log is the one the
+        independent model predicts (``craton.sim.models``): the machine's semantics are
+        judged by a second statement of them, not by a replay of themselves."""
+        machine = self._make_machine()
+        for entry in committed:
+            if entry.body == NO_OP:
+                continue
+            self.model_replies_checked += 1
+            reply = machine.apply(entry.position, entry.body)
+            predicted, seen = model.predict(entry.position, entry.body), model.read(reply)
+            if predicted != seen:
+                self.fail(
+                    f"op {entry.position}: the {machine.name} machine answered {seen}, its model "
+                    f"predicts {predicted}"
+                )
+                return
 
 
 def _installed(replica: Replica) -> bool:

@@ -42,6 +42,7 @@ from craton.sim.clock import ClockFaults, SimClocks
 from craton.sim.disk import DiskFaults, SimDisk
 from craton.sim.durability import DAMAGE_NOTICES, DurabilityChecker
 from craton.sim.events import EventQueue
+from craton.sim.models import KvModel, Model
 from craton.sim.network import NetworkFaults, SimNetwork
 from craton.sim.workload import (
     CLIENT_ID_BASE,
@@ -56,6 +57,8 @@ MACHINES: dict[str, tuple[Callable[[], StateMachine], Callable[[Prng], bytes]]] 
     "kv": (KvMachine, kv_operation),
     "event_store": (EventStore, event_store_operation),
 }
+# Each machine's independent model (``craton.sim.models``), where it has one.
+MODELS: dict[str, Callable[[], Model]] = {"kv": KvModel}
 
 # Replicas run the simulation profile (the production one with sizes shrunk) or, in a share
 # of the seeds, the production profile exactly (``craton.core.vsr.profile``).
@@ -289,6 +292,7 @@ class Cluster:
             self._make_machine,
             self.profile.client_table_max,
             self.profile.checkpoint_interval_ops,
+            MODELS.get(options.machine),
         )
         supply = options.atlas.profile != "disjoint"  # see craton.sim.durability
         self.durability = DurabilityChecker(n // 2 + 1, self.checker.fail, supply=supply)

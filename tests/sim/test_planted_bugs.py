@@ -68,6 +68,10 @@ Protocol mutations caught by the checkers of protocol invariants (``craton.sim.c
 - ``answer-recovery-while-recovering``: a replica answers another's ``Recovery`` while it
   is itself recovering, so a replica whose log may lack ops helps another settle on a view
   (not caught in 300 seeds without the quorum-member check).
+- ``kv-empty-put-deletes`` (a mutated state machine, in the replicas and in the checkers'
+  replay alike): a put of an empty value deletes the register. The replay agrees with
+  itself; only the independent model (``craton.sim.models``) catches it (not caught in 300
+  seeds without it).
 - ``state-from-any-view``: a replica installs a ``NewState`` whatever view it comes from,
   so an old view's entries, which the new view replaced, enter its log (searched over 300
   seeds: the schedule is rarer).
@@ -83,6 +87,8 @@ from pathlib import Path
 import attrs
 import pytest
 
+from craton.core import kv_machine
+from craton.core.kv_machine import KvMachine
 from craton.core.log import Log, LogOutput, ReadResult, _Io, _PendingRead
 from craton.core.prng import Prng
 from craton.core.record import HEADER_SIZE, RecordError, chain_hash, decode_header
@@ -91,6 +97,7 @@ from craton.core.seam import DiskCompletion, Effect, IoIds, ReadDone, Reply, Sen
 from craton.core.state_machine import StateMachine
 from craton.core.vsr.checkpoint import OpenedCheckpoint, open_checkpoint
 from craton.core.vsr.replica import Replica, ReplicaConfig, ReplyStatus, Status
+from craton.core.wire.errors import DecodeError
 from craton.core.wire.replica import (
     Entry,
     NewCheckpoint,
@@ -329,6 +336,27 @@ class StateFromAnyView(Replica):
         return super()._on_new_state(state)
 
 
+class EmptyPutDeletes(KvMachine):
+    """A put of an empty value deletes the register: a later get answers none instead of
+    the empty value. Replicas and the checkers' replay share the mistake; only the model
+    (``craton.sim.models.KvModel``) says otherwise."""
+
+    def apply(self, op: int, body: bytes) -> bytes:
+        reply = super().apply(op, body)
+        try:
+            request = kv_machine.decode_request(body)
+        except DecodeError:
+            return reply
+        if isinstance(request, kv_machine.Put) and not request.value:
+            self._values.pop(request.key, None)
+        return reply
+
+
+def _kv_load(options: SwarmOptions) -> SwarmOptions:
+    """Load on the key-value machine (few keys, many puts and gets)."""
+    return attrs.evolve(_load(options), machine="kv")
+
+
 # --- the search -----------------------------------------------------------------------------
 
 ReplicaFactory = Callable[[ReplicaConfig, StateMachine, Prng], Replica]
@@ -426,6 +454,7 @@ class PlantedBug:
     replica: type[Replica]
     bias: Bias
     seeds_max: int = SEEDS_MAX  # the bound of its search (at most NEW_BUG_SEEDS_MAX)
+    machine: Callable[[], StateMachine] | None = None  # a mutated state machine, if any
 
 
 BUGS = (
@@ -444,6 +473,7 @@ BUGS = (
     PlantedBug("witness-kept-at-cut", WitnessKeptAtCut, _late_crashes),
     PlantedBug("answer-recovery-while-recovering", AnswerRecoveryWhileRecovering, _rot),
     PlantedBug("state-from-any-view", StateFromAnyView, _late_crashes, NEW_BUG_SEEDS_MAX),
+    PlantedBug("kv-empty-put-deletes", Replica, _kv_load, machine=EmptyPutDeletes),
 )
 
 # The swarm does not catch this one within the bound (test_forgotten_vote_when_scripted
@@ -489,8 +519,23 @@ def options_for(bug: PlantedBug, seed: int) -> SwarmOptions:
     return bug.bias(draw_options(seed, replicas=REPLICAS, ticks=FAULT_TICKS))
 
 
-def run_once(seed: int, options: SwarmOptions, replica: ReplicaFactory) -> Outcome:
-    return run_cluster(Cluster(seed, options, replica_factory=replica))
+def run_once(
+    seed: int,
+    options: SwarmOptions,
+    replica: ReplicaFactory,
+    machine: Callable[[], StateMachine] | None = None,
+) -> Outcome:
+    """One run; ``machine`` replaces the state machine everywhere, in the replicas and in the
+    checkers' own replay (a bug in the machine's code is in both)."""
+    if machine is None:
+        return run_cluster(Cluster(seed, options, replica_factory=replica))
+    make = machine
+
+    class WithMachine(Cluster):
+        def _make_machine(self) -> StateMachine:
+            return make()
+
+    return run_cluster(WithMachine(seed, options, replica_factory=replica))
 
 
 def run_cluster(cluster: Cluster) -> Outcome:
@@ -514,7 +559,7 @@ def hunt(bug: PlantedBug, first: int = SEED_FIRST, seeds: int | None = None) -> 
     unattributed: list[Outcome] = []
     for count, seed in enumerate(range(first, first + seeds), start=1):
         options = options_for(bug, seed)
-        outcome = run_once(seed, options, bug.replica)
+        outcome = run_once(seed, options, bug.replica, bug.machine)
         if not outcome.caught:
             continue
         control = run_once(seed, options, Replica)
