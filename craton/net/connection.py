@@ -1,47 +1,33 @@
-"""One client connection speaking Craton's binary protocol (docs/PROTOCOL.md).
+"""One client connection speaking Craton's binary protocol (docs/PROTOCOL.md): the asyncio
+adapter of the pure ``craton.core.connection.ConnectionProtocol``.
 
-A ``ClientConnection`` reads frames, answers the handshake, turns each request into an
-event-store operation for the ``ReplicaHost`` and writes each reply as soon as it is ready
-(pipelining: replies carry their request's id and may come back in any order).
+A ``ClientConnection`` feeds the protocol object the bytes its socket receives, the node's
+answers and the clock's time, and carries out the effects it returns: frames written,
+requests handed to the ``ReplicaHost``, reading paused and resumed, the connection closed.
+Every rule of the connection's protocol (the handshake first, framing errors, the order
+frames are served in, flow control, the sync barrier, the rate limit, a token's expiry, the
+idle time) is the protocol object's and is written down there. This module keeps what
+needs the node, the socket or the world:
 
-Rules it keeps:
-- The first frame must be ``HANDSHAKE``; anything else gets ``INVALID_REQUEST`` with request
-  id 0 and the connection is closed. Frames that arrive before the handshake is answered
-  wait, and are served after it (reading stops meanwhile).
-- A frame the decoder refuses (bad magic, version, checksum, size, command) is a connection
-  error: ``ErrorReply`` with request id 0, then close. A sound frame whose body does not
-  decode, or a request not valid here (a reply, a replica message, a second handshake, a
-  write whose request id is above ``REQUEST_NUMBER_MAX``) gets an ``ErrorReply`` with its
-  request id, and the connection goes on.
-- In a cluster, only the primary takes requests: elsewhere they are refused with
+- Authentication happens once, at the handshake (``craton.core.auth.authenticate`` with
+  the clock's wall-clock time and this replica's API-key table), once the host has read its
+  log back; a halted node says so instead. The session is the node's (``open_session``): in
+  a cluster only the primary takes requests, elsewhere they are refused with
   ``NOT_PRIMARY`` carrying the primary's ``host:port`` (``UNAVAILABLE`` while no primary is
   known), and the handshake reply names this replica and the cluster's size.
-- Writes carry the request id to the host so that a retry is applied at most once; reads
-  are applied at their own op; ``SYNC`` is answered once every request received before it
-  on this connection has been answered.
-- Frames are served in the order received, each once the connection may take it: at most
-  ``INFLIGHT_REQUESTS_MAX`` requests are in flight, and the replies in flight (a read
-  counts the largest reply it may get) and those written but not yet taken by the client
-  stay under ``REPLY_BYTES_MAX`` (one request at least is always taken). While a frame
-  waits, or the socket's send buffer is full, the connection stops reading: a client that
-  does not take its replies holds a bounded amount of the node's memory.
-- With a rate limit, each request after the handshake takes a token from a bucket of
-  ``rate`` tokens per second holding at most ``max(1, rate)``; without one it is refused
-  with ``RATE_LIMITED``.
-- Authentication happens once, at the handshake (``craton.core.auth.authenticate`` with
-  the clock's wall-clock time and this replica's API-key table): a refused credential gets
-  ``AUTHENTICATION_FAILED`` with request id 0 and the connection is closed — one failed
-  attempt per connection, counted in ``vdb_auth_failures_total``, logged and, on the
-  primary, recorded in the audit stream of the credential's tenant (tenant 0 when nothing
-  in it was genuine) — at most ``AUTH_FAILURE_RECORDS_PER_S`` a second node-wide, so that
-  a flood of bad connections cannot turn into a flood of log writes (the log line says
-  whether the refusal was audited). Each request then carries the connection's principal
-  and the time it was received into the log, where the event store authorizes it (role,
-  tenant, a key that was revoked or expired since): the same decision on every replica.
-  A token's expiry is judged again at every frame served after the handshake, against
-  the wall-clock time read then (no decision is cached): the connection ends at its first
-  frame after the token ran out (``Principal.expires_ms``), refused as that token would be
-  at a handshake, and a clock stepped back afterwards cannot revive it (it is closed).
+- A refused credential (at the handshake, or a token that ran out since) is counted in
+  ``vdb_auth_failures_total``, logged and, on the primary, recorded in the audit stream of
+  the credential's tenant (tenant 0 when nothing in it was genuine), at most
+  ``AUTH_FAILURE_RECORDS_PER_S`` a second node-wide, so that a flood of bad connections
+  cannot turn into a flood of log writes (the log line says whether it was audited).
+- Each request carries the connection's principal and the wall-clock time it was served
+  into the log, where the event store authorizes it (role, tenant, a key revoked or
+  expired since): the same decision on every replica. Writes carry the request id to the
+  host so that a retry is applied at most once; reads are applied at their own op. The
+  node's outcome becomes the reply frame here.
+- The socket's send buffer (its size and high-water mark) is read here and given to the
+  protocol, which decides when reading stops; after the client's EOF its replies are
+  awaited as the protocol says (``ConnectionProtocol.settled``).
 - Time comes only from the connection's ``Clock`` (``craton.io.clock``): its monotonic
   time for request durations, the idle time and the rate limit, its wall-clock time for
   tokens, keys and audit stamps.
@@ -53,27 +39,44 @@ Rules it keeps:
 from __future__ import annotations
 
 import asyncio
-import collections
-import re
+import functools
 import secrets
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, assert_never
 
-import attrs
-
-from craton import __version__
 from craton.core.auth import (
     API_KEY_SECRET_SIZE,
     TENANT_WITHOUT_AUTH,
     AuthMode,
     AuthRefusal,
     JwtPolicy,
-    Principal,
-    Refusal,
     authenticate,
     format_api_key,
     hash_api_key,
 )
+from craton.core.connection import (
+    INFLIGHT_REQUESTS_MAX,
+    NS_PER_S,
+    REPLY_BYTES_MAX,
+    AnswerSync,
+    AwaitDrain,
+    BadFrame,
+    Close,
+    Conditions,
+    ConnectionProtocol,
+    Effect,
+    PauseReading,
+    RefuseCredential,
+    RequestDone,
+    ResumeReading,
+    Send,
+    StartHandshake,
+    SubmitRead,
+    SubmitWrite,
+    make_error_reply,
+    method_name,
+)
+from craton.core.connection import TokenBucket as _CoreTokenBucket
 from craton.core.event_store import (
     AuthFailure,
     CreateKey,
@@ -92,49 +95,36 @@ from craton.core.event_store import (
 )
 from craton.core.wire import (
     HEADER_SIZE,
-    PROTOCOL_VERSION,
-    AppendEvents,
     Command,
-    CreateStream,
     DecodeError,
     ErrorCode,
     ErrorReply,
     Frame,
-    FrameDecoder,
     Handshake,
-    HandshakeReply,
-    ReadEvents,
-    ReadEventsAsOf,
-    Sync,
     SyncReply,
-    decode_frame,
     encode,
-    error_reply,
 )
-from craton.core.wire.codec import AnyMessage
 from craton.core.wire.frame import encode_frame
-from craton.core.wire.messages import (
-    ADDRESS_SIZE_MAX,
-    API_KEYS_LISTED_MAX,
-    ERROR_MESSAGE_SIZE_MAX,
-    EVENT_SIZE_MAX,
-    CreateApiKey,
-    CreateApiKeyReply,
-    ListApiKeys,
-    RevokeApiKey,
-)
-from craton.io.clock import SYSTEM_CLOCK, Clock, monotonic_s, realtime_ms
+from craton.core.wire.messages import CreateApiKey, CreateApiKeyReply
+from craton.io.clock import SYSTEM_CLOCK, Clock, realtime_ms
 from craton.net.logs import EventLog
 from craton.net.metrics import NodeMetrics
 from craton.net.node import REQUEST_NUMBER_MAX, Applied, Outcome, Refused, ReplicaHost
 
-INFLIGHT_REQUESTS_MAX = 1024  # per connection
-REPLY_BYTES_MAX = 16 * 1024 * 1024  # replies of a connection in flight or unsent, at most
+__all__ = [
+    "AUTH_FAILURE_RECORDS_PER_S",
+    "INFLIGHT_REQUESTS_MAX",
+    "REPLY_BYTES_MAX",
+    "ClientConnection",
+    "ConnectionOwner",
+    "DirectReader",
+    "TokenBucket",
+    "store_request",
+    "wire_reply",
+]
+
 AUTH_FAILURE_RECORDS_PER_S = 20.0  # refused handshakes audited per second, node-wide
-EOF_DRAIN_TIMEOUT_S = 30.0  # how long replies are still awaited after the client's EOF
-_READ_REPLY_FIXED_BYTES = 8 + 8 + 4  # ReadEventsReply: from_offset, log_position, event count
-_KEYS_REPLY_BYTES_MAX = HEADER_SIZE + 8 + 4 + API_KEYS_LISTED_MAX * 128  # an ApiKeyInfo < 128
-_ADDRESS = re.compile(rf"[!-~]{{1,{ADDRESS_SIZE_MAX}}}")  # what ErrorReply.primary_address holds
+EOF_POLL_INTERVAL_S = 0.01  # how often replies still awaited after the client's EOF are checked
 
 
 class ConnectionOwner(Protocol):
@@ -153,30 +143,18 @@ class ConnectionOwner(Protocol):
 
 
 class TokenBucket:
-    """``rate_per_s`` tokens a second, at most ``capacity`` saved up."""
+    """``craton.core.connection.TokenBucket`` on a monotonic clock's seconds, as the server
+    keeps its node-wide bucket of audited refusals (``ConnectionOwner.auth_failure_records``)."""
 
     def __init__(self, rate_per_s: float, now_s: float) -> None:
-        assert rate_per_s > 0
-        self._rate = rate_per_s
-        self._capacity = max(1.0, rate_per_s)
-        self._tokens = self._capacity
-        self._updated_s = now_s
+        self._bucket = _CoreTokenBucket(rate_per_s, _ns(now_s))
 
     def take(self, now_s: float) -> bool:
-        elapsed = max(0.0, now_s - self._updated_s)
-        self._updated_s = now_s
-        self._tokens = min(self._capacity, self._tokens + elapsed * self._rate)
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return True
-        return False
+        return self._bucket.take(_ns(now_s))
 
 
-@attrs.define
-class _Sync:
-    seq: int
-    request_id: int
-    received_s: float
+def _ns(seconds: float) -> int:
+    return round(seconds * NS_PER_S)
 
 
 class DirectReader(asyncio.StreamReader):
@@ -244,62 +222,60 @@ class ClientConnection:
         self._writer = writer
         self._transport = writer.transport
         self.peer = peer
-        self._decoder = FrameDecoder()
-        self._client_id: int | None = None
-        self._principal: Principal | None = None
+        self._protocol = ConnectionProtocol(
+            clock.monotonic_ns(),
+            request_number_max=REQUEST_NUMBER_MAX,
+            rate_limit_rps=owner.rate_limit_rps,
+        )
+        self._client_id: int | None = None  # the handshake's, once its session is open
         self._tenant_id = TENANT_WITHOUT_AUTH
         self._prefix = b""  # the principal's bytes in every store request (encode_principal)
-        self._handshaking = False
-        # frames received and not served yet, in order; a DecodeError ends the stream
-        self._frames: collections.deque[tuple[Frame | DecodeError, float]] = collections.deque()
         self._advancing = False  # ``_advance`` is running (it is not entered twice)
-        self._reserved_bytes = 0  # the largest replies the requests in flight may get
-        self._closing = False
-        now_s = monotonic_s(clock)
-        self.last_active_s = now_s  # on the clock's monotonic time, as ``received_s`` is
-        rate = owner.rate_limit_rps
-        self._bucket = TokenBucket(rate, now_s) if rate is not None else None
-        self._seq = 0
-        self._open: dict[int, None] = {}  # seqs of requests in flight, oldest first
-        self._syncs: collections.deque[_Sync] = collections.deque()
-        # reading stops while frames wait or replies are not taken
-        self._reading_paused = False
         self._draining: asyncio.Task[None] | None = None  # waits for the send buffer
         self._ended: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
 
     @property
     def inflight(self) -> int:
-        return len(self._open) + len(self._syncs)
+        return self._protocol.inflight
 
-    def _now_s(self) -> float:
-        """Monotonic seconds: request durations, the idle time and the rate limit."""
-        return monotonic_s(self._clock)
+    @property
+    def last_active_s(self) -> float:
+        """On the clock's monotonic time: the last whole frame received or reply written."""
+        return self._protocol.last_active_ns / NS_PER_S
+
+    def _now_ns(self) -> int:
+        """Monotonic nanoseconds: request durations, the idle time and the rate limit."""
+        return self._clock.monotonic_ns()
 
     def _now_ms(self) -> int:
         """Unix time in milliseconds: the time the core is given for tokens, keys and audit."""
         return realtime_ms(self._clock)
 
+    def _duration_s(self, received_ns: int | None) -> float:
+        return 0.0 if received_ns is None else (self._now_ns() - received_ns) / NS_PER_S
+
     # --- the read loop ---------------------------------------------------------------------
 
     async def run(self, first: bytes) -> None:
         """Serve the connection until it ends; ``first`` is what was read of it already."""
+        protocol = self._protocol
         if first:
             self._on_data(first)
-        if not self._closing:
+        if not protocol.closed:
             held = await self._reader.attach(self._on_data, self._on_end)
-            if held and not self._closing:
+            if held and not protocol.closed:
                 self._on_data(held)
         eof = await self._ended
-        if eof and not self._closing:
-            await self._await_replies(EOF_DRAIN_TIMEOUT_S)
+        if eof and not protocol.closed:
+            protocol.on_eof(self._now_ns())
+            while not protocol.settled(self._now_ns()) and not self._writer.is_closing():
+                await asyncio.sleep(EOF_POLL_INTERVAL_S)
         self.close()
 
     def _on_data(self, data: bytes) -> None:
-        if self._closing:
+        if self._protocol.closed:
             return
-        received_s = self._now_s()
-        if self._receive(data, received_s):
-            self.last_active_s = received_s  # a frame trickled in part by part is no activity
+        self._protocol.receive_data(data, self._now_ns())
         self._advance()
 
     def _on_end(self, error: Exception | None) -> None:
@@ -308,64 +284,37 @@ class ClientConnection:
         if not self._ended.done():
             self._ended.set_result(error is None)
 
-    def _receive(self, data: bytes, received_s: float) -> bool:
-        """Decode the frames ``data`` completes into the queue of frames to serve; whether
-        it completed one (or ended the stream with an error)."""
-        frames = self._frames
-        if frames and isinstance(frames[-1][0], DecodeError):
-            return False  # the stream is out of step: nothing after the error is read
-        queued = len(frames)
-        try:
-            self._decoder.feed(data)
-            while (frame := self._decoder.next_frame()) is not None:
-                frames.append((frame, received_s))
-        except DecodeError as error:
-            frames.append((error, received_s))
-        return len(frames) > queued
-
     def _advance(self) -> None:
-        """Serve the waiting frames, in order, while the connection may take requests; then
-        stop or restart reading."""
+        """Serve the waiting frames the protocol lets through, in order; then stop or restart
+        reading as it says."""
         if self._advancing:
             return  # called back from inside the loop below, which goes on by itself
         self._advancing = True
+        protocol = self._protocol
         try:
-            frames = self._frames
-            while frames and not self._closing and self._admits():
-                item, received_s = frames.popleft()
-                if isinstance(item, DecodeError):
-                    self._bad_frame(item)
-                else:
-                    self._on_frame(item, received_s)
+            while protocol.frames_waiting:
+                effects = protocol.serve_next(self._conditions())
+                if effects is None:
+                    break
+                self._carry_out(effects)
         finally:
             self._advancing = False
         self._throttle()
 
-    def _admits(self) -> bool:
-        """Whether the next frame may be served now (see the module's rules)."""
-        if self._handshaking or len(self._open) + len(self._syncs) >= INFLIGHT_REQUESTS_MAX:
-            return False
-        unsent = self._transport.get_write_buffer_size()
-        return self._reserved_bytes + unsent < REPLY_BYTES_MAX
+    def _conditions(self) -> Conditions:
+        return Conditions(
+            now_ns=self._now_ns(),
+            wall_ms=self._now_ms(),
+            unsent_bytes=self._transport.get_write_buffer_size(),
+            shutting_down=self._owner.shutting_down,
+        )
 
     def _throttle(self) -> None:
-        """Read while no frame waits and the socket's send buffer is not full (the client
-        takes its replies); a full buffer is waited for (``_drain``)."""
-        if self._closing:
+        if self._protocol.closed:
             return
         transport = self._transport
         _, high = transport.get_write_buffer_limits()
-        full = transport.get_write_buffer_size() > high
-        if full and self._draining is None:
-            self._draining = asyncio.create_task(self._drain())
-        pause = full or bool(self._frames)
-        if pause == self._reading_paused:
-            return
-        self._reading_paused = pause
-        if pause:
-            transport.pause_reading()  # type: ignore[attr-defined]
-        else:
-            transport.resume_reading()  # type: ignore[attr-defined]
+        self._carry_out(self._protocol.throttle(transport.get_write_buffer_size() > high))
 
     async def _drain(self) -> None:
         try:
@@ -375,16 +324,12 @@ class ClientConnection:
             return
         finally:
             self._draining = None
+            self._protocol.on_drained()
         self._advance()
-
-    def _bad_frame(self, error: DecodeError) -> None:
-        self._metrics.observe_request("Frame", error.code, 0.0)
-        self._owner.log.debug("connection.bad_frame", peer=self.peer, reason=error.reason)
-        self._fail(error_reply(error))
 
     def close(self) -> None:
         """Close the socket after what was written so far has been sent."""
-        self._closing = True
+        self._protocol.on_close()
         if not self._ended.done():
             self._ended.set_result(False)
         if not self._writer.is_closing():
@@ -392,112 +337,157 @@ class ClientConnection:
 
     def refuse(self, why: str) -> None:
         """Turn the connection away before serving it (a connection error)."""
-        self._fail(ErrorReply(ErrorCode.UNAVAILABLE, why, None))
+        self._carry_out(self._protocol.refuse(why, self._now_ns()))
 
     def close_idle(self, idle_s: float) -> None:
-        message = f"closed after {idle_s:.0f} s without requests"
-        self._fail(ErrorReply(ErrorCode.UNAVAILABLE, message, None))
+        self._carry_out(self._protocol.close_idle(_ns(idle_s), self._now_ns()))
 
-    def _fail(self, reply: ErrorReply) -> None:
-        """A connection error: answer with request id 0, then close."""
-        self._write(encode(reply, 0))
-        self.close()
+    # --- effects ---------------------------------------------------------------------------
 
-    async def _await_replies(self, timeout_s: float) -> None:
-        deadline_s = self._now_s() + timeout_s
-        while (
-            (self.inflight or self._frames)
-            and self._now_s() < deadline_s
-            and not self._writer.is_closing()
-        ):
-            await asyncio.sleep(0.01)
+    def _carry_out(self, effects: list[Effect]) -> None:
+        """Do what the protocol asked, in its order."""
+        for effect in effects:
+            match effect:
+                case Send():
+                    self._write(effect.data)
+                case Close():
+                    if effect.reply is not None:
+                        self._write(encode(effect.reply, 0))
+                    self.close()
+                case BadFrame():
+                    self._owner.log.debug(
+                        "connection.bad_frame", peer=self.peer, reason=effect.reason
+                    )
+                case RequestDone():
+                    duration_s = self._duration_s(effect.received_ns)
+                    self._metrics.observe_request(effect.method, effect.code, duration_s)
+                case StartHandshake():
+                    # API keys are in the replicated table: wait until the log is read back
+                    self._host.when_recovered(
+                        functools.partial(self._authenticate, effect.handshake)
+                    )
+                case RefuseCredential():
+                    self._record_refusal(effect.refusal, effect.received_ns)
+                case SubmitWrite():
+                    self._submit_write(effect)
+                case SubmitRead():
+                    self._submit_read(effect)
+                case AnswerSync():
+                    self._write(encode(SyncReply(self._host.commit), effect.request_id))
+                    self._metrics.observe_request(
+                        "Sync", None, self._duration_s(effect.received_ns)
+                    )
+                case PauseReading():
+                    self._transport.pause_reading()  # type: ignore[attr-defined]
+                case ResumeReading():
+                    self._transport.resume_reading()  # type: ignore[attr-defined]
+                case AwaitDrain():
+                    self._draining = asyncio.create_task(self._drain())
+                case _:
+                    assert_never(effect)
 
-    # --- frames ----------------------------------------------------------------------------
+    def _write(self, data: bytes) -> None:
+        if not self._writer.is_closing():
+            self._writer.write(data)
 
-    def _on_frame(self, frame: Frame, received_s: float) -> None:
-        if self._client_id is None:
-            self._on_handshake(frame, received_s)
+    # --- the handshake ---------------------------------------------------------------------
+
+    def _authenticate(self, handshake: Handshake) -> None:
+        protocol = self._protocol
+        if protocol.closed:
             return
-        if self._credential_expired(received_s):
+        if self._host.halted is not None:  # its key table may be incomplete: say why instead
+            self._carry_out(protocol.on_node_halted(self._now_ns()))
             return
-        method = _method(frame.command)
-        if frame.command == Command.HANDSHAKE:
-            self._refuse(
-                frame,
-                method,
-                received_s,
-                ErrorCode.INVALID_REQUEST,
-                "the connection's handshake was done already",
+        owner = self._owner
+        principal = authenticate(
+            owner.auth_mode, handshake.auth_token, self._now_ms(), owner.jwt_policy, self._host
+        )
+        if isinstance(principal, AuthRefusal):
+            self._carry_out(protocol.on_credential_refused(principal, self._now_ns()))
+            return
+        self._tenant_id = principal.tenant_id
+        self._prefix = encode_principal(
+            principal.tenant_id, principal.role, principal.key_id, principal.subject
+        )
+        client_id = handshake.client_id
+
+        def ready(refusal: Refused | None) -> None:
+            if refusal is not None:
+                effects = protocol.on_session_refused(
+                    refusal.code, refusal.message, refusal.primary_address, self._now_ns()
+                )
+                self._carry_out(effects)
+                return
+            self._client_id = client_id
+            host = self._host
+            self._carry_out(
+                protocol.on_session_opened(
+                    principal, host.replica_id, host.cluster_size, host.view, self._now_ns()
+                )
             )
-            return
-        if self._owner.shutting_down:
-            self._refuse(
-                frame, method, received_s, ErrorCode.UNAVAILABLE, "the node is shutting down"
-            )
-            return
-        if self._bucket is not None and not self._bucket.take(received_s):
-            self._refuse(
-                frame,
-                method,
-                received_s,
-                ErrorCode.RATE_LIMITED,
-                "too many requests on this connection; retry later",
-            )
-            return
-        try:
-            message = decode_frame(frame)
-        except DecodeError as error:
-            self._refuse(frame, method, received_s, error.code, error.reason)
-            return
-        self._on_request(frame, message, method, received_s)
+            self._advance()  # the frames that came after the handshake
 
-    def _on_request(
-        self, frame: Frame, message: AnyMessage, method: str, received_s: float
-    ) -> None:
+        self._host.open_session(self._tenant_id, client_id, ready)
+
+    def _record_refusal(self, refusal: AuthRefusal, received_ns: int) -> None:
+        """One failed authentication: count it, log it, audit it (the protocol closes)."""
+        reason = refusal.reason.name.lower()
+        self._metrics.auth_failures.labels(reason).inc()
+        duration_s = self._duration_s(received_ns)
+        self._metrics.observe_request("Handshake", ErrorCode.AUTHENTICATION_FAILED, duration_s)
+        audited = self._owner.auth_failure_records.take(self._now_ns() / NS_PER_S)
+        self._owner.log.warn(
+            "connection.auth_failed",
+            peer=self.peer,
+            reason=reason,
+            audited=audited and self._host.serving,
+        )
+        if audited:
+            tenant = TENANT_WITHOUT_AUTH if refusal.tenant_id is None else refusal.tenant_id
+            record = AuthFailure(refusal.subject or "", reason)
+            subject = f"connection from {self.peer}"[:64]
+            self._host.submit_record(
+                encode_request(
+                    StoreRequest(tenant, record, subject=subject, time_ms=self._now_ms())
+                )
+            )
+
+    # --- requests --------------------------------------------------------------------------
+
+    def _submit_write(self, effect: SubmitWrite) -> None:
         client_id = self._client_id
         assert client_id is not None
-        request_id = frame.request_id
-        match message:
-            case CreateStream() | AppendEvents() | RevokeApiKey() | CreateApiKey():
-                if not 1 <= request_id <= REQUEST_NUMBER_MAX:
-                    self._refuse(
-                        frame,
-                        method,
-                        received_s,
-                        ErrorCode.INVALID_REQUEST,
-                        f"a write's request id must be in 1..{REQUEST_NUMBER_MAX}",
-                    )
-                    return
-                done = self._tracked(request_id, method, received_s)
-                if isinstance(message, CreateApiKey):
-                    body, done = self._create_key(message, done)
-                else:
-                    body = store_request(frame, self._prefix, self._now_ms())
-                self._host.submit_write(self._tenant_id, client_id, request_id, body, done)
-            case ReadEvents() | ReadEventsAsOf() | ListApiKeys():
-                body = store_request(frame, self._prefix, self._now_ms())
-                reserved = _reply_bytes_max(message)
-                done = self._tracked(request_id, method, received_s, reserved)
-                self._host.submit_read(body, done)
-            case Sync():
-                self._syncs.append(_Sync(self._seq, request_id, received_s))
-                self._seq += 1
-                self._release_syncs()
-            case _:
-                self._refuse(
-                    frame,
-                    method,
-                    received_s,
-                    ErrorCode.INVALID_REQUEST,
-                    f"{frame.command.name} is not a request a client may send",
-                )
+        done = self._done(effect.seq, effect.frame, effect.received_ns)
+        if isinstance(effect.message, CreateApiKey):
+            body, done = self._create_key(effect.message, done)
+        else:
+            body = store_request(effect.frame, self._prefix, self._now_ms())
+        self._host.submit_write(self._tenant_id, client_id, effect.request_id, body, done)
+
+    def _submit_read(self, effect: SubmitRead) -> None:
+        body = store_request(effect.frame, self._prefix, self._now_ms())
+        self._host.submit_read(body, self._done(effect.seq, effect.frame, effect.received_ns))
+
+    def _done(self, seq: int, frame: Frame, received_ns: int) -> Callable[[Outcome], None]:
+        """The ``done`` the node calls with the outcome of request ``seq``."""
+        method = method_name(frame.command)
+
+        def done(outcome: Outcome) -> None:
+            reply, code = self._answer(frame.request_id, outcome)
+            self._carry_out(self._protocol.on_answered(seq, reply, self._now_ns()))
+            self._metrics.observe_request(method, code, self._duration_s(received_ns))
+            if self._protocol.stalled:
+                self._advance()
+
+        return done
 
     def _create_key(
         self, message: CreateApiKey, done: Callable[[Outcome], None]
     ) -> tuple[bytes, Callable[[Outcome], None]]:
         """The store request that creates a fresh key, and the ``done`` that hands the key
         to the client: the log and the replies of the replicas only ever see its hash."""
-        principal = self._principal
+        principal = self._protocol.principal
         assert principal is not None
         key_id = secrets.randbits(64) or 1
         key = format_api_key(key_id, secrets.token_bytes(API_KEY_SECRET_SIZE))
@@ -531,167 +521,23 @@ class ClientConnection:
 
         return encode_request(request), created
 
-    def _on_handshake(self, frame: Frame, received_s: float) -> None:
-        if frame.command != Command.HANDSHAKE:
-            self._metrics.observe_request(_method(frame.command), ErrorCode.INVALID_REQUEST, 0.0)
-            self._fail(_error(ErrorCode.INVALID_REQUEST, "the first request must be HANDSHAKE"))
-            return
-        try:
-            handshake = decode_frame(frame)
-        except DecodeError as error:
-            self._metrics.observe_request("Handshake", error.code, 0.0)
-            self._fail(error_reply(error))
-            return
-        assert isinstance(handshake, Handshake)
-        self._handshaking = True
-        # API keys are looked up in the replicated table: wait until the log is read back
-        self._host.when_recovered(lambda: self._authenticate(handshake, frame, received_s))
-
-    def _authenticate(self, handshake: Handshake, frame: Frame, received_s: float) -> None:
-        if self._closing:
-            return
-        if self._host.halted is not None:  # its key table may be incomplete: say why instead
-            self._metrics.observe_request("Handshake", ErrorCode.UNAVAILABLE, 0.0)
-            self._fail(_error(ErrorCode.UNAVAILABLE, "the node stopped after a fault"))
-            return
-        owner = self._owner
-        principal = authenticate(
-            owner.auth_mode, handshake.auth_token, self._now_ms(), owner.jwt_policy, self._host
-        )
-        if isinstance(principal, AuthRefusal):
-            self._refuse_credential(principal, received_s)
-            return
-        self._principal = principal
-        self._tenant_id = principal.tenant_id
-        self._prefix = encode_principal(
-            principal.tenant_id, principal.role, principal.key_id, principal.subject
-        )
-        client_id = handshake.client_id
-
-        def ready(refusal: Refused | None) -> None:
-            duration_s = self._now_s() - received_s
-            if refusal is not None:
-                self._metrics.observe_request("Handshake", refusal.code, duration_s)
-                self._fail(_error(refusal.code, refusal.message, refusal.primary_address))
-                return
-            self._client_id = client_id
-            self._handshaking = False
-            reply = HandshakeReply(
-                protocol_version=min(handshake.protocol_version, PROTOCOL_VERSION),
-                server_version=__version__,
-                replica_id=self._host.replica_id,
-                cluster_size=self._host.cluster_size,
-                view=self._host.view,
-            )
-            self._write(encode(reply, frame.request_id))
-            self._metrics.observe_request("Handshake", None, duration_s)
-            self._advance()  # the frames that came after the handshake
-
-        self._host.open_session(self._tenant_id, client_id, ready)
-
-    def _credential_expired(self, received_s: float) -> bool:
-        """Whether the token this connection authenticated with has run out since; if so the
-        connection ends as a handshake with that token would (``Principal.expires_ms``)."""
-        principal = self._principal
-        if principal is None or principal.expires_ms is None:
-            return False
-        if self._now_ms() <= principal.expires_ms:
-            return False
-        expired = AuthRefusal(Refusal.EXPIRED, principal.tenant_id, principal.subject)
-        self._refuse_credential(expired, received_s)
-        return True
-
-    def _refuse_credential(self, refusal: AuthRefusal, received_s: float) -> None:
-        """One failed authentication: count it, log it, audit it, close the connection."""
-        self._metrics.auth_failures.labels(refusal.reason.name.lower()).inc()
-        duration_s = self._now_s() - received_s
-        self._metrics.observe_request("Handshake", ErrorCode.AUTHENTICATION_FAILED, duration_s)
-        audited = self._owner.auth_failure_records.take(self._now_s())
-        self._owner.log.warn(
-            "connection.auth_failed",
-            peer=self.peer,
-            reason=refusal.reason.name.lower(),
-            audited=audited and self._host.serving,
-        )
-        if audited:
-            tenant = TENANT_WITHOUT_AUTH if refusal.tenant_id is None else refusal.tenant_id
-            record = AuthFailure(refusal.subject or "", refusal.reason.name.lower())
-            subject = f"connection from {self.peer}"[:64]
-            self._host.submit_record(
-                encode_request(
-                    StoreRequest(tenant, record, subject=subject, time_ms=self._now_ms())
-                )
-            )
-        self._fail(_error(ErrorCode.AUTHENTICATION_FAILED, refusal.message))
-
-    # --- replies ---------------------------------------------------------------------------
-
-    def _tracked(
-        self, request_id: int, method: str, received_s: float, reserved_bytes: int = 0
-    ) -> Callable[[Outcome], None]:
-        """The ``done`` of a request in flight, whose reply may be up to ``reserved_bytes``
-        long (counted against ``REPLY_BYTES_MAX`` until it is written)."""
-        seq = self._seq
-        self._seq += 1
-        self._open[seq] = None
-        self._reserved_bytes += reserved_bytes
-
-        def done(outcome: Outcome) -> None:
-            if seq in self._open:
-                del self._open[seq]
-                self._reserved_bytes -= reserved_bytes
-            code = self._answer(request_id, outcome)
-            self._metrics.observe_request(method, code, self._now_s() - received_s)
-            self._release_syncs()
-            if self._frames or self._reading_paused:
-                self._advance()
-
-        return done
-
-    def _answer(self, request_id: int, outcome: Outcome) -> ErrorCode | None:
-        """Write the reply to ``request_id``; returns its error code (None for success)."""
+    def _answer(self, request_id: int, outcome: Outcome) -> tuple[bytes, ErrorCode | None]:
+        """The reply frame to ``request_id`` and its error code (None for success)."""
         if isinstance(outcome, Refused):
-            error = _error(outcome.code, outcome.message, outcome.primary_address)
-            self._write(encode(error, request_id))
-            return outcome.code
+            error = make_error_reply(outcome.code, outcome.message, outcome.primary_address)
+            return encode(error, request_id), outcome.code
         assert isinstance(outcome, Applied)
         spliced = wire_reply(outcome.reply, request_id)
         if spliced is not None:
-            self._write(spliced)
-            return None
+            return spliced, None
         try:
             reply = to_wire_reply(decode_reply(outcome.reply))
             frame = encode(reply, request_id)
         except (DecodeError, ValueError) as error:
             self._owner.log.error("connection.bad_store_reply", reason=str(error))
-            self._write(
-                encode(
-                    _error(ErrorCode.INTERNAL, "the node could not encode its reply"), request_id
-                )
-            )
-            return ErrorCode.INTERNAL
-        self._write(frame)
-        return reply.code if isinstance(reply, ErrorReply) else None
-
-    def _release_syncs(self) -> None:
-        if not self._syncs:
-            return
-        oldest_open = next(iter(self._open), None)
-        while self._syncs and (oldest_open is None or self._syncs[0].seq < oldest_open):
-            sync = self._syncs.popleft()
-            self._write(encode(SyncReply(self._host.commit), sync.request_id))
-            self._metrics.observe_request("Sync", None, self._now_s() - sync.received_s)
-
-    def _refuse(
-        self, frame: Frame, method: str, received_s: float, code: ErrorCode, message: str
-    ) -> None:
-        self._write(encode(_error(code, message), frame.request_id))
-        self._metrics.observe_request(method, code, self._now_s() - received_s)
-
-    def _write(self, data: bytes) -> None:
-        self.last_active_s = self._now_s()
-        if not self._writer.is_closing():
-            self._writer.write(data)
+            failed = make_error_reply(ErrorCode.INTERNAL, "the node could not encode its reply")
+            return encode(failed, request_id), ErrorCode.INTERNAL
+        return frame, reply.code if isinstance(reply, ErrorReply) else None
 
 
 # The event store's records are the wire protocol's own (``craton.core.event_store``), so a
@@ -736,40 +582,3 @@ def wire_reply(store_reply: bytes, request_id: int) -> bytes | None:
     if command is None:
         return None
     return encode_frame(command, request_id, store_reply[1:])
-
-
-def _reply_bytes_max(message: ReadEvents | ReadEventsAsOf | ListApiKeys) -> int:
-    """The longest reply frame ``message`` may get: a read's events (at most ``max_bytes``
-    of them, unless the first alone is larger) with their length fields, or a whole key list."""
-    if isinstance(message, ListApiKeys):
-        return _KEYS_REPLY_BYTES_MAX
-    events_bytes = max(message.max_bytes, EVENT_SIZE_MAX) + 4 * message.max_events
-    return HEADER_SIZE + _READ_REPLY_FIXED_BYTES + events_bytes
-
-
-def _error(code: ErrorCode, message: str, primary_address: str | None = None) -> ErrorReply:
-    """An error reply; ``primary_address`` is kept only with ``NOT_PRIMARY`` and only when
-    the wire can carry it."""
-    cut = message.encode("utf-8")[:ERROR_MESSAGE_SIZE_MAX].decode("utf-8", errors="ignore")
-    address = primary_address if code is ErrorCode.NOT_PRIMARY else None
-    if address is not None and not _ADDRESS.fullmatch(address):
-        address = None
-    return ErrorReply(code, cut, address)
-
-
-_METHODS = {
-    Command.HANDSHAKE: "Handshake",
-    Command.CREATE_STREAM: "CreateStream",
-    Command.APPEND_EVENTS: "AppendEvents",
-    Command.READ_EVENTS: "ReadEvents",
-    Command.READ_EVENTS_AS_OF: "ReadEventsAsOf",
-    Command.SYNC: "Sync",
-    Command.CREATE_API_KEY: "CreateApiKey",
-    Command.REVOKE_API_KEY: "RevokeApiKey",
-    Command.LIST_API_KEYS: "ListApiKeys",
-}
-
-
-def _method(command: Command) -> str:
-    """The ``method`` label of a command: its message name, ``Other`` for non-requests."""
-    return _METHODS.get(command, "Other")
