@@ -42,7 +42,7 @@ from craton.sim.clock import ClockFaults, SimClocks
 from craton.sim.disk import DiskFaults, SimDisk
 from craton.sim.durability import DAMAGE_NOTICES, DurabilityChecker
 from craton.sim.events import EventQueue
-from craton.sim.models import KvModel, Model
+from craton.sim.models import EventStoreModel, KvModel, Model
 from craton.sim.network import NetworkFaults, SimNetwork
 from craton.sim.workload import (
     CLIENT_ID_BASE,
@@ -58,7 +58,7 @@ MACHINES: dict[str, tuple[Callable[[], StateMachine], Callable[[Prng], bytes]]] 
     "event_store": (EventStore, event_store_operation),
 }
 # Each machine's independent model (``craton.sim.models``), where it has one.
-MODELS: dict[str, Callable[[], Model]] = {"kv": KvModel}
+MODELS: dict[str, Callable[[], Model]] = {"kv": KvModel, "event_store": EventStoreModel}
 
 # Replicas run the simulation profile (the production one with sizes shrunk) or, in a share
 # of the seeds, the production profile exactly (``craton.core.vsr.profile``).

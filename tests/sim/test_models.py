@@ -26,17 +26,15 @@ OPERATIONS = [
 
 def test_the_kv_model_predicts_what_the_machine_answers() -> None:
     model, machine = KvModel(), KvMachine()
-    predicted = [model.predict(op, body) for op, body in enumerate(OPERATIONS)]
-    assert predicted == [
-        ("value", None),
-        ("value", b"1"),
-        ("value", None),
-        ("value", None),
-        ("value", b""),
-        ("error", ErrorCode.INVALID_REQUEST),
-    ]
-    seen = [model.read(machine.apply(op, body)) for op, body in enumerate(OPERATIONS)]
-    assert seen == predicted
+    for op, body in enumerate(OPERATIONS):
+        assert model.check(op, body, machine.apply(op, body)) is None, op
+    assert model.judged == len(OPERATIONS)
+    wrong = kv_machine.encode_reply(kv_machine.KvReply(b"2", None, ""))
+    assert model.check(9, kv_machine.encode_get(b"a"), wrong) == (
+        "answered ('value', b'2'), its model predicts ('value', b'')"
+    )
+    refused = kv_machine.encode_reply(kv_machine.error_reply(ErrorCode.TOO_LARGE, "full"))
+    assert "predicts ('value', None)" in str(model.check(10, OPERATIONS[0], refused))
 
 
 class ForgetfulKv(KvMachine):

@@ -72,6 +72,9 @@ Protocol mutations caught by the checkers of protocol invariants (``craton.sim.c
   replay alike): a put of an empty value deletes the register. The replay agrees with
   itself; only the independent model (``craton.sim.models``) catches it (not caught in 300
   seeds without it).
+- ``stale-expected-offset`` and ``as-of-one-ahead`` (mutated event stores): an append
+  whose expected offset is behind the stream is let through; a read as of position P also
+  sees an append committed at P + 1. Caught only by the event store's model.
 - ``state-from-any-view``: a replica installs a ``NewState`` whatever view it comes from,
   so an old view's entries, which the new view replaced, enter its log (searched over 300
   seeds: the schedule is rarer).
@@ -88,6 +91,8 @@ import attrs
 import pytest
 
 from craton.core import kv_machine
+from craton.core.auth import Role
+from craton.core.event_store import EventStore, StoreReply, StoreRequest
 from craton.core.kv_machine import KvMachine
 from craton.core.log import Log, LogOutput, ReadResult, _Io, _PendingRead
 from craton.core.prng import Prng
@@ -98,6 +103,7 @@ from craton.core.state_machine import StateMachine
 from craton.core.vsr.checkpoint import OpenedCheckpoint, open_checkpoint
 from craton.core.vsr.replica import Replica, ReplicaConfig, ReplyStatus, Status
 from craton.core.wire.errors import DecodeError
+from craton.core.wire.messages import AppendEvents, ReadEventsAsOf, ReadEventsReply
 from craton.core.wire.replica import (
     Entry,
     NewCheckpoint,
@@ -352,6 +358,38 @@ class EmptyPutDeletes(KvMachine):
         return reply
 
 
+class StaleExpectedOffset(EventStore):
+    """Refuses an append's expected offset only when it is ahead of the stream: one that is
+    behind (the writer did not see the latest appends) is let through."""
+
+    def _append(self, op: int, tenant_id: int, message: AppendEvents) -> StoreReply:
+        stream = self._streams.get((tenant_id, message.stream))
+        expected = message.expected_offset
+        if stream is not None and expected is not None and expected < len(stream.events):
+            message = attrs.evolve(message, expected_offset=None)
+        return super()._append(op, tenant_id, message)
+
+
+class AsOfOneAhead(EventStore):
+    """A read as of log position P also sees an append committed at P + 1."""
+
+    def _perform(self, op: int, request: StoreRequest, role: Role) -> StoreReply:
+        message = request.message
+        if isinstance(message, ReadEventsAsOf) and message.log_position < op:
+            ahead = attrs.evolve(message, log_position=message.log_position + 1)
+            reply = super()._perform(op, attrs.evolve(request, message=ahead), role)
+            if isinstance(reply, ReadEventsReply):
+                return attrs.evolve(reply, log_position=message.log_position)
+            return super()._perform(op, request, role)
+        return super()._perform(op, request, role)
+
+
+def _store_load(options: SwarmOptions) -> SwarmOptions:
+    """Load on the event store (few streams, appends with and without expected offsets,
+    reads and reads as of past positions)."""
+    return attrs.evolve(_load(options), machine="event_store")
+
+
 def _kv_load(options: SwarmOptions) -> SwarmOptions:
     """Load on the key-value machine (few keys, many puts and gets)."""
     return attrs.evolve(_load(options), machine="kv")
@@ -474,6 +512,8 @@ BUGS = (
     PlantedBug("answer-recovery-while-recovering", AnswerRecoveryWhileRecovering, _rot),
     PlantedBug("state-from-any-view", StateFromAnyView, _late_crashes, NEW_BUG_SEEDS_MAX),
     PlantedBug("kv-empty-put-deletes", Replica, _kv_load, machine=EmptyPutDeletes),
+    PlantedBug("stale-expected-offset", Replica, _store_load, machine=StaleExpectedOffset),
+    PlantedBug("as-of-one-ahead", Replica, _store_load, machine=AsOfOneAhead),
 )
 
 # The swarm does not catch this one within the bound (test_forgotten_vote_when_scripted
