@@ -339,8 +339,12 @@ class ClientConnection:
         """Turn the connection away before serving it (a connection error)."""
         self._carry_out(self._protocol.refuse(why, self._now_ns()))
 
-    def close_idle(self, idle_s: float) -> None:
-        self._carry_out(self._protocol.close_idle(_ns(idle_s), self._now_ns()))
+    def tick(self, idle_s: float) -> bool:
+        """Time passed: the protocol closes the connection if it has been idle ``idle_s``
+        (its rule, ``ConnectionProtocol.on_tick``); True if it did."""
+        effects = self._protocol.on_tick(self._now_ns(), _ns(idle_s))
+        self._carry_out(effects)
+        return bool(effects)
 
     # --- effects ---------------------------------------------------------------------------
 

@@ -343,11 +343,9 @@ class Server:
         timeout_s = self.config.idle_timeout_secs
         while True:
             await asyncio.sleep(IDLE_SWEEP_INTERVAL_S)
-            now_s = monotonic_s(self.clock)
             for connection in list(self._connections):
-                if connection.inflight == 0 and now_s - connection.last_active_s >= timeout_s:
+                if connection.tick(timeout_s):  # the protocol decides what idle is
                     self.log.debug("connection.idle_closed", peer=connection.peer)
-                    connection.close_idle(timeout_s)
 
 
 @attrs.frozen
