@@ -50,6 +50,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="craton", description="Craton command-line tools")
+    parser.add_argument("--version", action="version", version=f"craton {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     verify = commands.add_parser("verify", help="check a data directory offline")
@@ -96,6 +97,13 @@ def _parser() -> argparse.ArgumentParser:
             "production profile a node runs (default: drawn per seed, production in 1 of 8)",
         )
         sub.set_defaults(run=_run_sim)
+    collect = sim_commands.add_parser(
+        "collect", help="merge the JSON lines of a swarm run in pieces into one verdict"
+    )
+    collect.add_argument(
+        "files", nargs="+", type=Path, metavar="FILE", help="files of seeds' JSON lines"
+    )
+    collect.set_defaults(run=_run_collect)
 
     from craton.client.commands import add_client_commands
 
@@ -214,6 +222,30 @@ def _run_sim(args: argparse.Namespace) -> int:
         return _fail(f"--trace {args.trace}: cannot write: {error.strerror or error}", EXIT_USAGE)
     with trace_file:
         return run_seeds(seeds, **shape, trace_file=trace_file)
+
+
+def _run_collect(args: argparse.Namespace) -> int:
+    """One JSON summary line on stdout; each failing seed's replay command on stderr; the
+    exit code ``craton sim run`` would give for all the seeds together."""
+    from craton.sim.collect import CollectError, collect
+
+    numbered: list[tuple[str, str]] = []
+    for path in args.files:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
+            return _fail(f"{path}: cannot read: {reason or error}", EXIT_USAGE)
+        numbered.extend((f"{path}:{n}", line) for n, line in enumerate(text.splitlines(), 1))
+    try:
+        verdict = collect(numbered)
+    except CollectError as error:
+        return _fail(str(error), EXIT_USAGE)
+    print(json.dumps(verdict.summary(), sort_keys=True))
+    for failure in verdict.failures():
+        seed, result, replay = failure["seed"], failure["result"], failure["replay"]
+        print(f"seed {seed} failed ({result}); replay with: {replay}", file=sys.stderr)
+    return verdict.exit_code
 
 
 # --- demo ------------------------------------------------------------------------------------
