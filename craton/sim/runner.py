@@ -13,14 +13,18 @@ command that replays it.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TextIO
 
 from craton.core.vsr.profile import TICK_MS
 from craton.sim.cluster import Cluster, draw_options
+
+# Runs a seed's function over seeds elsewhere (a process pool's map), in seed order.
+Mapper = Callable[[Callable[[int], dict[str, object]], range], Iterable[dict[str, object]]]
 
 EXIT_PASS = 0
 EXIT_CORRECTNESS = 127
@@ -122,20 +126,23 @@ def run_seeds(
     progress: TextIO | None = None,
     profile: str = "atlas",
     sizes: str | None = None,
+    mapper: Mapper | None = None,
 ) -> int:
     """Run ``seeds`` in order: a JSON line each on ``out`` (default: stdout), failures and
-    progress on ``progress`` (default: stderr); returns the exit code."""
+    progress on ``progress`` (default: stderr); returns the exit code. ``mapper`` (e.g. a
+    process pool's ``map``) runs the seeds elsewhere and yields their summaries in seed
+    order; it cannot be combined with a trace file."""
     out = sys.stdout if out is None else out
     progress = sys.stderr if progress is None else progress
     exit_code = EXIT_PASS
     failures = 0
-    for count, seed in enumerate(seeds, start=1):
-        trace = None
-        if trace_file is not None:
-            trace = lambda line: print(line, file=trace_file)  # noqa: E731
-        summary = run_seed(
-            seed, replicas=replicas, ticks=ticks, trace=trace, profile=profile, sizes=sizes
-        )
+    run = functools.partial(run_seed, replicas=replicas, ticks=ticks, profile=profile, sizes=sizes)
+    if trace_file is not None:
+        assert mapper is None, "a trace is written by this process: run its seeds here"
+        run = functools.partial(run, trace=lambda line: print(line, file=trace_file))
+    summaries = map(run, seeds) if mapper is None else mapper(run, seeds)
+    for count, (seed, summary) in enumerate(zip(seeds, summaries, strict=True), start=1):
+        assert summary["seed"] == seed, "summaries come in seed order"
         print(json.dumps(summary, sort_keys=True), file=out, flush=True)
         code = EXIT_CODES[str(summary["result"])]
         if code != EXIT_PASS:

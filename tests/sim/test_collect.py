@@ -139,3 +139,28 @@ def test_collect_of_a_missing_file_is_one_line(capsys: pytest.CaptureFixture[str
     code = cli.main(["sim", "collect", "/nonexistent/swarm.jsonl"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "/nonexistent/swarm.jsonl" in err, err
+
+
+def test_jobs_give_the_very_lines_of_one_process_in_seed_order() -> None:
+    shape = ["--seeds", "0..5", "--replicas", "1", "--ticks", "300"]
+    runs = [
+        subprocess.run(
+            [sys.executable, "-m", "craton", "sim", "run", *shape, "--jobs", jobs],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        for jobs in ("1", "2")
+    ]
+    assert [run.returncode for run in runs] == [EXIT_PASS, EXIT_PASS], runs[1].stderr
+    assert runs[0].stdout == runs[1].stdout, "expected the same JSON lines, in seed order"
+    assert [json.loads(text)["seed"] for text in runs[1].stdout.splitlines()] == list(range(6))
+
+
+def test_jobs_with_a_trace_is_one_line_of_usage(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trace = str(tmp_path / "t.log")
+    code = cli.main(["sim", "run", "--seeds", "0..1", "--jobs", "2", "--trace", trace])
+    err = capsys.readouterr().err
+    assert code == 2 and "use it with --jobs 1" in err and err.count("\n") == 1, err
