@@ -5,32 +5,10 @@
 entry point prints that as one line and exits non-zero. Nothing else in the node reads the
 environment.
 
-Variables (deployment guide, plus ``VDB_CLUSTER_PEERS`` and ``VDB_METRICS_ADDR``):
-
-    VDB_DATA_DIR             required   the data directory (created if missing)
-    VDB_BIND_ADDR            0.0.0.0:5432   binary protocol, and HTTP probes on the same port
-    VDB_METRICS_ADDR         0.0.0.0:9090   HTTP: /health, /ready, /metrics
-    VDB_MAX_CONNECTIONS      1024       client connections at once
-    VDB_IDLE_TIMEOUT_SECS    300        a silent connection with nothing in flight is closed
-    VDB_RATE_LIMIT_RPS       (none)     requests per second per connection (token bucket)
-    VDB_TLS_CERT, VDB_TLS_KEY (none)    PEM files; both or neither; TLS on the main port
-    VDB_AUTH_MODE            none       none | jwt | apikey | both
-    VDB_JWT_SECRET           (none)     required with jwt or both; never printed or logged
-    VDB_JWT_ISSUER           craton
-    VDB_JWT_AUDIENCE         craton
-    VDB_JWT_EXPIRATION_SECS  3600       the longest lifetime (exp - iat) a token may have
-    VDB_JWT_SECRET_PREVIOUS  (none)     a retired JWT secret still accepted while rotating
-    VDB_CLUSTER_SECRET       (none)     required in cluster mode: replicas prove membership
-                                        with it (at least 32 bytes; never printed or logged)
-    VDB_CLUSTER_SECRET_SECONDARY (none) also accepted from peers, never sent: for rotation
-    VDB_REPLICATION_MODE     none       none | single-node | cluster
-    VDB_REPLICA_ID           0          0..15, below the number of peers in a cluster; or
-                                        ``ordinal``: the number that ends the host name
-    VDB_CLUSTER_PEERS        (none)     host:port of every replica, in replica-id order
-    VDB_CLUSTER_FORMED       false      true once the cluster has formed: a replica that then
-                                        finds a blank data directory lost its disk, and
-                                        rejoins through a quorum instead of joining as new
-    VDB_LOG_LEVEL            info       trace | debug | info | warn | error
+Variables: the deployment guide's, plus ``VDB_CLUSTER_PEERS`` and ``VDB_METRICS_ADDR``.
+``VARIABLES`` lists every one with its default and what it does; ``craton-server --help``
+prints that table, and a test checks that it names exactly the variables ``load_config``
+reads.
 
 Rules: an empty value counts as unset (container tooling often sets ``VAR=``); enumerated
 values are matched without regard to case or surrounding spaces; an address is
@@ -110,6 +88,84 @@ class LogLevel(enum.Enum):
     INFO = "info"
     WARN = "warn"
     ERROR = "error"
+
+
+AUTH_MODE_DEFAULT = AuthMode.NONE
+REPLICATION_MODE_DEFAULT = ReplicationMode.NONE
+LOG_LEVEL_DEFAULT = LogLevel.INFO
+REPLICA_ID_DEFAULT = 0
+CLUSTER_FORMED_DEFAULT = False
+REQUIRED = "(required)"
+UNSET = "(none)"
+
+
+@attrs.frozen
+class Variable:
+    """One variable the node reads: its default as the operator would write it (``REQUIRED``
+    or ``UNSET`` when there is none) and what it does, in one line."""
+
+    name: str
+    default: str
+    description: str
+
+
+# Every variable ``load_config`` reads, in the order the deployment guide gives them; the
+# defaults are the constants the reader uses.
+VARIABLES: tuple[Variable, ...] = (
+    Variable("VDB_DATA_DIR", REQUIRED, "the data directory (created if missing)"),
+    Variable("VDB_BIND_ADDR", BIND_ADDR_DEFAULT, "binary protocol, and HTTP probes, on one port"),
+    Variable("VDB_METRICS_ADDR", METRICS_ADDR_DEFAULT, "HTTP: /health, /ready and /metrics"),
+    Variable(
+        "VDB_MAX_CONNECTIONS",
+        str(MAX_CONNECTIONS_DEFAULT),
+        f"client connections at once (1..{MAX_CONNECTIONS_LIMIT})",
+    ),
+    Variable(
+        "VDB_IDLE_TIMEOUT_SECS",
+        str(IDLE_TIMEOUT_SECS_DEFAULT),
+        "idle seconds before a quiet connection is closed",
+    ),
+    Variable("VDB_RATE_LIMIT_RPS", UNSET, "requests per second per connection (token bucket)"),
+    Variable("VDB_TLS_CERT", UNSET, "PEM certificate chain: TLS on the main port"),
+    Variable("VDB_TLS_KEY", UNSET, "PEM private key of VDB_TLS_CERT; both or neither"),
+    Variable("VDB_AUTH_MODE", AUTH_MODE_DEFAULT.value, "none | jwt | apikey | both"),
+    Variable(
+        "VDB_JWT_SECRET",
+        UNSET,
+        f"required with jwt or both (>= {JWT_SECRET_SIZE_MIN} bytes); never logged",
+    ),
+    Variable("VDB_JWT_ISSUER", JWT_ISSUER_DEFAULT, "the iss claim a token must carry"),
+    Variable("VDB_JWT_AUDIENCE", JWT_AUDIENCE_DEFAULT, "the aud claim a token must carry"),
+    Variable(
+        "VDB_JWT_EXPIRATION_SECS",
+        str(JWT_EXPIRATION_SECS_DEFAULT),
+        "the longest lifetime (exp - iat) a token may have",
+    ),
+    Variable("VDB_JWT_SECRET_PREVIOUS", UNSET, "a retired JWT secret still accepted (rotation)"),
+    Variable(
+        "VDB_CLUSTER_SECRET",
+        UNSET,
+        f"required in cluster mode (>= {CLUSTER_SECRET_SIZE_MIN} bytes); never logged",
+    ),
+    Variable(
+        "VDB_CLUSTER_SECRET_SECONDARY", UNSET, "also accepted from peers, never sent (rotation)"
+    ),
+    Variable(
+        "VDB_REPLICATION_MODE", REPLICATION_MODE_DEFAULT.value, "none | single-node | cluster"
+    ),
+    Variable(
+        "VDB_REPLICA_ID",
+        str(REPLICA_ID_DEFAULT),
+        f"0..{REPLICA_ID_MAX}, index into VDB_CLUSTER_PEERS; or {REPLICA_ID_ORDINAL}",
+    ),
+    Variable("VDB_CLUSTER_PEERS", UNSET, "host:port of every replica, in replica-id order"),
+    Variable(
+        "VDB_CLUSTER_FORMED",
+        str(CLUSTER_FORMED_DEFAULT).lower(),
+        "true once formed: a blank disk rejoins via a quorum",
+    ),
+    Variable("VDB_LOG_LEVEL", LOG_LEVEL_DEFAULT.value, "trace | debug | info | warn | error"),
+)
 
 
 @attrs.frozen
@@ -213,7 +269,7 @@ def load_config(environ: Mapping[str, str], *, hostname: str | None = None) -> S
     )
     rate_limit_rps = _rate_limit(env)
     tls_cert, tls_key = _tls_files(env)
-    auth_mode = env.choice("VDB_AUTH_MODE", AuthMode, AuthMode.NONE)
+    auth_mode = env.choice("VDB_AUTH_MODE", AuthMode, AUTH_MODE_DEFAULT)
     jwt = JwtSettings(
         secret=env.get("VDB_JWT_SECRET"),
         issuer=env.get("VDB_JWT_ISSUER") or JWT_ISSUER_DEFAULT,
@@ -223,13 +279,13 @@ def load_config(environ: Mapping[str, str], *, hostname: str | None = None) -> S
         ),
         previous=env.get("VDB_JWT_SECRET_PREVIOUS"),
     )
-    replication_mode = env.choice("VDB_REPLICATION_MODE", ReplicationMode, ReplicationMode.NONE)
+    replication_mode = env.choice("VDB_REPLICATION_MODE", ReplicationMode, REPLICATION_MODE_DEFAULT)
     replica_id = _replica_id(env, hostname)
     cluster_peers = _peers(env)
-    log_level = env.choice("VDB_LOG_LEVEL", LogLevel, LogLevel.INFO)
+    log_level = env.choice("VDB_LOG_LEVEL", LogLevel, LOG_LEVEL_DEFAULT)
     cluster_secret = env.get("VDB_CLUSTER_SECRET")
     secondary = env.get("VDB_CLUSTER_SECRET_SECONDARY")
-    cluster_formed = env.boolean("VDB_CLUSTER_FORMED", False)
+    cluster_formed = env.boolean("VDB_CLUSTER_FORMED", CLUSTER_FORMED_DEFAULT)
     _check_replication(replication_mode, replica_id, cluster_peers)
     _check_cluster_secret(replication_mode, cluster_secret)
     _check_secret_size("VDB_CLUSTER_SECRET_SECONDARY", secondary, CLUSTER_SECRET_SIZE_MIN)
@@ -377,7 +433,7 @@ def _tls_files(env: _Env) -> tuple[Path | None, Path | None]:
 def _replica_id(env: _Env, hostname: str | None) -> int:
     value = env.get("VDB_REPLICA_ID")
     if value is None or value.lower() != REPLICA_ID_ORDINAL:
-        return env.integer("VDB_REPLICA_ID", 0, 0, REPLICA_ID_MAX)
+        return env.integer("VDB_REPLICA_ID", REPLICA_ID_DEFAULT, 0, REPLICA_ID_MAX)
     if hostname is None:
         hostname = env.get("HOSTNAME") or socket.gethostname()
     return replica_id_from_hostname(hostname)

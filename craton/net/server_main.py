@@ -19,11 +19,14 @@ Exit statuses: 0 after a clean shutdown; 1 when the node cannot start (data dire
 locked or damaged, an address that cannot be bound, TLS files that do not load) or stopped
 after a fault, or when the shutdown grace ran out; 2 for an invalid configuration. Every
 failure prints one line on standard error naming what is wrong, never a traceback; the
-structured log (JSON lines on standard error) records the same.
+structured log (JSON lines on standard error) records the same. ``--help`` lists every
+variable with its default (``craton.net.config.VARIABLES``) and ``--version`` prints the
+version; both exit 0 without reading the environment. The node takes no other arguments.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
@@ -32,12 +35,18 @@ import signal
 import ssl
 import sys
 from collections.abc import Coroutine, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from craton import __version__
 from craton.core.auth import AuthMode
 from craton.io.clock import SYSTEM_CLOCK, Clock
-from craton.net.config import ConfigError, ReplicationMode, ServerConfig, load_config
+from craton.net.config import (
+    VARIABLES,
+    ConfigError,
+    ReplicationMode,
+    ServerConfig,
+    load_config,
+)
 from craton.net.logs import EventLog, route_python_logging
 
 if TYPE_CHECKING:
@@ -54,7 +63,7 @@ class StartError(Exception):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    del argv  # configured by the environment only
+    _parser().parse_args(argv)  # --help and --version exit here; the rest is the environment
     try:
         config = load_config(os.environ)
     except ConfigError as error:
@@ -68,6 +77,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("server.start_failed", reason=str(error))
         print(f"craton-server: {error}", file=sys.stderr)
         return EXIT_FAILED
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad usage is one line on stderr and exit 2, as a bad configuration is."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_CONFIG, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="craton-server",
+        description="Run a Craton node, configured by the VDB_* environment variables below\n"
+        "(an empty value counts as unset; docs/DEPLOYMENT.md has the details).",
+        epilog=variables_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"craton {__version__}")
+    return parser
+
+
+def variables_help() -> str:
+    """The table of ``VDB_*`` variables: name, default, what it does; one line each."""
+    name_width = max(len(variable.name) for variable in VARIABLES)
+    default_width = max(len(variable.default) for variable in VARIABLES)
+    lines = [f"{'variable':<{name_width}}  {'default':<{default_width}}  description"]
+    for variable in VARIABLES:
+        lines.append(
+            f"{variable.name:<{name_width}}  {variable.default:<{default_width}}  "
+            f"{variable.description}"
+        )
+    return "environment:\n" + "\n".join(f"  {line}" for line in lines)
 
 
 async def serve(config: ServerConfig, log: EventLog, clock: Clock) -> int:

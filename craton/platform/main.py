@@ -5,12 +5,18 @@ to NATS, open SQLite, start projecting, listen on ``PLATFORM_HTTP_ADDR``. ``SIGT
 ``SIGINT`` stops it cleanly (exit 0). A failure to start (NATS unreachable, the address
 taken, the database not openable) prints one line and exits 1, never a traceback. Logs are
 JSON lines on standard error (``ts``, ``level``, ``event`` and fields; never secrets).
+
+``--help`` and ``--version`` answer (exit 0) even where the ``platform`` extra is not
+installed; anything else without it prints one line naming the extra to install and exits
+1. The service takes no other arguments.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import importlib
 import json
 import logging
 import os
@@ -18,9 +24,9 @@ import signal
 import sqlite3
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
-import nats.errors
-
+from craton import __version__
 from craton.io.clock import SYSTEM_CLOCK, iso_utc_ms
 from craton.platform.config import ConfigErrors, PlatformConfig, load_config
 
@@ -28,6 +34,8 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
 START_TIMEOUT_S = 15.0
+EXTRA_MODULES = ("nats", "webauthn")  # what ``pip install 'craton[platform]'`` brings
+EXTRA_INSTALL = "pip install 'craton[platform]'"
 
 
 def emit(level: str, event: str, **fields: object) -> None:
@@ -50,7 +58,15 @@ class _JsonLines(logging.Handler):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    del argv  # configured by the environment only
+    _parser().parse_args(argv)  # --help and --version exit here; the rest is the environment
+    missing = missing_extra()
+    if missing is not None:
+        print(
+            f"platform-app: the control plane needs the platform extra ({missing} is not "
+            f"installed): {EXTRA_INSTALL}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     try:
         config = load_config(os.environ)
     except ConfigErrors as errors:
@@ -63,6 +79,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(serve(config))
     except KeyboardInterrupt:
         return EXIT_OK
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad usage is one line on stderr and exit 2, as a bad configuration is."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_CONFIG, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="platform-app",
+        description="Run Craton's control plane (identity, organisations, the fleet of "
+        "clusters). It is configured by the PLATFORM_* environment variables that "
+        f"docs/PLATFORM.md lists, and needs the platform extra: {EXTRA_INSTALL}.",
+    )
+    parser.add_argument("--version", action="version", version=f"craton {__version__}")
+    return parser
+
+
+def missing_extra() -> str | None:
+    """The first module of the ``platform`` extra that cannot be imported, or None."""
+    for name in EXTRA_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            return name
+    return None
 
 
 async def serve(config: PlatformConfig) -> int:
@@ -101,6 +145,8 @@ async def serve(config: PlatformConfig) -> int:
 
 
 def _reason(error: BaseException) -> str:
+    import nats.errors
+
     if isinstance(error, TimeoutError):
         return f"could not reach NATS within {START_TIMEOUT_S:g} s"
     if isinstance(error, nats.errors.NoServersError):

@@ -23,7 +23,7 @@ from tests.deploy.test_lint import compose_config
 from tests.net.support import ServerProcess
 
 PENDING_VARIABLES: set[str] = set()  # variables the kit passes before the server reads them
-KNOWN_VARIABLES = set(re.findall(r"\bVDB_[A-Z_]+", craton.net.config.__doc__ or ""))
+KNOWN_VARIABLES = {variable.name for variable in craton.net.config.VARIABLES}
 DUMMY_SECRET = "not-a-real-secret, but 32 bytes or more"
 
 
