@@ -10,7 +10,8 @@
 
 Both speak the binary protocol of docs/PROTOCOL.md, retry with the same request id (so a
 retried write is applied once), follow "not primary" redirects, bound every wait, and raise
-only the exceptions of ``craton.client.errors``.
+only the exceptions of ``craton.client.errors`` (``InvalidArgument`` for a call the protocol
+does not allow, before anything is sent).
 """
 
 from craton.client.aio import AppendResult, AsyncClient, ReadResult, ServerInfo
@@ -21,6 +22,7 @@ from craton.client.errors import (
     ConnectionFailed,
     CratonError,
     InternalError,
+    InvalidArgument,
     InvalidRequest,
     NotPrimary,
     PermissionDenied,
@@ -52,6 +54,7 @@ __all__ = [
     "CratonError",
     "DataClass",
     "InternalError",
+    "InvalidArgument",
     "InvalidRequest",
     "NotPrimary",
     "PermissionDenied",

@@ -10,6 +10,12 @@ Rules it keeps:
   (``request_timeout_s``) or a retryable error (``RATE_LIMITED``, ``NOT_PRIMARY``,
   ``UNAVAILABLE``, ``INTERNAL``), with a doubling back-off from ``BACKOFF_FIRST_S`` to
   ``BACKOFF_MAX_S``, until ``retry_deadline_s`` after the call began; then it raises.
+- Until it has reached a node once (a handshake was answered), a client gives up trying to
+  connect ``first_connect_deadline_s`` after the call began (default: the retry deadline,
+  so a program started beside its database waits for it): a wrong address or a node that is
+  not running fails fast where the caller asks for that (the ``craton`` CLI: 2 s). Once it
+  has reached a node, a broken connection is retried until the retry deadline, as a
+  failover needs.
 - Writes (create stream, append) of one client are sent one at a time, in call order:
   the node applies a client's writes in increasing request-id order, so a write that
   overtook an earlier one could make the earlier one's retry unanswerable. Reads and
@@ -22,7 +28,9 @@ Rules it keeps:
   client id and starts numbering again.
 - Deadlines and timeouts are measured on the client's ``Clock`` (``clock``, the system's
   by default); the event loop only does the waiting.
-- Every failure is a ``craton.client.errors`` exception; nothing else escapes.
+- Every failure is a ``craton.client.errors`` exception; nothing else escapes. Arguments
+  the protocol does not allow (a bad address, an empty or oversized token, a bad stream
+  name, an oversized event) raise ``InvalidArgument`` before anything is sent.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ import attrs
 from craton.client.errors import (
     ConnectionFailed,
     CratonError,
+    InvalidArgument,
     NotPrimary,
     ProtocolError,
     RequestTimeout,
@@ -61,6 +70,7 @@ from craton.core.wire import (
     FrameDecoder,
     Handshake,
     HandshakeReply,
+    MessageTooLarge,
     Placement,
     PlacementKind,
     ReadEvents,
@@ -96,6 +106,7 @@ REQUEST_NUMBER_MAX = 2**32 - 1  # the node's limit on a write's request id
 READ_MAX_BYTES_DEFAULT = 1024 * 1024
 
 _Reply = TypeVar("_Reply")
+_Message = TypeVar("_Message")
 _Outcome = TypeVar("_Outcome")
 
 
@@ -301,17 +312,22 @@ class AsyncClient:
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
         request_timeout_s: float = REQUEST_TIMEOUT_S,
         retry_deadline_s: float = RETRY_DEADLINE_S,
+        first_connect_deadline_s: float | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         addresses = [address] if isinstance(address, str) else list(address)
         if not addresses:
-            raise ValueError("at least one address is needed")
+            raise InvalidArgument("address: at least one address is needed")
         for each in addresses:
             _split_address(each)
         if client_id is not None and not 1 <= client_id < 2**128:
-            raise ValueError("client_id must be in 1..2**128-1")
-        if min(connect_timeout_s, request_timeout_s, retry_deadline_s) <= 0:
-            raise ValueError("timeouts must be positive")
+            raise InvalidArgument("client_id must be in 1..2**128-1")
+        if first_connect_deadline_s is None:
+            first_connect_deadline_s = retry_deadline_s
+        timeouts_s = (connect_timeout_s, request_timeout_s, retry_deadline_s)
+        if min(*timeouts_s, first_connect_deadline_s) <= 0:
+            raise InvalidArgument("timeouts and deadlines must be positive")
+        _valid(Handshake, PROTOCOL_VERSION, 1, auth_token)  # the token, before any connection
         self._addresses = addresses
         self._address = addresses[0]
         self.client_id = client_id if client_id is not None else _new_client_id()
@@ -320,6 +336,7 @@ class AsyncClient:
         self._connect_timeout_s = connect_timeout_s
         self._request_timeout_s = request_timeout_s
         self._retry_deadline_s = retry_deadline_s
+        self._first_connect_deadline_s = first_connect_deadline_s
         self._clock = clock  # deadlines and timeouts are measured on it
         self._next_request_id = 1
         self._link: _Link | None = None
@@ -344,17 +361,17 @@ class AsyncClient:
 
     async def connect(self) -> ServerInfo:
         """Connect and handshake now (requests do it themselves when needed)."""
-        deadline_s = monotonic_s(self._clock) + self._retry_deadline_s
+        deadline_s, reach_by_s = self._deadlines()
 
         async def attempt() -> ServerInfo | CratonError:
             try:
-                await self._ensure_link(deadline_s)
+                await self._ensure_link(self._connect_by(deadline_s, reach_by_s))
             except CratonError as error:
                 return error
             assert self.info is not None
             return self.info
 
-        return await _retrying(attempt, deadline_s, self._clock)
+        return await _retrying(attempt, self._give_up_at(deadline_s, reach_by_s), self._clock)
 
     async def close(self) -> None:
         self._closed = True
@@ -373,9 +390,10 @@ class AsyncClient:
         placement = (
             Placement(PlacementKind.GLOBAL, "")
             if region is None
-            else Placement(PlacementKind.REGION, region)
+            else _valid(Placement, PlacementKind.REGION, region)
         )
-        reply = await self._write(CreateStream(name, data_class, placement), CreateStreamReply)
+        message = _valid(CreateStream, name, data_class, placement)
+        reply = await self._write(message, CreateStreamReply)
         return reply.log_position
 
     async def append(
@@ -383,7 +401,7 @@ class AsyncClient:
     ) -> AppendResult:
         """Append ``events`` (all or none), durably; with ``expected_offset``, only if the
         stream holds exactly that many events (else ``UnexpectedOffset``)."""
-        message = AppendEvents(stream, tuple(events), expected_offset)
+        message = _valid(AppendEvents, stream, tuple(events), expected_offset)
         reply = await self._write(message, AppendEventsReply)
         return AppendResult(reply.first_offset, reply.log_position)
 
@@ -397,7 +415,7 @@ class AsyncClient:
     ) -> ReadResult:
         """Committed events of ``stream`` from ``from_offset`` on (the first one always, if
         it exists; then up to ``max_events`` and ``max_bytes``)."""
-        message = ReadEvents(stream, from_offset, max_events, min(max_bytes, READ_SIZE_MAX))
+        message = _valid(ReadEvents, stream, from_offset, max_events, min(max_bytes, READ_SIZE_MAX))
         reply = await self._request(message, ReadEventsReply)
         return ReadResult(reply.from_offset, reply.log_position, reply.events)
 
@@ -411,8 +429,13 @@ class AsyncClient:
         max_bytes: int = READ_MAX_BYTES_DEFAULT,
     ) -> ReadResult:
         """The stream as it was when the log ended at ``log_position``."""
-        message = ReadEventsAsOf(
-            stream, log_position, from_offset, max_events, min(max_bytes, READ_SIZE_MAX)
+        message = _valid(
+            ReadEventsAsOf,
+            stream,
+            log_position,
+            from_offset,
+            max_events,
+            min(max_bytes, READ_SIZE_MAX),
         )
         reply = await self._request(message, ReadEventsReply)
         return ReadResult(reply.from_offset, reply.log_position, reply.events)
@@ -428,12 +451,13 @@ class AsyncClient:
     ) -> CreateApiKeyReply:
         """A new API key of this client's tenant (needs the admin role; owner to make an
         owner key). ``reply.api_key`` is shown this once: store it now."""
-        return await self._write(CreateApiKey(role, expires_ms, label), CreateApiKeyReply)
+        message = _valid(CreateApiKey, role, expires_ms, label)
+        return await self._write(message, CreateApiKeyReply)
 
     async def revoke_api_key(self, key_id: int) -> int:
         """Revoke a key of this client's tenant; returns the log position from which every
         replica that has applied it refuses the key."""
-        reply = await self._write(RevokeApiKey(key_id), RevokeApiKeyReply)
+        reply = await self._write(_valid(RevokeApiKey, key_id), RevokeApiKeyReply)
         return reply.log_position
 
     async def list_api_keys(self) -> tuple[ApiKeyInfo, ...]:
@@ -457,29 +481,32 @@ class AsyncClient:
         if self._closed:
             raise ConnectionFailed("the client is closed")
         request_id = self._take_request_id()
-        deadline_s = monotonic_s(self._clock) + self._retry_deadline_s
+        deadline_s, reach_by_s = self._deadlines()
 
         async def attempt() -> AnyMessage | CratonError:
-            return await self._attempt(message, request_id, deadline_s)
+            return await self._attempt(message, request_id, deadline_s, reach_by_s)
 
         reply = await attempt()  # the first try, outside the retry loop's own coroutine
         if isinstance(reply, CratonError):
-            reply = await _retrying(attempt, deadline_s, self._clock, reply)
+            give_up_at = self._give_up_at(deadline_s, reach_by_s)
+            reply = await _retrying(attempt, give_up_at, self._clock, reply)
         if not isinstance(reply, expected):
             raise ProtocolError(f"the node answered with {type(reply).__name__}")
         return reply
 
     async def _attempt(
-        self, message: AnyMessage, request_id: int, deadline_s: float
+        self, message: AnyMessage, request_id: int, deadline_s: float, reach_by_s: float
     ) -> AnyMessage | CratonError:
         """One try: the reply, or the error that decides whether to try again."""
         try:
-            link = await self._ensure_link(deadline_s)
+            link = await self._ensure_link(self._connect_by(deadline_s, reach_by_s))
         except CratonError as error:
             return error
         timeout_s = max(0.001, min(self._request_timeout_s, self._left_s(deadline_s)))
         try:
             reply = await link.request(message, request_id, timeout_s)
+        except MessageTooLarge as error:  # nothing was sent: the link is still good
+            return InvalidArgument(f"the request does not fit in one frame: {error}")
         except TimeoutError:
             await self._drop(link)
             return RequestTimeout(f"no answer from {link.address} within {timeout_s:.1f} s")
@@ -580,6 +607,27 @@ class AsyncClient:
         else:
             self._address = self._addresses[0]
 
+    def _deadlines(self) -> tuple[float, float]:
+        """A call's retry deadline, and when it stops trying to reach a first node."""
+        now_s = monotonic_s(self._clock)
+        return now_s + self._retry_deadline_s, now_s + self._first_connect_deadline_s
+
+    def _connect_by(self, deadline_s: float, reach_by_s: float) -> float:
+        """When a connection attempt must be done: a client that has never reached a node
+        keeps to its first-connect deadline."""
+        return deadline_s if self.info is not None else min(deadline_s, reach_by_s)
+
+    def _give_up_at(self, deadline_s: float, reach_by_s: float) -> Callable[[CratonError], float]:
+        """When to stop retrying after an error: a failure to connect before any node was
+        reached stops at the first-connect deadline, everything else at the retry deadline."""
+
+        def give_up_at(error: CratonError) -> float:
+            if isinstance(error, ConnectionFailed):
+                return self._connect_by(deadline_s, reach_by_s)
+            return deadline_s
+
+        return give_up_at
+
     def _left_s(self, deadline_s: float) -> float:
         """Seconds from now (on the client's clock) until ``deadline_s``."""
         return deadline_s - monotonic_s(self._clock)
@@ -595,12 +643,13 @@ class AsyncClient:
 
 async def _retrying(
     attempt: Callable[[], Awaitable[_Outcome | CratonError]],
-    deadline_s: float,
+    give_up_at: Callable[[CratonError], float],
     clock: Clock,
     first: _Outcome | CratonError | None = None,
 ) -> _Outcome:
-    """Run ``attempt`` until it succeeds, fails for good, or ``deadline_s`` (on ``clock``)
-    passes; ``first`` is the outcome of a first try already made, if any.
+    """Run ``attempt`` until it succeeds, fails for good, or the deadline ``give_up_at``
+    gives for its last error (on ``clock``) passes; ``first`` is the outcome of a first try
+    already made, if any.
 
     When the deadline passes, the error raised is the last one a node answered with, if
     any: a try cut short by the deadline itself says less than the node's own refusal."""
@@ -615,7 +664,7 @@ async def _retrying(
             raise outcome
         if isinstance(outcome, ServerError) or last is None or not isinstance(last, ServerError):
             last = outcome
-        wait_s = min(backoff_s, deadline_s - monotonic_s(clock))
+        wait_s = min(backoff_s, give_up_at(outcome) - monotonic_s(clock))
         if wait_s <= 0:
             raise last
         await asyncio.sleep(wait_s)
@@ -635,19 +684,30 @@ def _new_client_id() -> int:
             return client_id
 
 
+def _valid(build: Callable[..., _Message], *fields: object) -> _Message:
+    """The message (or record) ``build(*fields)``; ``InvalidArgument`` naming the field when
+    the protocol does not allow a value."""
+    try:
+        return build(*fields)
+    except ValueError as error:
+        raise InvalidArgument(str(error)) from None
+
+
 def _split_address(address: str) -> tuple[str, int]:
-    """``host:port`` (``[v6]:port``) → (host, port); ``ValueError`` when malformed."""
+    """``host:port`` (``[v6]:port``) → (host, port); ``InvalidArgument`` when malformed."""
     host, sep, port = address.strip().rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65_535:
-        raise ValueError(f"expected host:port, got {address!r}")
+        raise InvalidArgument(f"address: expected host:port, got {address!r}")
     return host, int(port)
 
 
 def _why(error: BaseException) -> str:
     if isinstance(error, TimeoutError):
         return "timed out"
+    if isinstance(error, OSError) and error.errno:
+        return os.strerror(error.errno)
     if isinstance(error, OSError) and error.strerror:
         return error.strerror
     return str(error) or type(error).__name__

@@ -54,6 +54,7 @@ class Client:
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
         request_timeout_s: float = REQUEST_TIMEOUT_S,
         retry_deadline_s: float = RETRY_DEADLINE_S,
+        first_connect_deadline_s: float | None = None,
     ) -> None:
         self._async = AsyncClient(
             address,
@@ -63,6 +64,7 @@ class Client:
             connect_timeout_s=connect_timeout_s,
             request_timeout_s=request_timeout_s,
             retry_deadline_s=retry_deadline_s,
+            first_connect_deadline_s=first_connect_deadline_s,
         )
         self._call_timeout_s = retry_deadline_s + connect_timeout_s + CALL_GRACE_S
         self._loop = asyncio.new_event_loop()

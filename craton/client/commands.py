@@ -11,7 +11,10 @@
 
 Each client command takes ``--address HOST:PORT`` (default: ``$CRATON_ADDRESS``, else
 127.0.0.1:5432), ``--timeout SECONDS`` (how long to keep retrying; default
-``TIMEOUT_S_DEFAULT``), ``--token CREDENTIAL`` (a JWT or an API key; default
+``TIMEOUT_S_DEFAULT``), ``--connect-timeout SECONDS`` (how long to keep trying to reach the
+node at all; default ``CONNECT_TIMEOUT_S_DEFAULT``, so a wrong address or a node that is not
+running fails within about 2 s, where a node that was reached and then lost is retried until
+``--timeout``), ``--token CREDENTIAL`` (a JWT or an API key; default
 ``$CRATON_TOKEN``) and, for a node with TLS, ``--ca-file PEM`` (default ``$CRATON_CA_FILE``:
 trust these CAs and check the node's host name) or ``--tls`` (trust the system's CAs).
 
@@ -44,7 +47,7 @@ import jwt
 
 from craton.client.aio import DEFAULT_ADDRESS, ReadResult
 from craton.client.blocking import Client
-from craton.client.errors import CratonError, ServerError
+from craton.client.errors import ConnectionFailed, CratonError, InvalidArgument, ServerError
 from craton.core.auth import (
     JWT_ALGORITHM,
     JWT_SECRET_SIZE_MIN,
@@ -59,6 +62,7 @@ ADDRESS_ENV = "CRATON_ADDRESS"
 TOKEN_ENV = "CRATON_TOKEN"
 CA_FILE_ENV = "CRATON_CA_FILE"
 TIMEOUT_S_DEFAULT = 10.0
+CONNECT_TIMEOUT_S_DEFAULT = 2.0
 READ_EVENTS_DEFAULT = 100
 HEALTH_TIMEOUT_S = 2.0
 EXIT_OK = 0
@@ -66,6 +70,9 @@ EXIT_REFUSED = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 
+_JSON_HELP = "print one JSON object (default: text)"
+_ROLE_HELP = "the role it grants (required)"
+_OPTIONS = {"address": "--address", "auth_token": "--token"}  # Client argument -> option
 _DATA_CLASSES = {member.name.lower(): member for member in DataClass}
 _ROLES = {member.name.lower(): member for member in Role}
 
@@ -77,30 +84,66 @@ def add_client_commands(commands: Any) -> None:
         dest="stream_command", metavar="STREAM_COMMAND", required=True
     )
     create = stream_commands.add_parser("create", help="create a stream")
-    create.add_argument("name")
-    create.add_argument("--data-class", choices=sorted(_DATA_CLASSES), default="internal")
-    create.add_argument("--region", default=None, help="keep the data in this region only")
+    create.add_argument("name", help="the stream's name: letters, digits and . _ : -")
+    create.add_argument(
+        "--data-class",
+        choices=sorted(_DATA_CLASSES),
+        default="internal",
+        help="how sensitive its events are (default: internal)",
+    )
+    create.add_argument(
+        "--region",
+        default=None,
+        help="keep the data in this region only (default: anywhere in the cluster)",
+    )
     _connection_options(create)
     create.set_defaults(run=_guarded(_run_create))
 
     append = commands.add_parser("append", help="append events to a stream, durably")
-    append.add_argument("stream")
-    append.add_argument("events", nargs="*", metavar="EVENT", help="default: stdin lines")
-    append.add_argument("--expected-offset", type=int, default=None)
+    append.add_argument("stream", help="the stream to append to")
+    append.add_argument(
+        "events", nargs="*", metavar="EVENT", help="an event's text (default: one per stdin line)"
+    )
+    append.add_argument(
+        "--expected-offset",
+        type=int,
+        default=None,
+        metavar="N",
+        help="append only if the stream holds exactly N events (default: no check)",
+    )
     _connection_options(append)
     append.set_defaults(run=_guarded(_run_append))
 
     read = commands.add_parser("read", help="read events of a stream")
-    read.add_argument("stream")
-    read.add_argument("--from", dest="from_offset", type=int, default=0, metavar="OFFSET")
-    read.add_argument("--max-events", type=int, default=READ_EVENTS_DEFAULT)
-    read.add_argument("--as-of", type=int, default=None, metavar="POSITION")
-    read.add_argument("--json", action="store_true", help="print one JSON object")
+    read.add_argument("stream", help="the stream to read")
+    read.add_argument(
+        "--from",
+        dest="from_offset",
+        type=int,
+        default=0,
+        metavar="OFFSET",
+        help="the first event's offset (default: 0)",
+    )
+    read.add_argument(
+        "--max-events",
+        type=int,
+        default=READ_EVENTS_DEFAULT,
+        metavar="N",
+        help=f"at most this many events, 1..{READ_EVENTS_MAX} (default: {READ_EVENTS_DEFAULT})",
+    )
+    read.add_argument(
+        "--as-of",
+        type=int,
+        default=None,
+        metavar="POSITION",
+        help="the stream as it was at this log position (default: as it is now)",
+    )
+    read.add_argument("--json", action="store_true", help=_JSON_HELP)
     _connection_options(read)
     read.set_defaults(run=_guarded(_run_read))
 
     status = commands.add_parser("status", help="show a running node's state")
-    status.add_argument("--json", action="store_true", help="print one JSON object")
+    status.add_argument("--json", action="store_true", help=_JSON_HELP)
     _connection_options(status)
     status.set_defaults(run=_guarded(_run_status))
     _add_key_commands(commands)
@@ -112,13 +155,23 @@ def _add_key_commands(commands: Any) -> None:
     key_commands = apikey.add_subparsers(dest="apikey_command", metavar="APIKEY_COMMAND")
     key_commands.required = True
     create = key_commands.add_parser("create", help="create a key (shown once)")
-    create.add_argument("--role", choices=list(_ROLES), required=True)
-    create.add_argument("--expires-in", type=int, default=None, metavar="SECONDS")
-    create.add_argument("--label", default="", help="a note for people")
+    create.add_argument("--role", choices=list(_ROLES), required=True, help=_ROLE_HELP)
+    create.add_argument(
+        "--expires-in",
+        type=int,
+        default=None,
+        metavar="SECONDS",
+        help="the key expires this long after it is made (default: never)",
+    )
+    create.add_argument(
+        "--label",
+        default="",
+        help=f"a note for people, up to {API_KEY_LABEL_SIZE_MAX} bytes (default: none)",
+    )
     _connection_options(create)
     create.set_defaults(run=_guarded(_run_key_create))
     listing = key_commands.add_parser("list", help="list the tenant's keys")
-    listing.add_argument("--json", action="store_true", help="print one JSON object")
+    listing.add_argument("--json", action="store_true", help=_JSON_HELP)
     _connection_options(listing)
     listing.set_defaults(run=_guarded(_run_key_list))
     revoke = key_commands.add_parser("revoke", help="revoke a key on every replica")
@@ -132,10 +185,27 @@ def _add_token_commands(commands: Any) -> None:
     token_commands = token.add_subparsers(dest="token_command", metavar="TOKEN_COMMAND")
     token_commands.required = True
     issue = token_commands.add_parser("issue", help="print a signed token")
-    issue.add_argument("--tenant", type=int, required=True, metavar="ID")
-    issue.add_argument("--role", choices=list(_ROLES), required=True)
-    issue.add_argument("--subject", default="operator", metavar="NAME")
-    issue.add_argument("--ttl", type=int, default=None, metavar="SECONDS")
+    issue.add_argument(
+        "--tenant",
+        type=int,
+        required=True,
+        metavar="ID",
+        help=f"the tenant, 0..{TENANT_ID_MAX} (required)",
+    )
+    issue.add_argument("--role", choices=list(_ROLES), required=True, help=_ROLE_HELP)
+    issue.add_argument(
+        "--subject",
+        default="operator",
+        metavar="NAME",
+        help="who the token is for, its sub claim (default: operator)",
+    )
+    issue.add_argument(
+        "--ttl",
+        type=int,
+        default=None,
+        metavar="SECONDS",
+        help="its lifetime (default: $VDB_JWT_EXPIRATION_SECS, else 3600, the longest allowed)",
+    )
     issue.set_defaults(run=_run_token_issue)
 
 
@@ -146,7 +216,19 @@ def _connection_options(parser: argparse.ArgumentParser) -> None:
         help=f"HOST:PORT of the node (default: ${ADDRESS_ENV} or {DEFAULT_ADDRESS})",
     )
     parser.add_argument(
-        "--timeout", type=float, default=TIMEOUT_S_DEFAULT, help="seconds to keep trying"
+        "--timeout",
+        type=float,
+        default=TIMEOUT_S_DEFAULT,
+        metavar="SECONDS",
+        help=f"how long to keep retrying a request (default: {TIMEOUT_S_DEFAULT:g})",
+    )
+    parser.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=CONNECT_TIMEOUT_S_DEFAULT,
+        metavar="SECONDS",
+        help="how long to keep trying to reach the node at all "
+        f"(default: {CONNECT_TIMEOUT_S_DEFAULT:g})",
     )
     parser.add_argument(
         "--token",
@@ -158,7 +240,11 @@ def _connection_options(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get(CA_FILE_ENV) or None,
         help=f"TLS: trust these CAs, check the host name (default: ${CA_FILE_ENV})",
     )
-    parser.add_argument("--tls", action="store_true", help="TLS with the system's CAs")
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="TLS with the system's CAs (default: no TLS, unless --ca-file)",
+    )
 
 
 def _tls(args: argparse.Namespace) -> ssl.SSLContext | None:
@@ -174,22 +260,30 @@ def _guarded(run: Callable[[argparse.Namespace, Client], int]) -> Callable[..., 
     """Open a client for the command and turn every failure into one line and an exit code."""
 
     def guarded(args: argparse.Namespace) -> int:
-        if args.timeout <= 0:
-            return _fail("--timeout must be positive", EXIT_USAGE)
+        if args.timeout <= 0 or args.connect_timeout <= 0:
+            return _fail("--timeout and --connect-timeout must be positive", EXIT_USAGE)
         try:
             tls = _tls(args)
         except ValueError as error:
             return _fail(str(error), EXIT_USAGE)
         try:
             client = Client(
-                args.address, auth_token=args.token, tls=tls, retry_deadline_s=args.timeout
+                args.address,
+                auth_token=args.token,
+                tls=tls,
+                retry_deadline_s=args.timeout,
+                first_connect_deadline_s=min(args.connect_timeout, args.timeout),
             )
-        except ValueError as error:
-            return _fail(f"--address: {error}", EXIT_USAGE)
+        except InvalidArgument as error:
+            return _fail(_as_option(error), EXIT_USAGE)
         try:
             return run(args, client)
         except ServerError as error:
             return _fail(f"{args.address}: {error}", EXIT_REFUSED)
+        except InvalidArgument as error:
+            return _fail(str(error), EXIT_USAGE)
+        except ConnectionFailed as error:
+            return _fail(f"{error} (is a node running there? see --address)", EXIT_UNREACHABLE)
         except CratonError as error:
             return _fail(f"{args.address}: {error}", EXIT_UNREACHABLE)
         except (ValueError, TypeError) as error:
@@ -198,6 +292,13 @@ def _guarded(run: Callable[[argparse.Namespace, Client], int]) -> Callable[..., 
             client.close()
 
     return guarded
+
+
+def _as_option(error: InvalidArgument) -> str:
+    """The client's complaint about an argument, named as the option that gave it."""
+    argument, _, problem = str(error).partition(": ")
+    option = _OPTIONS.get(argument)
+    return f"{option}: {problem}" if option is not None else str(error)
 
 
 def _fail(message: str, code: int) -> int:

@@ -13,6 +13,12 @@ Every error a node sends (``ErrorReply.code``, docs/PROTOCOL.md) becomes an inst
   ``UNAVAILABLE``, ``INTERNAL``). The client retries these itself, with the same request
   id, until its retry deadline; it raises one only when the deadline has passed.
 
+Misuse, caught before anything is sent: ``InvalidArgument`` (also a ``ValueError``) for an
+argument the protocol does not allow — an address that is not ``host:port``, an empty or
+oversized token, a stream or region name outside its pattern, an event or an append too
+large, a count or offset out of range, a timeout that is not positive. Nothing was sent;
+the call must change. (An argument of the wrong Python type is a ``TypeError``.)
+
 Failures that are not a node's answer: ``ConnectionFailed`` (no connection or handshake
 could be made, or it kept breaking, until the deadline) and ``RequestTimeout`` (no answer
 in time; a write may or may not have been applied — retrying it with the same client is
@@ -28,6 +34,10 @@ from craton.core.wire.errors import ErrorCode
 
 class CratonError(Exception):
     """Every error the client raises."""
+
+
+class InvalidArgument(CratonError, ValueError):
+    """An argument breaks a rule of the protocol or the client; nothing was sent."""
 
 
 class ConnectionFailed(CratonError):

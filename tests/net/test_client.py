@@ -20,6 +20,8 @@ from craton.client import (
     AsyncClient,
     AuthenticationFailed,
     Client,
+    ConnectionFailed,
+    InvalidArgument,
     NotPrimary,
     RateLimited,
     RequestRejected,
@@ -29,7 +31,9 @@ from craton.client import (
     StreamNotFound,
     Unavailable,
 )
+from craton.client.aio import AppendResult
 from craton.client.errors import error_class
+from craton.core.auth import Role
 from craton.core.wire import (
     AppendEvents,
     AppendEventsReply,
@@ -42,6 +46,7 @@ from craton.core.wire import (
     encode,
 )
 from craton.core.wire.codec import AnyMessage
+from craton.core.wire.messages import AUTH_TOKEN_SIZE_MAX, EVENT_SIZE_MAX
 
 Answer = AnyMessage | None  # None: close the connection without answering
 Script = Callable[["ScriptedNode", AnyMessage], Awaitable[Answer]]
@@ -286,5 +291,142 @@ def test_every_error_code_has_its_class_and_family(code: ErrorCode) -> None:
 
 @pytest.mark.parametrize("address", ["nowhere", "host:", ":5432", "host:0", "host:70000"])
 def test_malformed_addresses_are_refused_up_front(address: str) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(InvalidArgument, match="address: expected host:port"):
         AsyncClient(address)
+    with pytest.raises(InvalidArgument):
+        AsyncClient(["127.0.0.1:5432", address])
+
+
+SECRET_LOOKING = "s3cr3t-" * 1200  # printable, but longer than a token may be
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"address": []},
+        {"auth_token": ""},
+        {"auth_token": "has a space"},
+        {"auth_token": SECRET_LOOKING},
+        {"client_id": 0},
+        {"client_id": 2**128},
+        {"retry_deadline_s": 0.0},
+        {"connect_timeout_s": -1.0},
+        {"first_connect_deadline_s": 0.0},
+    ],
+    ids=repr,
+)
+def test_a_bad_client_option_is_an_invalid_argument(options: dict[str, object]) -> None:
+    assert len(SECRET_LOOKING) > AUTH_TOKEN_SIZE_MAX
+    arguments: dict[str, object] = {"address": "127.0.0.1:5432", **options}
+    for client_class in (AsyncClient, Client):
+        with pytest.raises(InvalidArgument) as raised:
+            client_class(**arguments)  # type: ignore[arg-type]
+        assert isinstance(raised.value, ValueError), "InvalidArgument is also a ValueError"
+        assert "s3cr3t" not in str(raised.value), "a token is never quoted in an error"
+
+
+BAD_CALLS: dict[str, Callable[[AsyncClient], Awaitable[object]]] = {
+    "empty stream name": lambda c: c.create_stream(""),
+    "stream name with a space": lambda c: c.create_stream("two words"),
+    "stream name too long": lambda c: c.create_stream("s" * 129),
+    "region outside its pattern": lambda c: c.create_stream("s", region="Upper Case"),
+    "append to a bad stream name": lambda c: c.append("-leading-dash", [b"e"]),
+    "append of no events": lambda c: c.append("s", []),
+    "event over the size limit": lambda c: c.append("s", [b"x" * (EVENT_SIZE_MAX + 1)]),
+    "negative expected offset": lambda c: c.append("s", [b"e"], expected_offset=-1),
+    "read of a bad stream name": lambda c: c.read("a/b"),
+    "negative offset": lambda c: c.read("s", -1),
+    "no events asked for": lambda c: c.read("s", 0, max_events=0),
+    "negative log position": lambda c: c.read_as_of("s", -1),
+    "label with a newline": lambda c: c.create_api_key(Role.VIEWER, label="one\ntwo"),
+    "key id zero": lambda c: c.revoke_api_key(0),
+}
+
+
+@pytest.mark.parametrize("call", BAD_CALLS.values(), ids=BAD_CALLS.keys())
+def test_a_call_the_protocol_does_not_allow_raises_before_anything_is_sent(
+    call: Callable[[AsyncClient], Awaitable[object]],
+) -> None:
+    async def answer(node: ScriptedNode, message: AnyMessage) -> Answer:
+        return APPENDED
+
+    async def scenario() -> None:
+        node = await ScriptedNode(answer).start()
+        client = AsyncClient(node.address)
+        with pytest.raises(InvalidArgument) as raised:
+            await call(client)
+        assert isinstance(raised.value, ValueError)
+        assert node.connections == 0, "a call refused up front opens no connection"
+        await client.close()
+        await node.stop()
+
+    run(scenario)
+
+
+def test_an_append_too_large_for_one_frame_is_refused_and_the_client_goes_on() -> None:
+    async def answer(node: ScriptedNode, message: AnyMessage) -> Answer:
+        return APPENDED
+
+    async def scenario() -> None:
+        node = await ScriptedNode(answer).start()
+        client = AsyncClient(node.address)
+        with pytest.raises(InvalidArgument, match="frame"):
+            await client.append("s", [b"x" * EVENT_SIZE_MAX] * 17)  # each fits; all do not
+        assert await client.append("s", [b"small"]) == AppendResult(7, 42)
+        appends = [seen.message for seen in node.requests()]
+        assert len(appends) == 1, f"expected only the small append to be sent, saw {appends}"
+        await client.close()
+        await node.stop()
+
+    run(scenario)
+
+
+def test_a_client_that_never_reached_a_node_gives_up_at_its_first_connect_deadline() -> None:
+    async def scenario() -> None:
+        node = await ScriptedNode(lambda node, message: asyncio.sleep(0, APPENDED)).start()
+        address = node.address
+        await node.stop()  # nothing listens there now
+        client = AsyncClient(address, retry_deadline_s=60.0, first_connect_deadline_s=0.3)
+        started = time.monotonic()
+        with pytest.raises(ConnectionFailed, match="cannot connect"):
+            await client.sync()
+        elapsed_s = time.monotonic() - started
+        assert elapsed_s < 10.0, "expected to give up near 0.3 s, not the 60 s retry deadline"
+        await client.close()
+
+    run(scenario)
+
+
+def test_a_client_that_reached_a_node_retries_until_its_retry_deadline() -> None:
+    """A node that goes away after it answered (a restart, a failover) is waited for for the
+    whole retry deadline, however short the first-connect deadline."""
+
+    async def answer(node: ScriptedNode, message: AnyMessage) -> Answer:
+        return APPENDED
+
+    async def hang_up(node: ScriptedNode, message: AnyMessage) -> Answer:
+        assert node._server is not None
+        node._server.close()  # nothing listens there any more,
+        return None  # and this connection closes without an answer
+
+    async def scenario() -> None:
+        node = await ScriptedNode(hang_up).start()
+        client = AsyncClient(node.address, retry_deadline_s=15.0, first_connect_deadline_s=0.1)
+        await client.connect()
+        host, port = node.address.rsplit(":", 1)
+
+        async def restart_later() -> ScriptedNode:
+            await asyncio.sleep(0.6)  # well past the first-connect deadline
+            again = ScriptedNode(answer)
+            again._server = await asyncio.start_server(again._serve, host, int(port))
+            return again
+
+        restarted = asyncio.ensure_future(restart_later())
+        assert await client.append("s", [b"e"]) == AppendResult(7, 42)
+        again = await restarted
+        first, retried = node.requests()[0], again.requests()[0]
+        assert (retried.client_id, retried.request_id) == (first.client_id, first.request_id)
+        await client.close()
+        await again.stop()
+
+    run(scenario)
