@@ -371,7 +371,8 @@ def test_a_client_call_gives_up_when_the_injected_clock_passes_its_deadline(
 
     async def call() -> None:
         with pytest.raises(ConnectionFailed):
-            await _retrying(attempt, clock.monotonic_ns() / 1e9 + 2.5, clock)
+            deadline_s = clock.monotonic_ns() / 1e9 + 2.5
+            await _retrying(attempt, lambda _error: deadline_s, clock)
 
     asyncio.run(call())
     assert len(tries) == 3, f"expected 3 tries within the injected deadline, made {len(tries)}"
