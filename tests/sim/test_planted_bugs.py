@@ -75,6 +75,9 @@ Protocol mutations caught by the checkers of protocol invariants (``craton.sim.c
 - ``stale-expected-offset`` and ``as-of-one-ahead`` (mutated event stores): an append
   whose expected offset is behind the stream is let through; a read as of position P also
   sees an append committed at P + 1. Caught only by the event store's model.
+- ``start-view-drops-last-op``: a new primary's ``StartView`` leaves out its log's last op;
+  the check that a new view keeps every committed op names it at seed 0 (without it, a
+  replica's assertion breaks at seed 21).
 - ``state-from-any-view``: a replica installs a ``NewState`` whatever view it comes from,
   so an old view's entries, which the new view replaced, enter its log (searched over 300
   seeds: the schedule is rarer).
@@ -113,6 +116,7 @@ from craton.core.wire.replica import (
     PrepareReply,
     Recovery,
     RecoveryResponse,
+    StartView,
 )
 from craton.sim.cluster import Cluster, FaultAtlas, ProcessFaults, SwarmOptions, draw_options
 from craton.sim.disk import DiskFaults
@@ -332,6 +336,17 @@ class AnswerRecoveryWhileRecovering(Replica):
         return [Send(ask.replica, self._encode(answer))]
 
 
+class StartViewDropsLastOp(Replica):
+    """A new primary's StartView leaves out the last op of its log (and claims a head one
+    lower): an op committed in an earlier view can go missing from the new view's log."""
+
+    def _start_view_message(self) -> StartView:
+        start = super()._start_view_message()
+        if not start.entries:
+            return start
+        return attrs.evolve(start, head=start.head - 1, entries=start.entries[:-1])
+
+
 class StateFromAnyView(Replica):
     """Installs the entries of a NewState whatever view they come from: a replica of an
     old view sends its log, ops the new view replaced included."""
@@ -511,6 +526,7 @@ BUGS = (
     PlantedBug("witness-kept-at-cut", WitnessKeptAtCut, _late_crashes),
     PlantedBug("answer-recovery-while-recovering", AnswerRecoveryWhileRecovering, _rot),
     PlantedBug("state-from-any-view", StateFromAnyView, _late_crashes, NEW_BUG_SEEDS_MAX),
+    PlantedBug("start-view-drops-last-op", StartViewDropsLastOp, _late_crashes),
     PlantedBug("kv-empty-put-deletes", Replica, _kv_load, machine=EmptyPutDeletes),
     PlantedBug("stale-expected-offset", Replica, _store_load, machine=StaleExpectedOffset),
     PlantedBug("as-of-one-ahead", Replica, _store_load, machine=AsOfOneAhead),
