@@ -25,21 +25,31 @@ Names and labels are the deployment guide's:
                                             prove knowledge of VDB_CLUSTER_SECRET
 
 ``method`` is the wire command's message name (``AppendEvents``, ``ReadEvents``, ...,
-``Frame`` for bytes that never became a request); ``status`` is ``success`` or the
-lower-case ``ErrorCode`` name; ``peer`` is a replica id (0..15). Every label set is
-closed, so the number of series is bounded. Counters start at 0 when the process starts, as
-Prometheus expects.
+``Other`` for a command that is no request, ``Frame`` for bytes that never became a
+request); ``status`` is ``success`` or the lower-case ``ErrorCode`` name; ``peer`` is a
+replica id (0..15); ``reason`` is the lower-case ``Refusal`` name. Every label set is
+closed, so the number of series is bounded. Every series exists from start-up, at 0: each
+method with each status (``METHODS`` x ``STATUSES``), each refusal reason, and, once the
+node knows its cluster (``start_peers``), each peer; a rate or an alert over a series that
+has not moved yet reads 0 rather than nothing.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from craton.core.auth import Refusal
+from craton.core.connection import method_name
+from craton.core.wire import Command
 from craton.core.wire.errors import ErrorCode
 
 METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
 STATUS_SUCCESS = "success"
+# The ``method`` of bytes the decoder refused before they named a command.
+METHOD_FRAME = "Frame"
 # Seconds: from a loopback sync (tens of microseconds) to a stalled disk.
 DURATION_BUCKETS_S = (
     0.0001,
@@ -63,6 +73,20 @@ DURATION_BUCKETS_S = (
 
 def status_label(code: ErrorCode | None) -> str:
     return STATUS_SUCCESS if code is None else code.name.lower()
+
+
+def _methods() -> tuple[str, ...]:
+    """Every ``method`` label: what the connection protocol's own ``method_name`` makes of
+    each wire command (its message name, or ``Other``), and ``Frame``."""
+    names = dict.fromkeys(method_name(command) for command in Command)
+    names[METHOD_FRAME] = None
+    return tuple(names)
+
+
+# Every label value the node can report, in a fixed order.
+METHODS = _methods()
+STATUSES = (STATUS_SUCCESS, *(status_label(code) for code in ErrorCode))
+AUTH_REASONS = tuple(reason.name.lower() for reason in Refusal)
 
 
 class NodeMetrics:
@@ -145,6 +169,25 @@ class NodeMetrics:
             "Replica hellos refused: no valid proof of the cluster secret.",
             registry=registry,
         )
+        self._start_series()
+
+    def _start_series(self) -> None:
+        """Create every request and refusal series at 0 (see the module docstring)."""
+        for method in METHODS:
+            self._duration_histograms[method] = self.request_duration.labels(method)
+            for status in STATUSES:
+                self.requests.labels(method, status)
+        for reason in AUTH_REASONS:
+            self.auth_failures.labels(reason)
+
+    def start_peers(self, replicas: Iterable[int]) -> None:
+        """Create the series of each peer ``replicas`` at 0: not connected, nothing sent,
+        received or dropped."""
+        for replica in replicas:
+            label = str(replica)
+            self.peer_connected.labels(label).set(0)
+            for counter in (self.peer_sent, self.peer_received, self.peer_dropped):
+                counter.labels(label)
 
     def observe_request(self, method: str, code: ErrorCode | None, duration_s: float) -> None:
         # Looking a labelled child up costs more than the update itself: keep them.

@@ -175,11 +175,7 @@ class PeerNetwork:
         started_ms = realtime_ms(clock)  # before the node listens: see ProofChecker
         self._proofs = ProofChecker(accepted, settings.replica_id, started_ms)
         self._closed = False
-        for replica in self._links:  # every series exists from the start, at zero
-            label = str(replica)
-            metrics.peer_connected.labels(label).set(0)
-            for counter in (metrics.peer_sent, metrics.peer_received, metrics.peer_dropped):
-                counter.labels(label)
+        metrics.start_peers(self._links)  # every peer's series exists from the start, at 0
 
     # --- the driver's side -------------------------------------------------------------------
 

@@ -9,6 +9,10 @@
     platform_node_polls_total{ready}               node readiness as polled
 
 Label values come from closed sets (route patterns, not paths), so series are bounded.
+The series whose label values are all known in advance exist from start-up, at 0: each
+aggregate with each command outcome, each sign-in method with each outcome, each
+readiness a node poll can find. (A route's series appear with its first request: the
+statuses it answers are not a closed set.)
 """
 
 from __future__ import annotations
@@ -17,6 +21,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
+# The label values of the series created at start-up (craton.platform.service, .http,
+# .passkeys and .fleet use these words).
+AGGREGATES = ("user", "org", "cluster")
+COMMAND_OUTCOMES = ("accepted", "refused", "conflict")
+SIGNIN_METHODS = ("github", "passkey")
+SIGNIN_OUTCOMES = ("ok", "failed", "limited")
+# craton-server's /ready statuses, and craton.platform.fleet.UNREACHABLE.
+POLL_READINESS = ("ok", "degraded", "unhealthy", "unreachable")
 
 
 class PlatformMetrics:
@@ -48,6 +60,14 @@ class PlatformMetrics:
         self.polls = Counter(
             "platform_node_polls_total", "Node polls by readiness", ["ready"], registry=r
         )
+        for aggregate in AGGREGATES:
+            for outcome in COMMAND_OUTCOMES:
+                self.commands.labels(aggregate, outcome)
+        for method in SIGNIN_METHODS:
+            for outcome in SIGNIN_OUTCOMES:
+                self.signins.labels(method, outcome)
+        for ready in POLL_READINESS:
+            self.polls.labels(ready)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
