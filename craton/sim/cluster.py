@@ -123,6 +123,10 @@ class ProcessFaults:
     pause: float = 0.0  # per replica per tick
     down_ticks_min: int = 20
     down_ticks_max: int = 200
+    # Crashes timed where durability rules matter: as a replica issues a sync (its write is
+    # in the page cache, the sync not done), and as a replica's commit number moves.
+    crash_at_sync: float = 0.0  # per sync a replica issues
+    crash_after_commit: float = 0.0  # per step in which a replica commits
 
     @classmethod
     def draw(cls, prng: Prng) -> ProcessFaults:
@@ -131,6 +135,15 @@ class ProcessFaults:
             pause=0.002 * prng.fraction() if prng.chance(0.5) else 0.0,
             down_ticks_min=prng.between(5, 40),
             down_ticks_max=prng.between(50, 300),
+        )
+
+    def targeted(self, prng: Prng) -> ProcessFaults:
+        """With the timed crashes drawn from ``prng`` (a stream of their own, so that the
+        other draws of a seed are the same with them or without)."""
+        return attrs.evolve(
+            self,
+            crash_at_sync=0.02 * prng.fraction() if prng.chance(0.25) else 0.0,
+            crash_after_commit=0.02 * prng.fraction() if prng.chance(0.25) else 0.0,
         )
 
 
@@ -197,6 +210,8 @@ def draw_options(
     processes = ProcessFaults.draw(prng.split("processes"))
     if replica_count > 1 and not processes.crash:
         processes = attrs.evolve(processes, crash=CRASH_FLOOR)  # and every cluster crashes
+    if replica_count > 1 and profile == "atlas":  # the disjoint profile studies repair
+        processes = processes.targeted(Prng(seed, "targeted"))
     return SwarmOptions(
         replica_count=replica_count,
         client_count=prng.between(1, 4),
@@ -282,7 +297,19 @@ class Cluster:
         self._faults_prng = self.prng.split("processes")
         self._seal_seeds = [self.prng.split(f"key-{i}").random_bytes(32) for i in range(n)]
         self._public_keys = tuple(Sealer(seed).public_key for seed in self._seal_seeds)
-        self.process_faults: dict[str, int] = {"crashes": 0, "pauses": 0, "restarts": 0}
+        self.process_faults: dict[str, int] = {
+            "crashes": 0,
+            "pauses": 0,
+            "restarts": 0,
+            "crashes_at_sync": 0,
+            "crashes_after_commit": 0,
+        }
+        self._targeted_prng = self.prng.split("targeted")  # the timed crashes' own stream
+        self._commits_seen = [0] * n  # each replica's commit number at its last look
+        self._after_commit = [
+            self._timed_crash(index, "crashes_after_commit", "crash_after_commit")
+            for index in range(n)
+        ]
         self.repairs: dict[str, int] = {}
         self._members = [False] * n  # whose view state was ever durable (see Replica.member)
         self.digest = hashlib.sha256(f"craton-sim:{seed}".encode())
@@ -324,6 +351,7 @@ class Cluster:
         if disk is None:
             plan = self.options.disk_plan(index)
             disk = SimDisk(self.prng.split(f"disk-{index}"), self.events, plan)
+            disk.on_sync = self._timed_crash(index, "crashes_at_sync", "crash_at_sync")
         config = self.profile.config(
             joined=joined,
             replica_id=index,
@@ -364,7 +392,11 @@ class Cluster:
     def _observe(self, node: _Node) -> None:
         """The checkers' look at a replica after it stepped; ops the history gained are
         looked for on the disks' stable bytes (``craton.sim.durability``)."""
+        committed = node.replica.commit
         self.checker.observe(node.index, node.replica)
+        if committed > self._commits_seen[node.index]:
+            self._commits_seen[node.index] = committed
+            self._after_commit[node.index]()
         primary = self.nodes[node.replica.primary]
         if primary.up and primary.replica.status is not Status.LOADING:
             self.checker.agree_with_primary(node.index, node.replica, primary.replica)
@@ -373,6 +405,26 @@ class Cluster:
             op = self._durability_seen
             self.durability.committed(op, history[op], self._holders())
             self._durability_seen += 1
+
+    def _timed_crash(self, index: int, counter: str, knob: str) -> Callable[[], None]:
+        """Crash replica ``index`` right after what it is doing now, with the seed's ``knob``
+        probability (in the fault phase): the crash lands once the current step's effects
+        are out, before any of its I/O completes."""
+
+        def maybe() -> None:
+            chance = getattr(self.options.processes, knob)
+            if not chance or self.phase != "faults" or not self._targeted_prng.chance(chance):
+                return
+
+            def crash() -> None:
+                node = self.nodes[index]
+                if node.up and not node.paused and self.phase == "faults":
+                    self.process_faults[counter] += 1
+                    self._crash(index, self._down_ticks())
+
+            self.events.schedule(0, crash)
+
+        return maybe
 
     def _holders(self) -> list[tuple[int, Replica, SimDisk]]:
         return [(node.index, node.replica, node.disk) for node in self.nodes]
@@ -466,6 +518,7 @@ class Cluster:
         node = self._boot(index, old.disk)
         node.incarnation = old.incarnation + 1
         self.nodes[index] = node
+        self._commits_seen[index] = 0
         self.checker.restarted(index)
         self._log(f"r{index} restarted")
 

@@ -24,6 +24,8 @@ listed in ``damage`` so tests can tell losses the disk caused from losses the co
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import attrs
 
 from craton.core.prng import Prng
@@ -134,12 +136,15 @@ class SimDisk:
         self.faults: dict[str, int] = dict.fromkeys(FAULT_NAMES, 0)
         self.damage: list[Damage] = []
         self.requests = 0
+        self.on_sync: Callable[[], None] | None = None  # told as each sync is issued
 
     # --- the Disk interface ------------------------------------------------------------------
 
     def submit(self, request: DiskRequest, complete: DiskCallback) -> None:
         check_request(request)
         self.requests += 1
+        if isinstance(request, DiskSync) and self.on_sync is not None:
+            self.on_sync()
         plan = self.fault_plan
         delay = self._prng.between(plan.latency_ticks_min, plan.latency_ticks_max)
         generation = self._generation
