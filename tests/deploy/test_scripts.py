@@ -2,7 +2,8 @@
 their CA and serve TLS that a client checking the CA and host name accepts; running it
 again rotates the leaves under the same CA; the cluster script forms a cluster that
 ``craton status`` shows as one primary and two backups, keeps serving when the primary is
-stopped, and stops cleanly on Ctrl-C."""
+stopped, and stops cleanly on Ctrl-C; ``scripts/run platform`` keeps its state in its own
+directory, outside the node's."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -28,6 +30,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from craton.client import Client
 from tests.deploy.support import ROOT, run
 from tests.net.support import ServerProcess
+from tests.platform.support import free_port
 
 GUIDE_SANS = {"craton-server.craton.local", "localhost", "127.0.0.1"}
 CLUSTER_START_S = 40.0
@@ -223,3 +226,78 @@ def test_the_wrappers_run_the_scripts() -> None:
         assert os.access(wrapper, os.X_OK), f"scripts/{name} is not executable"
         text = wrapper.read_text()
         assert "_venv.sh" in text and f'exec python "$ROOT/scripts/{module}"' in text, text
+
+
+# --- scripts/run platform --------------------------------------------------------------------
+
+PLATFORM_START_S = 30.0
+
+
+def _node_data_dir() -> str:
+    """The node's data directory as ``scripts/run`` defaults it."""
+    found = re.search(
+        r'VDB_DATA_DIR="\$\{VDB_DATA_DIR:-([^}]+)\}"', (ROOT / "scripts/run").read_text()
+    )
+    assert found, "expected scripts/run to default VDB_DATA_DIR"
+    return found.group(1)
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return int(response.status) == 200
+    except OSError:
+        return False
+
+
+def test_scripts_run_platform_keeps_its_state_outside_the_nodes_data_dir(tmp_path: Path) -> None:
+    """``scripts/run platform`` runs from the repository's root, as ``scripts/run`` does:
+    run here from ``tmp_path``, its state lands in ``./platform-data``, and nothing in the
+    node's ``./data`` (where earlier versions kept it, and where it is now only pointed at)
+    is written."""
+    wrapper = (ROOT / "scripts" / "run").read_text()
+    assert 'exec python scripts/run_platform.py "$@"' in wrapper, wrapper
+    old = tmp_path / "data" / "platform"  # the old location, left by an earlier version
+    old.mkdir(parents=True)
+    nats_port, github_port, http_port = free_port(), free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PLATFORM_", "VDB_"))}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "run_platform.py"),
+            "--nats-port",
+            str(nats_port),
+            "--github-port",
+            str(github_port),
+        ],
+        cwd=tmp_path,
+        env={**env, "PLATFORM_HTTP_ADDR": f"127.0.0.1:{http_port}"},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + PLATFORM_START_S
+        while not _answers(f"http://127.0.0.1:{http_port}/health"):
+            assert process.poll() is None, f"run_platform exited: {process.communicate()[1]}"
+            assert time.monotonic() < deadline, "expected platform-app to answer /health"
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=STOP_S)
+        assert process.returncode == 0, stderr
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=STOP_S)
+    state = tmp_path / "platform-data"
+    for name in ("platform.db", "secret-key", "nats"):
+        assert (state / name).exists(), (
+            f"expected {name} in ./platform-data: {list(state.iterdir())}"
+        )
+    node_dir = (tmp_path / _node_data_dir()).resolve()
+    assert not state.resolve().is_relative_to(node_dir), f"{state} is inside {node_dir}"
+    assert list(node_dir.rglob("*")) == [old], "expected nothing written in the node's ./data"
+    assert "data/platform (the old location) is not used" in stderr, stderr
+    assert "/platform-data/" in (ROOT / ".gitignore").read_text().splitlines()
+    assert "./platform-data" in (ROOT / "docs" / "PLATFORM.md").read_text()
