@@ -16,9 +16,9 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
 
 from craton import __version__
+from craton.console import OneLineParser
 from craton.core.audit import AuditReport, audit
 from craton.core.log import SEGMENT_FOLDER
 from craton.core.superblock import PATH as SUPERBLOCK_PATH
@@ -41,15 +41,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return result
 
 
-class _Parser(argparse.ArgumentParser):
-    """Bad usage is one line on stderr and exit 2 (argparse would print the usage first)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
-
-
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="craton", description="Craton command-line tools")
+    parser = OneLineParser(prog="craton", description="Craton command-line tools")
     parser.add_argument(
         "--version", action="version", version=f"craton {__version__}", help="print the version"
     )

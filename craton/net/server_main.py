@@ -35,9 +35,10 @@ import signal
 import ssl
 import sys
 from collections.abc import Coroutine, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 from craton import __version__
+from craton.console import OneLineParser
 from craton.core.auth import AuthMode
 from craton.io.clock import SYSTEM_CLOCK, Clock
 from craton.net.config import (
@@ -79,15 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
 
 
-class _Parser(argparse.ArgumentParser):
-    """Bad usage is one line on stderr and exit 2, as a bad configuration is."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_CONFIG, f"{self.prog}: {message} (see {self.prog} --help)\n")
-
-
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = OneLineParser(
         prog="craton-server",
         description="Run a Craton node, configured by the VDB_* environment variables below\n"
         "(an empty value counts as unset; docs/DEPLOYMENT.md has the details).",

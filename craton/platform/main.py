@@ -24,9 +24,9 @@ import signal
 import sqlite3
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
 
 from craton import __version__
+from craton.console import OneLineParser
 from craton.io.clock import SYSTEM_CLOCK, iso_utc_ms
 from craton.platform.config import ConfigErrors, PlatformConfig, load_config
 
@@ -81,15 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
 
 
-class _Parser(argparse.ArgumentParser):
-    """Bad usage is one line on stderr and exit 2, as a bad configuration is."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_CONFIG, f"{self.prog}: {message} (see {self.prog} --help)\n")
-
-
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = OneLineParser(
         prog="platform-app",
         description="Run Craton's control plane (identity, organisations, the fleet of "
         "clusters). It is configured by the PLATFORM_* environment variables that "
