@@ -9,9 +9,13 @@ whose first frame is a replica's hello (``craton.net.peers``) is handed to the n
 ``PeerNetwork``; a node that is not in a cluster refuses it.
 
 Rules it keeps:
+- Both ports accept through a ``craton.net.listener.Listener``: an accept that fails (out
+  of descriptors) backs off instead of retrying at once, and is logged at a bounded rate.
 - At most ``VDB_MAX_CONNECTIONS`` client connections are open (replica connections are
-  not counted: there is at most one from each peer); one more gets an
-  ``UNAVAILABLE`` error frame (request id 0) and is closed. Probe requests do not count
+  not counted: there is at most one from each peer; the start-up may have clamped the
+  variable to what the open-files limit holds, ``craton.net.descriptors``); one more gets an
+  ``UNAVAILABLE`` error frame (request id 0) and is closed, logged as ``connection.refused``
+  at most once per ``REFUSAL_LOG_INTERVAL_S`` with a count. Probe requests do not count
   against that limit (a busy node still answers its orchestrator) but have their own,
   ``HTTP_CONNECTIONS_MAX``.
 - A binary connection with nothing in flight and no whole frame received (and no reply
@@ -66,6 +70,7 @@ from craton.net.connection import (
     DirectReader,
     TokenBucket,
 )
+from craton.net.listener import Listener, RateLimitedLog, bind
 from craton.net.logs import EventLog
 from craton.net.metrics import NodeMetrics
 from craton.net.node import ReplicaHost
@@ -84,6 +89,7 @@ SNIFF_BYTES_MAX = max(len(method) for method in HTTP_METHODS)
 IDLE_SWEEP_INTERVAL_S = 1.0
 FIRST_BYTES_TIMEOUT_S = 10.0  # a new connection's time to send its request line or frame
 CLOSE_TIMEOUT_S = 2.0  # waiting for a closed connection's buffered replies to go out
+REFUSAL_LOG_INTERVAL_S = 1.0  # at most one connection.refused line this often (with a count)
 SHUTDOWN_CLOSE_MARGIN_S = 1.0  # at shutdown, beyond CLOSE_TIMEOUT_S, for the resets to happen
 _COMMAND_AT = slice(6, 8)  # the command field of a frame header (docs/PROTOCOL.md)
 _BODY_SIZE_AT = slice(12, 16)  # the body_size field
@@ -119,8 +125,10 @@ class Server:
         self._peer_tasks: set[asyncio.Task[None]] = set()  # replica connections served
         self._http_connections = 0
         self._unidentified = 0  # accepted connections that have not said what they are yet
-        self._listener: asyncio.Server | None = None
+        self._listener: Listener | None = None
+        self._metrics_listener: Listener | None = None
         self._metrics_runner: web.AppRunner | None = None
+        self._refusals = RateLimitedLog(log, "connection.refused", REFUSAL_LOG_INTERVAL_S, clock)
         self._sweeper: asyncio.Task[None] | None = None
         self.probes = Probes(
             host,
@@ -143,22 +151,33 @@ class Server:
         return min(FIRST_BYTES_TIMEOUT_S, float(self.config.idle_timeout_secs))
 
     async def start(self) -> None:
-        """Listen on both ports; raises ``OSError`` when an address cannot be bound."""
+        """Listen on both ports; raises ``ListenError`` when an address cannot be bound."""
         config = self.config
         tls = _tls_context(config) if config.tls else None
         loop = asyncio.get_running_loop()
         try:
-            self._listener = await loop.create_server(
-                lambda: asyncio.StreamReaderProtocol(DirectReader(loop=loop), self._accept),
-                config.bind_addr.host,
-                config.bind_addr.port,
-                ssl=tls,
-                # a TLS handshake is a newcomer's first bytes: it gets no longer than they do
-                ssl_handshake_timeout=self._first_bytes_timeout_s if tls is not None else None,
-            )
+            main_sockets = bind(config.bind_addr)
         except OSError as error:
             raise ListenError(_cannot_listen("VDB_BIND_ADDR", config.bind_addr, error)) from None
-        self.main_address = _bound(self._listener, config.bind_addr)
+        try:
+            metrics_sockets = bind(config.metrics_addr)
+        except OSError as error:
+            for sock in main_sockets:
+                sock.close()
+            raise ListenError(
+                _cannot_listen("VDB_METRICS_ADDR", config.metrics_addr, error)
+            ) from None
+        self._listener = Listener(
+            main_sockets,
+            lambda: asyncio.StreamReaderProtocol(DirectReader(loop=loop), self._accept),
+            self.log,
+            self.clock,
+            variable="VDB_BIND_ADDR",
+            tls=tls,
+            # a TLS handshake is a newcomer's first bytes: it gets no longer than they do
+            tls_handshake_timeout_s=self._first_bytes_timeout_s if tls is not None else None,
+        )
+        self.main_address = Address(config.bind_addr.host, self._listener.port)
         runner = web.AppRunner(
             metrics_app(self.probes),
             access_log=None,
@@ -169,21 +188,13 @@ class Server:
         )
         await runner.setup()
         self._metrics_runner = runner
-        site = web.TCPSite(runner, config.metrics_addr.host, config.metrics_addr.port)
-        try:
-            await site.start()
-        except OSError as error:
-            self._listener.close()
-            await runner.cleanup()
-            raise ListenError(
-                _cannot_listen("VDB_METRICS_ADDR", config.metrics_addr, error)
-            ) from None
-        server = getattr(site, "_server", None)
-        self.metrics_address = (
-            _bound(server, config.metrics_addr)
-            if isinstance(server, asyncio.Server)
-            else config.metrics_addr
+        assert runner.server is not None, "set up above"
+        self._metrics_listener = Listener(
+            metrics_sockets, runner.server, self.log, self.clock, variable="VDB_METRICS_ADDR"
         )
+        self.metrics_address = Address(config.metrics_addr.host, self._metrics_listener.port)
+        self._listener.start()
+        self._metrics_listener.start()
         self._sweeper = asyncio.create_task(self._sweep_idle())
         self.log.info(
             "server.listening",
@@ -212,6 +223,8 @@ class Server:
         tasks = list(self._connections.values())
         if tasks:  # each closes, or is reset after CLOSE_TIMEOUT_S (``_close``)
             await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT_S + SHUTDOWN_CLOSE_MARGIN_S)
+        if self._metrics_listener is not None:  # probes answer until the connections close
+            self._metrics_listener.close()
         if self._metrics_runner is not None:
             await self._metrics_runner.cleanup()
         self.host.close()  # closes the replica connections too
@@ -316,7 +329,7 @@ class Server:
                 if self._shutting_down
                 else f"the node serves at most {self.config.max_connections} connections"
             )
-            self.log.warn("connection.refused", peer=peer, reason=why)
+            self._refusals.record(peer=peer, reason=why)
             connection.refuse(why)
             await _close(writer)
             return
@@ -343,6 +356,7 @@ class Server:
         timeout_s = self.config.idle_timeout_secs
         while True:
             await asyncio.sleep(IDLE_SWEEP_INTERVAL_S)
+            self._refusals.flush()  # the count of a burst of refusals that has ended
             for connection in list(self._connections):
                 if connection.tick(timeout_s):  # the protocol decides what idle is
                     self.log.debug("connection.idle_closed", peer=connection.peer)
@@ -458,14 +472,6 @@ def _tls_context(config: ServerConfig) -> ssl.SSLContext:
 
 def _cannot_listen(variable: str, address: Address, error: OSError) -> str:
     return f"{variable}: cannot listen on {address}: {error.strerror or error}"
-
-
-def _bound(server: asyncio.Server, asked: Address) -> Address:
-    """The address actually bound (the port the OS chose when ``asked.port`` is 0)."""
-    for sock in server.sockets:
-        name = sock.getsockname()
-        return Address(asked.host, int(name[1]))
-    return asked
 
 
 def _peer(writer: asyncio.StreamWriter) -> str:

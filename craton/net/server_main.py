@@ -1,8 +1,10 @@
 """``craton-server``: the production node, configured by ``VDB_*`` environment variables.
 
-Start-up: read and check the configuration (``craton.net.config``), lock and open the data
-directory, listen on the main and metrics ports (so probes answer while the log is being
-recovered: ``/ready`` says ``unhealthy`` until it is), recover, serve. ``SIGTERM`` or
+Start-up: read and check the configuration (``craton.net.config``), raise the open-files
+limit and clamp ``VDB_MAX_CONNECTIONS`` to what it can hold (``craton.net.descriptors``; one
+``server.max_connections_clamped`` warning when it must), lock and open the data directory,
+listen on the main and metrics ports (so probes answer while the log is being recovered:
+``/ready`` says ``unhealthy`` until it is), recover, serve. ``SIGTERM`` or
 ``SIGINT`` starts a graceful shutdown: stop accepting, answer what is in flight, let the
 replica commit what it was given, close; bounded by ``SHUTDOWN_GRACE_S``.
 
@@ -36,6 +38,8 @@ import ssl
 import sys
 from collections.abc import Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
+
+import attrs
 
 from craton import __version__
 from craton.console import OneLineParser
@@ -111,6 +115,7 @@ async def serve(config: ServerConfig, log: EventLog, clock: Clock) -> int:
     # modules (aiohttp, prometheus-client, the core) are loaded.
     from prometheus_client import disable_created_metrics
 
+    from craton.net.descriptors import DescriptorError, plan_descriptors
     from craton.net.metrics import NodeMetrics
     from craton.net.node import HostError, ReplicaHost
     from craton.net.server import ListenError, Server
@@ -133,6 +138,31 @@ async def serve(config: ServerConfig, log: EventLog, clock: Clock) -> int:
         clock=clock,
     )
     log.info("server.starting", version=__version__, **config.summary())
+    try:
+        plan = plan_descriptors(
+            config.max_connections, config.data_dir, peers=len(config.cluster_peers)
+        )
+    except DescriptorError as error:
+        raise StartError(str(error)) from None
+    log.info(
+        "server.open_files",
+        limit=plan.limit_fds,
+        raised_from=plan.raised_from_fds,
+        reserve=plan.reserve_fds,
+        max_connections=plan.max_connections,
+    )
+    if plan.clamped:
+        log.warn(
+            "server.max_connections_clamped",
+            asked=plan.asked_connections,
+            max_connections=plan.max_connections,
+            open_files_limit=plan.limit_fds,
+            note=f"VDB_MAX_CONNECTIONS={plan.asked_connections} needs an open-files limit of "
+            f"at least {plan.needed_fds(plan.asked_connections)}; raise the hard limit "
+            "(systemd LimitNOFILE=, Docker/Compose ulimits nofile, ulimit -n; "
+            "docs/DEPLOYMENT.md)",
+        )
+        config = attrs.evolve(config, max_connections=plan.max_connections)
     if config.replication_mode is ReplicationMode.NONE:
         log.info(
             "server.replication_none",

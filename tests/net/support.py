@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
 import ssl
@@ -25,8 +26,11 @@ SOCKET_TIMEOUT_S = 10.0
 
 
 class ServerProcess:
-    def __init__(self, data_dir: Path, log_path: Path, **env: str) -> None:
+    def __init__(
+        self, data_dir: Path, log_path: Path, *, open_files_limit: int | None = None, **env: str
+    ) -> None:
         self.data_dir = data_dir
+        self.open_files_limit = open_files_limit  # the child's RLIMIT_NOFILE, soft and hard
         self.log_path = log_path
         self.env = {
             "VDB_DATA_DIR": str(data_dir),
@@ -53,10 +57,18 @@ class ServerProcess:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
+                preexec_fn=None if self.open_files_limit is None else self._limit_open_files,
             )
         if wait_ready:
             self.wait_for("server.ready")
         return self
+
+    def _limit_open_files(self) -> None:
+        """In the child, before ``exec``: lower both open-files limits (so the node cannot
+        raise its soft limit past them)."""
+        assert self.open_files_limit is not None
+        limit = self.open_files_limit
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
 
     @property
     def pid(self) -> int:
