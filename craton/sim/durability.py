@@ -47,12 +47,9 @@ class DurabilityChecker:
         self._quorum = quorum
         self._fail = fail
         self._supply = supply  # whether ``crashed`` looks for every committed op
-        self.ops_checked = 0  # ops whose durable copies were counted at commit
-        self.crash_checks = 0  # crashes after which every committed op was looked for
 
     def committed(self, op: int, op_hash: bytes, nodes: Sequence[Holder]) -> None:
         """Op ``op`` (chain hash ``op_hash``) has just been seen committed."""
-        self.ops_checked += 1
         copies = [index for index, replica, disk in nodes if _holds(replica, disk, op, op_hash)]
         if len(copies) >= self._quorum:
             return
@@ -72,7 +69,6 @@ class DurabilityChecker:
         hashes, in op order) is still on some replica's stable storage."""
         if not self._supply:
             return
-        self.crash_checks += 1
         for op, op_hash in enumerate(history):
             if not any(_supplies(replica, disk, op, op_hash) for _, replica, disk in nodes):
                 self._fail(
