@@ -480,11 +480,11 @@ class AsyncClient:
     async def _request(self, message: AnyMessage, expected: type[_Reply]) -> _Reply:
         if self._closed:
             raise ConnectionFailed("the client is closed")
-        request_id = self._take_request_id()
         deadline_s, reach_by_s = self._deadlines()
+        taken: list[int] = []  # the request id, taken once the first connection is open
 
         async def attempt() -> AnyMessage | CratonError:
-            return await self._attempt(message, request_id, deadline_s, reach_by_s)
+            return await self._attempt(message, taken, deadline_s, reach_by_s)
 
         reply = await attempt()  # the first try, outside the retry loop's own coroutine
         if isinstance(reply, CratonError):
@@ -495,13 +495,20 @@ class AsyncClient:
         return reply
 
     async def _attempt(
-        self, message: AnyMessage, request_id: int, deadline_s: float, reach_by_s: float
+        self, message: AnyMessage, taken: list[int], deadline_s: float, reach_by_s: float
     ) -> AnyMessage | CratonError:
-        """One try: the reply, or the error that decides whether to try again."""
+        """One try: the reply, or the error that decides whether to try again.
+
+        The request id is taken on the first try, once a connection is open: its handshake
+        then has a lower id, and every id below a handshake's is one the node may treat as
+        sent before (docs/PROTOCOL.md, "Request ids")."""
         try:
             link = await self._ensure_link(self._connect_by(deadline_s, reach_by_s))
         except CratonError as error:
             return error
+        if not taken:
+            taken.append(self._take_request_id())
+        request_id = taken[0]
         timeout_s = max(0.001, min(self._request_timeout_s, self._left_s(deadline_s)))
         try:
             reply = await link.request(message, request_id, timeout_s)

@@ -9,6 +9,9 @@ Every error a node sends (``ErrorReply.code``, docs/PROTOCOL.md) becomes an inst
   ``TENANT_NOT_FOUND``).
 - ``StreamError``: the stream's state (``STREAM_NOT_FOUND``, ``STREAM_ALREADY_EXISTS``,
   ``UNEXPECTED_OFFSET``); nothing was written.
+- ``SessionExpired`` (``SESSION_EXPIRED``): the client's session was evicted while a
+  write was outstanding; an earlier attempt of it may have been applied, so the client does
+  not retry it (a retry could apply it twice): the program decides.
 - ``RetryableError``: the node cannot serve it now (``RATE_LIMITED``, ``NOT_PRIMARY``,
   ``UNAVAILABLE``, ``INTERNAL``). The client retries these itself, with the same request
   id, until its retry deadline; it raises one only when the deadline has passed.
@@ -112,6 +115,13 @@ class UnexpectedOffset(StreamError):
     code = ErrorCode.UNEXPECTED_OFFSET
 
 
+class SessionExpired(ServerError):
+    """The client's session was evicted from the node's session table while this write was
+    outstanding: this attempt was not applied, an earlier one may have been. Not retried."""
+
+    code = ErrorCode.SESSION_EXPIRED
+
+
 class RetryableError(ServerError):
     """The node could not serve the request now; the same request may succeed later."""
 
@@ -163,6 +173,8 @@ def error_class(code: ErrorCode) -> type[ServerError]:
             return UnsupportedVersion
         case ErrorCode.STREAM_ALREADY_EXISTS:
             return StreamAlreadyExists
+        case ErrorCode.SESSION_EXPIRED:
+            return SessionExpired
         case _:
             assert_never(code)
 

@@ -58,6 +58,7 @@ import attrs
 
 from craton import __version__
 from craton.core.auth import AuthRefusal, Principal, Refusal
+from craton.core.gateway import RequestFreshness
 from craton.core.wire import (
     HEADER_SIZE,
     PROTOCOL_VERSION,
@@ -196,6 +197,7 @@ class SubmitWrite:
     message: WriteRequest
     frame: Frame
     received_ns: int
+    fresh: bool = False  # sent for the first time (``craton.core.gateway.RequestFreshness``)
 
 
 @attrs.frozen
@@ -316,6 +318,7 @@ class ConnectionProtocol:
         self.state = ConnectionState.AWAITING_HANDSHAKE
         self.principal: Principal | None = None
         self._handshake: _PendingHandshake | None = None
+        self._freshness = RequestFreshness(1)
         self._decoder = FrameDecoder()
         # frames received and not served yet, in order, with the time each was received; a
         # refusal of the decoder ends the stream
@@ -539,6 +542,7 @@ class ConnectionProtocol:
         assert isinstance(handshake, Handshake)
         self.state = ConnectionState.HANDSHAKING
         self._handshake = _PendingHandshake(handshake, frame.request_id, received_ns)
+        self._freshness = RequestFreshness(frame.request_id)
         return [StartHandshake(handshake)]
 
     def _on_frame(self, frame: Frame, received_ns: int, now: Conditions) -> list[Effect]:
@@ -569,7 +573,9 @@ class ConnectionProtocol:
                 if not 1 <= request_id <= self._request_number_max:
                     why = f"a write's request id must be in 1..{self._request_number_max}"
                     return self._refuse(frame, received_ns, ErrorCode.INVALID_REQUEST, why, now_ns)
-                return [SubmitWrite(self._track(0), request_id, message, frame, received_ns)]
+                fresh = self._freshness.fresh(request_id)
+                seq = self._track(0)
+                return [SubmitWrite(seq, request_id, message, frame, received_ns, fresh)]
             case ReadEvents() | ReadEventsAsOf() | ListApiKeys():
                 seq = self._track(reply_bytes_max(message))
                 return [SubmitRead(seq, request_id, frame, received_ns)]

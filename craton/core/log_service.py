@@ -44,6 +44,7 @@ from craton.core.seam import (
     MessageReceived,
     Notice,
     Reply,
+    Submit,
     Tick,
 )
 
@@ -78,6 +79,8 @@ class LogService:
                 return []
             case ClientRequest():
                 return self._on_request(event)
+            case Submit():
+                raise AssertionError("a Submit is the gateway's input (craton.core.gateway)")
             case _:
                 return self._effects(self.log.on_disk(event))
 

@@ -33,6 +33,8 @@ from typing import Protocol
 
 import attrs
 
+from craton.core.wire.errors import ErrorCode
+
 # Paths on a Disk are relative, slash-separated, and made of these characters only.
 PATH_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-/")
 PATH_LENGTH_MAX = 255
@@ -171,6 +173,21 @@ class Reply:
 
 
 @attrs.frozen
+class Answer:
+    """The gateway's answer to the ``Submit`` with this ``token`` (``craton.core.gateway``):
+    ``code`` is None when it was applied (``op`` and the state machine's ``reply``) or, for a
+    session, opened; otherwise the request was refused, ``message`` says why in words and,
+    with ``NOT_PRIMARY``, ``primary`` is the primary's replica index when one is known."""
+
+    token: int
+    code: ErrorCode | None
+    op: int = 0
+    reply: bytes = b""
+    message: str = ""
+    primary: int | None = None
+
+
+@attrs.frozen
 class Notice:
     """Something an operator should see in the logs (never payloads or secrets)."""
 
@@ -185,7 +202,18 @@ class Halt:
     reason: str
 
 
-Effect = DiskRead | DiskWrite | DiskSync | DiskTruncate | DiskList | Send | Reply | Notice | Halt
+Effect = (
+    DiskRead
+    | DiskWrite
+    | DiskSync
+    | DiskTruncate
+    | DiskList
+    | Send
+    | Reply
+    | Answer
+    | Notice
+    | Halt
+)
 
 
 # --- Inputs: what the world tells a machine -------------------------------------------------
@@ -211,6 +239,32 @@ class ClientRequest:
     client_id: int
     request_id: int
     body: bytes
+
+
+class SubmitKind(enum.Enum):
+    """What a client connection asks the gateway for."""
+
+    SESSION = "session"  # the handshake: make sure the client has a session on the primary
+    WRITE = "write"  # applied once, whatever the retries of its request id
+    READ = "read"  # applied at an op of its own; a retry is a new read
+    RECORD = "record"  # a record of the node's own (an audit record), never answered
+
+
+@attrs.frozen
+class Submit:
+    """A client connection's request to the gateway (``craton.core.gateway``), answered by one
+    ``Answer`` with the same ``token`` (a ``RECORD`` by none). ``client_id`` is the wire
+    client's u128 id in tenant ``tenant_id``; ``request_id`` its wire request id (for a
+    ``SESSION``, the handshake's); ``fresh`` says a write is sent for the first time
+    (``craton.core.gateway.RequestFreshness``)."""
+
+    token: int
+    kind: SubmitKind
+    tenant_id: int = 0
+    client_id: int = 0
+    request_id: int = 0
+    body: bytes = b""
+    fresh: bool = False
 
 
 @attrs.frozen
@@ -259,6 +313,7 @@ Input = (
     Tick
     | MessageReceived
     | ClientRequest
+    | Submit
     | ReadDone
     | WriteDone
     | SyncDone

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import assert_never
 
 from craton.core.seam import (
+    Answer,
     DiskList,
     DiskRead,
     DiskSync,
@@ -45,6 +46,7 @@ class Driver:
         *,
         network: Network | None = None,
         on_reply: Callable[[Reply], None] | None = None,
+        on_answer: Callable[[Answer], None] | None = None,
         on_notice: Callable[[Notice], None] | None = None,
         on_halt: Callable[[Halt], None] | None = None,
         check_invariants: bool = False,
@@ -53,6 +55,7 @@ class Driver:
         self._disk = disk
         self._network = network
         self._on_reply = on_reply
+        self._on_answer = on_answer
         self._on_notice = on_notice
         self._on_halt = on_halt
         self._check_invariants = check_invariants
@@ -109,6 +112,9 @@ class Driver:
             case Reply():
                 if self._on_reply is not None:
                     self._on_reply(effect)
+            case Answer():
+                if self._on_answer is not None:
+                    self._on_answer(effect)
             case Notice():
                 if self._on_notice is not None:
                     self._on_notice(effect)

@@ -467,7 +467,9 @@ class ClientConnection:
             body, done = self._create_key(effect.message, done)
         else:
             body = store_request(effect.frame, self._prefix, self._now_ms())
-        self._host.submit_write(self._tenant_id, client_id, effect.request_id, body, done)
+        self._host.submit_write(
+            self._tenant_id, client_id, effect.request_id, body, done, fresh=effect.fresh
+        )
 
     def _submit_read(self, effect: SubmitRead) -> None:
         body = store_request(effect.frame, self._prefix, self._now_ms())

@@ -1,12 +1,13 @@
-"""The replica host: Craton's VSR ``Replica`` and its ``EventStore`` on real files, under asyncio.
+"""The replica host: Craton's client gateway, VSR ``Replica`` and ``EventStore`` on real
+files, under asyncio.
 
-``ReplicaHost`` runs the very objects the simulator runs — ``Replica``, ``Log``,
+``ReplicaHost`` runs the very objects the simulator runs — ``Gateway``, ``Replica``, ``Log``,
 ``EventStore`` and the one ``Driver`` — against the production ``FileDisk`` (completions
 posted with ``loop.call_soon_threadsafe``) and, in a cluster, the ``PeerNetwork``
 (``craton.net.peers``: ``Send`` effects go to a peer's queue, frames from peers come back
 as ``MessageReceived``); it feeds the driver a ``Tick`` every ``TICK_INTERVAL_S``, and turns
-client operations into the replica's ``ClientRequest`` inputs and its ``Reply`` effects
-back into outcomes for the connections.
+a connection's calls into the gateway's ``Submit`` inputs and its ``Answer`` effects back
+into outcomes for the connections.
 
 States, as clients and probes see them:
 - *recovering*: the log is being read back; requests are refused with ``UNAVAILABLE``, a
@@ -18,56 +19,27 @@ States, as clients and probes see them:
 - *view change*: no primary is known; requests are refused with ``UNAVAILABLE``.
 ``ready`` (for ``/ready``) means recovered and in normal status: the node knows a primary.
 
-Client sessions (the replica's client table gives exactly-once semantics):
-- A wire client (``Handshake.client_id``, u128, in a tenant) maps to one replica client id,
-  a stable 64-bit hash of both, so a client that reconnects — to this process or to one
-  restarted on the same data directory — finds its session again (the replica rebuilds its
-  client table from the log). A new client registers first (request number 0; the op it
-  commits at is its session).
-- A write (create stream, append) with wire request id ``r`` is the replica request
-  ``session << 32 | r``: a retry with the same ``r`` is answered from the replica's cached
-  reply (or this host's ``WRITE_REPLIES_KEPT`` most recent replies) and never applied twice.
-  Request ids of writes are therefore limited to ``1..REQUEST_NUMBER_MAX``.
-- Reads go through the log as well (so they are linearizable: each read is applied at its
-  own op), in one session this host owns, numbered by the host: a retried read is simply
-  executed again.
+Client sessions, admission, the reply cache, redirects and the rules of a replica that stops
+serving are the core's ``Gateway`` (``craton.core.gateway``), the machine the driver runs
+here exactly as in the simulator: this host only turns a connection's calls into the
+gateway's ``Submit`` inputs, each with a token, and its ``Answer`` effects back into the
+``Outcome`` the connection waits for (a ``NOT_PRIMARY`` answer's replica index becomes that
+replica's address from ``VDB_CLUSTER_PEERS``).
 
 Rules it keeps:
-- Requests enter the replica in arrival order, one ``Driver.step`` at a time, and only
-  while the replica has room in its pipeline (``PIPELINE_OPS_MAX`` uncommitted ops), so a
-  client's requests are prepared in the order it sent them. A ``BUSY`` answer puts the
-  request back at the front of the queue until the next tick.
-- The driver is never stepped from inside one of its own callbacks: replies schedule the
-  next admission with ``call_soon``.
+- The driver is never stepped from inside one of its own callbacks: answers are handed to
+  the connections with ``call_soon``.
 - ``SESSIONS_MAX`` is the replica's client-table size. It decides, when the log is
   replayed, which requests of evicted sessions are refused, so it is part of what a data
   directory means and never changes for an existing one.
-- Sessions this host tracks are pruned to those in the replica's client table once there
-  are more than ``SESSIONS_MAX``. Sessions are ops, and request numbers must fit 64 bits,
-  so a session registered at op ``SESSION_OPS_MAX`` (2**32) or later cannot be used:
-  such requests are refused with ``INTERNAL`` rather than overflowing.
-- When the host stops serving (its replica lost the primary role, or changed view), every
-  request it was waiting for is refused at once — ``NOT_PRIMARY`` with the new primary's
-  address when known, else ``UNAVAILABLE`` — and its session cache is dropped: a request
-  whose outcome is unknown is retried by the client with the same request id, and the
-  next primary's client table decides it. Its reply is never invented here.
-- A session is looked up in the replica's client table before a registration is
-  prepared, and only once the table is final for this view (everything in the log is
-  applied), so that a client whose registration committed in an earlier view keeps its
-  session — and its retried request is not applied a second time.
-- A ``Halt`` from the core is final: every waiting request is refused with ``INTERNAL`` and
-  the owner is told (the server then exits non-zero).
+- A ``Halt`` from the core is final: every request still open is refused with ``INTERNAL``
+  or ``UNAVAILABLE`` and the owner is told (the server then exits non-zero).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
-import enum
 import fcntl
-import functools
-import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -76,9 +48,10 @@ import attrs
 
 from craton.core.auth import ApiKeyEntry
 from craton.core.event_store import EventStore
+from craton.core.gateway import REQUEST_NUMBER_MAX, Gateway
 from craton.core.prng import Prng
 from craton.core.seam import (
-    ClientRequest,
+    Answer,
     DiskCompletion,
     DiskRequest,
     DiskWrite,
@@ -86,21 +59,16 @@ from craton.core.seam import (
     Halt,
     Input,
     Notice,
-    Reply,
+    Submit,
+    SubmitKind,
     Tick,
     WriteDone,
 )
 from craton.core.vsr.profile import PRODUCTION, TICK_MS
-from craton.core.vsr.replica import (
-    NUMBER_MASK,
-    SESSION_SHIFT,
-    Replica,
-    ReplyStatus,
-    Status,
-)
+from craton.core.vsr.replica import Replica, Status
 from craton.core.wire import Command, DecodeError, Frame, decode_frame
 from craton.core.wire.errors import ErrorCode
-from craton.core.wire.replica import OPERATION_SIZE_MAX, Commit, PrepareOk
+from craton.core.wire.replica import Commit, PrepareOk
 from craton.io.clock import SYSTEM_CLOCK, Clock, monotonic_s
 from craton.io.driver import Driver
 from craton.io.entropy import OsEntropy
@@ -111,18 +79,13 @@ from craton.net.logs import EventLog
 from craton.net.metrics import NodeMetrics
 from craton.net.peers import ClusterSettings, PeerNetwork
 
+__all__ = ["REQUEST_NUMBER_MAX", "Applied", "HostError", "Outcome", "Refused", "ReplicaHost"]
+
 # The replica's sizes and timeouts are the production profile's (``craton.core.vsr.profile``),
 # the very profile a share of the simulator's seeds runs.
 TICK_INTERVAL_S = TICK_MS / 1000  # one core tick
-PIPELINE_OPS_MAX = PRODUCTION.pipeline_max  # uncommitted ops in flight: a group commit's size
 SESSIONS_MAX = PRODUCTION.client_table_max  # fixed for a data directory (see above)
-QUEUE_REQUESTS_MAX = 65_536  # requests waiting for the pipeline, all connections together
-WRITE_REPLIES_KEPT = 64  # most recent write replies kept per client, for retries
-SESSION_OPS_MAX = 1 << (64 - SESSION_SHIFT)  # a session (an op) must leave room for numbers
-REQUEST_NUMBER_MAX = NUMBER_MASK  # largest wire request id of a write
-OPERATION_BYTES_MAX = OPERATION_SIZE_MAX  # bytes of one encoded event-store operation
 LOCK_FILE = "node.lock"
-_BUSY = bytes([ReplyStatus.BUSY])
 # What an operator must see of damage and repair, one line each (file, offset, records):
 _WARNING_NOTICES = frozenset(
     {
@@ -149,7 +112,6 @@ _INFO_NOTICES = frozenset(
         "replica.state_synced",
     }
 )
-_U64 = 8
 
 
 @attrs.frozen
@@ -178,45 +140,6 @@ class HostError(RuntimeError):
     """The host cannot start: the data directory is locked, unreadable or damaged."""
 
 
-@functools.lru_cache(maxsize=SESSIONS_MAX)
-def replica_client_id(tenant_id: int, client_id: int) -> int:
-    """The replica's 64-bit id for wire client ``client_id`` of tenant ``tenant_id``."""
-    digest = hashlib.blake2b(
-        tenant_id.to_bytes(8, "little") + client_id.to_bytes(16, "little"),
-        digest_size=8,
-        person=b"craton.client",
-    ).digest()
-    return int.from_bytes(digest, "little")
-
-
-READ_CLIENT_ID = int.from_bytes(
-    hashlib.blake2b(b"reads", digest_size=8, person=b"craton.host").digest(), "little"
-)
-
-
-class _State(enum.Enum):
-    NEW = "new"
-    REGISTERING = "registering"
-    ACTIVE = "active"
-
-
-@attrs.define
-class _Session:
-    client: int  # replica client id
-    state: _State = _State.NEW
-    session: int = 0  # the op that registered it, once ACTIVE
-    waiting: list[tuple[int, bytes, Done]] = attrs.Factory(list)  # until registered
-    replies: collections.OrderedDict[int, bytes] = attrs.Factory(collections.OrderedDict)
-    ready: list[Callable[[Refused | None], None]] = attrs.Factory(list)
-
-
-@attrs.define
-class _Pending:
-    client: int
-    number: int
-    body: bytes
-
-
 class _CountingDisk:
     """The data directory's ``Disk``, counting the bytes of completed writes."""
 
@@ -239,20 +162,20 @@ class _CountingDisk:
 
 
 class _Observed:
-    """The replica as the driver's machine: after every step the host looks at it (metrics,
-    serving or not) before the step's effects are carried out."""
+    """The gateway as the driver's machine: after every step the host looks at the replica
+    (metrics, readiness) before the step's effects are carried out."""
 
-    def __init__(self, replica: Replica, after_step: Callable[[], None]) -> None:
-        self.replica = replica
+    def __init__(self, gateway: Gateway, after_step: Callable[[], None]) -> None:
+        self.gateway = gateway
         self._after_step = after_step
 
     def step(self, event: Input) -> list[Effect]:
-        effects = self.replica.step(event)
+        effects = self.gateway.step(event)
         self._after_step()
         return effects
 
     def invariants(self) -> None:
-        self.replica.invariants()
+        self.gateway.invariants()
 
 
 @attrs.define
@@ -307,19 +230,14 @@ class ReplicaHost:
         self._cluster = cluster
         self._on_halt_callback = on_halt
         self.halted: str | None = None
-        self._queue: collections.deque[_Pending] = collections.deque()
-        self._waiters: dict[tuple[int, int], list[Callable[[bytes], None]]] = {}
-        self._sessions: dict[int, _Session] = {}
-        self._reads = _Session(READ_CLIENT_ID)
-        self._read_number = 0
-        self._pump_scheduled = False
-        self._busy = False  # the request just stepped was answered BUSY
+        self._open: dict[int, Done] = {}  # token -> what waits for its answer
+        self._sessions_open: dict[int, Callable[[Refused | None], None]] = {}
+        self._next_token = 1
         self._ticker: asyncio.TimerHandle | None = None
         self._ready = asyncio.Event()
         self._after_recovery: list[Callable[[], None]] = []
         self._recovered_seen = False
-        self._serving_view: int | None = None  # the view this host serves as primary in
-        self._table_final = False  # the client table holds every op of the serving view's log
+        self._serving = False  # as the last step left it, for the log line on a change
         self._durable = 0
         self._counting = False
         self._progress = _Progress()
@@ -329,6 +247,7 @@ class ReplicaHost:
         self._disk: FileDisk | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.replica: Replica | None = None
+        self.gateway: Gateway | None = None
         self._driver: Driver | None = None
         self.peers: PeerNetwork | None = None
         if cluster is not None:
@@ -362,15 +281,16 @@ class ReplicaHost:
         )
         jitter_seed = int.from_bytes(OsEntropy().random_bytes(8), "little")
         self.replica = Replica(config, EventStore(), Prng(jitter_seed, "replica"))
+        self.gateway = Gateway(self.replica)
         self._driver = Driver(
-            _Observed(self.replica, self._after_step),
+            _Observed(self.gateway, self._after_step),
             _CountingDisk(self._disk, self._metrics),
             network=self.peers,
-            on_reply=self._on_reply,
+            on_answer=self._on_answer,
             on_notice=self._on_notice,
             on_halt=self._on_halt,
         )
-        self._driver.launch(self.replica.start())
+        self._driver.launch(self.gateway.start())
         if self.peers is not None:
             self.peers.start()
         self._ticker = self._loop.call_later(TICK_INTERVAL_S, self._tick)
@@ -409,13 +329,8 @@ class ReplicaHost:
     @property
     def serving(self) -> bool:
         """The replica is the primary of its view, in normal status: it takes requests."""
-        replica = self.replica
-        return (
-            self.halted is None
-            and replica is not None
-            and replica.status is Status.NORMAL
-            and replica.is_primary
-        )
+        gateway = self.gateway
+        return self.halted is None and gateway is not None and gateway.serving
 
     @property
     def ready(self) -> bool:
@@ -464,9 +379,7 @@ class ReplicaHost:
     @property
     def idle(self) -> bool:
         """Nothing queued, and as primary, nothing prepared but uncommitted."""
-        replica = self.replica
-        pipeline_empty = replica is None or replica.head == replica.commit or not self.serving
-        return not self._queue and pipeline_empty
+        return self.gateway is None or self.gateway.idle
 
     @property
     def commit(self) -> int:
@@ -503,32 +416,18 @@ class ReplicaHost:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    # --- sessions --------------------------------------------------------------------------
+    # --- requests --------------------------------------------------------------------------
 
     def open_session(
         self, tenant_id: int, client_id: int, done: Callable[[Refused | None], None]
     ) -> None:
-        """Make sure the client has a session on the primary; ``done(None)`` once it has.
-
-        Before the log is recovered the client table is not known yet, so the answer waits
-        for recovery. A node that is not serving answers at once: the client's requests
-        will be redirected (or refused until a primary is known), and the primary opens
-        the session when the first of them reaches it."""
-        if not self.recovered and self.halted is None:
-            self._after_recovery.append(lambda: self.open_session(tenant_id, client_id, done))
+        """Make sure the client has a session on the primary (the gateway's ``SESSION``);
+        ``done(None)`` once it has, or once this node, not serving, has sent it elsewhere."""
+        if self._refused_here(lambda refused: done(refused)):
             return
-        if self.halted is not None:
-            done(Refused(ErrorCode.UNAVAILABLE, "the node stopped after a fault"))
-            return
-        if not self.serving:
-            done(None)
-            return
-        session = self._session(replica_client_id(tenant_id, client_id))
-        if session.state is _State.ACTIVE:
-            done(None)
-            return
-        session.ready.append(done)
-        self._register(session)
+        token = self._token()
+        self._sessions_open[token] = done
+        self._step(Submit(token, SubmitKind.SESSION, tenant_id, client_id))
 
     def when_recovered(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once the log is read back (or the node halted): now, if so."""
@@ -546,225 +445,77 @@ class ReplicaHost:
         """Put a record of the node's own in the log (an audit record of a refused
         handshake) when this node is the primary; elsewhere the refusal is only logged."""
         if self.serving:
-            self.submit_read(body, lambda _outcome: None)
+            self._step(Submit(self._token(), SubmitKind.RECORD, body=body))
 
     def submit_write(
-        self, tenant_id: int, client_id: int, request_id: int, body: bytes, done: Done
+        self,
+        tenant_id: int,
+        client_id: int,
+        request_id: int,
+        body: bytes,
+        done: Done,
+        *,
+        fresh: bool,
     ) -> None:
-        """Apply a create-stream or append once, whatever the retries of ``request_id``."""
+        """Apply a create-stream or append once, whatever the retries of ``request_id``;
+        ``fresh``: the connection sees it for the first time (``RequestFreshness``)."""
         assert 1 <= request_id <= REQUEST_NUMBER_MAX, request_id
-        refusal = self._check(body)
-        if refusal is not None:
-            done(refusal)
+        if self._refused_here(done):
             return
-        session = self._session(replica_client_id(tenant_id, client_id))
-        if session.state is not _State.ACTIVE:
-            session.waiting.append((request_id, body, done))
-            self._register(session)
-            return
-        self._send_write(session, request_id, body, done)
+        token = self._token()
+        self._open[token] = done
+        kind = SubmitKind.WRITE
+        self._step(Submit(token, kind, tenant_id, client_id, request_id, body, fresh))
 
     def submit_read(self, body: bytes, done: Done) -> None:
         """Apply a read at its own op (linearizable); a retry is a new read."""
-        refusal = self._check(body)
-        if refusal is not None:
-            done(refusal)
+        if self._refused_here(done):
             return
-        session = self._reads
-        if session.state is not _State.ACTIVE or self._read_number >= REQUEST_NUMBER_MAX:
-            session.waiting.append((0, body, done))
-            if session.state is _State.ACTIVE:
-                session.state = _State.NEW  # numbers ran out: a new session starts over
-            self._register(session)
+        token = self._token()
+        self._open[token] = done
+        self._step(Submit(token, SubmitKind.READ, body=body))
+
+    def _refused_here(self, done: Callable[[Refused], None]) -> bool:
+        """A node that halted, or has not opened its data yet, feeds its gateway nothing."""
+        if self.halted is not None or self._driver is None:
+            done(Refused(ErrorCode.UNAVAILABLE, "the node stopped after a fault"))
+            return True
+        return False
+
+    def _token(self) -> int:
+        token = self._next_token
+        self._next_token += 1
+        return token
+
+    def _step(self, submit: Submit) -> None:
+        assert self._driver is not None
+        self._driver.step(submit)
+
+    def _on_answer(self, answer: Answer) -> None:
+        """The gateway answered a token: the connection hears of it soon, outside the
+        driver."""
+        assert self._loop is not None
+        address = None
+        if answer.primary is not None and self._cluster is not None:
+            address = str(self._cluster.addresses[answer.primary])
+        refused = None
+        if answer.code is not None:
+            refused = Refused(answer.code, answer.message, address)
+        opened = self._sessions_open.pop(answer.token, None)
+        if opened is not None:
+            self._loop.call_soon(opened, refused)
             return
-        self._send_read(body, done)
-
-    def _check(self, body: bytes) -> Refused | None:
-        if not self.serving:
-            return self._not_serving()
-        if len(body) > OPERATION_BYTES_MAX:
-            return Refused(
-                ErrorCode.TOO_LARGE,
-                f"the operation is {len(body)} bytes; at most {OPERATION_BYTES_MAX} fit one op",
-            )
-        if len(self._queue) >= QUEUE_REQUESTS_MAX:
-            return Refused(ErrorCode.UNAVAILABLE, "the node's request queue is full")
-        return None
-
-    def _not_serving(self) -> Refused:
-        """The refusal for a request this node cannot take now, by what it is doing."""
-        replica = self.replica
-        if self.halted is not None:
-            return Refused(ErrorCode.UNAVAILABLE, "the node stopped after a fault")
-        if replica is None or replica.status is Status.LOADING:
-            return Refused(ErrorCode.UNAVAILABLE, "the node is recovering its log")
-        address = self.primary_address
-        if address is not None and not replica.is_primary:
-            return Refused(
-                ErrorCode.NOT_PRIMARY,
-                f"this replica is not the primary; replica {replica.primary} is",
-                address,
-            )
-        return Refused(ErrorCode.UNAVAILABLE, f"{self.status}; retry later")
-
-    def _session(self, client: int) -> _Session:
-        session = self._sessions.get(client)
-        if session is None:
-            session = _Session(client)
-            known = None if self.replica is None else self.replica.clients.get(client)
-            if known is not None:  # restarted: the log holds this client's session
-                session.state, session.session = _State.ACTIVE, known.session
-            self._sessions[client] = session
-        return session
-
-    def _register(self, session: _Session) -> None:
-        if session.state is not _State.NEW:
+        done = self._open.pop(answer.token, None)
+        if done is None:
             return
-        session.state = _State.REGISTERING
-        self._enqueue(session.client, 0, b"", lambda body: self._registered(session, body))
-
-    def _registered(self, session: _Session, body: bytes) -> None:
-        if body[0] != ReplyStatus.OK:
-            session.state = _State.NEW
-            refusal = self._refusal(body, "registering the client session")
-            waiting, session.waiting = session.waiting, []
-            ready, session.ready = session.ready, []
-            for _, _, done in waiting:
-                done(refusal)
-            for callback in ready:
-                callback(refusal)
-            return
-        session.state = _State.ACTIVE
-        session.session = int.from_bytes(body[1 : 1 + _U64], "little")
-        session.replies.clear()
-        if len(self._sessions) > SESSIONS_MAX:
-            self._prune_sessions()
-        waiting, session.waiting = session.waiting, []
-        ready, session.ready = session.ready, []
-        if session is self._reads:
-            self._read_number = 0
-            for _, request_body, done in waiting:
-                self._send_read(request_body, done)
-        else:
-            for request_id, request_body, done in waiting:
-                self._send_write(session, request_id, request_body, done)
-        for callback in ready:
-            callback(None)
-
-    def _prune_sessions(self) -> None:
-        """Forget the sessions the replica evicted from its client table (and that wait for
-        nothing), so that this host holds about as many as the replica does."""
-        assert self.replica is not None
-        known = self.replica.clients
-        for client in [c for c, s in self._sessions.items() if c not in known]:
-            session = self._sessions[client]
-            if session.state is _State.ACTIVE and not session.waiting and not session.ready:
-                del self._sessions[client]
-
-    def _send_write(self, session: _Session, request_id: int, body: bytes, done: Done) -> None:
-        if session.session >= SESSION_OPS_MAX:
-            done(_exhausted())
-            return
-        number = session.session << SESSION_SHIFT | request_id
-
-        def replied(reply: bytes) -> None:
-            status = reply[0]
-            if status == ReplyStatus.OK:
-                session.replies[request_id] = reply
-                while len(session.replies) > WRITE_REPLIES_KEPT:
-                    session.replies.popitem(last=False)
-                done(_applied(reply))
-            elif status == ReplyStatus.STALE and request_id in session.replies:
-                done(_applied(session.replies[request_id]))
-            elif status == ReplyStatus.STALE:
-                done(
-                    Refused(
-                        ErrorCode.INVALID_REQUEST,
-                        f"request {request_id} of this client was applied before and its "
-                        f"reply is no longer kept (only the last {WRITE_REPLIES_KEPT} are)",
-                    )
-                )
-            elif status == ReplyStatus.SESSION_EXPIRED:
-                if session.state is _State.ACTIVE and session.session == number >> SESSION_SHIFT:
-                    session.state = _State.NEW
-                done(
-                    Refused(
-                        ErrorCode.INTERNAL,
-                        f"the client's session expired (over {SESSIONS_MAX} newer clients): "
-                        "this attempt was not applied; an earlier attempt may have been",
-                    )
-                )
-            else:
-                done(self._refusal(reply, "write"))
-
-        self._enqueue(session.client, number, body, replied)
-
-    def _send_read(self, body: bytes, done: Done) -> None:
-        session = self._reads
-        if session.session >= SESSION_OPS_MAX:
-            done(_exhausted())
-            return
-        self._read_number += 1
-        number = session.session << SESSION_SHIFT | self._read_number
-
-        def replied(reply: bytes) -> None:
-            if reply[0] == ReplyStatus.OK:
-                done(_applied(reply))
-            elif reply[0] == ReplyStatus.SESSION_EXPIRED:
-                if session.state is _State.ACTIVE and session.session == number >> SESSION_SHIFT:
-                    session.state = _State.NEW
-                self.submit_read(body, done)  # reads change nothing: run it again
-            else:
-                done(self._refusal(reply, "read"))
-
-        self._enqueue(session.client, number, body, replied)
-
-    # --- admission -------------------------------------------------------------------------
-
-    def _enqueue(
-        self, client: int, number: int, body: bytes, replied: Callable[[bytes], None]
-    ) -> None:
-        self._waiters.setdefault((client, number), []).append(replied)
-        self._queue.append(_Pending(client, number, body))
-        self._schedule_pump()
-
-    def _schedule_pump(self) -> None:
-        if not self._pump_scheduled and self._loop is not None:
-            self._pump_scheduled = True
-            self._loop.call_soon(self._pump)
-
-    def _pump(self) -> None:
-        """Step queued requests into the replica while its pipeline has room."""
-        self._pump_scheduled = False
-        replica, driver = self.replica, self._driver
-        assert replica is not None and driver is not None
-        while self._queue and self.serving:
-            if replica.head - replica.commit >= PIPELINE_OPS_MAX:
-                return  # a commit's replies schedule the next round
-            pending = self._queue[0]
-            if pending.number == 0 and pending.client != READ_CLIENT_ID:
-                if not self._table_final:
-                    return  # the next tick tries again
-                known = replica.clients.get(pending.client)
-                if known is not None:  # registered in an earlier view: keep that session
-                    self._queue.popleft()
-                    reply = bytes([ReplyStatus.OK]) + known.session.to_bytes(_U64, "little")
-                    for replied in self._waiters.pop((pending.client, 0), []):
-                        replied(reply)
-                    continue
-            self._queue.popleft()
-            self._busy = False
-            driver.step(ClientRequest(pending.client, pending.number, pending.body))
-            if self._busy:
-                self._queue.appendleft(pending)
-                return  # the next tick tries again
+        outcome: Outcome = refused if refused is not None else Applied(answer.op, answer.reply)
+        self._loop.call_soon(done, outcome)
 
     # --- watching the replica --------------------------------------------------------------
 
     def _after_step(self) -> None:
-        """Called inside the driver after every replica step, before its effects run: the
-        host's view of the replica is brought up to date; callbacks that answer clients
-        are scheduled, never run here."""
+        """Called inside the driver after every gateway step, before its effects run: the
+        host's view of the replica (metrics, readiness, log lines) is brought up to date."""
         replica, loop = self.replica, self._loop
         assert replica is not None and loop is not None
         self._count_records(replica)
@@ -774,17 +525,10 @@ class ReplicaHost:
             self._metrics.view.set(gauges[0])
             self._metrics.replication_lag.set(gauges[1])
         serving = self.serving
-        if self._serving_view is not None and (not serving or replica.view != self._serving_view):
-            self._stop_serving()
-        if serving and self._serving_view is None:
-            self._serving_view = replica.view
-            self._table_final = False
-            if self.in_cluster:
-                self._log.info("replica.serving", view=replica.view, commit=replica.commit)
-        if serving and not self._table_final and _table_is_final(replica):
-            self._table_final = True
-            if self._queue:
-                self._schedule_pump()
+        if serving != self._serving and self.in_cluster:
+            event = "replica.serving" if serving else "replica.not_serving"
+            self._log.info(event, view=replica.view, commit=replica.commit, now=self.status)
+        self._serving = serving
         if not self._recovered_seen and replica.status is not Status.LOADING:
             self._recovered_seen = True
             loop.call_soon(self._run_after_recovery)
@@ -802,26 +546,6 @@ class ReplicaHost:
             self._metrics.records.inc(durable - self._durable)
         self._durable = durable
 
-    def _stop_serving(self) -> None:
-        """The replica is no longer the primary of the view this host served in: every
-        request waiting for it is refused (soon, outside the driver) and the session cache
-        is dropped; the next primary's client table is the truth."""
-        assert self._loop is not None
-        self._log.info(
-            "replica.not_serving",
-            view=self._serving_view,
-            now=self.status,
-            waiting=sum(len(callbacks) for callbacks in self._waiters.values()),
-        )
-        self._serving_view = None
-        waiters, self._waiters = self._waiters, {}
-        self._queue.clear()
-        self._sessions = {}
-        self._reads = _Session(READ_CLIENT_ID)
-        self._read_number = 0
-        lost = bytes([ReplyStatus.NOT_PRIMARY])
-        self._loop.call_soon(_answer_all, waiters, lost)
-
     def _run_after_recovery(self) -> None:
         after, self._after_recovery = self._after_recovery, []
         for callback in after:
@@ -834,30 +558,6 @@ class ReplicaHost:
         self._ticker = self._loop.call_later(TICK_INTERVAL_S, self._tick)
         if self.halted is None:
             self._driver.step(Tick())
-            if self._queue:
-                self._pump()
-
-    def _on_reply(self, reply: Reply) -> None:
-        if reply.body[:1] == _BUSY:
-            self._busy = True
-            return
-        for replied in self._waiters.pop((reply.client_id, reply.request_id), []):
-            replied(reply.body)
-        if self._queue:
-            self._schedule_pump()
-
-    def _refusal(self, reply: bytes, what: str) -> Refused:
-        status = reply[0] if reply else -1
-        if status == ReplyStatus.NOT_PRIMARY:
-            refused = self._not_serving()
-            message = (
-                f"the primary changed before the {what} was answered (it may or may not have "
-                f"been applied; a retry with the same request id is safe): {refused.message}"
-            )
-            return attrs.evolve(refused, message=message)
-        if status == ReplyStatus.BUSY:
-            return Refused(ErrorCode.INTERNAL, f"the node stopped during a {what}")
-        return Refused(ErrorCode.INTERNAL, f"unexpected replica answer {status} to a {what}")
 
     def _on_notice(self, notice: Notice) -> None:
         fields = {name: value for name, value in notice.fields}
@@ -872,19 +572,16 @@ class ReplicaHost:
             self._log.debug(notice.event, **fields)
 
     def _on_halt(self, halt: Halt) -> None:
+        """The gateway answered every open request before the ``Halt``; whatever the driver
+        still held for it is refused here."""
+        assert self._loop is not None
         self.halted = halt.reason
         self._log.error("replica.halted", reason=halt.reason)
-        refusal = Refused(ErrorCode.INTERNAL, "the node stopped after a fault")
-        waiters, self._waiters = self._waiters, {}
-        self._queue.clear()
-        for callbacks in waiters.values():
-            for replied in callbacks:
-                with contextlib.suppress(Exception):
-                    replied(bytes([ReplyStatus.BUSY]))
-        for session in [*self._sessions.values(), self._reads]:
-            waiting, session.waiting = session.waiting, []
-            for _, _, done in waiting:
-                done(refusal)
+        refusal = Refused(ErrorCode.UNAVAILABLE, "the node stopped after a fault")
+        opened, self._sessions_open = self._sessions_open, {}
+        waiting, self._open = self._open, {}
+        for callback in [*opened.values(), *waiting.values()]:
+            self._loop.call_soon(callback, refusal)
         self._run_after_recovery()
         self._ready.set()
         if self._on_halt_callback is not None:
@@ -892,33 +589,6 @@ class ReplicaHost:
 
 
 # --- helpers ---------------------------------------------------------------------------------
-
-
-def _applied(reply: bytes) -> Applied:
-    return Applied(int.from_bytes(reply[1 : 1 + _U64], "little"), reply[1 + _U64 :])
-
-
-def _exhausted() -> Refused:
-    # Request numbers are ``session << 32 | number`` in 64 bits: a session registered at an
-    # op of 2**32 or more cannot number its requests.
-    return Refused(
-        ErrorCode.INTERNAL,
-        f"the log has passed op {SESSION_OPS_MAX}, beyond which client sessions cannot be "
-        "numbered in this version",
-    )
-
-
-def _table_is_final(replica: Replica) -> bool:
-    """Whether the replica's client table reflects every op of its view's log: the log is
-    installed (``log_view`` is the view, set only once the view's whole log is held) and
-    every op in it is applied."""
-    return replica.log_view == replica.view and replica.commit == replica.head
-
-
-def _answer_all(waiters: dict[tuple[int, int], list[Callable[[bytes], None]]], body: bytes) -> None:
-    for callbacks in waiters.values():
-        for replied in callbacks:
-            replied(body)
 
 
 def _lock(path: Path) -> int:

@@ -24,8 +24,10 @@ equal to what replaying the log gives; and, for a machine with an independent mo
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Sequence
 
+from craton.core.gateway import READ_CLIENT_ID
 from craton.core.record import GENESIS_HASH, chain_hash
 from craton.core.state_machine import StateMachine
 from craton.core.vsr import codec
@@ -55,21 +57,23 @@ NO_OP_ID_BASE = 1 << 63  # history ids of such ops: above every request id
 class ClientTableModel:
     """Which committed requests reached the state machine, by the client table's rules,
     modelled apart from the replicas: a registration (request id 0) opens a session (the
-    registration's op), evicting the least recently used client when ``table_max`` are
-    open; a request applies only under its client's current session, above its last
-    number. Call it on every committed op, in order."""
+    registration's op) whose numbers start above its floor (its body), evicting the least
+    recently used client when ``table_max`` are open; a request applies only under its client's
+    current session, above its last number. Call it on every committed op, in order."""
 
     def __init__(self, table_max: int) -> None:
         self._table_max = table_max
         self._sessions: dict[int, list[int]] = {}  # client -> [session, last number, last op]
 
-    def __call__(self, op: int, client: int, request_id: int) -> bool:
+    def __call__(self, op: int, client: int, request_id: int, operation: bytes = b"") -> bool:
         sessions = self._sessions
         if request_id == 0:
             if client not in sessions and len(sessions) >= self._table_max:
                 evicted = min(sessions, key=lambda c: (sessions[c][2], c))
                 del sessions[evicted]
-            sessions[client] = [op, 0, op]
+            # The registration's body is its floor: numbers below it never apply.
+            floor = int.from_bytes(operation, "little") if operation else 1
+            sessions[client] = [op, max(0, floor - 1), op]
             return False
         current = sessions.get(client)
         session, number = request_id >> SESSION_SHIFT, request_id & NUMBER_MASK
@@ -117,6 +121,7 @@ class Checker:
         self._client_table_max = client_table_max
         self.violations: list[str] = []
         self.canonical: list[bytes] = []  # hash of each committed op
+        self.commit_views: list[int] = []  # the view each op was first seen committed in
         self.bodies: list[bytes] = []  # prepare body of each committed op
         self._committed_seen = [0] * replica_count
         self._view_max = [0] * replica_count
@@ -177,9 +182,11 @@ class Checker:
             )
 
     def _check_start_view(self, index: int, start: StartView) -> None:
-        """A new view's log holds every op committed before it: the StartView's head is
-        past every committed op, and its suffix agrees with the committed history."""
-        committed = len(self.canonical)
+        """A new view's log holds every op committed in an earlier view: the StartView's
+        head is past each of them, and its suffix agrees with the committed history. (A
+        stale view, formed from messages of a view that is over, may lack ops committed in
+        a later view: no replica of the later view takes part in it, so it commits nothing.)"""
+        committed = bisect.bisect_left(self.commit_views, start.view)
         if start.head < committed:
             self.fail(
                 f"replica {index}: StartView of view {start.view} ends at op {start.head}, "
@@ -292,6 +299,9 @@ class Checker:
             self.fail(f"replica {index}: committed op {op} breaks the hash chain")
         if op == len(self.canonical):
             self.canonical.append(entry.hash)
+            # The view it was first seen committed in: ops commit in order, so a running max.
+            view = max(replica.view, self.commit_views[-1] if self.commit_views else 0)
+            self.commit_views.append(view)
             self.bodies.append(entry.body)
         elif self.canonical[op] != entry.hash:
             self.fail(
@@ -312,14 +322,29 @@ class Checker:
         by_id = {client.client_id: client for client in clients}
         committed: list[Committed] = []
         operations = [op for client in clients for op in client.history]
+        reads_at = {  # acknowledged reads, by the op they were told
+            operation.position: operation
+            for client in clients
+            for operation in client.history
+            if operation.position is not None and operation.body in client.read_bodies
+        }
+        read_bodies = {body for client in clients for body in client.read_bodies}
         applies = ClientTableModel(self._client_table_max)
         for op, raw in enumerate(self.bodies):
             body = decode_prepare_body(raw)
+            if body.client_id == READ_CLIENT_ID:
+                applied = applies(op, body.client_id, body.request_number, body.operation)
+                self._read_entry(op, body.operation, applied, reads_at, read_bodies, committed)
+                entry = committed[-1]
+                if entry.request_number >= NO_OP_ID_BASE:  # an outcome no one saw
+                    operations.append(Operation(*entry.key, entry.body, 0))
+                continue
             if body.client_id not in by_id:
                 self.fail(f"op {op}: committed for client {body.client_id}, which never ran")
                 continue
-            if applies(op, body.client_id, body.request_number):
-                committed.append(Committed(op, body.client_id, body.request_number, body.operation))
+            if applies(op, body.client_id, body.request_number, body.operation):
+                number = body.request_number & NUMBER_MASK  # the wire request id
+                committed.append(Committed(op, body.client_id, number, body.operation))
                 continue
             key = NO_OP_ID_BASE + op
             committed.append(Committed(op, body.client_id, key, NO_OP))
@@ -330,6 +355,28 @@ class Checker:
             self.fail(problem)
         if self._make_model is not None:
             self._check_model(committed, self._make_model())
+
+    def _read_entry(
+        self,
+        op: int,
+        operation: bytes,
+        applied: bool,
+        reads_at: dict[int, Operation],
+        read_bodies: set[bytes],
+        committed: list[Committed],
+    ) -> None:
+        """An op of the gateway's read session: the read a client was told ran there, or
+        one more execution of a read some client sent (a retried read runs again), whose
+        outcome no one saw; applied all the same, so a read that changed state would show."""
+        acknowledged = reads_at.get(op)
+        if applied and acknowledged is not None and acknowledged.body == operation:
+            key = (acknowledged.client_id, acknowledged.request_number)
+            committed.append(Committed(op, *key, operation))
+            return
+        if applied and operation not in read_bodies:
+            self.fail(f"op {op}: a read no client sent was applied")
+        body = operation if applied else NO_OP
+        committed.append(Committed(op, READ_CLIENT_ID, NO_OP_ID_BASE + op, body))
 
     def _check_model(self, committed: Sequence[Committed], model: Model) -> None:
         """The machine's reply to every applied op of the committed log is the one the

@@ -27,15 +27,16 @@ from collections.abc import Callable
 import attrs
 
 from craton.core.event_store import EventStore
+from craton.core.gateway import Gateway, GatewayCounts, RequestFreshness
 from craton.core.kv_machine import KvMachine
 from craton.core.prng import Prng
 from craton.core.seal import Sealer
-from craton.core.seam import ClientRequest, Halt, MessageReceived, Notice, Reply, Tick
+from craton.core.seam import Answer, Halt, MessageReceived, Notice, SubmitKind, Tick
 from craton.core.state_machine import StateMachine
 from craton.core.vsr import codec
 from craton.core.vsr.profile import PROFILE_NAMES, PROFILES, SIMULATION
 from craton.core.vsr.replica import Replica, ReplicaConfig, Status
-from craton.core.wire.errors import DecodeError
+from craton.core.wire.errors import DecodeError, ErrorCode
 from craton.io.driver import Driver
 from craton.sim.checkers import Checker
 from craton.sim.clock import ClockFaults, SimClocks
@@ -47,15 +48,28 @@ from craton.sim.network import NetworkFaults, SimNetwork
 from craton.sim.workload import (
     CLIENT_ID_BASE,
     SimClient,
-    decode_client_payload,
-    encode_client_payload,
+    decode_submit,
+    encode_answer,
+    event_store_is_read,
     event_store_operation,
+    kv_is_read,
     kv_operation,
 )
 
-MACHINES: dict[str, tuple[Callable[[], StateMachine], Callable[[Prng], bytes]]] = {
-    "kv": (KvMachine, kv_operation),
-    "event_store": (EventStore, event_store_operation),
+
+@attrs.frozen
+class MachineKind:
+    """A state machine the swarm runs: how to make one, its workload, and which of its
+    requests clients send down the read path."""
+
+    make: Callable[[], StateMachine]
+    operation: Callable[[Prng, int], bytes]  # (prng, latest position the client learned)
+    is_read: Callable[[bytes], bool]
+
+
+MACHINES: dict[str, MachineKind] = {
+    "kv": MachineKind(KvMachine, kv_operation, kv_is_read),
+    "event_store": MachineKind(EventStore, event_store_operation, event_store_is_read),
 }
 # Each machine's independent model (``craton.sim.models``), where it has one.
 MODELS: dict[str, Callable[[], Model]] = {"kv": KvModel, "event_store": EventStoreModel}
@@ -250,7 +264,11 @@ class _Node:
     index: int
     disk: SimDisk
     replica: Replica
+    gateway: Gateway
     driver: Driver
+    # token -> (client endpoint, kind, request id) of each submit the gateway has not answered
+    submits: dict[int, tuple[int, SubmitKind, int]] = attrs.Factory(dict)
+    connections: dict[int, RequestFreshness] = attrs.Factory(dict)  # by client endpoint
     up: bool = True
     paused: bool = False
     back_at: int = 0  # tick at which a down or paused replica comes back
@@ -269,6 +287,7 @@ class RunResult:
     liveness: str
     violations: tuple[str, ...]
     options: SwarmOptions
+    gateway: dict[str, int] = attrs.Factory(dict)
 
 
 class Cluster:
@@ -279,11 +298,13 @@ class Cluster:
         *,
         trace: Callable[[str], None] | None = None,
         replica_factory: Callable[[ReplicaConfig, StateMachine, Prng], Replica] = Replica,
+        gateway_factory: Callable[..., Gateway] = Gateway,
     ) -> None:
         self.seed = seed
         self.options = options
         self._trace = trace
         self._replica_factory = replica_factory
+        self._gateway_factory = gateway_factory  # called as (replica, counts=...)
         self.prng = Prng(seed, "cluster")
         self.events = EventQueue()
         n = options.replica_count
@@ -311,6 +332,8 @@ class Cluster:
             for index in range(n)
         ]
         self.repairs: dict[str, int] = {}
+        self.gateway_counts = GatewayCounts()  # every gateway's, every incarnation's
+        self._next_token = 1
         self._members = [False] * n  # whose view state was ever durable (see Replica.member)
         self.digest = hashlib.sha256(f"craton-sim:{seed}".encode())
         self.profile = PROFILES[options.sizes]
@@ -334,7 +357,8 @@ class Cluster:
                 self.prng.split(f"client-{client_id}"),
                 replica_count=n,
                 requests=options.requests_per_client,
-                make_operation=MACHINES[options.machine][1],
+                make_operation=MACHINES[options.machine].operation,
+                is_read=MACHINES[options.machine].is_read,
                 now=lambda: self.events.now,
             )
             for client_id in client_ids
@@ -344,7 +368,7 @@ class Cluster:
     # --- nodes -------------------------------------------------------------------------------
 
     def _make_machine(self) -> StateMachine:
-        return MACHINES[self.options.machine][0]()
+        return MACHINES[self.options.machine].make()
 
     def _boot(self, index: int, disk: SimDisk | None) -> _Node:
         joined = self._members[index] if disk is not None else False
@@ -361,17 +385,19 @@ class Cluster:
         )
         prng = self.prng.split(f"replica-{index}-{self.process_faults['restarts']}")
         replica = self._replica_factory(config, self._make_machine(), prng)
+        gateway = self._gateway_factory(replica, counts=self.gateway_counts)
+        submits: dict[int, tuple[int, SubmitKind, int]] = {}
         driver = Driver(
-            replica,
+            gateway,
             disk,
             network=_Outbound(self.network, index, self._sent_by(index)),
-            on_reply=self._reply_sender(index),
+            on_answer=self._answer_sender(index, submits),
             on_notice=self._notice(index),
             on_halt=self._halted(index),
             check_invariants=True,
         )
-        node = _Node(index, disk, replica, driver)
-        driver.launch(replica.start())
+        node = _Node(index, disk, replica, gateway, driver, submits)
+        driver.launch(gateway.start())
         return node
 
     def _receiver(self, index: int) -> Callable[[int, bytes], None]:
@@ -381,13 +407,32 @@ class Cluster:
                 return
             self._record("recv", index, src, payload)
             if src >= CLIENT_ID_BASE:
-                number, body = decode_client_payload(payload)
-                node.driver.step(ClientRequest(src, number, body))
+                self._submit(node, src, payload)
             else:
                 node.driver.step(MessageReceived(src, payload))
             self._observe(node)
 
         return receive
+
+    def _submit(self, node: _Node, client: int, payload: bytes) -> None:
+        """A client's submit, through its connection to this replica: a ``SESSION`` is the
+        handshake of a new connection; a write's freshness is the connection's to judge
+        (``RequestFreshness``), as a node's connection judges it."""
+        token, self._next_token = self._next_token, self._next_token + 1
+        submit = decode_submit(token, payload)
+        if submit.kind is SubmitKind.SESSION:
+            node.connections[client] = RequestFreshness(submit.request_id)
+        else:
+            connection = node.connections.get(client)
+            if connection is None:  # the replica restarted since: that connection is gone
+                lost = Answer(token, ErrorCode.INVALID_REQUEST, message="no connection")
+                reply = encode_answer(SubmitKind.SESSION, submit.request_id, lost)
+                self.network.endpoint(node.index).send(client, reply)
+                return
+            if submit.kind is SubmitKind.WRITE:
+                submit = attrs.evolve(submit, fresh=connection.fresh(submit.request_id))
+        node.submits[token] = (client, submit.kind, submit.request_id)
+        node.driver.step(submit)
 
     def _observe(self, node: _Node) -> None:
         """The checkers' look at a replica after it stepped; ops the history gained are
@@ -400,6 +445,10 @@ class Cluster:
         primary = self.nodes[node.replica.primary]
         if primary.up and primary.replica.status is not Status.LOADING:
             self.checker.agree_with_primary(node.index, node.replica, primary.replica)
+        if primary is node:  # its head moved: each backup's suffix is compared up to it
+            for other in self.nodes:
+                if other is not node and other.up and other.replica.status is Status.NORMAL:
+                    self.checker.agree_with_primary(other.index, other.replica, node.replica)
         history = self.checker.canonical
         while self._durability_seen < len(history):
             op = self._durability_seen
@@ -435,10 +484,15 @@ class Cluster:
 
         return watch
 
-    def _reply_sender(self, index: int) -> Callable[[Reply], None]:
-        def send(reply: Reply) -> None:
-            payload = encode_client_payload(reply.request_id, reply.body)
-            self.network.endpoint(index).send(reply.client_id, payload)
+    def _answer_sender(
+        self, index: int, submits: dict[int, tuple[int, SubmitKind, int]]
+    ) -> Callable[[Answer], None]:
+        """The gateway's answers go back to the client that sent the submit."""
+
+        def send(answer: Answer) -> None:
+            client, kind, request_id = submits.pop(answer.token)
+            payload = encode_answer(kind, request_id, answer)
+            self.network.endpoint(index).send(client, payload)
 
         return send
 
@@ -563,6 +617,7 @@ class Cluster:
             liveness=liveness,
             violations=tuple(self.checker.violations[:5]),
             options=self.options,
+            gateway=self.gateway_counts.as_dict(),
         )
 
     def _advance_one_tick(self) -> None:
@@ -683,8 +738,8 @@ class Cluster:
 def _describe(src: int, payload: bytes) -> str:
     """A short readable form of a payload for the trace."""
     if src >= CLIENT_ID_BASE:
-        request_id, body = decode_client_payload(payload)
-        return f"client request {request_id:#x} ({len(body)} bytes)"
+        submit = decode_submit(0, payload)
+        return f"client {submit.kind.value} {submit.request_id} ({len(submit.body)} bytes)"
     try:
         message = codec.decode_message(payload)
     except DecodeError as error:

@@ -109,6 +109,7 @@ def run_seed(
         faults={name: count for name, count in sorted(result.faults.items()) if count},
         fault_kinds=sum(1 for count in result.faults.values() if count),
         repairs=result.repairs,
+        gateway=result.gateway,
         liveness=result.liveness,
     )
     if result.violations:

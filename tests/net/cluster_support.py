@@ -24,6 +24,7 @@ import attrs
 from craton.client import AsyncClient, CratonError
 from craton.core import event_store
 from craton.core.event_store import EventStore, ReplyKind
+from craton.core.gateway import READ_CLIENT_ID, replica_client_id
 from craton.core.log import SEGMENT_FOLDER, SEGMENT_NAME
 from craton.core.record import HEADER_SIZE as RECORD_HEADER_SIZE
 from craton.core.record import decode, decode_header
@@ -37,7 +38,7 @@ from craton.core.wire import (
     encode,
 )
 from craton.core.wire.codec import AnyMessage
-from craton.net.node import READ_CLIENT_ID, SESSIONS_MAX, replica_client_id
+from craton.net.node import SESSIONS_MAX
 from craton.sim.checkers import NO_OP, NO_OP_ID_BASE, ClientTableModel, WithNoOps
 from craton.sim.linearizability import Committed, Operation, check_history
 from tests.net.support import ServerProcess
@@ -374,7 +375,7 @@ def check_linearizable(
         body = decode_prepare_body(log[op][1])
         body = attrs.evolve(body, operation=_at_time_zero(body.operation))
         matched: Recorded | None = None
-        if applies(op, body.client_id, body.request_number):
+        if applies(op, body.client_id, body.request_number, body.operation):
             if body.client_id == READ_CLIENT_ID:
                 read = reads.get(body.operation)
                 if read is not None and _the_execution(read, op, used):

@@ -27,6 +27,7 @@ from craton.client import (
     RequestRejected,
     RequestTimeout,
     RetryableError,
+    SessionExpired,
     StreamError,
     StreamNotFound,
     Unavailable,
@@ -283,7 +284,7 @@ def test_the_blocking_client_wraps_the_same_behaviour() -> None:
 def test_every_error_code_has_its_class_and_family(code: ErrorCode) -> None:
     cls = error_class(code)
     assert cls.code == code
-    families = (RequestRejected, AccessDenied, StreamError, RetryableError)
+    families = (RequestRejected, AccessDenied, StreamError, SessionExpired, RetryableError)
     assert sum(issubclass(cls, family) for family in families) == 1
     assert cls.retryable == issubclass(cls, RetryableError)
     assert issubclass(error_class(ErrorCode.NOT_PRIMARY), NotPrimary)

@@ -98,6 +98,7 @@ def test_a_cluster_replica_is_not_ready_before_it_has_heard_its_primary(tmp_path
             in_view_change = json.loads(probes.answer("/ready").body)
             waiting: list[Refused] = []
             host.submit_read(b"", lambda outcome: waiting.append(_refused(outcome)))
+            await asyncio.sleep(0)  # answers reach the connections on the next loop turn
             return as_backup, redirected[0], in_view_change, waiting[0]
         finally:
             host.close()

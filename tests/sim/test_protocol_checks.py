@@ -16,6 +16,7 @@ import pytest
 
 from craton.core.vsr import codec
 from craton.core.wire.replica import Entry, PrepareOk, RecoveryResponse, StartView, StartViewChange
+from craton.core.vsr.replica import Replica
 from craton.sim.checkers import Checker
 from craton.sim.cluster import Cluster
 from tests.sim.test_vsr_scenarios import quiet_options
@@ -33,17 +34,30 @@ def fresh_checker(cluster: Cluster) -> Checker:
     """A checker that knows the cluster's committed history and has seen nothing fail."""
     checker = Checker(3, cluster._make_machine, cluster.profile.client_table_max)
     checker.canonical = list(cluster.checker.canonical)
+    checker.commit_views = list(cluster.checker.commit_views)
     return checker
 
 
-def start_view(cluster: Cluster, *, head: int, entries: tuple[Entry, ...]) -> bytes:
-    primary = cluster.nodes[0].replica
-    view = primary.persisted_log_view
+def start_view(
+    cluster: Cluster, *, head: int, entries: tuple[Entry, ...], view: int | None = None
+) -> bytes:
+    """A StartView of the view after the one every op was committed in, unless told."""
+    if view is None:
+        view = cluster.nodes[0].replica.view + 1
     first = entries[0].op if entries else head
     return codec.encode_message(StartView(view, head, head, first, entries))
 
 
-def test_a_start_view_missing_committed_ops_is_a_violation(cluster: Cluster) -> None:
+def persisted_views(monkeypatch: pytest.MonkeyPatch, view: int) -> None:
+    """Every replica has persisted ``view`` as its log view (StartViews of views up to it
+    may be sent)."""
+    monkeypatch.setattr(Replica, "persisted_log_view", property(lambda _self: view))
+
+
+def test_a_start_view_missing_committed_ops_is_a_violation(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    persisted_views(monkeypatch, 10)
     checker = fresh_checker(cluster)
     replica = cluster.nodes[0].replica
     committed = len(checker.canonical)
@@ -57,6 +71,30 @@ def test_a_start_view_missing_committed_ops_is_a_violation(cluster: Cluster) -> 
     checker.sent(0, replica, start_view(cluster, head=committed, entries=(other, last[1])))
     assert len(checker.violations) == 2
     assert f"carries op {committed - 2} unlike the one committed" in checker.violations[1]
+
+
+def test_a_stale_view_may_lack_ops_committed_in_a_later_view(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A view formed from the messages of a view that is over (a replica restarted and
+    heard old DoViewChanges) may lack ops committed in a later view: no replica of the
+    later view takes part in it. Ops committed in earlier views it must hold."""
+    persisted_views(monkeypatch, 10)
+    checker = fresh_checker(cluster)
+    replica = cluster.nodes[0].replica
+    committed = len(checker.canonical)
+    assert committed >= 4, f"expected a few committed ops, got {committed}"
+    checker.commit_views = [0] * (committed - 2) + [5, 5]  # the last two committed in view 5
+    entries = (replica.entry(committed - 3),)
+    checker.sent(0, replica, start_view(cluster, head=committed - 2, entries=entries, view=3))
+    assert checker.violations == [], "view 3 need not hold the ops view 5 committed"
+    checker.sent(0, replica, start_view(cluster, head=committed - 2, entries=entries, view=6))
+    assert len(checker.violations) == 1
+    assert (
+        f"view 6 ends at op {committed - 2}, but ops below {committed}" in (checker.violations[0])
+    )
+    checker.sent(0, replica, start_view(cluster, head=committed - 3, entries=(), view=3))
+    assert len(checker.violations) == 2, "view 3 must hold what views before it committed"
 
 
 @pytest.mark.parametrize("kind", ["prepare_ok", "recovery_response"])

@@ -31,7 +31,10 @@ from craton.sim.disk import DiskFaults
 from tests.sim.test_vsr_scenarios import Script, assert_clean, assert_converged, quiet_options
 
 SEEDS = (7, 11)
-TORN_SEEDS = (1, 3, 4)  # seeds whose tear keeps the header and part of the body
+# Seeds whose tear keeps the header and part of the body (the disk's draw: a tear may as well
+# keep nothing; each change to what the clients send moves the draws, and the test says when a
+# seed no longer tears a part). Of 0..29, these do: 3, 4, 5, 9, 10, 22, 26, 28 and 29.
+TORN_SEEDS = (3, 4, 5)
 
 
 @attrs.define
@@ -207,12 +210,27 @@ def test_torn_prepare_at_the_head_after_a_crash(seed: int) -> None:
             disk = node().disk
             written = len(disk.contents(path)) >= offset + size  # in the page cache only
             synced = disk.durable_size(path) >= offset + size
-            return written and not synced and (offset + 128) // 512 < (offset + size - 1) // 512
+            if written and not synced and (offset + 128) // 512 < (offset + size - 1) // 512:
+                record.append(place)
+                return True
+            return False
 
-        script.then("prepare in flight", unsynced_prepare, lambda: cluster.crash(2, down_ticks=30))
+        def crash() -> None:
+            cluster.crash(2, down_ticks=30)
+            path, offset, _ = record[0]
+            kept.append(len(cluster.nodes[2].disk.contents(path)) - offset)
 
+        script.then("prepare in flight", unsynced_prepare, crash)
+
+    record: list[tuple[str, int, int]] = []  # (file, offset, size) of the torn record
+    kept: list[int] = []  # how many of its bytes the tear kept
     cluster, notices, _ = run_scenario(seed, script_it)
     assert cluster.nodes[2].disk.faults["crash_torn_write"] > 0, "expected a torn write"
+    _, _, size = record[0]
+    assert 128 < kept[0] < size, (
+        f"expected the tear to keep the record's header and part of its body: kept "
+        f"{kept[0]} of {size} bytes (this seed's tear no longer does; pick another)"
+    )
     assert notices.of(2, "log.torn_tail_truncated"), "expected the torn tail to be cut"
     assert not notices.of(2, "replica.recovering"), "a torn unsynced tail is not damage"
 

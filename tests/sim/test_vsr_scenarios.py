@@ -17,28 +17,40 @@ from collections.abc import Callable
 import attrs
 import pytest
 
+from craton.core import kv_machine
+from craton.core.gateway import READ_CLIENT_ID
+from craton.core.kv_machine import KvMachine
 from craton.core.prng import Prng
-from craton.core.seam import ClientRequest, Effect, Reply
+from craton.core.seam import ClientRequest, Effect, Reply, Submit, SubmitKind
 from craton.core.state_machine import StateMachine
 from craton.core.vsr.replica import (
-    SESSION_SHIFT,
+    NUMBER_MASK,
     Replica,
     ReplicaConfig,
     ReplyStatus,
     Status,
     decode_prepare_body,
 )
+from craton.sim import cluster as cluster_module
 from craton.sim.clock import ClockFaults
 from craton.sim.cluster import (
     LIVENESS_TICKS_DEFAULT,
     Cluster,
+    MachineKind,
     ProcessFaults,
     RunResult,
     SwarmOptions,
 )
 from craton.sim.disk import DiskFaults
 from craton.sim.network import NetworkFaults
-from craton.sim.workload import CLIENT_ID_BASE, encode_client_payload
+from craton.sim.workload import (
+    KEYS,
+    TENANT_ID,
+    WireAnswer,
+    decode_answer,
+    encode_submit,
+    kv_is_read,
+)
 
 REPLICAS = 3
 SEEDS = (7, 11, 19)  # scripted scenarios: a seed only picks path latencies and operations
@@ -152,7 +164,8 @@ def test_primary_crash_mid_pipeline(seed: int) -> None:
     primary = replica(cluster, 0)
     prepared_tick: list[int] = []  # the tick each op of the primary's journal appeared at
     seen: dict[str, list[bytes]] = {}
-    acknowledged: list[tuple[int, int, int]] = []  # (op, client, request id)
+    # (op, replica client id, wire request id, body) of each acknowledged request
+    acknowledged: list[tuple[int, int, int, bytes]] = []
 
     def note_prepares() -> None:
         now = cluster.events.now
@@ -175,7 +188,7 @@ def test_primary_crash_mid_pipeline(seed: int) -> None:
         seen["committed"] = [primary.entry(op).hash for op in range(primary.commit)]
         seen["pipeline"] = [primary.entry(op).hash for op in range(primary.commit, primary.head)]
         acknowledged.extend(
-            (op.position, op.client_id, op.request_number)
+            (op.position, op.client_id, op.request_number, op.body)
             for client in cluster.clients
             for op in client.history
             if op.position is not None
@@ -199,10 +212,17 @@ def test_primary_crash_mid_pipeline(seed: int) -> None:
         "expected every op committed before the crash at its position in the new view"
     )
     assert acknowledged, "expected clients to have seen acknowledgements before the crash"
-    for position, client_id, request_id in acknowledged:
+    for position, client_id, request_id, operation in acknowledged:
         body = decode_prepare_body(cluster.checker.bodies[position])
-        assert (body.client_id, body.request_number) == (client_id, request_id), (
-            f"acknowledged request {request_id:#x} of client {client_id} expected at op "
+        # A write is logged under the client's session (``session << 32 | wire id``); a read
+        # under the gateway's own read session, numbered by the gateway: only its operation
+        # identifies it.
+        read = kv_is_read(operation)
+        number = None if read else body.request_number & NUMBER_MASK
+        found = (body.client_id, number, body.operation)
+        expected = (READ_CLIENT_ID, None, operation) if read else (client_id, request_id, operation)
+        assert found == expected, (
+            f"acknowledged request {request_id} of client {client_id} expected at op "
             f"{position}, found {body.request_number:#x} of client {body.client_id}"
         )
     start = len(committed)
@@ -237,10 +257,11 @@ def test_view_change_during_partition(seed: int) -> None:
     partition_ticks = 500
     seen: dict[str, int] = {"old_commit_max": 0, "old_head_max": 0, "majority_commit_max": 0}
     stranded: dict[int, bytes] = {}  # op -> hash of what the old primary prepared cut off
+    near_client = cluster.clients[0]  # cut off with the old primary
 
     def cut_off_primary() -> None:
         seen["commit_at_cut"], seen["head_at_cut"] = old.commit, old.head
-        near = [0, CLIENT_ID_BASE]
+        near = [0, near_client.endpoint_id]
         cluster.network.partition(near, one_way=False, duration_ticks=partition_ticks)
 
     def during_partition() -> None:
@@ -264,10 +285,16 @@ def test_view_change_during_partition(seed: int) -> None:
     # Cut once work is under way, when no op of the near client is in flight, so that its
     # next request is prepared cut off. An op of the other client in flight then is below
     # the head at the cut, and the acknowledgements for it are lost with the partition (it
-    # is checked at delivery): the old primary commits nothing after the cut.
+    # is checked at delivery): the old primary commits nothing after the cut. A write of the
+    # near client is in flight under its own client id; a read under the gateway's read
+    # session, shared by both clients: with a read in flight, wait too.
     def near_client_idle() -> bool:
         in_flight = [client for client, _ in old._uncommitted]
-        return old.commit >= 6 and CLIENT_ID_BASE not in in_flight
+        return (
+            old.commit >= 6
+            and near_client.client_id not in in_flight
+            and READ_CLIENT_ID not in in_flight
+        )
 
     script.then("cut off", near_client_idle, cut_off_primary)
     result = cluster.run()
@@ -296,8 +323,7 @@ def test_view_change_during_partition(seed: int) -> None:
         f"expected the ops {sorted(stranded)} the old primary prepared in view 0 while cut off "
         "to be replaced by the new view's log"
     )
-    cut_client = cluster.clients[0]
-    assert cut_client.done and any(op.position is not None for op in cut_client.history), (
+    assert near_client.done and any(op.position is not None for op in near_client.history), (
         "expected the cut-off client's requests to complete after the partition healed"
     )
 
@@ -417,15 +443,26 @@ def witnesses(answered: list[Answered]) -> Callable[[ReplicaConfig, StateMachine
     return make
 
 
+def put_operation(prng: Prng, known_position: int) -> bytes:
+    del known_position
+    """A kv write: the scenario needs its last request to be one (a read is run again when
+    retried, not answered from the client table)."""
+    return kv_machine.encode_put(prng.choice(KEYS), prng.random_bytes(prng.between(0, 16)))
+
+
 @pytest.mark.parametrize("seed", SEEDS)
-def test_duplicate_request_after_view_change(seed: int) -> None:
+def test_duplicate_request_after_view_change(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """§4.1 (the client table) and §4.2: the primary commits a client's last request and
     crashes before its reply reaches the client, and the new primary's replies to the client
     are held up for a while, so the reply it sends when it commits the op again comes late.
     The client times out and retries the same request id; the new primary, which learned the
     op in the view change, answers the retry from its client table with the very reply the
     op produced, without preparing it again. A further duplicate, sent after the client is
-    done, gets the same cached reply. The op is applied once."""
+    done, gets the same reply (now from the new primary's gateway, which kept the reply it
+    passed on) and is not prepared either. The op is applied once."""
+    monkeypatch.setitem(
+        cluster_module.MACHINES, "kv", MachineKind(KvMachine, put_operation, kv_is_read)
+    )
     answered: list[Answered] = []
     requests = 4
     options = quiet_options(clients=1, requests=requests, fault_ticks=1_200)
@@ -434,40 +471,64 @@ def test_duplicate_request_after_view_change(seed: int) -> None:
     client = cluster.clients[0]
     old, new = replica(cluster, 0), replica(cluster, 1)
     seen: dict[str, int] = {}
+    delivered: list[tuple[int, int, WireAnswer]] = []  # (tick, replica, answer) to the client
+    endpoint = cluster.network.endpoint(client.endpoint_id)
+
+    def sniff(src: int, payload: bytes) -> None:
+        delivered.append((cluster.events.now, src, decode_answer(payload)))
+        client._on_receive(src, payload)
+
+    endpoint.set_receiver(sniff)
 
     def last_request() -> int | None:
-        if not client.sessions:
-            return None
-        return client.sessions[-1] << SESSION_SHIFT | requests
+        """The wire request id of the client's last request, once it sent it."""
+        sent = list(client.sent)
+        return sent[requests - 1] if len(sent) >= requests else None
+
+    def client_requests(journal: Replica, upto: int) -> list[tuple[int, int]]:
+        """(client, wire request id) of each op below ``upto`` in ``journal``."""
+        return [(c, number & NUMBER_MASK) for c, number in requests_in(journal, upto)]
 
     def committed_on_old() -> bool:
         request_id = last_request()
-        committed = requests_in(old, old.commit)
+        committed = client_requests(old, old.commit)
         return request_id is not None and (client.client_id, request_id) in committed
 
     def crash_primary() -> None:
         request_id = last_request()
         assert request_id is not None
         seen["request_id"] = request_id
-        seen["op"] = requests_in(old, old.commit).index((client.client_id, request_id))
+        seen["op"] = client_requests(old, old.commit).index((client.client_id, request_id))
         seen["acknowledged_before"] = len(client.history)
         cluster.crash(0, down_ticks=400)
-        cluster.network.clog(1, client.client_id, duration_ticks=150, delay_ticks=500)
+        cluster.network.clog(1, client.endpoint_id, duration_ticks=150, delay_ticks=500)
+        # every answer held up by the clog is delivered by then (latency is at most 3 ticks)
+        seen["clog_drained"] = cluster.events.now + 150 + 500 + 3
 
     def send_duplicate() -> None:
         seen["answered_before_duplicate"] = len(answered)
         seen["head_before_duplicate"] = new.head
-        body = client.sent[seen["request_id"]]
-        payload = encode_client_payload(seen["request_id"], body)
-        cluster.network.endpoint(client.client_id).send(1, payload)
+        seen["cached_before_duplicate"] = cluster.gateway_counts.replies_from_cache
+        seen["duplicate_sent"] = cluster.events.now
+        request_id = seen["request_id"]
+        body = client.sent[request_id]
+        submit = Submit(0, SubmitKind.WRITE, TENANT_ID, client.wire_client_id, request_id, body)
+        endpoint.send(1, encode_submit(submit))
+
+    def duplicate_answers() -> list[WireAnswer]:
+        since = seen["duplicate_sent"]
+        return [
+            answer
+            for tick, src, answer in delivered
+            if tick > since and src == 1 and answer.request_id == seen["request_id"]
+        ]
 
     script.then("committed in view 0", committed_on_old, crash_primary)
-    script.then("client done", lambda: client.done, send_duplicate)
-    script.then(
-        "duplicate answered",
-        lambda: len(answered) > seen["answered_before_duplicate"],
-        lambda: None,
-    )
+    # Once the client is done and the clog has drained: an answer delivered after the
+    # duplicate is sent is the duplicate's.
+    drained = lambda: client.done and cluster.events.now > seen["clog_drained"]  # noqa: E731
+    script.then("client done", drained, send_duplicate)
+    script.then("duplicate answered", lambda: bool(duplicate_answers()), lambda: None)
     result = cluster.run()
 
     assert script.done, f"the script did not finish: fired {script.fired}"
@@ -476,8 +537,8 @@ def test_duplicate_request_after_view_change(seed: int) -> None:
     request_id, op = seen["request_id"], seen["op"]
     assert seen["acknowledged_before"] == requests - 1, "the reply must not reach the client"
     assert new.view >= 1 and new.is_primary, f"expected replica 1 primary, view {new.view}"
-    assert requests_in(new, new.commit).count((client.client_id, request_id)) == 1, (
-        f"expected request {request_id:#x} committed exactly once"
+    assert client_requests(new, new.commit).count((client.client_id, request_id)) == 1, (
+        f"expected request {request_id} committed exactly once"
     )
     assert new.head == seen["head_before_duplicate"], "the duplicate was prepared again"
     acknowledged = [h for h in client.history if h.request_number == request_id]
@@ -485,19 +546,25 @@ def test_duplicate_request_after_view_change(seed: int) -> None:
         f"expected the client to learn op {op} for its retried request, got {acknowledged}"
     )
     retries = answered[: seen["answered_before_duplicate"]]
-    duplicates = answered[seen["answered_before_duplicate"] :]
-    assert retries and {a.request_id for a in retries} == {request_id}, (
+    assert retries and {a.request_id & NUMBER_MASK for a in retries} == {request_id}, (
         f"expected the client's retries answered from the new primary's table: {retries}"
     )
-    assert [a.request_id for a in duplicates] == [request_id], (
-        f"expected the late duplicate answered from the table: {duplicates}"
-    )
-    for cached in (*retries, *duplicates):
+    for cached in retries:
         assert cached.replica == 1 and cached.view >= 1, f"answered by {cached}"
         assert cached.reply[1:9] == op.to_bytes(8, "little"), f"expected op {op}: {cached}"
         assert cached.reply[9:] == acknowledged[0].reply, (
             "expected the cached reply to be the reply the op produced"
         )
+    # The late duplicate: answered by the new primary's gateway from the reply it kept, so
+    # it reached neither the replica's client table nor the log.
+    assert answered[seen["answered_before_duplicate"] :] == [], "the duplicate reached the replica"
+    assert cluster.gateway_counts.replies_from_cache > seen["cached_before_duplicate"], (
+        "expected the late duplicate answered from the gateway's reply cache"
+    )
+    duplicates = duplicate_answers()
+    assert [(a.kind, a.code, a.op, a.reply) for a in duplicates] == [
+        (SubmitKind.WRITE, None, op, acknowledged[0].reply)
+    ], f"expected the late duplicate answered with op {op} and the op's reply: {duplicates}"
 
 
 # --- a restarted backup is settled (``/ready``) only once it caught up ----------------------

@@ -68,6 +68,7 @@ from craton.core.seam import (
     Notice,
     Reply,
     Send,
+    Submit,
     Tick,
 )
 from craton.core.state_machine import SnapshotError, StateMachine
@@ -371,6 +372,8 @@ class Replica:
                 return self._on_message(event)
             case ClientRequest():
                 return self._on_request(event)
+            case Submit():
+                raise AssertionError("a Submit is the gateway's input (craton.core.gateway)")
             case _:
                 return self._route(self.log.on_disk(event))
 
@@ -1182,10 +1185,16 @@ class Replica:
                 evicted = min(self.clients, key=lambda c: (self.clients[c].op, c))
                 del self.clients[evicted]
             reply = bytes([ReplyStatus.OK]) + entry.op.to_bytes(8, "little")
-            self.clients[client] = _ClientSession(entry.op, 0, None, entry.op)
+            # The session's floor: numbers below it are refused as already seen (STALE).
+            floor = int.from_bytes(body.operation[:8], "little") if body.operation else 1
+            last = max(0, floor - 1) & NUMBER_MASK
+            self.clients[client] = _ClientSession(entry.op, last, None, entry.op)
         else:
             refusal = self._check_session(client, number)
-            if refusal is not None and refusal.body[0] == ReplyStatus.SESSION_EXPIRED:
+            not_applied = (ReplyStatus.SESSION_EXPIRED, ReplyStatus.STALE)
+            if refusal is not None and refusal.body[0] in not_applied:
+                # Expired, or overtaken in the pipeline by a higher number of its client:
+                # not applied, and its waiter is told so.
                 reply = refusal.body
             elif refusal is not None:
                 return []  # a duplicate prepared twice: applied once already

@@ -28,6 +28,7 @@ class ErrorCode(enum.IntEnum):
     INTERNAL = 11  # a bug or an I/O failure on the node; the request may not have happened
     UNSUPPORTED_VERSION = 12  # the frame's protocol version is not one this node speaks
     STREAM_ALREADY_EXISTS = 13  # create stream with a name that is already taken
+    SESSION_EXPIRED = 14  # the client's session was evicted; an earlier attempt may have applied
 
 
 class DecodeError(Exception):
