@@ -22,8 +22,10 @@ Rules it keeps:
   opens the session (``StartHandshake``) nothing else is served; the frames that come
   meanwhile wait. A second handshake is refused with its request id.
 - After the handshake each frame is judged, in this order: the token's expiry
-  (``Principal.expires_ms`` against ``wall_ms`` when it is served: past it, the connection
-  ends as a handshake with that token would), a second handshake, the node shutting down,
+  (``Principal.expires_ms`` against ``wall_ms`` when it is served, and against a deadline
+  on the monotonic clock taken when the connection opened, so that a wall clock stepped
+  back does not extend it: past either, the connection ends as a handshake with that
+  token would), a second handshake, the node shutting down,
   the rate limit, the body's decoding, then the kind of request. A refusal answers with the
   frame's request id and the connection goes on.
 - Admission (flow control): a frame is served only while fewer than
@@ -93,6 +95,7 @@ from craton.core.wire.messages import (
 )
 
 NS_PER_S = 1_000_000_000
+NS_PER_MS = 1_000_000
 INFLIGHT_REQUESTS_MAX = 1024  # per connection
 REPLY_BYTES_MAX = 16 * 1024 * 1024  # replies of a connection in flight or unsent, at most
 EOF_DRAIN_TIMEOUT_NS = 30 * NS_PER_S  # how long replies are still awaited after the EOF
@@ -296,6 +299,8 @@ class _PendingHandshake:
     handshake: Handshake
     request_id: int
     received_ns: int
+    served_ns: int  # the monotonic and wall clocks when it was served, read together
+    served_wall_ms: int
 
 
 class ConnectionProtocol:
@@ -319,6 +324,7 @@ class ConnectionProtocol:
         self.principal: Principal | None = None
         self._handshake: _PendingHandshake | None = None
         self._freshness = RequestFreshness(1)
+        self._expires_at_ns: int | None = None  # the token's expiry on the monotonic clock
         self._decoder = FrameDecoder()
         # frames received and not served yet, in order, with the time each was received; a
         # refusal of the decoder ends the stream
@@ -413,7 +419,7 @@ class ConnectionProtocol:
                 *self._close(reply, now.now_ns),
             ]
         if self.state is ConnectionState.AWAITING_HANDSHAKE:
-            return self._on_first_frame(item, received_ns, now.now_ns)
+            return self._on_first_frame(item, received_ns, now)
         return self._on_frame(item, received_ns, now)
 
     def throttle(self, send_buffer_full: bool) -> list[Effect]:
@@ -444,6 +450,11 @@ class ConnectionProtocol:
             return []
         self.state = ConnectionState.OPEN
         self.principal = principal
+        if principal.expires_ms is not None:
+            # The token's expiry as a monotonic deadline too: a wall clock stepped back
+            # later cannot lend it time it did not have when the connection opened.
+            left_ms = max(0, principal.expires_ms - pending.served_wall_ms)
+            self._expires_at_ns = pending.served_ns + left_ms * NS_PER_MS
         reply = HandshakeReply(
             protocol_version=min(pending.handshake.protocol_version, PROTOCOL_VERSION),
             server_version=__version__,
@@ -525,7 +536,8 @@ class ConnectionProtocol:
             return False
         return self.reserved_bytes + unsent_bytes < self._reply_bytes_max
 
-    def _on_first_frame(self, frame: Frame, received_ns: int, now_ns: int) -> list[Effect]:
+    def _on_first_frame(self, frame: Frame, received_ns: int, now: Conditions) -> list[Effect]:
+        now_ns = now.now_ns
         if frame.command != Command.HANDSHAKE:
             reply = make_error_reply(
                 ErrorCode.INVALID_REQUEST, "the first request must be HANDSHAKE"
@@ -541,12 +553,14 @@ class ConnectionProtocol:
             ]
         assert isinstance(handshake, Handshake)
         self.state = ConnectionState.HANDSHAKING
-        self._handshake = _PendingHandshake(handshake, frame.request_id, received_ns)
+        self._handshake = _PendingHandshake(
+            handshake, frame.request_id, received_ns, now_ns, now.wall_ms
+        )
         self._freshness = RequestFreshness(frame.request_id)
         return [StartHandshake(handshake)]
 
     def _on_frame(self, frame: Frame, received_ns: int, now: Conditions) -> list[Effect]:
-        expired = self._expired(now.wall_ms)
+        expired = self._expired(now)
         if expired is not None:
             return self._refuse_credential(expired, received_ns, now.now_ns)
         if frame.command == Command.HANDSHAKE:
@@ -587,11 +601,17 @@ class ConnectionProtocol:
                 why = f"{frame.command.name} is not a request a client may send"
                 return self._refuse(frame, received_ns, ErrorCode.INVALID_REQUEST, why, now_ns)
 
-    def _expired(self, wall_ms: int) -> AuthRefusal | None:
+    def _expired(self, now: Conditions) -> AuthRefusal | None:
         """The refusal of the token this connection authenticated with, if it has run out
-        since; judged afresh at every frame (no decision is cached)."""
+        since: by the wall clock now, or by the monotonic deadline taken when the connection
+        opened (so a wall clock stepped back never extends a token); judged afresh at every
+        frame."""
         principal = self.principal
-        if principal is None or principal.expires_ms is None or wall_ms <= principal.expires_ms:
+        if principal is None or principal.expires_ms is None:
+            return None
+        by_wall = now.wall_ms > principal.expires_ms
+        by_deadline = self._expires_at_ns is not None and now.now_ns > self._expires_at_ns
+        if not (by_wall or by_deadline):
             return None
         return AuthRefusal(Refusal.EXPIRED, principal.tenant_id, principal.subject)
 

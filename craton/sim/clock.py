@@ -13,6 +13,9 @@ Rules it keeps:
 - ``monotonic_ns`` never goes backwards (asserted); only ``realtime_ns`` jumps.
 - ``|drift_ppm| <= DRIFT_PPM_LIMIT``, so a node's local ticks per world tick stay in 0..2.
 - The wall-clock offset never exceeds ``REALTIME_OFFSET_NS_MAX`` either way.
+- A wall-clock jump is counted as a fault (``jumps_forward``, ``jumps_backward``), and a
+  skewed start as ``skewed``, only once something read the wall clock after it: a fault
+  that reaches no code was not injected.
 - ``heal()`` stops drift and jumps from the current tick on and steps the wall clock to true
   time (``epoch_ns + now * tick_ns``); readings already taken are unchanged.
 """
@@ -39,6 +42,7 @@ REALTIME_OFFSET_NS_MAX = 86_400 * 1_000_000_000  # wall clock stays within a day
 REALTIME_EPOCH_NS = 1_700_000_000 * 1_000_000_000  # true wall-clock time at world tick 0
 MONOTONIC_ORIGIN_NS_MAX = 1 << 50  # monotonic origins are drawn in [0, this]
 NS_PER_MS = 1_000_000
+JUMPS_UNSEEN_MAX = 1_000_000  # jumps of a clock no one reads: bounded by a run's ticks
 
 FAULT_NAMES = (
     "drifting",  # clocks whose drift_ppm is not zero
@@ -109,8 +113,9 @@ class SimClock:
         self.healed_at_tick: int | None = None
         self.faults: dict[str, int] = dict.fromkeys(FAULT_NAMES, 0)
         self.faults["drifting"] = int(self.drift_ppm != 0)
-        self.faults["skewed"] = int(self.offset_ns != 0)
+        self._skew_unseen = self.offset_ns != 0  # counted as ``skewed`` once a reader sees it
         self._monotonic_last_ns = self.origin_ns
+        self._unseen: list[str] = []  # jumps no reader has seen yet (counted when one does)
 
     # --- the Clock interface -----------------------------------------------------------------
 
@@ -121,6 +126,12 @@ class SimClock:
         return value
 
     def realtime_ns(self) -> int:
+        for name in self._unseen:  # a jump is a fault once something read the clock after it
+            self.faults[name] += 1
+        self._unseen.clear()
+        if self._skew_unseen:
+            self._skew_unseen = False
+            self.faults["skewed"] = 1
         elapsed_ns = self._monotonic_at(self._events.now) - self.origin_ns
         return self.epoch_ns + elapsed_ns + self.offset_ns
 
@@ -145,7 +156,8 @@ class SimClock:
             backward = not backward  # stay within a day of true time
         self.offset_ns += -jump_ns if backward else jump_ns
         assert abs(self.offset_ns) <= REALTIME_OFFSET_NS_MAX
-        self.faults["jumps_backward" if backward else "jumps_forward"] += 1
+        self._unseen.append("jumps_backward" if backward else "jumps_forward")
+        assert len(self._unseen) <= JUMPS_UNSEEN_MAX
 
     def heal(self) -> None:
         """From this tick on: no drift, no jumps, and the wall clock stepped to true time."""

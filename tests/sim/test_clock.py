@@ -6,10 +6,19 @@ from itertools import pairwise
 
 import pytest
 
+from craton.core.auth import JWT_LEEWAY_S, JwtPolicy, Principal, Refusal, authenticate_jwt
+from craton.core.connection import (
+    Conditions,
+    ConnectionProtocol,
+    RefuseCredential,
+    StartHandshake,
+)
 from craton.core.prng import Prng
+from craton.core.wire import PROTOCOL_VERSION, Handshake, Sync, encode
 from craton.sim.clock import (
     DRIFT_PPM_LIMIT,
     FAULT_NAMES,
+    NS_PER_MS,
     PPM,
     REALTIME_EPOCH_NS,
     REALTIME_OFFSET_NS_MAX,
@@ -19,6 +28,8 @@ from craton.sim.clock import (
     SimClocks,
 )
 from craton.sim.events import EventQueue
+
+NS_PER_S = 1_000_000_000
 
 NODES = (0, 1, 2, 1000)
 
@@ -198,3 +209,98 @@ def test_each_node_draws_from_its_own_stream() -> None:
         return readings
 
     assert node_zero((0,)) == node_zero(NODES), "other nodes' draws changed node 0's clock"
+
+
+# --- a JWT connection under simulated clocks -------------------------------------------------
+#
+# The node's own connection code (``craton.core.connection.ConnectionProtocol``, the token
+# checked by ``craton.core.auth``) reads its time from a simulated clock whose wall clock the
+# scenario jumps, as the swarm's clock faults do: a forward jump past the token's ``exp``
+# ends the connection at its next frame; a backward jump does not lend the token time.
+
+
+def _jwt_connection(clock: SimClock, lifetime_s: int) -> ConnectionProtocol:
+    """A connection that opened at the clock's time with a JWT valid ``lifetime_s`` more."""
+    import jwt
+
+    now_ms = clock.realtime_ns() // NS_PER_MS
+    secret = b"a jwt secret for the simulated clock tests, 32+ bytes"
+    policy = JwtPolicy(secret, "craton", "craton", lifetime_max_s=3600)
+    claims = {
+        "sub": "sim",
+        "tenant_id": 7,
+        "role": "member",
+        "iss": "craton",
+        "aud": "craton",
+        "iat": now_ms // 1000,
+        "exp": now_ms // 1000 + lifetime_s,
+    }
+    principal = authenticate_jwt(jwt.encode(claims, secret, algorithm="HS256"), now_ms, policy)
+    assert isinstance(principal, Principal), principal
+    protocol = ConnectionProtocol(clock.monotonic_ns(), request_number_max=1000)
+    handshake = Handshake(PROTOCOL_VERSION, 0xC0FFEE, "a-token")
+    protocol.receive_data(encode(handshake, 1), clock.monotonic_ns())
+    assert protocol.serve_next(_conditions(clock)) == [StartHandshake(handshake)]
+    protocol.on_session_opened(principal, 0, 1, 0, clock.monotonic_ns())
+    return protocol
+
+
+def _conditions(clock: SimClock) -> Conditions:
+    return Conditions(clock.monotonic_ns(), clock.realtime_ns() // NS_PER_MS, 0, False)
+
+
+def _sync(protocol: ConnectionProtocol, clock: SimClock, request_id: int) -> list[object]:
+    protocol.receive_data(encode(Sync(), request_id), clock.monotonic_ns())
+    return list(protocol.serve_next(_conditions(clock)) or [])
+
+
+def _expired(effects: list[object]) -> bool:
+    return any(
+        isinstance(e, RefuseCredential) and e.refusal.reason is Refusal.EXPIRED for e in effects
+    )
+
+
+def _run_ticks(events: EventQueue, ticks: int) -> None:
+    for _ in range(ticks):
+        events.schedule(1, lambda: None)
+        events.run_until_idle()
+
+
+def test_a_forward_jump_past_a_tokens_expiry_ends_its_connection() -> None:
+    events = EventQueue()
+    clock = SimClock(Prng(3, "node"), events, ClockFaults(jump=0.0, jump_ms_max=600_000))
+    protocol = _jwt_connection(clock, lifetime_s=60)
+    _run_ticks(events, 100)  # one simulated second: well within the minute
+    assert not _expired(_sync(protocol, clock, 2)), "a valid token serves"
+    clock.offset_ns += (120 + JWT_LEEWAY_S) * NS_PER_S  # a jump two minutes past exp
+    assert clock.realtime_ns() // NS_PER_MS > 0
+    assert _expired(_sync(protocol, clock, 3)), "the jump took the wall clock past exp"
+    assert protocol.closed
+
+
+def test_a_backward_jump_does_not_extend_a_token() -> None:
+    events = EventQueue()
+    clock = SimClock(Prng(4, "node"), events, ClockFaults())
+    protocol = _jwt_connection(clock, lifetime_s=2)  # valid 2 s, plus the leeway
+    valid_ticks = (2 + JWT_LEEWAY_S) * 100
+    clock.offset_ns -= 3600 * NS_PER_S  # the wall clock steps back an hour
+    _run_ticks(events, valid_ticks - 50)  # half a second before the token runs out
+    assert not _expired(_sync(protocol, clock, 2))
+    _run_ticks(events, 100)  # half a second after: by the wall clock, an hour to go
+    assert _expired(_sync(protocol, clock, 3)), (
+        "a wall clock stepped back must not extend the token past its lifetime"
+    )
+
+
+def test_a_jump_is_counted_once_a_reader_saw_it() -> None:
+    events = EventQueue()
+    clock = SimClock(Prng(5, "node"), events, ClockFaults(jump=1.0, jump_ms_max=1_000))
+    clock.tick()
+    clock.tick()
+    seen = clock.faults["jumps_forward"] + clock.faults["jumps_backward"]
+    assert seen == 0, "no one has read the wall clock since the jumps"
+    clock.realtime_ns()
+    seen = clock.faults["jumps_forward"] + clock.faults["jumps_backward"]
+    assert seen == 2, f"both jumps reached the reader, counted {seen}"
+    clock.realtime_ns()
+    assert clock.faults["jumps_forward"] + clock.faults["jumps_backward"] == 2

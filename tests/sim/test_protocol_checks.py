@@ -15,8 +15,8 @@ import attrs
 import pytest
 
 from craton.core.vsr import codec
-from craton.core.wire.replica import Entry, PrepareOk, RecoveryResponse, StartView, StartViewChange
 from craton.core.vsr.replica import Replica
+from craton.core.wire.replica import Entry, PrepareOk, RecoveryResponse, StartView, StartViewChange
 from craton.sim.checkers import Checker
 from craton.sim.cluster import Cluster
 from tests.sim.test_vsr_scenarios import quiet_options
