@@ -114,6 +114,7 @@ class RequestFreshness:
     connection forwarded before. One per connection, fed every write in arrival order."""
 
     def __init__(self, handshake_request_id: int) -> None:
+        self.handshake_request_id = handshake_request_id
         self._floor = handshake_request_id
         self._highest = 0
 

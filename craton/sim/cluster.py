@@ -82,6 +82,7 @@ PRODUCTION_SIZES_SHARE = 0.125  # of seeds whose sizes are drawn, not given
 LIVENESS_TICKS_DEFAULT = 3000
 MESSAGE_LOSS_FLOOR = 0.01  # per message, when a seed drew no network fault at all
 CRASH_FLOOR = 0.0005  # per replica per tick, when a cluster's seed drew no crashes
+REPLAY_SHARE = 0.3  # of seeds in which stale copies of messages arrive late
 DISK_PROFILES = ("atlas", "disjoint")
 REPAIR_NOTICES = {  # notices counted in a run's ``repairs``, by the name they are counted as
     "log.damage_cut": "damage_cuts",
@@ -226,6 +227,7 @@ def draw_options(
         processes = attrs.evolve(processes, crash=CRASH_FLOOR)  # and every cluster crashes
     if replica_count > 1 and profile == "atlas":  # the disjoint profile studies repair
         processes = processes.targeted(Prng(seed, "targeted"))
+    network = _with_replays(network, Prng(seed, "replay"))
     return SwarmOptions(
         replica_count=replica_count,
         client_count=prng.between(1, 4),
@@ -239,6 +241,20 @@ def draw_options(
         processes=processes,
         atlas=FaultAtlas.draw(prng.split("atlas"), replica_count, profile),
         sizes=sizes,
+    )
+
+
+def _with_replays(network: NetworkFaults, prng: Prng) -> NetworkFaults:
+    """Stale copies of messages delivered long after (in a share of the seeds, from a stream
+    of their own, so that the other draws of a seed are the same with them or without)."""
+    if not prng.chance(REPLAY_SHARE):
+        return network
+    low = prng.between(50, 300)
+    return attrs.evolve(
+        network,
+        replay=0.02 * prng.fraction(),
+        replay_ticks_min=low,
+        replay_ticks_max=prng.between(low, 1_000),
     )
 
 
@@ -421,7 +437,11 @@ class Cluster:
         token, self._next_token = self._next_token, self._next_token + 1
         submit = decode_submit(token, payload)
         if submit.kind is SubmitKind.SESSION:
-            node.connections[client] = RequestFreshness(submit.request_id)
+            known = node.connections.get(client)
+            # A client's handshake ids only grow: an older one is a late copy, not a new
+            # connection (a real one cannot arrive on a connection opened after it).
+            if known is None or submit.request_id > known.handshake_request_id:
+                node.connections[client] = RequestFreshness(submit.request_id)
         else:
             connection = node.connections.get(client)
             if connection is None:  # the replica restarted since: that connection is gone
@@ -689,7 +709,7 @@ class Cluster:
         self.phase = "liveness"
         self.network.heal()
         self.network.fault_plan = attrs.evolve(
-            self.network.fault_plan, loss=0.0, duplication=0.0, reorder=0.0
+            self.network.fault_plan, loss=0.0, duplication=0.0, reorder=0.0, replay=0.0
         )
         self.clocks.heal()
         for node in self.nodes:

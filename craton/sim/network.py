@@ -8,7 +8,10 @@ codec's concern (its checksum), so corruption is not a network fault here.
 Faults, drawn from the network's own PRNG streams:
 - per message: ``loss`` (never delivered), ``duplication`` (a second copy travels with its own
   delay), ``reorder`` (an extra random delay, so later messages overtake it), and
-  ``latency_jitter_ticks`` (a random spread on the path's latency);
+  ``latency_jitter_ticks`` (a random spread on the path's latency), and ``replay`` (between
+  replicas only: a stale copy arrives ``replay_ticks_min..max`` later, long after the view
+  it was sent in may be over — the late messages of an old view that the protocol's view
+  rules must discard; a client's connection, TCP, never delivers a frame that late);
 - per tick, from ``tick()``: a symmetric ``partition`` (the replicas split into two sides, each
   client placed on one side; nothing crosses), an ``asymmetric_partition`` (the same split,
   but only one direction is cut), and a ``clog`` (one directed path delays every message by
@@ -58,6 +61,7 @@ FAULT_NAMES = (
     "clogs",
     "dropped_partition",  # messages stopped by a partition
     "dropped_down",  # messages dropped because their source or destination was down
+    "replayed",  # stale copies delivered long after the original
 )
 
 
@@ -84,6 +88,9 @@ class NetworkFaults:
     clog_ticks_min: int = 20
     clog_ticks_max: int = 200
     clog_delay_ticks: int = 100
+    replay: float = 0.0  # per message: a stale copy arrives replay_ticks_min..max later
+    replay_ticks_min: int = 100
+    replay_ticks_max: int = 600
 
     def __attrs_post_init__(self) -> None:
         if not 1 <= self.latency_ticks_min <= self.latency_ticks_max <= LATENCY_TICKS_LIMIT:
@@ -93,7 +100,14 @@ class NetworkFaults:
         for name in ("reorder_ticks_max", "clog_delay_ticks"):
             if not 1 <= getattr(self, name) <= LATENCY_TICKS_LIMIT:
                 raise ValueError(f"{name} must be in 1..{LATENCY_TICKS_LIMIT}: {self!r}")
-        for name in ("duplication", "reorder", "partition", "asymmetric_partition", "clog"):
+        for name in (
+            "duplication",
+            "reorder",
+            "partition",
+            "asymmetric_partition",
+            "clog",
+            "replay",
+        ):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be a probability: {self!r}")
         if not 0.0 <= self.loss < 1.0:
@@ -101,6 +115,7 @@ class NetworkFaults:
         for low, high in (
             (self.partition_ticks_min, self.partition_ticks_max),
             (self.clog_ticks_min, self.clog_ticks_max),
+            (self.replay_ticks_min, self.replay_ticks_max),
         ):
             if not 1 <= low <= high <= PARTITION_TICKS_LIMIT:
                 raise ValueError(f"durations need 1 <= min <= max: {self!r}")
@@ -196,6 +211,7 @@ class SimNetwork:
         self._prng_messages = prng.split("messages")
         self._prng_plan = prng.split("plan")
         self._prng_paths = prng.split("paths")
+        self._prng_replay = prng.split("replay")  # its own: other draws stay as they were
         self.fault_plan = faults if faults is not None else NetworkFaults.none()
         self.replica_count = replica_count
         self.client_ids = tuple(client_ids)
@@ -320,6 +336,14 @@ class SimNetwork:
             )
             self.in_flight += 1
             self._events.schedule(self._delay_ticks(src, dst), self._arrival(src, dst, payload))
+        plan = self.fault_plan
+        between_replicas = src < self.replica_count and dst < self.replica_count
+        if plan.replay and between_replicas and self._prng_replay.chance(plan.replay):
+            assert self.in_flight < self.messages_in_flight_max
+            self.faults["replayed"] += 1
+            self.in_flight += 1
+            late = self._prng_replay.between(plan.replay_ticks_min, plan.replay_ticks_max)
+            self._events.schedule(late, self._arrival(src, dst, payload))
 
     def _delay_ticks(self, src: int, dst: int) -> int:
         plan, prng = self.fault_plan, self._prng_messages

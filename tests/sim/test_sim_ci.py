@@ -92,7 +92,7 @@ DISJOINT_SEEDS: list[tuple[int, int | None]] = [
     (5, None),  # two replicas recovering at once (damaged), the third alone in a view change
     (5, 3),  # see DISJOINT_KNOWN_BUGS
     (332, 3),
-    (327, 3),
+    (308, 3),
 ]
 
 # Regression seeds whose bug is not fixed yet: each runs as a strict xfail, so the tier stays
@@ -114,10 +114,10 @@ DISJOINT_KNOWN_BUGS: dict[tuple[int, int | None], str] = {
         "write that clears the recovering flag; on restart each is 'unfinished' and waits to "
         "rejoin through a quorum, which replica 2, alone in its view change, cannot give"
     ),
-    (327, 3): (
-        "liveness: replicas 1 and 2 are recovering at once (neither with a hole any peer "
-        "must fill), and replica 0 is alone in a view change: recovering replicas cast no "
-        "votes and only a settled replica answers a recovery, so no quorum ever forms"
+    (308, 3): (
+        "liveness: replicas 0 and 2 found damage and are recovering at once (replica 2 still "
+        "repairing its log), and replica 1 is alone in a view change: recovering replicas "
+        "cast no votes and only a settled replica answers a recovery, so no quorum forms"
     ),
 }
 
