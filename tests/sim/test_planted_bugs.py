@@ -81,7 +81,8 @@ Protocol mutations caught by the checkers of protocol invariants (``craton.sim.c
 - ``state-from-any-view``: a replica installs a ``NewState`` whatever view it comes from,
   so an old view's entries, which the new view replaced, enter its log. Not caught by the
   swarm at present (``NOT_CAUGHT_BY_SWARM`` says why): a strict xfail until a schedule
-  generator builds its situation.
+  generator builds its situation; ``test_stale_new_state_when_scripted`` builds it and the
+  checker that holds a backup's log against its primary's names it (seeds 0, 3 and 4).
 
 Mutations of the client gateway (``Gateway`` subclasses, handed to the cluster through
 ``gateway_factory``), each caught by the linearizability checker:
@@ -128,6 +129,7 @@ from craton.core.seam import (
     WriteDone,
 )
 from craton.core.state_machine import StateMachine
+from craton.core.vsr import codec
 from craton.core.vsr.checkpoint import OpenedCheckpoint, open_checkpoint
 from craton.core.vsr.replica import Replica, ReplicaConfig, ReplyStatus, Status
 from craton.core.wire.errors import DecodeError
@@ -629,8 +631,8 @@ NOT_CAUGHT_BY_SWARM: dict[str, str] = {  # bugs the swarm misses: a hole to clos
         "its harm needs a backup that is still behind, in normal status, when a NewState of "
         "an earlier view reaches it with entries the new view replaced; since the simulated "
         "clients go through the gateway no seed of 0..299 builds that (under this bias and "
-        "four others, with the backup-against-primary check run on every primary step: "
-        "stale NewStates arrive, none extends a log)"
+        "four others, stale NewStates arrive and none extends a log); "
+        "test_stale_new_state_when_scripted builds it and catches the bug"
     ),
 }
 
@@ -769,6 +771,63 @@ def scripted_forgotten_vote(factory: ReplicaFactory, seed: int) -> tuple[Outcome
     return outcome, persisted_at_crash[0] if persisted_at_crash else None
 
 
+# --- a stale NewState, scripted ----------------------------------------------------------------
+
+STALE_NEW_STATE_SEEDS = (0, 3, 4)  # seeds whose schedule lands the stale entries past the head
+
+
+def scripted_stale_new_state(factory: ReplicaFactory, seed: int) -> tuple[Outcome, bool]:
+    """The schedule under which installing a ``NewState`` of another view does harm; returns
+    the outcome and whether the stale answer was held back as scripted.
+
+    Replica 2 is cut off while replicas 0 (primary of view 0) and 1 commit a few ops, then
+    comes back behind. At once the path from replica 0 to replica 1 clogs, so the ops replica
+    0 prepares from then on reach no one in time. The first ``NewState`` replica 0 sends to
+    replica 2 that carries such uncommitted ops is held back too (its path clogs just before
+    it leaves), and the clients are cut off. Replicas 1 and 2, hearing nothing from replica
+    0, change to view 1 (primary: replica 1), whose log lacks those ops; the clogged
+    ``NewState`` of view 0 then reaches replica 2, in normal status in view 1, and the
+    clients come back to replica 1, which prepares other ops in their place."""
+    clients = 3
+    options = quiet_options(clients=clients, requests=40, fault_ticks=2_500)
+    cluster = Cluster(seed, options, replica_factory=factory)
+    script = Script(cluster)
+    old, _, lagging = (node.replica for node in cluster.nodes)
+    network = cluster.network
+    client_ids = [CLIENT_ID_BASE + index for index in range(clients)]
+    cut_at: list[int] = []
+    held: list[int] = []
+
+    def cut_off_lagging() -> None:
+        cut_at.append(old.commit)
+        network.partition([2], one_way=False, duration_ticks=2_000)
+
+    def rejoin() -> None:
+        network.partition(client_ids[:1], one_way=True, duration_ticks=1)  # replaces the cut
+        network.clog(0, 1, duration_ticks=300, delay_ticks=450)
+        endpoint = network.endpoint(0)
+        send = endpoint.send
+
+        def hold_the_stale_answer(dst: int, payload: bytes) -> None:
+            if dst == 2 and not held:
+                message = codec.decode_message(payload)
+                uncommitted = isinstance(message, NewState) and any(
+                    entry.op >= old.commit for entry in message.entries
+                )
+                if uncommitted:
+                    held.append(cluster.events.now)
+                    network.clog(0, 2, duration_ticks=300, delay_ticks=450)
+                    network.partition(client_ids, one_way=False, duration_ticks=600)
+            send(dst, payload)
+
+        endpoint.send = hold_the_stale_answer  # type: ignore[method-assign]
+
+    script.then("quiet", lambda: old.commit >= 4 and lagging.head == old.head, cut_off_lagging)
+    script.then("lagging", lambda: old.commit >= cut_at[0] + 4, rejoin)
+    outcome = run_cluster(cluster)
+    return outcome, bool(held)
+
+
 # --- the tests ------------------------------------------------------------------------------
 
 
@@ -799,6 +858,22 @@ def test_planted_bug_is_caught(
         f"the unmutated replica failed {len(found.unattributed)} of the seeds that caught "
         f"{bug.name!r}: {[(o.seed, o.result, o.detail) for o in found.unattributed]}"
     )
+
+
+@pytest.mark.parametrize("seed", STALE_NEW_STATE_SEEDS)
+def test_stale_new_state_when_scripted(seed: int) -> None:
+    """state-from-any-view does harm, and the simulator notices, once the schedule builds its
+    situation: the backup that installs the earlier view's ``NewState`` holds ops its new
+    primary does not. The unmutated replica, under the same script, drops that answer (it
+    names view 0) and the run is clean."""
+    mutant, held = scripted_stale_new_state(StateFromAnyView, seed)
+    assert held, f"seed {seed}: the script never held a NewState carrying uncommitted ops"
+    assert mutant.caught and "that its primary (replica 1) does not" in mutant.detail, (
+        f"expected the stale entries caught, got {mutant}"
+    )
+    control, held = scripted_stale_new_state(Replica, seed)
+    assert held, f"seed {seed}: the script never held a NewState for the unmutated replica"
+    assert control.result == "pass", f"expected the unmutated replica to pass, got {control}"
 
 
 @pytest.mark.parametrize("seed", [7, 11, 19])
