@@ -1,4 +1,4 @@
-"""The ``craton`` command: ``verify``, ``sim run``, ``sim replay``, ``demo`` and ``version``,
+"""The ``craton`` command: ``verify``, ``sim run|replay|shrink``, ``demo`` and ``version``,
 and the client commands ``stream create``, ``append``, ``read`` and ``status`` that talk to
 a running node (``craton.client.commands``).
 
@@ -16,12 +16,16 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from craton import __version__
 from craton.console import OneLineParser
 from craton.core.audit import AuditReport, audit
 from craton.core.log import SEGMENT_FOLDER
 from craton.core.superblock import PATH as SUPERBLOCK_PATH
+
+if TYPE_CHECKING:
+    from craton.sim.cluster import SwarmOptions
 
 EXIT_OK = 0
 EXIT_DAMAGED = 1
@@ -90,8 +94,19 @@ def _parser() -> argparse.ArgumentParser:
                 "(default: 1)",
             )
         else:
+            chosen = sub.add_mutually_exclusive_group(required=True)
+            chosen.add_argument("--seed", type=int, help="the seed to replay (or --schedule)")
+            chosen.add_argument(
+                "--schedule",
+                type=Path,
+                metavar="FILE",
+                help="replay the seed and every option of a schedule file (craton sim shrink)",
+            )
             sub.add_argument(
-                "--seed", type=int, required=True, help="the seed to replay (required)"
+                "--html",
+                type=Path,
+                metavar="FILE",
+                help="also write the run's timeline here, as a self-contained HTML page",
             )
         sub.add_argument(
             "--replicas",
@@ -123,6 +138,7 @@ def _parser() -> argparse.ArgumentParser:
             "production profile a node runs (default: drawn per seed, production in 1 of 8)",
         )
         sub.set_defaults(run=_run_sim)
+    _add_shrink(sim_commands)
     collect = sim_commands.add_parser(
         "collect", help="merge the JSON lines of a swarm run in pieces into one verdict"
     )
@@ -138,6 +154,40 @@ def _parser() -> argparse.ArgumentParser:
     version = commands.add_parser("version", help="print the version")
     version.set_defaults(run=lambda args: print(f"craton {__version__}") or EXIT_OK)
     return parser
+
+
+def _add_shrink(sim_commands: argparse._SubParsersAction[OneLineParser]) -> None:
+    shrink = sim_commands.add_parser(
+        "shrink", help="reduce a failing seed to a smaller schedule that fails the same way"
+    )
+    shrink.add_argument("--seed", type=int, required=True, help="the failing seed (required)")
+    shrink.add_argument(
+        "--replicas",
+        type=int,
+        choices=[1, 2, 3, 4, 5, 6, 7],
+        default=None,
+        help="replicas in the simulated cluster, as the seed was run (default: drawn)",
+    )
+    shrink.add_argument(
+        "--ticks", type=int, default=None, help="length of the fault phase to start from"
+    )
+    shrink.add_argument(
+        "--disk-profile", choices=["atlas", "disjoint"], default="atlas", help="(default: atlas)"
+    )
+    shrink.add_argument(
+        "--sizes", choices=["shrunk", "production"], default=None, help="(default: drawn)"
+    )
+    shrink.add_argument(
+        "--out", type=Path, required=True, metavar="FILE", help="write the schedule here"
+    )
+    shrink.add_argument(
+        "--runs",
+        type=int,
+        default=60,
+        metavar="N",
+        help="runs of the cluster to spend at most, the first included (default: 60)",
+    )
+    shrink.set_defaults(run=_run_shrink)
 
 
 def _fail(message: str, code: int) -> int:
@@ -216,6 +266,8 @@ def _report_json(data_dir: Path, report: AuditReport) -> dict[str, object]:
 def _run_sim(args: argparse.Namespace) -> int:
     from craton.sim.runner import parse_seeds, run_header, run_seeds
 
+    if getattr(args, "schedule", None) is not None:
+        return _run_replay(args)  # a schedule carries its seed and every option
     try:
         seeds = (
             parse_seeds(args.seeds) if getattr(args, "seeds", None) else parse_seeds(str(args.seed))
@@ -225,6 +277,8 @@ def _run_sim(args: argparse.Namespace) -> int:
         return _fail(f"{option}: {error}", EXIT_USAGE)
     if args.ticks is not None and args.ticks < 1:
         return _fail("--ticks must be at least 1", EXIT_USAGE)
+    if args.sim_command == "replay" and args.html is not None:
+        return _run_replay(args)
     if args.sim_command == "replay":
         header = run_header(
             args.seed,
@@ -258,6 +312,123 @@ def _run_sim(args: argparse.Namespace) -> int:
         return _fail(f"--trace {args.trace}: cannot write: {error.strerror or error}", EXIT_USAGE)
     with trace_file:
         return run_seeds(seeds, **shape, trace_file=trace_file)
+
+
+def _run_replay(args: argparse.Namespace) -> int:
+    """``replay`` of a schedule file, or of a seed with its timeline written as HTML."""
+    from craton.sim.runner import options_header, report, run_options
+    from craton.sim.timeline import Recorder, render_html
+
+    target = _replay_target(args)
+    if isinstance(target, int):
+        return target
+    seed, options, replay = target
+    print(options_header(seed, options), file=sys.stderr)
+    files = {}
+    for flag, path in (("--trace", args.trace), ("--html", args.html)):
+        try:
+            files[flag] = None if path is None else path.open("w", encoding="utf-8")
+        except OSError as error:
+            return _fail(f"{flag} {path}: cannot write: {error.strerror or error}", EXIT_USAGE)
+    trace_file, html_file = files["--trace"], files["--html"]
+    recorder = Recorder() if html_file is not None else None
+
+    def trace(line: str) -> None:
+        if trace_file is not None:
+            print(line, file=trace_file)
+        if recorder is not None:
+            recorder.line(line)
+
+    tracing = trace_file is not None or recorder is not None
+    summary = run_options(
+        seed,
+        options,
+        replay=replay,
+        trace=trace if tracing else None,
+        on_cluster=None if recorder is None else recorder.attach,
+    )
+    if recorder is not None and html_file is not None:
+        ticks = summary.get("ticks")
+        recorder.finish(ticks if isinstance(ticks, int) else recorder.now)
+        html_file.write(render_html(recorder, seed=seed, options=options, summary=summary))
+    for file in files.values():
+        if file is not None:
+            file.close()
+    return report(summary, out=sys.stdout, progress=sys.stderr)
+
+
+def _replay_target(args: argparse.Namespace) -> tuple[int, SwarmOptions, str] | int:
+    """The seed, options and replay command ``replay`` runs, or the exit code of bad usage."""
+    from craton.sim.cluster import draw_options
+    from craton.sim.runner import replay_command, schedule_replay_command
+    from craton.sim.shrink import ScheduleError, read_schedule
+
+    if args.schedule is None:
+        shape = (args.replicas, args.ticks, args.disk_profile, args.sizes)
+        options = draw_options(
+            args.seed, replicas=shape[0], ticks=shape[1], profile=shape[2], sizes=shape[3]
+        )
+        return args.seed, options, replay_command(args.seed, *shape)
+    given = {
+        "--replicas": args.replicas,
+        "--ticks": args.ticks,
+        "--sizes": args.sizes,
+        "--disk-profile": None if args.disk_profile == "atlas" else args.disk_profile,
+    }
+    named = [flag for flag, value in given.items() if value is not None]
+    if named:
+        return _fail(f"--schedule carries every option: drop {', '.join(named)}", EXIT_USAGE)
+    try:
+        seed, options = read_schedule(args.schedule)
+    except ScheduleError as error:
+        return _fail(f"--schedule {args.schedule}: {error}", EXIT_USAGE)
+    return seed, options, schedule_replay_command(args.schedule)
+
+
+def _run_shrink(args: argparse.Namespace) -> int:
+    """Shrink a failing seed: progress on stderr, the sizes and the replay command on
+    stdout; 0 once the schedule is written, 1 when the seed does not fail."""
+    from craton.sim.cluster import draw_options
+    from craton.sim.runner import schedule_replay_command
+    from craton.sim.shrink import comparison, schedule_json, shrink, sizes
+
+    if args.seed < 0:
+        return _fail("--seed must be a non-negative integer", EXIT_USAGE)
+    if args.ticks is not None and args.ticks < 1:
+        return _fail("--ticks must be at least 1", EXIT_USAGE)
+    if args.runs < 1:
+        return _fail("--runs must be at least 1", EXIT_USAGE)
+    options = draw_options(
+        args.seed,
+        replicas=args.replicas,
+        ticks=args.ticks,
+        profile=args.disk_profile,
+        sizes=args.sizes,
+    )
+    shrunk = shrink(
+        args.seed,
+        options,
+        runs_max=args.runs,
+        progress=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    if shrunk.original_failure.result == "pass":
+        print(f"seed {args.seed} passes: there is no failure to shrink", file=sys.stderr)
+        return 1
+    failure = shrunk.reduced_failure
+    text = schedule_json(
+        args.seed,
+        shrunk.reduced,
+        expected={"result": failure.result, "kind": failure.kind},
+        shrunk_from=sizes(shrunk.original, shrunk.original_failure),
+    )
+    try:
+        args.out.write_text(text, encoding="utf-8")
+    except OSError as error:
+        return _fail(f"--out {args.out}: cannot write: {error.strerror or error}", EXIT_USAGE)
+    for line in comparison(shrunk):
+        print(line)
+    print(f"wrote {args.out}; replay with: {schedule_replay_command(args.out)}")
+    return EXIT_OK
 
 
 def _run_collect(args: argparse.Namespace) -> int:

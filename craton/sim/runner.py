@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import functools
 import json
+import shlex
 import sys
 import traceback
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import TextIO
 
 from craton.core.vsr.profile import TICK_MS
-from craton.sim.cluster import Cluster, draw_options
+from craton.sim.cluster import Cluster, SwarmOptions, draw_options
 
 # Runs a seed's function over seeds elsewhere (a process pool's map), in seed order.
 Mapper = Callable[[Callable[[int], dict[str, object]], range], Iterable[dict[str, object]]]
@@ -68,6 +70,10 @@ def run_header(
     """The swarm options a seed draws, as one line (the trace's first line; ``replay``
     prints it on stderr)."""
     options = draw_options(seed, replicas=replicas, ticks=ticks, profile=profile, sizes=sizes)
+    return options_header(seed, options)
+
+
+def options_header(seed: int, options: SwarmOptions) -> str:
     return f"seed {seed}: swarm options {json.dumps(options.summary(), sort_keys=True)}"
 
 
@@ -82,19 +88,36 @@ def run_seed(
 ) -> dict[str, object]:
     """Run one seed; returns its summary (the JSON line's fields)."""
     options = draw_options(seed, replicas=replicas, ticks=ticks, profile=profile, sizes=sizes)
+    replay = replay_command(seed, replicas, ticks, profile, sizes)
+    return run_options(seed, options, replay=replay, trace=trace)
+
+
+def run_options(
+    seed: int,
+    options: SwarmOptions,
+    *,
+    replay: str,
+    trace: Callable[[str], None] | None = None,
+    on_cluster: Callable[[Cluster], None] | None = None,
+) -> dict[str, object]:
+    """Run seed ``seed`` under exactly ``options``; returns its summary (the JSON line's
+    fields), whose ``replay`` is the command that runs it again. ``on_cluster`` is handed
+    the cluster before it runs (a timeline's recorder watches it)."""
     if trace is not None:
-        header = run_header(seed, replicas=replicas, ticks=ticks, profile=profile, sizes=sizes)
-        trace(f"# {header}")
+        trace(f"# {options_header(seed, options)}")
     summary: dict[str, object] = {
         "seed": seed,
         "replicas": options.replica_count,
         "clients": options.client_count,
         "sizes": options.sizes,
         # every line carries the command that runs this very seed again, whatever it gave
-        "replay": replay_command(seed, replicas, ticks, profile, sizes),
+        "replay": replay,
     }
     try:
-        result = Cluster(seed, options, trace=trace).run()
+        cluster = Cluster(seed, options, trace=trace)
+        if on_cluster is not None:
+            on_cluster(cluster)
+        result = cluster.run()
     except Exception as error:  # a crash is a finding: report it like any other
         frames = traceback.extract_tb(error.__traceback__)
         where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
@@ -144,20 +167,34 @@ def run_seeds(
     summaries = map(run, seeds) if mapper is None else mapper(run, seeds)
     for count, (seed, summary) in enumerate(zip(seeds, summaries, strict=True), start=1):
         assert summary["seed"] == seed, "summaries come in seed order"
-        print(json.dumps(summary, sort_keys=True), file=out, flush=True)
-        code = EXIT_CODES[str(summary["result"])]
+        code = report(summary, out=out, progress=progress)
         if code != EXIT_PASS:
             failures += 1
-            print(
-                f"seed {seed} failed ({summary['result']}); replay with: {summary['replay']}",
-                file=progress,
-                flush=True,
-            )
             if exit_code == EXIT_PASS:
                 exit_code = code
         if len(seeds) > 1 and (count % 10 == 0 or count == len(seeds)):
             print(f"[{count}/{len(seeds)}] seeds run, {failures} failed", file=progress, flush=True)
     return exit_code
+
+
+def report(summary: dict[str, object], *, out: TextIO, progress: TextIO) -> int:
+    """Print a seed's JSON line on ``out`` (and, when it failed, its replay command on
+    ``progress``); returns its exit code."""
+    print(json.dumps(summary, sort_keys=True), file=out, flush=True)
+    code = EXIT_CODES[str(summary["result"])]
+    if code != EXIT_PASS:
+        print(
+            f"seed {summary['seed']} failed ({summary['result']}); "
+            f"replay with: {summary['replay']}",
+            file=progress,
+            flush=True,
+        )
+    return code
+
+
+def schedule_replay_command(path: Path) -> str:
+    """The command that runs the schedule file at ``path`` (``craton.sim.shrink``)."""
+    return f"craton sim replay --schedule {shlex.quote(str(path))}"
 
 
 def parse_seeds(text: str) -> range:
