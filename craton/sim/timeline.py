@@ -26,6 +26,7 @@ import attrs
 
 from craton.sim.cluster import Cluster, SwarmOptions
 from craton.sim.durability import DAMAGE_NOTICES
+from craton.sim.network import Partition
 from craton.sim.workload import CLIENT_ID_BASE
 
 DETAIL_TICKS_MAX = 600  # the detailed window: at most this many ticks before the failure
@@ -106,6 +107,7 @@ class Recorder:
         self._commits: list[int] = []
         self._finished: list[int] = []  # operations seen in each client's history
         self.client_ids: dict[int, int] = {}  # a client's node id -> its id at the replicas
+        self._partition: Partition | None = None  # the one in force at the last look
 
     def attach(self, cluster: Cluster) -> None:
         self._cluster = cluster
@@ -196,10 +198,15 @@ class Recorder:
 
     def _look_at_partition(self, cluster: Cluster) -> None:
         partition = cluster.network.partition_active
+        if partition is not None and partition.end_tick <= self.now:
+            partition = None  # over: the network lets it go at its next tick
         key = ("partition", -1)
-        if key in self._open and (partition is None or partition.end_tick <= self.now):
+        if partition == self._partition:
+            return
+        if key in self._open:  # over, or replaced by another
             self._close(key)
-        if key not in self._open and partition is not None and partition.end_tick > self.now:
+        self._partition = partition
+        if partition is not None:
             cut = "one way" if partition.one_way else "both ways"
             text = f"partition ({cut}): {_names(partition.near)} | {_names(partition.far)}"
             self._open[key] = (self.now, tuple(partition.near), text)

@@ -3,9 +3,9 @@ schedule it writes (``craton sim replay --schedule``).
 
 The failure is planted here, not in Craton: ``FloorlessGateway`` registers every new session
 without its floor, so a retried write that an evicted session applied is applied again (the
-linearizability checker reports a duplicate commit). Seed ``SEED`` under
-``failing_options`` catches it; the shrink must find smaller options that fail the same way,
-and the schedule file must replay them exactly.
+linearizability checker reports a duplicate commit). ``failing_seed()`` is the first seed
+from ``FIRST_SEED`` that catches it under ``failing_options``; the shrink must find smaller
+options that fail the same way, and the schedule file must replay them exactly.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ from craton.sim.shrink import (
     violation_kind,
 )
 
-SEED = 1  # fails under failing_options with FloorlessGateway: a duplicate commit
+FIRST_SEED = 1  # seed 1 catches it as this is written
+SEEDS_MAX = 24  # seeds tried at most for one that catches it
 KIND = "duplicate commit"
 RUNS_MAX = 16  # a few seconds of shrinking
 
@@ -60,22 +61,33 @@ def failing_options(seed: int) -> SwarmOptions:
     return attrs.evolve(options, processes=crashes, client_count=4, requests_per_client=200)
 
 
+@functools.cache
+def failing_seed() -> int:
+    """The first seed from ``FIRST_SEED`` whose run catches the floorless gateway. Which one
+    does depends on the code (a change to the simulator explores other schedules), so it is
+    looked for within a bound rather than pinned."""
+    for seed in range(FIRST_SEED, FIRST_SEED + SEEDS_MAX):
+        failure = run_once(seed, failing_options(seed), gateway_factory=FloorlessGateway)
+        if failure.result == "correctness" and failure.kind == KIND:
+            return seed
+    last = FIRST_SEED + SEEDS_MAX - 1
+    raise AssertionError(f"no seed of {FIRST_SEED}..{last} catches the floorless gateway")
+
+
 @pytest.fixture(scope="module")
 def shrunk() -> Shrunk:
-    return shrink(SEED, failing_options(SEED), runs_max=RUNS_MAX, gateway_factory=FloorlessGateway)
+    seed = failing_seed()
+    return shrink(seed, failing_options(seed), runs_max=RUNS_MAX, gateway_factory=FloorlessGateway)
 
 
 def test_a_planted_bug_shrinks_to_a_smaller_schedule_that_still_fails(
     shrunk: Shrunk, tmp_path: Path
 ) -> None:
     original, reduced = shrunk.original_failure, shrunk.reduced_failure
-    assert (original.result, original.kind) == ("correctness", KIND), (
-        f"seed {SEED} should catch the floorless gateway with a {KIND!r}; got "
-        f"{original.describe()} (the simulator changed? pin a seed that fails)"
-    )
+    assert (original.result, original.kind) == ("correctness", KIND), original.describe()
     assert reduced.same_as(original), f"the reduced schedule fails differently: {reduced}"
     before, after = sizes(shrunk.original, original), sizes(shrunk.reduced, reduced)
-    print(f"seed {SEED}: {before} -> {after} in {shrunk.runs} runs")
+    print(f"seed {shrunk.seed}: {before} -> {after} in {shrunk.runs} runs")
     assert shrunk.runs <= RUNS_MAX
     smaller = [name for name in before if (after[name] or 0) < (before[name] or 0)]
     assert {"fault_ticks", "fault_knobs_on", "requests_per_client"} & set(smaller), (
@@ -85,9 +97,9 @@ def test_a_planted_bug_shrinks_to_a_smaller_schedule_that_still_fails(
         assert getattr(shrunk.reduced, name) == getattr(shrunk.original, name), name
 
     path = tmp_path / "reduced.json"
-    path.write_text(schedule_json(SEED, shrunk.reduced), encoding="utf-8")
+    path.write_text(schedule_json(shrunk.seed, shrunk.reduced), encoding="utf-8")
     seed, options = read_schedule(path)
-    assert (seed, options) == (SEED, shrunk.reduced)
+    assert (seed, options) == (shrunk.seed, shrunk.reduced)
     replayed = [run_once(seed, options, gateway_factory=FloorlessGateway) for _ in range(2)]
     assert all(run.same_as(original) for run in replayed), [r.describe() for r in replayed]
     digests = {run.run.trace_digest for run in replayed if run.run is not None}
@@ -109,12 +121,12 @@ def test_the_command_line_shrinks_and_replays_the_schedule(
     monkeypatch.setattr(
         runner, "Cluster", functools.partial(Cluster, gateway_factory=FloorlessGateway)
     )
-    path = tmp_path / "schedule.json"
+    path, seed = tmp_path / "schedule.json", failing_seed()
 
-    code = cli.main(["sim", "shrink", "--seed", str(SEED), "--out", str(path), "--runs", "6"])
+    code = cli.main(["sim", "shrink", "--seed", str(seed), "--out", str(path), "--runs", "6"])
     out = capsys.readouterr()
     assert code == EXIT_PASS, out.err
-    assert f"seed {SEED} fails: correctness ({KIND})" in out.out
+    assert f"seed {seed} fails: correctness ({KIND})" in out.out
     assert "fault ticks" in out.out and "fault knobs on" in out.out and "runs: 6" in out.out
     assert f"replay with: craton sim replay --schedule {path}" in out.out
     assert "[6/6]" in out.err, "progress goes to stderr"
@@ -126,7 +138,7 @@ def test_the_command_line_shrinks_and_replays_the_schedule(
         code = cli.main(["sim", "replay", "--schedule", str(path)])
         out = capsys.readouterr()
         assert code == EXIT_CORRECTNESS, out.err
-        assert out.err.startswith(f"seed {SEED}: swarm options ")
+        assert out.err.startswith(f"seed {seed}: swarm options ")
         lines.append(json.loads(out.out))
     assert lines[0] == lines[1], "the same schedule file gives the same run"
     assert lines[0]["replay"] == f"craton sim replay --schedule {path}"
@@ -203,6 +215,6 @@ def test_violation_kinds_leave_out_numbers_and_name_the_check() -> None:
 
 
 def test_knobs_on_counts_the_fault_knobs_switched_on() -> None:
-    options = failing_options(SEED)
+    options = failing_options(FIRST_SEED)
     quiet = attrs.evolve(options, processes=ProcessFaults())
     assert knobs_on(options) == knobs_on(quiet) + 1  # crash only: pause is off
