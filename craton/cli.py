@@ -4,9 +4,10 @@ a running node (``craton.client.commands``).
 
 Exit codes: 0 success; 1 the data directory is damaged (verify) or the demonstration found
 a broken promise; 2 bad usage or a path that is not a data directory; for ``sim``: 127 a
-correctness violation, 128 a liveness failure, 129 a crash (see docs/SIMULATION.md); for the
-client commands: 1 the node refused the request, 3 the node could not be reached. Every
-failure prints one readable line on stderr, never a traceback.
+correctness violation, 128 a liveness failure, 129 a crash (see docs/SIMULATION.md), and for
+``sim shrink`` 1 when the seed does not fail; for the client commands: 1 the node refused
+the request, 3 the node could not be reached. Every failure prints one readable line on
+stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -169,13 +170,22 @@ def _add_shrink(sim_commands: argparse._SubParsersAction[OneLineParser]) -> None
         help="replicas in the simulated cluster, as the seed was run (default: drawn)",
     )
     shrink.add_argument(
-        "--ticks", type=int, default=None, help="length of the fault phase to start from"
+        "--ticks",
+        type=int,
+        default=None,
+        help="length of the fault phase to start from, in ticks (default: drawn per seed)",
     )
     shrink.add_argument(
-        "--disk-profile", choices=["atlas", "disjoint"], default="atlas", help="(default: atlas)"
+        "--disk-profile",
+        choices=["atlas", "disjoint"],
+        default="atlas",
+        help="where destructive disk faults land, as the seed was run (default: atlas)",
     )
     shrink.add_argument(
-        "--sizes", choices=["shrunk", "production"], default=None, help="(default: drawn)"
+        "--sizes",
+        choices=["shrunk", "production"],
+        default=None,
+        help="the replicas' sizes and timeouts, as the seed was run (default: drawn per seed)",
     )
     shrink.add_argument(
         "--out", type=Path, required=True, metavar="FILE", help="write the schedule here"
