@@ -2,7 +2,8 @@
 
 A run is a function of its seed and its ``SwarmOptions``. ``shrink`` starts from the options
 a seed drew and tries smaller variants one at a time — a shorter fault phase (halving, then
-smaller steps), fewer clients, fewer requests per client, each fault knob switched off —
+smaller steps), fewer clients, fewer requests per client, each fault knob switched off, and
+last the cluster's shape: two replicas fewer, no faulty disks, the shrunk replica profile —
 and keeps a variant only when ``Cluster(seed, variant).run()`` still fails *the same way*:
 the same result and the same ``Failure.kind`` (for a correctness failure, the kind of its
 first violation; for a crash, the exception and where it was raised). It passes over those
@@ -11,9 +12,9 @@ dimensions again while a pass still reduced something, within ``runs_max`` runs.
 Rules it keeps:
 - Deterministic: the same seed, options and code give the same candidates in the same
   order, hence the same reduced schedule.
-- The cluster's shape stays as drawn: the replica count, the replica profile (``sizes``),
-  the machine and the atlas's faulty replicas; of the atlas only ``wipe`` and ``rot`` are
-  knobs that may be switched off.
+- The machine and the liveness budget stay as drawn; the replica count stays odd, and the
+  atlas keeps only faulty replicas the smaller cluster has, at most ``(R - 1) // 2`` of
+  them in the atlas profile (every replica in the disjoint one, none for one replica).
 
 A *schedule* is a seed with its full options, written as JSON (``schedule_json``, read back
 by ``read_schedule``); ``craton sim replay --schedule FILE`` runs it exactly, so the same
@@ -32,7 +33,7 @@ from typing import Any
 import attrs
 
 from craton.core.gateway import Gateway
-from craton.core.vsr.profile import PROFILE_NAMES
+from craton.core.vsr.profile import PROFILE_NAMES, SIMULATION
 from craton.core.vsr.replica import Replica
 from craton.sim.clock import ClockFaults
 from craton.sim.cluster import (
@@ -220,6 +221,23 @@ class _Search:
             if getattr(faults, field):
                 off = attrs.evolve(faults, **{field: 0 * getattr(faults, field)})
                 yield f"{group}.{field} off", attrs.evolve(self.current, **{group: off})
+        yield from self._smaller_shape()
+
+    def _smaller_shape(self) -> Iterator[tuple[str, SwarmOptions]]:
+        """Two replicas fewer, no faulty disks, the shrunk replica profile: tried last, as a
+        different cluster explores a different schedule."""
+        count = self.current.replica_count
+        if count >= 3:
+            atlas = _atlas_for(self.current.atlas, count - 2)
+            smaller = attrs.evolve(self.current, replica_count=count - 2, atlas=atlas)
+            yield f"replica_count {count} -> {count - 2}", smaller
+        atlas = self.current.atlas
+        if atlas.profile == "atlas" and atlas.faulty:
+            healthy = attrs.evolve(atlas, faulty=(), wipe=0.0)
+            yield "atlas.faulty none", attrs.evolve(self.current, atlas=healthy)
+        if self.current.sizes != SIMULATION.name:
+            shrunk = attrs.evolve(self.current, sizes=SIMULATION.name)
+            yield f"sizes {self.current.sizes} -> {SIMULATION.name}", shrunk
 
     def _smaller_number(
         self, name: str, floor: int, step_min: int
@@ -240,6 +258,17 @@ class _Search:
                 step = (value - floor + 1) // 2
 
 
+def _atlas_for(atlas: FaultAtlas, replica_count: int) -> FaultAtlas:
+    """``atlas`` for a cluster of ``replica_count``: only faulty replicas it has, and as
+    many as ``FaultAtlas.draw`` would allow."""
+    if replica_count == 1:
+        return FaultAtlas(atlas.profile, (), 0.0, 0.0)  # one copy: nothing may be destroyed
+    if atlas.profile == "disjoint":
+        return attrs.evolve(atlas, faulty=tuple(range(replica_count)))
+    kept = tuple(index for index in atlas.faulty if index < replica_count)
+    return attrs.evolve(atlas, faulty=kept[: (replica_count - 1) // 2])
+
+
 def knobs() -> list[tuple[str, str]]:
     """The ``KNOBS`` the options' classes have (a knob that is not there is never on)."""
     return [(group, field) for group, field in KNOBS if field in attrs.fields_dict(GROUPS[group])]
@@ -252,6 +281,7 @@ def knobs_on(options: SwarmOptions) -> int:
 def sizes(options: SwarmOptions, failure: Failure) -> dict[str, int | None]:
     """What a schedule's size is measured in."""
     return {
+        "replicas": options.replica_count,
         "fault_ticks": options.fault_ticks,
         "clients": options.client_count,
         "requests_per_client": options.requests_per_client,

@@ -23,11 +23,13 @@ from craton.core.gateway import Gateway, encode_registration
 from craton.sim import cluster as cluster_module
 from craton.sim import runner
 from craton.sim import shrink as shrink_module
-from craton.sim.cluster import Cluster, ProcessFaults, SwarmOptions, draw_options
+from craton.sim.cluster import Cluster, FaultAtlas, ProcessFaults, SwarmOptions, draw_options
 from craton.sim.runner import EXIT_CORRECTNESS, EXIT_PASS
 from craton.sim.shrink import (
+    Failure,
     ScheduleError,
     Shrunk,
+    _Search,
     knobs_on,
     options_from_dict,
     options_to_dict,
@@ -93,7 +95,7 @@ def test_a_planted_bug_shrinks_to_a_smaller_schedule_that_still_fails(
     assert {"fault_ticks", "fault_knobs_on", "requests_per_client"} & set(smaller), (
         f"expected fewer fault ticks, knobs or requests: {before} -> {after}"
     )
-    for name in ("replica_count", "machine", "sizes", "atlas", "liveness_ticks"):
+    for name in ("machine", "liveness_ticks"):
         assert getattr(shrunk.reduced, name) == getattr(shrunk.original, name), name
 
     path = tmp_path / "reduced.json"
@@ -212,6 +214,24 @@ def test_violation_kinds_leave_out_numbers_and_name_the_check() -> None:
     assert violation_kind("op 12: a read no client sent was applied") == (
         "op N: a read no client sent was applied"
     )
+
+
+def test_the_cluster_shape_is_tried_smaller_last_and_keeps_a_fitting_atlas() -> None:
+    atlas = FaultAtlas("atlas", (1, 3), 0.2, 0.0)
+    options = attrs.evolve(failing_options(FIRST_SEED), replica_count=5, atlas=atlas)
+    options = attrs.evolve(options, sizes="production")
+    search = _Search(options, Failure("correctness", KIND, None))
+    candidates = list(search.candidates())  # none kept: each is made from the options given
+    labels = [what for what, _ in candidates]
+    shapes = ["replica_count 5 -> 3", "atlas.faulty none", "sizes production -> shrunk"]
+    assert labels[-3:] == shapes, labels
+    fewer, healthy, shrunk = (candidate for _, candidate in candidates[-3:])
+    assert (fewer.replica_count, fewer.atlas.faulty, fewer.atlas.wipe) == (3, (1,), 0.2)
+    assert (healthy.atlas.faulty, healthy.atlas.wipe) == ((), 0.0)
+    assert shrunk.sizes == "shrunk"
+    one = attrs.evolve(options, replica_count=3, atlas=FaultAtlas("disjoint", (0, 1, 2), 0.0, 0.01))
+    (single,) = [c for what, c in _Search(one, search.failure).candidates() if "3 -> 1" in what]
+    assert single.atlas == FaultAtlas("disjoint", (), 0.0, 0.0), "one replica: nothing destroyed"
 
 
 def test_knobs_on_counts_the_fault_knobs_switched_on() -> None:
