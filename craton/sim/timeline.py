@@ -524,7 +524,7 @@ def _detail_svg(
             out.append(
                 f'<g class="op-commit"><line x1="{x:.1f}" x2="{x:.1f}" y1="{AXIS_PX}" '
                 f'y2="{height}"><title>op {op} first committed at tick {tick}</title></line>'
-                f'<text x="{x + 3:.1f}" y="{AXIS_PX + 10}">op {op}</text></g>'
+                f'<text x="{x + 3:.1f}" y="{height - 4}">op {op}</text></g>'
             )
     labelled: set[int] = set()  # one label per tick: the others are listed at the top
     for finding in findings:
