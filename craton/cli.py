@@ -96,18 +96,24 @@ def _parser() -> argparse.ArgumentParser:
             )
         else:
             chosen = sub.add_mutually_exclusive_group(required=True)
-            chosen.add_argument("--seed", type=int, help="the seed to replay (or --schedule)")
+            chosen.add_argument(
+                "--seed",
+                type=int,
+                help="the seed to replay (this or --schedule is required; no default)",
+            )
             chosen.add_argument(
                 "--schedule",
                 type=Path,
                 metavar="FILE",
-                help="replay the seed and every option of a schedule file (craton sim shrink)",
+                help="replay the seed and every option of a schedule file written by craton sim "
+                "shrink (this or --seed is required; no default)",
             )
             sub.add_argument(
                 "--html",
                 type=Path,
                 metavar="FILE",
-                help="also write the run's timeline here, as a self-contained HTML page",
+                help="also write the run's timeline here, as a self-contained HTML page "
+                "(default: none)",
             )
         sub.add_argument(
             "--replicas",
@@ -188,7 +194,7 @@ def _add_shrink(sim_commands: argparse._SubParsersAction[OneLineParser]) -> None
         help="the replicas' sizes and timeouts, as the seed was run (default: drawn per seed)",
     )
     shrink.add_argument(
-        "--out", type=Path, required=True, metavar="FILE", help="write the schedule here"
+        "--out", type=Path, required=True, metavar="FILE", help="write the schedule here (required)"
     )
     shrink.add_argument(
         "--runs",

@@ -10,6 +10,10 @@ Rules it keeps:
   (``request_timeout_s``) or a retryable error (``RATE_LIMITED``, ``NOT_PRIMARY``,
   ``UNAVAILABLE``, ``INTERNAL``), with a doubling back-off from ``BACKOFF_FIRST_S`` to
   ``BACKOFF_MAX_S``, until ``retry_deadline_s`` after the call began; then it raises.
+  Once an attempt went out and no answer ruled it out (a timeout, a broken connection,
+  ``INTERNAL``), later attempts carry ``FLAG_RETRY``, so that a node that has to open the
+  client a new session never applies them under it (``SESSION_EXPIRED`` is raised then,
+  and not retried: the write may have been applied).
 - Until it has reached a node once (a handshake was answered), a client gives up trying to
   connect ``first_connect_deadline_s`` after the call began (default: the retry deadline,
   so a program started beside its database waits for it): a wrong address or a node that is
@@ -59,6 +63,7 @@ from craton.client.errors import (
 )
 from craton.core.auth import Role
 from craton.core.wire import (
+    FLAG_RETRY,
     PROTOCOL_VERSION,
     AppendEvents,
     AppendEventsReply,
@@ -66,6 +71,7 @@ from craton.core.wire import (
     CreateStreamReply,
     DataClass,
     DecodeError,
+    ErrorCode,
     ErrorReply,
     FrameDecoder,
     Handshake,
@@ -177,7 +183,9 @@ class _Link(asyncio.Protocol):
     def broken(self) -> bool:
         return self._broken is not None
 
-    async def request(self, message: AnyMessage, request_id: int, timeout_s: float) -> AnyMessage:
+    async def request(
+        self, message: AnyMessage, request_id: int, timeout_s: float, flags: int = 0
+    ) -> AnyMessage:
         """The reply to ``message``; ``TimeoutError`` if none came within ``timeout_s``."""
         if self._broken is not None:
             raise self._broken
@@ -190,7 +198,7 @@ class _Link(asyncio.Protocol):
         if self._timer is None or deadline_s < self._timer_at_s:
             self._set_timer(deadline_s)
         try:
-            transport.write(encode(message, request_id))
+            transport.write(encode(message, request_id, flags))
             if self._paused:
                 await self._drain()
             return await future
@@ -481,10 +489,10 @@ class AsyncClient:
         if self._closed:
             raise ConnectionFailed("the client is closed")
         deadline_s, reach_by_s = self._deadlines()
-        taken: list[int] = []  # the request id, taken once the first connection is open
+        tries = _Tries(self._take_request_id())
 
         async def attempt() -> AnyMessage | CratonError:
-            return await self._attempt(message, taken, deadline_s, reach_by_s)
+            return await self._attempt(message, tries, deadline_s, reach_by_s)
 
         reply = await attempt()  # the first try, outside the retry loop's own coroutine
         if isinstance(reply, CratonError):
@@ -495,33 +503,36 @@ class AsyncClient:
         return reply
 
     async def _attempt(
-        self, message: AnyMessage, taken: list[int], deadline_s: float, reach_by_s: float
+        self, message: AnyMessage, tries: _Tries, deadline_s: float, reach_by_s: float
     ) -> AnyMessage | CratonError:
         """One try: the reply, or the error that decides whether to try again.
 
-        The request id is taken on the first try, once a connection is open: its handshake
-        then has a lower id, and every id below a handshake's is one the node may treat as
-        sent before (docs/PROTOCOL.md, "Request ids")."""
+        Once a try went out and no answer ruled it out (no answer in time, a broken
+        connection, ``INTERNAL``), every later try is marked ``FLAG_RETRY``: the node then
+        never opens a session for it (docs/PROTOCOL.md, "Connections")."""
         try:
             link = await self._ensure_link(self._connect_by(deadline_s, reach_by_s))
         except CratonError as error:
             return error
-        if not taken:
-            taken.append(self._take_request_id())
-        request_id = taken[0]
+        request_id = tries.request_id
+        flags = FLAG_RETRY if tries.maybe_applied else 0
         timeout_s = max(0.001, min(self._request_timeout_s, self._left_s(deadline_s)))
         try:
-            reply = await link.request(message, request_id, timeout_s)
+            reply = await link.request(message, request_id, timeout_s, flags)
         except MessageTooLarge as error:  # nothing was sent: the link is still good
             return InvalidArgument(f"the request does not fit in one frame: {error}")
         except TimeoutError:
+            tries.maybe_applied = True
             await self._drop(link)
             return RequestTimeout(f"no answer from {link.address} within {timeout_s:.1f} s")
         except _LinkBroken as broken:
+            tries.maybe_applied = True
             await self._drop(link)
             return broken.error or ConnectionFailed(str(broken))
         if isinstance(reply, ErrorReply):
             refused = error_for(reply.code, reply.message, reply.primary_address)
+            if reply.code == ErrorCode.INTERNAL:
+                tries.maybe_applied = True
             if isinstance(refused, NotPrimary):
                 await self._redirect(refused.primary_address)
             elif isinstance(refused, Unavailable) and self._in_cluster():
@@ -676,6 +687,14 @@ async def _retrying(
             raise last
         await asyncio.sleep(wait_s)
         backoff_s = min(BACKOFF_MAX_S, backoff_s * 2)
+
+
+@attrs.define
+class _Tries:
+    """One request's tries: its id, and whether a try may have been applied already."""
+
+    request_id: int
+    maybe_applied: bool = False
 
 
 def _retryable(error: CratonError) -> bool:

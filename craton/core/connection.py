@@ -39,7 +39,9 @@ Rules it keeps:
   it on this connection has been answered, and at once if none is open; other replies go
   out as soon as the node answers them (pipelining: any order).
 - Writes carry a request id in ``1..request_number_max`` (the node's session table), or they
-  are refused with ``INVALID_REQUEST``.
+  are refused with ``INVALID_REQUEST``. A write is a first attempt (``SubmitWrite.fresh``)
+  unless its frame has ``FLAG_RETRY`` or the connection forwarded that id, or a higher one,
+  before (``craton.core.gateway.RequestFreshness``).
 - Rate limit: with ``rate_limit_rps``, each request after the handshake takes a token from
   a ``TokenBucket`` at the time it was received; without one it gets ``RATE_LIMITED``.
 - Idle: with nothing in flight, a connection whose last whole frame received or last reply
@@ -62,6 +64,7 @@ from craton import __version__
 from craton.core.auth import AuthRefusal, Principal, Refusal
 from craton.core.gateway import RequestFreshness
 from craton.core.wire import (
+    FLAG_RETRY,
     HEADER_SIZE,
     PROTOCOL_VERSION,
     AppendEvents,
@@ -177,9 +180,11 @@ class RequestDone:
 @attrs.frozen
 class StartHandshake:
     """Authenticate ``handshake`` and open its session; answer with ``on_session_opened``,
-    ``on_session_refused``, ``on_credential_refused`` or ``on_node_halted``."""
+    ``on_session_refused``, ``on_credential_refused`` or ``on_node_halted``. ``request_id``
+    is the handshake frame's."""
 
     handshake: Handshake
+    request_id: int
 
 
 @attrs.frozen
@@ -323,7 +328,7 @@ class ConnectionProtocol:
         self.state = ConnectionState.AWAITING_HANDSHAKE
         self.principal: Principal | None = None
         self._handshake: _PendingHandshake | None = None
-        self._freshness = RequestFreshness(1)
+        self._freshness = RequestFreshness()
         self._expires_at_ns: int | None = None  # the token's expiry on the monotonic clock
         self._decoder = FrameDecoder()
         # frames received and not served yet, in order, with the time each was received; a
@@ -556,8 +561,8 @@ class ConnectionProtocol:
         self._handshake = _PendingHandshake(
             handshake, frame.request_id, received_ns, now_ns, now.wall_ms
         )
-        self._freshness = RequestFreshness(frame.request_id)
-        return [StartHandshake(handshake)]
+        self._freshness = RequestFreshness()
+        return [StartHandshake(handshake, frame.request_id)]
 
     def _on_frame(self, frame: Frame, received_ns: int, now: Conditions) -> list[Effect]:
         expired = self._expired(now)
@@ -587,7 +592,7 @@ class ConnectionProtocol:
                 if not 1 <= request_id <= self._request_number_max:
                     why = f"a write's request id must be in 1..{self._request_number_max}"
                     return self._refuse(frame, received_ns, ErrorCode.INVALID_REQUEST, why, now_ns)
-                fresh = self._freshness.fresh(request_id)
+                fresh = self._freshness.fresh(request_id, retry=bool(frame.flags & FLAG_RETRY))
                 seq = self._track(0)
                 return [SubmitWrite(seq, request_id, message, frame, received_ns, fresh)]
             case ReadEvents() | ReadEventsAsOf() | ListApiKeys():

@@ -21,15 +21,17 @@ Client sessions (the replica's client table gives exactly-once semantics):
 - A write refused because its session expired (more than ``client_table_max`` newer
   clients) is answered ``SESSION_EXPIRED``, which a client does not retry: an earlier
   attempt of that request may have been applied.
-- Exactly once across sessions: a client numbers its requests upwards, its handshakes
-  included (docs/PROTOCOL.md), so a request is *fresh* — sent for the first time — when its
-  id is at least the connection's handshake id and above every id the connection forwarded
-  before (``RequestFreshness``). A new session is registered with a *floor* (the
-  registration's body): the highest handshake id waiting for it or one above the highest
-  retry waiting, else the lowest fresh id waiting. The replica refuses ids below the floor in that
-  session, so a retry of a request that an evicted session may have applied is never applied again
-  under the new one (it is answered as unknown, ``SESSION_EXPIRED``), on this primary or
-  any later one: the floor is in the log.
+- Exactly once across sessions: a session is opened only by a write (a handshake opens
+  none), and registered with a *floor* (the registration's body): one above the highest
+  retry waiting for it (a write marked ``FLAG_RETRY`` by its client, or one its connection
+  forwarded before: ``RequestFreshness``), else the lowest first attempt. The replica
+  refuses ids below the floor in that session, so a retry of a request that an evicted
+  session may have applied is never applied again under the new one (it is answered
+  ``SESSION_EXPIRED``), on this primary or any later one: the floor is in the log.
+- An answer that leaves the outcome open (the replica stopped serving while the request
+  was in flight, or halted) is ``INTERNAL``, which a client retries marking the request a
+  retry; ``NOT_PRIMARY`` and ``UNAVAILABLE`` say the request did not enter this replica's
+  pipeline.
 
 Rules it keeps:
 - Requests enter the replica in arrival order, and only while its pipeline has room
@@ -38,7 +40,7 @@ Rules it keeps:
   and nothing more is admitted until the next tick. At most ``QUEUE_REQUESTS_MAX`` wait.
 - Only a replica that is the primary of its view, in normal status, takes requests; others
   answer ``NOT_PRIMARY`` (with the primary's index when known) or ``UNAVAILABLE``. A session
-  asked for while the log is being recovered is answered once it is.
+  asked for while the log is being recovered (a handshake) is answered once it is.
 - A session is looked up in the replica's client table before a registration is prepared,
   and only once the table is final for the view (the view's log installed and every op in
   it applied), so a client whose registration committed in an earlier view keeps its
@@ -47,9 +49,9 @@ Rules it keeps:
   earlier registration of the same client (applied again while the replica catches up) is
   never taken for it, and a new read session holds no numbers yet.
 - When the replica stops serving (it lost the primary role, or changed view), every request
-  waiting is answered at once — ``NOT_PRIMARY`` or ``UNAVAILABLE`` — and the session cache
-  is dropped: a request whose outcome is unknown is retried by its client with the same
-  request id, and the next primary's client table decides it. A reply is never invented.
+  waiting is answered at once with ``INTERNAL`` (its outcome is open) and the session cache
+  is dropped: the client retries it with the same request id, marked a retry, and the next
+  primary's client table decides it. A reply is never invented.
 - Sessions are ops and request numbers must fit 64 bits, so a session registered at op
   ``SESSION_OPS_MAX`` (2**32) or later cannot be used: its requests get ``INTERNAL``.
 - A ``Halt`` of the replica is final: every open token is answered (``INTERNAL`` for a
@@ -109,17 +111,16 @@ READ_CLIENT_ID = int.from_bytes(
 
 
 class RequestFreshness:
-    """Which of a connection's writes are sent for the first time: ids at or above the
-    handshake's (the client numbered everything before it lower) and above every id this
-    connection forwarded before. One per connection, fed every write in arrival order."""
+    """Which of a connection's writes are first attempts: the client did not mark the frame
+    a retry (``FLAG_RETRY``: an earlier attempt went out and got no answer that rules it
+    out), and the connection has not forwarded that id, or a higher one, before. One per
+    connection, fed every write in arrival order."""
 
-    def __init__(self, handshake_request_id: int) -> None:
-        self.handshake_request_id = handshake_request_id
-        self._floor = handshake_request_id
+    def __init__(self) -> None:
         self._highest = 0
 
-    def fresh(self, request_id: int) -> bool:
-        first = request_id >= self._floor and request_id > self._highest
+    def fresh(self, request_id: int, *, retry: bool) -> bool:
+        first = not retry and request_id > self._highest
         self._highest = max(self._highest, request_id)
         return first
 
@@ -141,7 +142,6 @@ class _Session:
     state: _State = _State.NEW
     session: int = 0  # the op that registered it, once ACTIVE
     waiting: list[Submit] = attrs.Factory(list)  # requests until registered
-    ready: list[Submit] = attrs.Factory(list)  # handshakes (SESSION submits) until registered
     replies: collections.OrderedDict[int, bytes] = attrs.Factory(collections.OrderedDict)
 
 
@@ -165,6 +165,7 @@ class GatewayCounts:
     redirects: int = 0  # answers NOT_PRIMARY
     unavailable: int = 0  # answers UNAVAILABLE
     sessions_expired: int = 0  # writes answered SESSION_EXPIRED
+    outcomes_open: int = 0  # requests answered INTERNAL when the primary changed under them
 
     def as_dict(self) -> dict[str, int]:
         return attrs.asdict(self)
@@ -213,7 +214,6 @@ class Gateway:
             assert not self._queue and not self._waiters, "requests wait on a non-primary"
         for session in [*self._sessions.values(), self._reads]:
             assert session.state is not _State.ACTIVE or not session.waiting
-            assert session.state is _State.REGISTERING or not session.ready
 
     @property
     def serving(self) -> bool:
@@ -253,20 +253,12 @@ class Gateway:
                 self._submit_read(submit)
 
     def _open_session(self, submit: Submit) -> None:
+        """A handshake: answered once the log is recovered (the client table is known then).
+        It opens no session: the client's first write does, with a floor it can vouch for."""
         if self.replica.status is Status.LOADING:
-            self._after_recovery.append(submit)  # the client table is not known yet
+            self._after_recovery.append(submit)
             return
-        if not self.serving:
-            # The client's requests will be redirected (or refused until a primary is
-            # known); the primary opens the session when the first of them reaches it.
-            self._answer(submit.token, None)
-            return
-        session = self._session(replica_client_id(submit.tenant_id, submit.client_id))
-        if session.state is _State.ACTIVE:
-            self._answer(submit.token, None)
-            return
-        session.ready.append(submit)
-        self._register(session)
+        self._answer(submit.token, None)
 
     def _submit_write(self, submit: Submit) -> None:
         if not 1 <= submit.request_id <= REQUEST_NUMBER_MAX:
@@ -331,10 +323,9 @@ class Gateway:
 
     def _registered(self, session: _Session, body: bytes) -> None:
         waiting, session.waiting = session.waiting, []
-        ready, session.ready = session.ready, []
         if body[0] != ReplyStatus.OK:
             session.state = _State.NEW
-            for submit in [*waiting, *ready]:
+            for submit in waiting:
                 self._refused(submit.token, body, "registering the client session")
             return
         session.state = _State.ACTIVE
@@ -349,21 +340,16 @@ class Gateway:
         else:
             for submit in waiting:
                 self._send_write(session, submit)
-        for submit in ready:
-            self._answer(submit.token, None)
 
     def _registration(self, client: int) -> bytes:
-        """The body of client ``client``'s registration: its floor. Every id below a
-        waiting handshake's, and every retry waiting, may have been used by an earlier
-        session, so the floor is above them all; without those, it is the lowest fresh
-        request waiting."""
+        """The body of client ``client``'s registration: its floor. A retry waiting for it
+        may have been applied by an earlier session, so the floor is above every one;
+        without retries, it is the lowest first attempt waiting."""
         session = self._sessions.get(client)
         waiting = [] if session is None else session.waiting
-        handshakes = [] if session is None else session.ready
-        used = [s.request_id + 1 for s in waiting if not s.fresh]
-        used += [s.request_id for s in handshakes]
+        retried = [s.request_id + 1 for s in waiting if not s.fresh]
         fresh = [s.request_id for s in waiting if s.fresh]
-        floor = max(used) if used else min(fresh, default=1)
+        floor = max(retried) if retried else min(fresh, default=1)
         return encode_registration(max(1, floor))
 
     def _prune_sessions(self) -> None:
@@ -372,7 +358,7 @@ class Gateway:
         known = self.replica.clients
         for client in [c for c, s in self._sessions.items() if c not in known]:
             session = self._sessions[client]
-            if session.state is _State.ACTIVE and not session.waiting and not session.ready:
+            if session.state is _State.ACTIVE and not session.waiting:
                 del self._sessions[client]
 
     def _send_write(self, session: _Session, submit: Submit) -> None:
@@ -565,8 +551,7 @@ class Gateway:
         why = "the node stopped after a fault"
         for session in [*self._sessions.values(), self._reads]:
             waiting, session.waiting = session.waiting, []
-            ready, session.ready = session.ready, []
-            for submit in [*waiting, *ready]:
+            for submit in waiting:
                 self._answer(submit.token, ErrorCode.UNAVAILABLE, message=why)
         for submit in self._after_recovery:
             self._answer(submit.token, ErrorCode.UNAVAILABLE, message=why)
@@ -605,11 +590,12 @@ class Gateway:
     def _refused(self, token: int, reply: bytes, what: str) -> None:
         status = reply[0] if reply else -1
         if status == ReplyStatus.NOT_PRIMARY:
-            prefix = (
-                f"the primary changed before the {what} was answered (it may or may not have "
-                "been applied; a retry with the same request id is safe)"
+            self.counts.outcomes_open += 1
+            why = (
+                f"the primary changed before the {what} was answered: it may or may not have "
+                "been applied (a retry with the same request id is safe)"
             )
-            self._not_serving(token, prefix)
+            self._answer(token, ErrorCode.INTERNAL, message=why)
         elif status == ReplyStatus.BUSY:
             self._answer(token, ErrorCode.INTERNAL, message=f"the node stopped during a {what}")
         else:

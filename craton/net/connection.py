@@ -368,7 +368,7 @@ class ClientConnection:
                 case StartHandshake():
                     # API keys are in the replicated table: wait until the log is read back
                     self._host.when_recovered(
-                        functools.partial(self._authenticate, effect.handshake)
+                        functools.partial(self._authenticate, effect.handshake, effect.request_id)
                     )
                 case RefuseCredential():
                     self._record_refusal(effect.refusal, effect.received_ns)
@@ -396,7 +396,7 @@ class ClientConnection:
 
     # --- the handshake ---------------------------------------------------------------------
 
-    def _authenticate(self, handshake: Handshake) -> None:
+    def _authenticate(self, handshake: Handshake, request_id: int) -> None:
         protocol = self._protocol
         if protocol.closed:
             return
@@ -432,7 +432,7 @@ class ClientConnection:
             )
             self._advance()  # the frames that came after the handshake
 
-        self._host.open_session(self._tenant_id, client_id, ready)
+        self._host.open_session(self._tenant_id, client_id, request_id, ready)
 
     def _record_refusal(self, refusal: AuthRefusal, received_ns: int) -> None:
         """One failed authentication: count it, log it, audit it (the protocol closes)."""

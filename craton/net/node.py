@@ -419,15 +419,21 @@ class ReplicaHost:
     # --- requests --------------------------------------------------------------------------
 
     def open_session(
-        self, tenant_id: int, client_id: int, done: Callable[[Refused | None], None]
+        self,
+        tenant_id: int,
+        client_id: int,
+        handshake_request_id: int,
+        done: Callable[[Refused | None], None],
     ) -> None:
         """Make sure the client has a session on the primary (the gateway's ``SESSION``);
-        ``done(None)`` once it has, or once this node, not serving, has sent it elsewhere."""
+        ``done(None)`` once it has, or once this node, not serving, has sent it elsewhere.
+        ``handshake_request_id`` is the handshake frame's (a new session's floor)."""
         if self._refused_here(lambda refused: done(refused)):
             return
         token = self._token()
         self._sessions_open[token] = done
-        self._step(Submit(token, SubmitKind.SESSION, tenant_id, client_id))
+        kind = SubmitKind.SESSION
+        self._step(Submit(token, kind, tenant_id, client_id, handshake_request_id))
 
     def when_recovered(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once the log is read back (or the node halted): now, if so."""

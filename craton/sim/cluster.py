@@ -284,7 +284,8 @@ class _Node:
     driver: Driver
     # token -> (client endpoint, kind, request id) of each submit the gateway has not answered
     submits: dict[int, tuple[int, SubmitKind, int]] = attrs.Factory(dict)
-    connections: dict[int, RequestFreshness] = attrs.Factory(dict)  # by client endpoint
+    # by client endpoint: (its handshake's request id, the connection's judge of retries)
+    connections: dict[int, tuple[int, RequestFreshness]] = attrs.Factory(dict)
     up: bool = True
     paused: bool = False
     back_at: int = 0  # tick at which a down or paused replica comes back
@@ -435,13 +436,13 @@ class Cluster:
         handshake of a new connection; a write's freshness is the connection's to judge
         (``RequestFreshness``), as a node's connection judges it."""
         token, self._next_token = self._next_token, self._next_token + 1
-        submit = decode_submit(token, payload)
+        submit, retry = decode_submit(token, payload)
         if submit.kind is SubmitKind.SESSION:
             known = node.connections.get(client)
             # A client's handshake ids only grow: an older one is a late copy, not a new
             # connection (a real one cannot arrive on a connection opened after it).
-            if known is None or submit.request_id > known.handshake_request_id:
-                node.connections[client] = RequestFreshness(submit.request_id)
+            if known is None or submit.request_id > known[0]:
+                node.connections[client] = (submit.request_id, RequestFreshness())
         else:
             connection = node.connections.get(client)
             if connection is None:  # the replica restarted since: that connection is gone
@@ -450,7 +451,8 @@ class Cluster:
                 self.network.endpoint(node.index).send(client, reply)
                 return
             if submit.kind is SubmitKind.WRITE:
-                submit = attrs.evolve(submit, fresh=connection.fresh(submit.request_id))
+                fresh = connection[1].fresh(submit.request_id, retry=retry)
+                submit = attrs.evolve(submit, fresh=fresh)
         node.submits[token] = (client, submit.kind, submit.request_id)
         node.driver.step(submit)
 
@@ -758,8 +760,9 @@ class Cluster:
 def _describe(src: int, payload: bytes) -> str:
     """A short readable form of a payload for the trace."""
     if src >= CLIENT_ID_BASE:
-        submit = decode_submit(0, payload)
-        return f"client {submit.kind.value} {submit.request_id} ({len(submit.body)} bytes)"
+        submit, retry = decode_submit(0, payload)
+        marked = " retry" if retry else ""
+        return f"client {submit.kind.value}{marked} {submit.request_id} ({len(submit.body)} bytes)"
     try:
         message = codec.decode_message(payload)
     except DecodeError as error:

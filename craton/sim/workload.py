@@ -6,7 +6,9 @@ Each client is a wire client (a random u128 id in tenant ``TENANT_ID``) of the r
 ``craton.client``, it opens a session on the replica it talks to (the handshake, a
 ``SESSION`` submit) before its first request there; numbers its requests and handshakes
 ``1, 2, …`` from one counter (wire request ids); sends one at a time and, without an
-answer in ``timeout_ticks``, retries the *same* request id at the next replica; follows
+answer in ``timeout_ticks``, retries the *same* request id at the next replica, marked a
+retry (``FLAG_RETRY``) once an attempt went out and got no answer that rules it out (a
+timeout, or ``INTERNAL``); follows
 ``NOT_PRIMARY`` to the primary it names (or the next replica); moves on after ``UNAVAILABLE`` and
 backs off after ``INTERNAL``, both
 with the same request id. A replica that restarted since the handshake has lost the
@@ -54,7 +56,7 @@ from craton.sim.network import SimEndpoint
 
 CLIENT_ID_BASE = 1000  # network endpoints of clients: replicas are 0..R-1
 TENANT_ID = 1  # the tenant every simulated wire client connects in
-SUBMIT_HEADER = struct.Struct("<BQ16sQ")  # kind, tenant, client id (u128), request id
+SUBMIT_HEADER = struct.Struct("<BBQ16sQ")  # kind, retry, tenant, client id (u128), request id
 ANSWER_HEADER = struct.Struct("<BBQQB")  # kind, code (0: applied), request id, op, primary
 NO_PRIMARY = 0xFF
 KINDS = tuple(SubmitKind)
@@ -63,11 +65,12 @@ GLOBAL = Placement(PlacementKind.GLOBAL, "")
 BACKOFF_TICKS_MIN, BACKOFF_TICKS_MAX = 5, 20
 
 
-def encode_submit(submit: Submit) -> bytes:
+def encode_submit(submit: Submit, *, retry: bool = False) -> bytes:
     """A client's ``Submit`` as it travels the simulated network (the token is the
-    receiving node's to choose)."""
+    receiving node's to choose; ``retry`` is the frame's ``FLAG_RETRY``)."""
     header = SUBMIT_HEADER.pack(
         KINDS.index(submit.kind),
+        int(retry),
         submit.tenant_id,
         submit.client_id.to_bytes(16, "little"),
         submit.request_id,
@@ -75,11 +78,13 @@ def encode_submit(submit: Submit) -> bytes:
     return header + submit.body
 
 
-def decode_submit(token: int, payload: bytes) -> Submit:
+def decode_submit(token: int, payload: bytes) -> tuple[Submit, bool]:
+    """The ``Submit`` and whether its client marked it a retry."""
     assert len(payload) >= SUBMIT_HEADER.size, "a simulated submit has its header"
-    kind, tenant, client, request_id = SUBMIT_HEADER.unpack_from(payload)
+    kind, retry, tenant, client, request_id = SUBMIT_HEADER.unpack_from(payload)
     body = payload[SUBMIT_HEADER.size :]
-    return Submit(token, KINDS[kind], tenant, int.from_bytes(client, "little"), request_id, body)
+    client_id = int.from_bytes(client, "little")
+    return Submit(token, KINDS[kind], tenant, client_id, request_id, body), bool(retry)
 
 
 def encode_answer(kind: SubmitKind, request_id: int, answer: Answer) -> bytes:
@@ -216,7 +221,7 @@ class _Waiting:
     target: int = 0
     handshaking: bool = False
     resend_at: int | None = None  # backing off: send again at this tick
-    handshake_id: int | None = None  # taken before the request's own id, not sent yet
+    maybe_applied: bool = False  # an attempt went out and no answer ruled it out: a retry
 
 
 class SimClient:
@@ -267,6 +272,8 @@ class SimClient:
                 if now >= waiting.resend_at:
                     self._send(waiting, now)
             elif now - waiting.sent_tick >= self._timeout_ticks:
+                if not waiting.handshaking:
+                    waiting.maybe_applied = True  # it went out and no answer came back
                 self._move((waiting.target + 1) % self._replica_count)
                 self._send(waiting, now)
             return
@@ -276,10 +283,7 @@ class SimClient:
             read = self._is_read(body)
             if read:
                 self.read_bodies.add(body)
-            # Like the real client, connect first: the handshake's id is below the request's.
-            handshake_id = self._take_request_id() if self._connected != self._target else None
             waiting = _Waiting(self._take_request_id(), body, read, now)
-            waiting.handshake_id = handshake_id
             self.sent[waiting.request_id] = body
             self._waiting = waiting
             self._send(waiting, now)
@@ -303,15 +307,15 @@ class SimClient:
         waiting.sent_tick, waiting.target, waiting.resend_at = now, self._target, None
         waiting.handshaking = self._connected != self._target
         if waiting.handshaking:  # a handshake's id comes from the requests' own counter
-            handshake_id = waiting.handshake_id or self._take_request_id()
-            waiting.handshake_id = None
+            handshake_id = self._take_request_id()
             submit = Submit(0, SubmitKind.SESSION, TENANT_ID, self.wire_client_id, handshake_id)
         else:
             kind = SubmitKind.READ if waiting.read else SubmitKind.WRITE
             submit = Submit(
                 0, kind, TENANT_ID, self.wire_client_id, waiting.request_id, waiting.body
             )
-        self._endpoint.send(self._target, encode_submit(submit))
+        retry = waiting.maybe_applied and not waiting.handshaking
+        self._endpoint.send(self._target, encode_submit(submit, retry=retry))
 
     def _on_receive(self, src: int, payload: bytes) -> None:
         answer = decode_answer(payload)
@@ -344,6 +348,8 @@ class SimClient:
             self._move((src + 1) % self._replica_count)
             waiting.resend_at = now + self._prng.between(BACKOFF_TICKS_MIN, BACKOFF_TICKS_MAX)
         elif answer.code in _RETRY_HERE:
+            if answer.code is ErrorCode.INTERNAL and not waiting.handshaking:
+                waiting.maybe_applied = True  # the outcome is open
             waiting.resend_at = now + self._prng.between(BACKOFF_TICKS_MIN, BACKOFF_TICKS_MAX)
         else:  # not retried (SESSION_EXPIRED among them): the outcome is unknown
             self._record(waiting, None)

@@ -55,6 +55,7 @@ from craton.core.connection import (
 )
 from craton.core.wire import (
     BODY_SIZE_MAX,
+    FLAG_RETRY,
     PROTOCOL_VERSION,
     AppendEvents,
     Command,
@@ -119,7 +120,7 @@ def _sent(effects: list[Effect]) -> list[tuple[int, AnyMessage]]:
 def _open(protocol: ConnectionProtocol, principal: Principal = PRINCIPAL) -> None:
     """Handshake: the node accepts it at once."""
     protocol.receive_data(encode(HANDSHAKE, 1), T0_NS)
-    assert _serve_all(protocol) == [StartHandshake(HANDSHAKE)]
+    assert _serve_all(protocol) == [StartHandshake(HANDSHAKE, 1)]
     effects = protocol.on_session_opened(principal, 0, 1, 0, T0_NS)
     assert [type(e) for e in effects] == [Send, RequestDone], effects
     assert protocol.state is ConnectionState.OPEN
@@ -171,7 +172,7 @@ def test_a_handshake_whose_body_does_not_decode_closes_the_connection() -> None:
 def test_frames_after_the_handshake_wait_until_the_session_is_open() -> None:
     protocol = _protocol()
     protocol.receive_data(encode(HANDSHAKE, 1) + encode(Sync(), 2), T0_NS)
-    assert _serve_all(protocol) == [StartHandshake(HANDSHAKE)]
+    assert _serve_all(protocol) == [StartHandshake(HANDSHAKE, 1)]
     assert protocol.frames_waiting == 1, "the sync waits for the handshake's answer"
     assert protocol.throttle(False) == [PauseReading()], "reading stops while a frame waits"
 
@@ -864,3 +865,19 @@ TestConnectionModel.settings = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
+
+
+def test_a_write_marked_a_retry_or_seen_before_is_not_a_first_attempt() -> None:
+    protocol = _protocol()
+    _open(protocol)
+    protocol.receive_data(
+        encode(WRITE, 5) + encode(WRITE, 6, FLAG_RETRY) + encode(WRITE, 5) + encode(WRITE, 7),
+        T0_NS,
+    )
+    writes = [e for e in _serve_all(protocol) if isinstance(e, SubmitWrite)]
+    assert [(w.request_id, w.fresh) for w in writes] == [
+        (5, True),
+        (6, False),  # its client marked it a retry
+        (5, False),  # this connection forwarded 5 already
+        (7, True),
+    ]

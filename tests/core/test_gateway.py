@@ -149,19 +149,31 @@ def test_a_retry_from_an_expired_session_is_never_applied_again() -> None:
     assert harness.gateway.counts.sessions_expired == 2
 
 
-def test_a_handshake_registers_with_its_id_as_the_floor() -> None:
-    """A client that reconnects (handshake id 10) after its session was evicted: requests
-    below 10 may have been applied under the old session and are refused; 10 and above run."""
+def test_a_handshake_opens_no_session_and_a_retry_sets_the_floor() -> None:
+    """A client that reconnects after its session was evicted: the handshake opens nothing;
+    its retry of request 4 (which the old session applied) opens the new session with a
+    floor above 4, so it is refused, and its next first attempt runs."""
     harness = Harness(client_table_max=2)
     assert harness.write(5, 4, put(b"a"), fresh=True).code is None
     for other in (6, 7):
         harness.write(other, 1, put(b"x"), fresh=True)
+    owner = replica_client_id(TENANT, 5)
     assert harness.ask(SubmitKind.SESSION, client_id=5, request_id=10).code is None
-    session = harness.replica.clients[replica_client_id(TENANT, 5)]
-    assert session.number == 9, f"expected the session's floor at 10, got {session}"
+    assert owner not in harness.replica.clients, "a handshake registers nothing"
     assert harness.write(5, 4, put(b"a"), fresh=False).code is ErrorCode.SESSION_EXPIRED
+    assert harness.replica.clients[owner].number == 4, "the floor is above the retry"
     assert harness.write(5, 11, put(b"b"), fresh=True).code is None
     assert len(harness.ops_of(5, 4)) == 1
+
+
+def test_a_first_attempt_of_a_new_client_opens_its_session_at_its_id() -> None:
+    """A new client's first write, redirected from another replica, arrives on a connection
+    whose handshake took a higher id: it is a first attempt all the same, and runs."""
+    harness = Harness()
+    assert harness.ask(SubmitKind.SESSION, client_id=9, request_id=3).code is None
+    applied = harness.write(9, 2, put(b"v"), fresh=True)
+    assert applied.code is None, applied
+    assert harness.replica.clients[replica_client_id(TENANT, 9)].session < applied.op
 
 
 def test_bad_requests_get_typed_answers_and_the_gateway_goes_on() -> None:
@@ -225,17 +237,17 @@ def test_every_submit_is_answered_exactly_once_under_a_mixed_load() -> None:
 
 
 @pytest.mark.parametrize(
-    ("handshake", "sent", "expected"),
+    ("sent", "expected"),
     [
-        (5, [5, 6, 7], [True, True, True]),
-        (5, [4, 5], [False, True]),  # 4 was numbered before the handshake
-        (5, [6, 6, 7], [True, False, True]),  # the second 6 is a retry
-        (5, [7, 6], [True, False]),  # below the highest forwarded: may be a retry
+        ([(5, False), (6, False), (7, False)], [True, True, True]),
+        ([(5, True), (6, False)], [False, True]),  # the client marked 5 a retry
+        ([(6, False), (6, False), (7, False)], [True, False, True]),  # the second 6 is a retry
+        ([(7, False), (6, False)], [True, False]),  # below the highest forwarded: may be one
     ],
 )
-def test_request_freshness(handshake: int, sent: list[int], expected: list[bool]) -> None:
-    freshness = RequestFreshness(handshake)
-    assert [freshness.fresh(request_id) for request_id in sent] == expected
+def test_request_freshness(sent: list[tuple[int, bool]], expected: list[bool]) -> None:
+    freshness = RequestFreshness()
+    assert [freshness.fresh(rid, retry=retry) for rid, retry in sent] == expected
 
 
 def test_session_numbers_leave_room_for_the_request_id() -> None:

@@ -9,6 +9,7 @@ import pytest
 
 from craton.core.wire import (
     BODY_SIZE_MAX,
+    FLAG_RETRY,
     FRAME_SIZE_MAX,
     HEADER_SIZE,
     AppendEvents,
@@ -80,7 +81,7 @@ def test_a_sealed_header_built_by_hand_is_accepted() -> None:
     [
         ({"version": 2}, ErrorCode.UNSUPPORTED_VERSION, "protocol version 2"),
         ({"version": 0}, ErrorCode.UNSUPPORTED_VERSION, "protocol version 0"),
-        ({"flags": 1}, ErrorCode.INVALID_REQUEST, "unknown flags"),
+        ({"flags": 2}, ErrorCode.INVALID_REQUEST, "unknown flags"),
         ({"reserved": 7}, ErrorCode.INVALID_REQUEST, "reserved"),
         ({"body_size": BODY_SIZE_MAX + 1}, ErrorCode.TOO_LARGE, "body_size"),
         ({"command": 0}, ErrorCode.INVALID_REQUEST, "unknown command 0x0000"),
@@ -212,3 +213,12 @@ def test_commands_lie_in_their_ranges() -> None:
     for command in Command:
         assert command in COMMAND_CLIENT_RANGE or command in COMMAND_REPLICA_RANGE, command
     assert COMMAND_CLIENT_RANGE.stop == COMMAND_REPLICA_RANGE.start
+
+
+def test_the_retry_flag_travels_in_the_header_and_no_other_flag_is_sent() -> None:
+    data = encode_frame(Command.APPEND_EVENTS, 7, b"body", FLAG_RETRY)
+    frame = parse_frame(data)
+    assert (frame.flags, frame.request_id, frame.body) == (FLAG_RETRY, 7, b"body")
+    assert parse_frame(encode_frame(Command.APPEND_EVENTS, 7, b"body")).flags == 0
+    with pytest.raises(ValueError, match="unknown flags"):
+        encode_frame(Command.APPEND_EVENTS, 7, b"body", 0x0002)

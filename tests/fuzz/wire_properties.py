@@ -57,7 +57,7 @@ from craton.core.wire import (
     message_class,
     parse_frame,
 )
-from craton.core.wire.frame import MAGIC, PROTOCOL_VERSION, checksum, encode_frame
+from craton.core.wire.frame import FLAG_RETRY, MAGIC, PROTOCOL_VERSION, checksum, encode_frame
 from craton.core.wire.schema import Reader, Record
 
 TRIED: Counter[str] = Counter()
@@ -163,7 +163,7 @@ def check_accepted_frames_are_canonical(data: bytes, outcome: StreamOutcome) -> 
     for frame in outcome.frames:
         raw = data[offset : offset + HEADER_SIZE + len(frame.body)]
         offset += len(raw)
-        assert encode_frame(frame.command, frame.request_id, frame.body) == raw, (
+        assert encode_frame(frame.command, frame.request_id, frame.body, frame.flags) == raw, (
             "an accepted frame must be the canonical encoding of its fields"
         )
         expected = reference_decode(frame)
@@ -178,7 +178,7 @@ def check_accepted_frames_are_canonical(data: bytes, outcome: StreamOutcome) -> 
         assert message == expected and type(message) is type(expected), (
             f"the compiled decoder gave {message!r}, the field by field one {expected!r}"
         )
-        assert encode(message, frame.request_id) == raw, (
+        assert encode(message, frame.request_id, frame.flags) == raw, (
             f"accepted {message!r} but it does not re-encode to the bytes received"
         )
         decoded.append(message)
@@ -303,7 +303,7 @@ def _expected_header_verdict(
 ) -> tuple[str, ErrorCode] | None:
     if version != PROTOCOL_VERSION:
         return "protocol version", ErrorCode.UNSUPPORTED_VERSION
-    if flags != 0:
+    if flags & ~FLAG_RETRY:  # RETRY is the one flag defined
         return "flags", ErrorCode.INVALID_REQUEST
     if reserved != 0:
         return "reserved", ErrorCode.INVALID_REQUEST

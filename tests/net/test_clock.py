@@ -88,7 +88,11 @@ class _Host:
         then()
 
     def open_session(
-        self, tenant_id: int, client_id: int, ready: Callable[[Refused | None], None]
+        self,
+        tenant_id: int,
+        client_id: int,
+        handshake_request_id: int,
+        ready: Callable[[Refused | None], None],
     ) -> None:
         ready(None)
 

@@ -240,7 +240,7 @@ def _jwt_connection(clock: SimClock, lifetime_s: int) -> ConnectionProtocol:
     protocol = ConnectionProtocol(clock.monotonic_ns(), request_number_max=1000)
     handshake = Handshake(PROTOCOL_VERSION, 0xC0FFEE, "a-token")
     protocol.receive_data(encode(handshake, 1), clock.monotonic_ns())
-    assert protocol.serve_next(_conditions(clock)) == [StartHandshake(handshake)]
+    assert protocol.serve_next(_conditions(clock)) == [StartHandshake(handshake, 1)]
     protocol.on_session_opened(principal, 0, 1, 0, clock.monotonic_ns())
     return protocol
 

@@ -90,34 +90,31 @@ DISJOINT_SEEDS: list[tuple[int, int | None]] = [
     (70, 3),  # two replicas recovering at once, one with a hole below every peer's log
     (373, 3),  # two replicas whose repair finished but whose flag clearing failed
     (5, None),  # two replicas recovering at once (damaged), the third alone in a view change
-    (5, 3),  # see DISJOINT_KNOWN_BUGS
-    (332, 3),
-    (308, 3),
+    (5, 3),  # a hole below every peer's log while a second replica recovers (fixed since)
+    (332, 3),  # two replicas whose flag clearing failed (passes since)
+    (308, 3),  # two replicas recovering at once, the third alone in a view change
+    (108, 3),  # see DISJOINT_KNOWN_BUGS
+    (325, 3),
 ]
 
 # Regression seeds whose bug is not fixed yet: each runs as a strict xfail, so the tier stays
 # green and the day the bug is fixed the seed XPASSes and fails, asking for its entry here to
 # be removed (the seed itself stays in REGRESSION_SEEDS for good).
 KNOWN_BUGS: dict[tuple[int, int | None], str] = {}
-# The same for DISJOINT_SEEDS. The seeds that showed these stalls first (70, 373 and 5 with
-# the replicas drawn) pass since the simulated clients go through the gateway (their
-# schedules changed, the bugs did not): these seeds show them now.
+# The same for DISJOINT_SEEDS. Each change to what the simulated clients send moves the
+# schedules: the seeds that first showed a stall may pass later with the bug still there,
+# and stay as regression seeds; these show the one class of stall left in 0..399 now.
 DISJOINT_KNOWN_BUGS: dict[tuple[int, int | None], str] = {
-    (5, 3): (
-        "liveness: replica 1's hole (op 58) lies below both peers' logs (they start at a "
-        "checkpoint-state base, op 64), so repair by hash never finds it, while replica 0 is "
-        "recovering too (its state sync done, its flag not cleared): replica 2 is alone in "
-        "a view change, no quorum forms and nothing fills the hole"
+    (108, 3): (
+        "liveness: replica 0's hole (op 3) lies below both peers' logs (they start at a "
+        "checkpoint-state base, op 32), so repair by hash never finds it, while replica 2 "
+        "is recovering too: replica 1 is alone in a view change, no quorum forms and "
+        "nothing fills the hole"
     ),
-    (332, 3): (
-        "liveness: replicas 0 and 1 refilled their logs but crashed before the superblock "
-        "write that clears the recovering flag; on restart each is 'unfinished' and waits to "
-        "rejoin through a quorum, which replica 2, alone in its view change, cannot give"
-    ),
-    (308, 3): (
-        "liveness: replicas 0 and 2 found damage and are recovering at once (replica 2 still "
-        "repairing its log), and replica 1 is alone in a view change: recovering replicas "
-        "cast no votes and only a settled replica answers a recovery, so no quorum forms"
+    (325, 3): (
+        "liveness: replica 1's hole (op 16) lies below both peers' logs (bases 160 and "
+        "128), so repair by hash never finds it, while replica 0 is recovering too: no "
+        "quorum answers either recovery and nothing fills the hole"
     ),
 }
 

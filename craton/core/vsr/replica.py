@@ -816,7 +816,7 @@ class Replica:
             case GetState():
                 return self._on_get_state(message, received.src)
             case NewState():
-                return self._on_new_state(message)
+                return self._on_new_state(message, received.src)
             case NewCheckpoint():
                 return self._on_new_checkpoint(message)
             case Recovery():
@@ -929,11 +929,15 @@ class Replica:
         if source == self.config.replica_id or self._ticks < self._get_state_quiet_until:
             return []
         avoided = self._avoid_source
-        if source == avoided and not self.is_primary and self._count > 2:
+        if source == avoided and self._count > 2:
             # Its checkpoint state did not check out (a state file rotting on its disk fails
             # every time): a backup asks the next replica instead, until it has caught up or
             # the view changes; only replicas settled in the view answer it (see
-            # ``_on_get_state``), so what it gets is still the view's log.
+            # ``_on_get_state``), so what it gets is still the view's log. An installing
+            # primary asks the next replica too, for that checkpoint state only: a state at
+            # a checkpoint is committed, the same on every replica and checked against its
+            # digest and signature; entries it takes from its chosen source alone (see
+            # ``_on_new_state``), which serves them once the state is installed.
             source = min(
                 (r for r in self._others() if r != avoided),
                 key=lambda r: (r - avoided) % self._count,
@@ -962,13 +966,15 @@ class Replica:
         answer = NewState(self.view, self.commit, self.head, ask.op_from, entries)
         return [Send(ask.replica, self._encode(answer))]
 
-    def _on_new_state(self, state: NewState) -> list[Effect]:
+    def _on_new_state(self, state: NewState, src: int) -> list[Effect]:
         if state.view != self.view or self._truncating or self.status is not Status.NORMAL:
             return []
         if self._syncing is not None:
             return []  # its journal is about to start at a checkpoint: asked again then
         if self.is_primary and self._install is None:
             return []  # a primary fetches only while installing its view's log
+        if self.is_primary and self._install is not None and src != self._install.source:
+            return []  # only the replica whose log it chose holds the view's log
         self._primary_heard_tick = self._ticks
         had = self.head
         effects = self._extend(state.entries)

@@ -10,6 +10,7 @@ from craton.core.wire.codec import command_of, decode_frame, encode, error_reply
 from craton.core.wire.errors import DecodeError, DecoderNotDrained, ErrorCode, MessageTooLarge
 from craton.core.wire.frame import (
     BODY_SIZE_MAX,
+    FLAG_RETRY,
     FRAME_SIZE_MAX,
     HEADER_SIZE,
     PROTOCOL_VERSION,
@@ -39,6 +40,7 @@ from craton.core.wire.messages import (
 
 __all__ = [
     "BODY_SIZE_MAX",
+    "FLAG_RETRY",
     "FRAME_SIZE_MAX",
     "HEADER_SIZE",
     "PROTOCOL_VERSION",

@@ -132,12 +132,12 @@ def command_of(message: AnyMessage) -> Command:
     return command
 
 
-def encode(message: AnyMessage, request_id: int) -> bytes:
+def encode(message: AnyMessage, request_id: int, flags: int = 0) -> bytes:
     """One frame carrying ``message``; raises ``MessageTooLarge`` if it cannot fit a frame."""
     command = command_of(message)
     body = bytearray()
     _SCHEMAS[command].encode(message, body)
-    return encode_frame(command, request_id, bytes(body))
+    return encode_frame(command, request_id, bytes(body), flags)
 
 
 def error_reply(error: DecodeError) -> ErrorReply:

@@ -7,7 +7,7 @@ integers little-endian; docs/PROTOCOL.md has the byte-by-byte table):
      0      4   magic            b"CRTN"
      4      2   protocol_version u16, PROTOCOL_VERSION
      6      2   command          u16, a ``Command`` value
-     8      2   flags            u16, no flag is defined in version 1: must be 0
+     8      2   flags            u16, FLAG_RETRY or 0; other bits must be 0
     10      2   reserved         u16, must be 0
     12      4   body_size        u32, at most BODY_SIZE_MAX
     16      8   request_id       u64, echoed by the reply
@@ -52,7 +52,10 @@ HEADER_SIZE = 32
 FRAME_SIZE_MAX = 16 * 1024 * 1024  # bytes, header included
 BODY_SIZE_MAX = FRAME_SIZE_MAX - HEADER_SIZE
 REQUEST_ID_MAX = 2**64 - 1
-FLAGS_KNOWN = 0  # no flag bits are defined in protocol version 1
+# A client request that may have been sent before and applied (an earlier attempt went out
+# and got no answer that rules it out): the node never opens a session for it.
+FLAG_RETRY = 0x0001
+FLAGS_KNOWN = FLAG_RETRY
 _SMALL_FRAME_SIZE = 4096  # bytes; a decoder copies a frame this small out of its buffer twice
 
 # <: little-endian. magic, version, command, flags, reserved, body_size, request_id, body
@@ -118,6 +121,7 @@ class Frame:
     command: Command
     request_id: int
     body: bytes
+    flags: int = 0
 
 
 def checksum(data: bytes | bytearray | memoryview) -> int:
@@ -125,8 +129,10 @@ def checksum(data: bytes | bytearray | memoryview) -> int:
     return zlib.crc32(data) & 0xFFFFFFFF
 
 
-def encode_frame(command: Command, request_id: int, body: bytes) -> bytes:
+def encode_frame(command: Command, request_id: int, body: bytes, flags: int = 0) -> bytes:
     """Wrap ``body`` in a frame header; raises on values the header cannot carry."""
+    if flags & ~FLAGS_KNOWN:
+        raise ValueError(f"unknown flags 0x{flags:04x}")
     if not 0 <= request_id <= REQUEST_ID_MAX:
         raise ValueError(f"request_id must be in 0..{REQUEST_ID_MAX}, got {request_id}")
     if len(body) > BODY_SIZE_MAX:
@@ -135,7 +141,7 @@ def encode_frame(command: Command, request_id: int, body: bytes) -> bytes:
         MAGIC,
         PROTOCOL_VERSION,
         command,
-        FLAGS_KNOWN,
+        flags,
         0,
         len(body),
         request_id,
@@ -161,7 +167,7 @@ def parse_frame(data: bytes) -> Frame:
 def _verified_frame(header: _Header, body: bytes) -> Frame:
     if checksum(body) != header.body_checksum:
         raise DecodeError("body checksum mismatch")
-    return Frame(header.command, header.request_id, body)
+    return Frame(header.command, header.request_id, body, header.flags)
 
 
 class _Header(NamedTuple):
@@ -169,6 +175,7 @@ class _Header(NamedTuple):
     request_id: int
     body_size: int
     body_checksum: int
+    flags: int
 
 
 def _check_magic(prefix: bytes) -> None:
@@ -207,7 +214,7 @@ def _parse_header(header: bytes | bytearray) -> _Header:
     known = _COMMANDS.get(command)
     if known is None:
         raise DecodeError(f"unknown command 0x{command:04x}")
-    return _Header(known, request_id, body_size, body_checksum)
+    return _Header(known, request_id, body_size, body_checksum, flags)
 
 
 class FrameDecoder:
@@ -267,7 +274,7 @@ class FrameDecoder:
         self._header = None
         if zlib.crc32(body) & 0xFFFFFFFF != header.body_checksum:
             self._fail(DecodeError("body checksum mismatch"))
-        return Frame(header.command, header.request_id, body)
+        return Frame(header.command, header.request_id, body, header.flags)
 
     def finish(self) -> None:
         """The stream has ended: raises ``DecodeError`` if it stopped inside a frame."""
