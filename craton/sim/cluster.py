@@ -91,6 +91,7 @@ REPAIR_NOTICES = {  # notices counted in a run's ``repairs``, by the name they a
     "replica.prepare_repaired": "prepares_repaired",
     "replica.repair_abandoned": "repairs_abandoned",
     "replica.repaired": "logs_repaired",
+    "replica.repair_by_state": "repairs_by_state",
     "replica.recovered": "rejoined",
     "replica.state_transfer": "state_transfers",
     "replica.state_synced": "state_syncs",

@@ -146,7 +146,7 @@ SUPPLY_GAP = (
 
 
 @pytest.mark.xfail(raises=AssertionError, strict=True, reason=SUPPLY_GAP)
-@pytest.mark.parametrize("seed", [4, 99])
+@pytest.mark.parametrize("seed", [4, 126])
 def test_disjoint_seeds_keep_every_committed_op_on_some_disk(seed: int) -> None:
     """The supply check, which the disjoint profile runs without (see the module of the
     checkers), switched on for seeds that show the gap: once the repair keeps what it found

@@ -93,8 +93,10 @@ DISJOINT_SEEDS: list[tuple[int, int | None]] = [
     (5, 3),  # a hole below every peer's log while a second replica recovers (fixed since)
     (332, 3),  # two replicas whose flag clearing failed (passes since)
     (308, 3),  # two replicas recovering at once, the third alone in a view change
-    (108, 3),  # see DISJOINT_KNOWN_BUGS
-    (325, 3),
+    (108, 3),  # a hole below every peer's log (repaired by taking a peer's state since)
+    (325, 3),  # the same
+    (101, 3),  # see DISJOINT_KNOWN_BUGS
+    (173, 3),
 ]
 
 # Regression seeds whose bug is not fixed yet: each runs as a strict xfail, so the tier stays
@@ -103,18 +105,18 @@ DISJOINT_SEEDS: list[tuple[int, int | None]] = [
 KNOWN_BUGS: dict[tuple[int, int | None], str] = {}
 # The same for DISJOINT_SEEDS. Each change to what the simulated clients send moves the
 # schedules: the seeds that first showed a stall may pass later with the bug still there,
-# and stay as regression seeds; these show the one class of stall left in 0..399 now.
+# and stay as regression seeds. A hole below every peer's log is repaired since from a
+# peer's checkpoint state (108 and 325 showed it); these show the stalls left in 0..399.
 DISJOINT_KNOWN_BUGS: dict[tuple[int, int | None], str] = {
-    (108, 3): (
-        "liveness: replica 0's hole (op 3) lies below both peers' logs (they start at a "
-        "checkpoint-state base, op 32), so repair by hash never finds it, while replica 2 "
-        "is recovering too: replica 1 is alone in a view change, no quorum forms and "
-        "nothing fills the hole"
+    (101, 3): (
+        "liveness: replicas 0 and 1 found damage and are recovering at once, neither with a "
+        "hole it repairs, and replica 2 is alone in a view change: recovering replicas cast "
+        "no votes and only a settled replica answers a recovery, so no quorum forms"
     ),
-    (325, 3): (
-        "liveness: replica 1's hole (op 16) lies below both peers' logs (bases 160 and "
-        "128), so repair by hash never finds it, while replica 0 is recovering too: no "
-        "quorum answers either recovery and nothing fills the hole"
+    (173, 3): (
+        "liveness: all three replicas are recovering (damage found on each); replica 1's "
+        "hole (op 43) lies past both peers' logs, and no replica is settled to answer a "
+        "recovery, so no quorum forms"
     ),
 }
 
@@ -245,6 +247,17 @@ def test_regression_list_is_well_formed() -> None:
     assert not unknown, f"KNOWN_BUGS names seeds missing from REGRESSION_SEEDS: {unknown}"
     unknown = [key for key in DISJOINT_KNOWN_BUGS if key not in DISJOINT_SEEDS]
     assert not unknown, f"DISJOINT_KNOWN_BUGS names seeds missing from DISJOINT_SEEDS: {unknown}"
+
+
+@pytest.mark.parametrize("seed", [108, 325])
+def test_a_hole_below_every_peers_log_is_repaired_from_a_peers_state(seed: int) -> None:
+    """Disjoint seeds whose repairing replica has a hole below both peers' logs (their
+    journals start at a checkpoint state): it installs a peer's state as its base, repairs
+    on by hash, and the run passes (before, no peer could serve the hole and it stalled)."""
+    summary = run_seed(seed, replicas=3, profile="disjoint")
+    assert summary["result"] == "pass", failure_message(summary, 3)
+    repairs = summary["repairs"]
+    assert isinstance(repairs, dict) and repairs.get("repairs_by_state", 0) >= 1, repairs
 
 
 @pytest.mark.parametrize("index", range(FRESH_SEED_COUNT), ids=lambda i: f"fresh{i:02}")

@@ -573,7 +573,7 @@ class Replica:
 
     def _repair_next(self) -> list[Effect]:
         effects: list[Effect] = []
-        if not self._persisted_recovering:
+        if not self._persisted_recovering or self._syncing is not None:
             return []  # the log changes only once the superblock says it is recovering
         while self.head in self._repair:
             item = self._repair[self.head]
@@ -605,7 +605,11 @@ class Replica:
         if self._install is not None or self._truncating or self._rejoining or self._syncing:
             return []  # the journal is between two views' logs, or about to be replaced
         if ask.op < self._base:  # released from memory: the log on disk still holds it
-            if not self.log.base <= ask.op < self.log.durable:
+            if ask.op < self.log.base:
+                # Only the checkpoint state at the log's base holds it now: offer that (a
+                # repairing replica installs it as its base and repairs on from there).
+                return self._offer_checkpoint(ask.replica)
+            if not ask.op < self.log.durable:
                 return []
             return self._route(self.log.read(ask.op, SERVE_TAG_BASE + ask.replica))
         if ask.op < self.head:
@@ -618,6 +622,8 @@ class Replica:
         return [Send(ask.replica, self._encode(PrepareReply(self.log_view, entry)))]
 
     def _on_prepare_reply(self, reply: PrepareReply) -> list[Effect]:
+        if self._syncing is not None:
+            return []  # a checkpoint is becoming this log's base: the holes are asked again
         entry = reply.entry
         item = self._repair.get(entry.op)
         if self.status is not Status.RECOVERING or entry.op != self.head or item is None:
@@ -795,7 +801,8 @@ class Replica:
         if self.status is Status.LOADING:
             return []
         if self.status is Status.RECOVERING and not isinstance(
-            message, (StartView, RecoveryResponse, Recovery, RequestPrepare, PrepareReply)
+            message,
+            (StartView, RecoveryResponse, Recovery, RequestPrepare, PrepareReply, NewCheckpoint),
         ):
             return []
         match message:
@@ -1070,6 +1077,8 @@ class Replica:
         return [Send(asker, self._encode(offer))]
 
     def _on_new_checkpoint(self, offer: NewCheckpoint) -> list[Effect]:
+        if self.status is Status.RECOVERING:
+            return self._repair_from_checkpoint(offer)
         if offer.view != self.view or self._truncating or self.status is not Status.NORMAL:
             return []
         if (self.is_primary and self._install is None) or self._syncing is not None:
@@ -1088,6 +1097,35 @@ class Replica:
         for entry in self.entries:
             self._forget_request(entry)
         return self._route(self.log.install_base(offer.op, offer.chain_hash, offer.state))
+
+    def _repair_from_checkpoint(self, offer: NewCheckpoint) -> list[Effect]:
+        """A repairing replica whose hole lies below every peer's log (their logs start at
+        a checkpoint state) takes a peer's state at an op past the hole as its log's base:
+        the state is committed history, checked against its digest and its sender's
+        signature, and, where this replica's own records vouch for the op before it, against
+        that hash too. The holes past the state are repaired by hash as before."""
+        if not self._repairing or not self._persisted_recovering or self._truncating:
+            return []
+        if self._syncing is not None or offer.op <= self.head:
+            return []
+        checked = self._verify_checkpoint(offer)
+        vouched = self._repair.get(offer.op - 1)
+        if isinstance(checked, str) or (
+            vouched is not None and vouched.hash not in (None, offer.chain_hash)
+        ):
+            why = checked if isinstance(checked, str) else "its chain hash is not this log's"
+            fields = (("op", offer.op), ("from", offer.replica), ("why", why))
+            return [Notice("replica.checkpoint_rejected", fields)]
+        if not self.log.can_install_base:
+            return []  # writes in flight: the hole is asked for again
+        self._syncing = (offer, *checked)
+        for entry in self.entries:
+            self._forget_request(entry)
+        notice = Notice("replica.repair_by_state", (("hole", self.head), ("op", offer.op)))
+        return [
+            notice,
+            *self._route(self.log.install_base(offer.op, offer.chain_hash, offer.state)),
+        ]
 
     def _verify_checkpoint(
         self, offer: NewCheckpoint
@@ -1124,6 +1162,9 @@ class Replica:
         self._get_state_quiet_until = 0
         if self._install is not None:
             return [*effects, *self._continue_install()]
+        if self._repairing:  # the state covers the holes below it: repair on from there
+            self._repair = {op: item for op, item in self._repair.items() if op >= position}
+            return [*effects, *self._repair_next()]
         if self.status is not Status.NORMAL:
             return effects
         return [*effects, *self._get_state()]
