@@ -49,9 +49,10 @@ Rules it keeps:
   earlier registration of the same client (applied again while the replica catches up) is
   never taken for it, and a new read session holds no numbers yet.
 - When the replica stops serving (it lost the primary role, or changed view), every request
-  waiting is answered at once with ``INTERNAL`` (its outcome is open) and the session cache
-  is dropped: the client retries it with the same request id, marked a retry, and the next
-  primary's client table decides it. A reply is never invented.
+  waiting is answered at once and the session cache is dropped: one stepped into the replica
+  with ``INTERNAL`` (its outcome is open: the client retries it marked a retry, and the next
+  primary's client table decides it), one still queued here with ``NOT_PRIMARY`` or
+  ``UNAVAILABLE`` (not taken). A reply is never invented.
 - Sessions are ops and request numbers must fit 64 bits, so a session registered at op
   ``SESSION_OPS_MAX`` (2**32) or later cannot be used: its requests get ``INTERNAL``.
 - A ``Halt`` of the replica is final: every open token is answered (``INTERNAL`` for a
@@ -152,7 +153,9 @@ class _Pending:
     body: bytes
 
 
-Replied = Callable[[bytes], None]
+# A waiter is told the replica's reply, and whether its request was stepped into the replica
+# (taken: its outcome may be open) or never left this gateway's queue.
+Replied = Callable[[bytes, bool], None]
 
 
 @attrs.define
@@ -187,6 +190,7 @@ class Gateway:
         self._held = False  # the replica answered BUSY: admit nothing until the next tick
         self._stepping: _Pending | None = None
         self._registering: dict[int, int] = {}  # client -> the head its registration went in at
+        self._taken: set[tuple[int, int]] = set()  # (client, number) stepped, not answered yet
         self._serving_view: int | None = None
         self._table_final = False
         self._halted = False
@@ -319,14 +323,14 @@ class Gateway:
             return
         session.state = _State.REGISTERING
         # The floor goes into the body when the registration is admitted (``_admit_one``).
-        self._enqueue(session.client, 0, b"", lambda body: self._registered(session, body))
+        self._enqueue(session.client, 0, b"", lambda body, _: self._registered(session, body))
 
     def _registered(self, session: _Session, body: bytes) -> None:
         waiting, session.waiting = session.waiting, []
         if body[0] != ReplyStatus.OK:
             session.state = _State.NEW
-            for submit in waiting:
-                self._refused(submit.token, body, "registering the client session")
+            for submit in waiting:  # they waited for it: none of them was taken
+                self._refused(submit.token, body, "write", taken=False)
             return
         session.state = _State.ACTIVE
         session.session = int.from_bytes(body[1:_OP_END], "little")
@@ -373,7 +377,7 @@ class Gateway:
             return
         number = session.session << SESSION_SHIFT | request_id
 
-        def replied(reply: bytes) -> None:
+        def replied(reply: bytes, taken: bool) -> None:
             status = reply[0]
             if status == ReplyStatus.OK:
                 session.replies[request_id] = reply
@@ -401,7 +405,7 @@ class Gateway:
                 )
                 self._answer(token, ErrorCode.SESSION_EXPIRED, message=why)
             else:
-                self._refused(token, reply, "write")
+                self._refused(token, reply, "write", taken=taken)
 
         self._enqueue(session.client, number, submit.body, replied)
 
@@ -414,7 +418,7 @@ class Gateway:
         self._read_number += 1
         number = session.session << SESSION_SHIFT | self._read_number
 
-        def replied(reply: bytes) -> None:
+        def replied(reply: bytes, taken: bool) -> None:
             if submit.kind is SubmitKind.RECORD:
                 return  # nobody waits for a record of the node's own
             if reply[0] == ReplyStatus.OK:
@@ -425,7 +429,7 @@ class Gateway:
                 self._open.discard(submit.token)
                 self._on_submit(submit)  # reads change nothing: run it again
             else:
-                self._refused(submit.token, reply, "read")
+                self._refused(submit.token, reply, "read", taken=taken)
 
         self._enqueue(session.client, number, submit.body, replied)
 
@@ -459,7 +463,7 @@ class Gateway:
                 self._queue.popleft()
                 reply = bytes([ReplyStatus.OK]) + known.session.to_bytes(_U64, "little")
                 for replied in self._waiters.pop((pending.client, 0), []):
-                    replied(reply)
+                    replied(reply, True)
                 return True
         self._queue.popleft()
         if pending.number == 0:
@@ -468,6 +472,7 @@ class Gateway:
             if pending.client != READ_CLIENT_ID:
                 pending = attrs.evolve(pending, body=self._registration(pending.client))
         self._stepping = pending
+        self._taken.add((pending.client, pending.number))  # unless the replica answers BUSY
         if pending.number == 0:
             self.counts.sessions_registered += 1
         try:
@@ -494,6 +499,7 @@ class Gateway:
             pending = self._stepping
             assert pending is not None, "BUSY answers only the request being stepped"
             self.counts.busy += 1
+            self._taken.discard((pending.client, pending.number))
             self._queue.appendleft(pending)
             self._held = True
             return
@@ -503,8 +509,10 @@ class Gateway:
             if admitted is None or op < admitted:
                 return  # an earlier registration of the client, applied again: not ours
             self._registering.pop(reply.client_id, None)
-        for replied in self._waiters.pop((reply.client_id, reply.request_id), []):
-            replied(reply.body)
+        key = (reply.client_id, reply.request_id)
+        self._taken.discard(key)
+        for replied in self._waiters.pop(key, []):
+            replied(reply.body, True)
 
     # --- watching the replica --------------------------------------------------------------
 
@@ -536,18 +544,20 @@ class Gateway:
         self._sessions = {}
         self._reads = _Session(READ_CLIENT_ID)
         self._read_number = 0
+        taken, self._taken = self._taken, set()
         lost = bytes([ReplyStatus.NOT_PRIMARY])
-        for callbacks in waiters.values():
+        for key, callbacks in waiters.items():
             for replied in callbacks:
-                replied(lost)
+                replied(lost, key in taken)
 
     def _on_halt(self) -> None:
         self._halted = True
         waiters, self._waiters = self._waiters, {}
         self._queue.clear()
-        for callbacks in waiters.values():
+        taken, self._taken = self._taken, set()
+        for key, callbacks in waiters.items():
             for replied in callbacks:
-                replied(bytes([ReplyStatus.BUSY]))
+                replied(bytes([ReplyStatus.BUSY]), key in taken)
         why = "the node stopped after a fault"
         for session in [*self._sessions.values(), self._reads]:
             waiting, session.waiting = session.waiting, []
@@ -587,15 +597,23 @@ class Gateway:
         )
         self._answer(token, ErrorCode.INTERNAL, message=why)
 
-    def _refused(self, token: int, reply: bytes, what: str) -> None:
+    def _refused(self, token: int, reply: bytes, what: str, *, taken: bool) -> None:
+        """A request the replica did not answer with its outcome: ``INTERNAL`` when it was
+        stepped into the replica (it may have been applied), else an answer that says it
+        was not taken (``NOT_PRIMARY`` or ``UNAVAILABLE``), so its retry is a first attempt."""
         status = reply[0] if reply else -1
-        if status == ReplyStatus.NOT_PRIMARY:
+        if status == ReplyStatus.NOT_PRIMARY and not taken:
+            self._not_serving(token, "")
+        elif status == ReplyStatus.NOT_PRIMARY:
             self.counts.outcomes_open += 1
             why = (
                 f"the primary changed before the {what} was answered: it may or may not have "
                 "been applied (a retry with the same request id is safe)"
             )
             self._answer(token, ErrorCode.INTERNAL, message=why)
+        elif status == ReplyStatus.BUSY and not taken:
+            why = "the node stopped after a fault"
+            self._answer(token, ErrorCode.UNAVAILABLE, message=why)
         elif status == ReplyStatus.BUSY:
             self._answer(token, ErrorCode.INTERNAL, message=f"the node stopped during a {what}")
         else:
