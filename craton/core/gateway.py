@@ -357,12 +357,15 @@ class Gateway:
         return encode_registration(max(1, floor))
 
     def _prune_sessions(self) -> None:
-        """Forget the sessions the replica evicted from its client table (and that wait for
-        nothing), so that this gateway holds about as many as the replica does."""
+        """Forget the sessions that wait for nothing and that the replica evicted from its
+        client table, or that have none (expired, or their registration failed), so that
+        this gateway holds about as many as the replica does: ``_session`` makes a
+        forgotten one again from the table when its client comes back."""
         known = self.replica.clients
-        for client in [c for c, s in self._sessions.items() if c not in known]:
-            session = self._sessions[client]
-            if session.state is _State.ACTIVE and not session.waiting:
+        for client, session in list(self._sessions.items()):
+            idle = not session.waiting
+            evicted = session.state is _State.ACTIVE and client not in known
+            if idle and (evicted or session.state is _State.NEW):
                 del self._sessions[client]
 
     def _send_write(self, session: _Session, submit: Submit) -> None:
