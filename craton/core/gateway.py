@@ -561,16 +561,13 @@ class Gateway:
         for key, callbacks in waiters.items():
             for replied in callbacks:
                 replied(bytes([ReplyStatus.BUSY]), key in taken)
-        why = "the node stopped after a fault"
+        # Whatever is still open never reached the replica: handshakes waiting for the log,
+        # and requests waiting for a registration (answered by its waiter above, or here).
         for session in [*self._sessions.values(), self._reads]:
-            waiting, session.waiting = session.waiting, []
-            for submit in waiting:
-                self._answer(submit.token, ErrorCode.UNAVAILABLE, message=why)
-        for submit in self._after_recovery:
-            self._answer(submit.token, ErrorCode.UNAVAILABLE, message=why)
+            session.waiting = []
         self._after_recovery = []
-        for token in sorted(self._open):  # anything else still open
-            self._answer(token, ErrorCode.UNAVAILABLE, message=why)
+        for token in sorted(self._open):
+            self._answer(token, ErrorCode.UNAVAILABLE, message="the node stopped after a fault")
 
     # --- answers ---------------------------------------------------------------------------
 
