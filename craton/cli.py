@@ -144,6 +144,7 @@ def _parser() -> argparse.ArgumentParser:
             help="the replicas' sizes and timeouts: the simulation profile (shrunk) or the "
             "production profile a node runs (default: drawn per seed, production in 1 of 8)",
         )
+        _add_scenario(sub)
         sub.set_defaults(run=_run_sim)
     _add_shrink(sim_commands)
     collect = sim_commands.add_parser(
@@ -161,6 +162,16 @@ def _parser() -> argparse.ArgumentParser:
     version = commands.add_parser("version", help="print the version")
     version.set_defaults(run=lambda args: print(f"craton {__version__}") or EXIT_OK)
     return parser
+
+
+def _add_scenario(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--scenario",
+        choices=["none", "stale-answer", "isolated-suffix"],
+        default=None,
+        help="a hard case built on purpose in every seed, or none (default: drawn per seed, "
+        "one in 5 clusters of 3 replicas or more; see docs/SIMULATION.md)",
+    )
 
 
 def _add_shrink(sim_commands: argparse._SubParsersAction[OneLineParser]) -> None:
@@ -193,6 +204,7 @@ def _add_shrink(sim_commands: argparse._SubParsersAction[OneLineParser]) -> None
         default=None,
         help="the replicas' sizes and timeouts, as the seed was run (default: drawn per seed)",
     )
+    _add_scenario(shrink)
     shrink.add_argument(
         "--out", type=Path, required=True, metavar="FILE", help="write the schedule here (required)"
     )
@@ -302,6 +314,7 @@ def _run_sim(args: argparse.Namespace) -> int:
             ticks=args.ticks,
             profile=args.disk_profile,
             sizes=args.sizes,
+            scenario=args.scenario,
         )
         print(header, file=sys.stderr)
     shape = {
@@ -309,6 +322,7 @@ def _run_sim(args: argparse.Namespace) -> int:
         "ticks": args.ticks,
         "profile": args.disk_profile,
         "sizes": args.sizes,
+        "scenario": args.scenario,
     }
     jobs = getattr(args, "jobs", 1)
     if jobs < 1:
@@ -380,15 +394,21 @@ def _replay_target(args: argparse.Namespace) -> tuple[int, SwarmOptions, str] | 
     from craton.sim.shrink import ScheduleError, read_schedule
 
     if args.schedule is None:
-        shape = (args.replicas, args.ticks, args.disk_profile, args.sizes)
+        shape = (args.replicas, args.ticks, args.disk_profile, args.sizes, args.scenario)
         options = draw_options(
-            args.seed, replicas=shape[0], ticks=shape[1], profile=shape[2], sizes=shape[3]
+            args.seed,
+            replicas=shape[0],
+            ticks=shape[1],
+            profile=shape[2],
+            sizes=shape[3],
+            scenario=shape[4],
         )
         return args.seed, options, replay_command(args.seed, *shape)
     given = {
         "--replicas": args.replicas,
         "--ticks": args.ticks,
         "--sizes": args.sizes,
+        "--scenario": args.scenario,
         "--disk-profile": None if args.disk_profile == "atlas" else args.disk_profile,
     }
     named = [flag for flag, value in given.items() if value is not None]
@@ -420,6 +440,7 @@ def _run_shrink(args: argparse.Namespace) -> int:
         ticks=args.ticks,
         profile=args.disk_profile,
         sizes=args.sizes,
+        scenario=args.scenario,
     )
     shrunk = shrink(
         args.seed,

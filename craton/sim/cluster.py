@@ -45,6 +45,7 @@ from craton.sim.durability import DAMAGE_NOTICES, DurabilityChecker
 from craton.sim.events import EventQueue
 from craton.sim.models import EventStoreModel, KvModel, Model
 from craton.sim.network import NetworkFaults, SimNetwork
+from craton.sim.scenarios import NO_SCENARIO, SCENARIO_NAMES, Scenario, ScenarioPlan
 from craton.sim.workload import (
     CLIENT_ID_BASE,
     SimClient,
@@ -177,6 +178,7 @@ class SwarmOptions:
     processes: ProcessFaults
     atlas: FaultAtlas = FaultAtlas("atlas", (), 0.0, 0.0)
     sizes: str = SIMULATION.name  # the replica profile (``craton.core.vsr.profile``)
+    scenario: ScenarioPlan = NO_SCENARIO  # a hard case built on purpose (``scenarios``)
 
     def summary(self) -> dict[str, object]:
         return {
@@ -191,6 +193,7 @@ class SwarmOptions:
             "clocks": attrs.asdict(self.clocks),
             "processes": attrs.asdict(self.processes),
             "atlas": attrs.asdict(self.atlas),
+            "scenario": attrs.asdict(self.scenario),
         }
 
     def disk_plan(self, replica: int) -> DiskFaults:
@@ -210,10 +213,14 @@ def draw_options(
     ticks: int | None = None,
     profile: str = "atlas",
     sizes: str | None = None,
+    scenario: str | None = None,
 ) -> SwarmOptions:
     """The options seed ``seed`` draws; ``sizes`` (a replica profile's name) is drawn too
-    when not given: the production profile in ``PRODUCTION_SIZES_SHARE`` of the seeds."""
+    when not given: the production profile in ``PRODUCTION_SIZES_SHARE`` of the seeds.
+    ``scenario`` (``craton.sim.scenarios``) likewise: when given, the seed runs that one
+    (``"none"``: none), starting at the tick the seed draws for it."""
     assert sizes is None or sizes in PROFILE_NAMES, sizes
+    assert scenario is None or scenario in SCENARIO_NAMES, scenario
     if sizes is None:  # a stream of its own: the other draws are the same either way
         production = Prng(seed, "sizes").chance(PRODUCTION_SIZES_SHARE)
         sizes = "production" if production else SIMULATION.name
@@ -229,11 +236,18 @@ def draw_options(
     if replica_count > 1 and profile == "atlas":  # the disjoint profile studies repair
         processes = processes.targeted(Prng(seed, "targeted"))
     network = _with_replays(network, Prng(seed, "replay"))
+    # drawn in this order, as they always were: a seed's other draws stay as they were
+    client_count = prng.between(1, 4)
+    requests_per_client = prng.between(10, 60)
+    fault_ticks = ticks if ticks is not None else prng.between(1500, 4000)
+    plan = NO_SCENARIO
+    if scenario is not None or profile == "atlas":  # a stream of its own, as for replays
+        plan = ScenarioPlan.draw(Prng(seed, "scenario"), replica_count, fault_ticks, name=scenario)
     return SwarmOptions(
         replica_count=replica_count,
-        client_count=prng.between(1, 4),
-        requests_per_client=prng.between(10, 60),
-        fault_ticks=ticks if ticks is not None else prng.between(1500, 4000),
+        client_count=client_count,
+        requests_per_client=requests_per_client,
+        fault_ticks=fault_ticks,
         liveness_ticks=LIVENESS_TICKS_DEFAULT,
         machine=prng.choice(sorted(MACHINES)),
         network=network,
@@ -242,6 +256,7 @@ def draw_options(
         processes=processes,
         atlas=FaultAtlas.draw(prng.split("atlas"), replica_count, profile),
         sizes=sizes,
+        scenario=plan,
     )
 
 
@@ -264,12 +279,12 @@ class _Outbound:
     endpoint; arrivals are dispatched by the cluster (client requests and replica messages
     become different inputs), so the driver's receiver is not installed."""
 
-    def __init__(self, network: SimNetwork, node: int, watch: Callable[[bytes], None]) -> None:
+    def __init__(self, network: SimNetwork, node: int, watch: Callable[[int, bytes], None]) -> None:
         self._endpoint = network.endpoint(node)
         self._watch = watch
 
     def send(self, dst: int, payload: bytes) -> None:
-        self._watch(payload)  # the checkers see every message as it leaves its replica
+        self._watch(dst, payload)  # the checkers see every message as it leaves its replica
         self._endpoint.send(dst, payload)
 
     def set_receiver(self, receive: Callable[[int, bytes], None]) -> None:
@@ -365,6 +380,15 @@ class Cluster:
         supply = options.atlas.profile != "disjoint"  # see craton.sim.durability
         self.durability = DurabilityChecker(n // 2 + 1, self.checker.fail, supply=supply)
         self._durability_seen = 0  # committed ops whose durable copies were counted
+        self.scenario = Scenario(
+            options.scenario,
+            Prng(seed, "scenario-run"),
+            self.network,
+            lambda: [node.replica if node.up and not node.paused else None for node in self.nodes],
+            lambda: self.events.now,
+            self._log,
+            self._pause,
+        )
         self.nodes = [self._boot(index, None) for index in range(n)]
         for index in range(n):
             self.network.endpoint(index).set_receiver(self._receiver(index))
@@ -501,9 +525,10 @@ class Cluster:
     def _holders(self) -> list[tuple[int, Replica, SimDisk]]:
         return [(node.index, node.replica, node.disk) for node in self.nodes]
 
-    def _sent_by(self, index: int) -> Callable[[bytes], None]:
-        def watch(payload: bytes) -> None:
+    def _sent_by(self, index: int) -> Callable[[int, bytes], None]:
+        def watch(dst: int, payload: bytes) -> None:
             self.checker.sent(index, self.nodes[index].replica, payload)
+            self.scenario.outbound(index, dst, payload)
 
         return watch
 
@@ -529,11 +554,25 @@ class Cluster:
             if event.event in DAMAGE_NOTICES:
                 disk = self.nodes[index].disk
                 self.durability.damage_found(index, event.event, dict(event.fields), disk)
+            if event.event == "log.superblock_lost":
+                self._superblock_lost(index)
             if self._trace is not None:
                 fields = " ".join(f"{k}={v}" for k, v in event.fields)
                 self._trace(f"{self.events.now:>7} r{index} {event.event} {fields}")
 
         return notice
+
+    def _superblock_lost(self, index: int) -> None:
+        """Every superblock copy of replica ``index`` was damaged, and its log starts over
+        blank: its persisted view is gone as with a wiped disk, which only destructive disk
+        faults may cause (a replica the atlas spares must never lose them all)."""
+        atlas = self.options.atlas
+        if index not in atlas.faulty:
+            self.checker.fail(
+                f"replica {index}: lost every superblock copy, though no destructive disk "
+                "fault may land on its disk"
+            )
+        self.checker.wiped(index)
 
     def _halted(self, index: int) -> Callable[[Halt], None]:
         def halted(halt: Halt) -> None:
@@ -655,7 +694,12 @@ class Cluster:
         self.network.tick()
         self.clocks.tick()
         if self.phase == "faults":
-            self._inject_process_faults()
+            self.scenario.tick()
+            # While a scenario stages its case, the drawn faults of processes and network
+            # paths wait: a crash or partition of their own would undo what it arranges.
+            self.network.quiet = self.scenario.staging
+            if not self.scenario.staging:
+                self._inject_process_faults()
             self._inject_disjoint_rot()
         for node in self.nodes:
             if not node.up and now >= node.back_at:
@@ -679,10 +723,19 @@ class Cluster:
             if self._faults_prng.chance(plan.crash):
                 self._crash(node.index, self._down_ticks())
             elif self._faults_prng.chance(plan.pause):
-                self.process_faults["pauses"] += 1
-                node.paused = True
-                node.back_at = self.events.now + self._down_ticks()
-                self.network.set_down(node.index, True)
+                self._pause(node.index, self._down_ticks())
+
+    def _pause(self, index: int, ticks: int) -> None:
+        """Freeze replica ``index`` for ``ticks``: it neither hears, sends nor ticks, and
+        comes back where it stopped (a stopped process, a long pause of its runtime)."""
+        node = self.nodes[index]
+        if not node.up or node.paused:
+            return
+        self.process_faults["pauses"] += 1
+        node.paused = True
+        node.back_at = self.events.now + ticks
+        self.network.set_down(index, True)
+        self._log(f"r{index} paused until {node.back_at}")
 
     def _inject_disjoint_rot(self) -> None:
         """The disjoint profile: flip a bit in a synced record of some replica's log, only
@@ -710,6 +763,8 @@ class Cluster:
 
     def _heal(self) -> None:
         self.phase = "liveness"
+        self.scenario.stop()
+        self.network.quiet = False
         self.network.heal()
         self.network.fault_plan = attrs.evolve(
             self.network.fault_plan, loss=0.0, duplication=0.0, reorder=0.0, replay=0.0
@@ -744,6 +799,7 @@ class Cluster:
                 counts[f"disk.{name}"] = counts.get(f"disk.{name}", 0) + value
         for name, value in self.process_faults.items():
             counts[f"process.{name}"] = value
+        counts.update(self.scenario.faults)
         return counts
 
     def _record(self, kind: str, dst: int, src: int, payload: bytes) -> None:

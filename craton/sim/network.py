@@ -224,6 +224,7 @@ class SimNetwork:
         self.partition_active: Partition | None = None
         self.clogs_active: dict[tuple[int, int], Clog] = {}
         self.healed = False
+        self.quiet = False  # draw no partition or clog for now (a scenario is staging one)
         self.faults: dict[str, int] = dict.fromkeys(FAULT_NAMES, 0)
         self.sent = 0
         self.delivered = 0
@@ -255,7 +256,7 @@ class SimNetwork:
             self.partition_active = None
         for path in [path for path, clog in self.clogs_active.items() if clog.end_tick <= now]:
             del self.clogs_active[path]
-        if self.healed:
+        if self.healed or self.quiet:
             return
         plan, prng = self.fault_plan, self._prng_plan
         if self.partition_active is None:

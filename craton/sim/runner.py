@@ -46,6 +46,7 @@ def replay_command(
     ticks: int | None,
     profile: str = "atlas",
     sizes: str | None = None,
+    scenario: str | None = None,
 ) -> str:
     command = f"craton sim replay --seed {seed}"
     if replicas is not None:
@@ -56,6 +57,8 @@ def replay_command(
         command += f" --disk-profile {profile}"
     if sizes is not None:
         command += f" --sizes {sizes}"
+    if scenario is not None:
+        command += f" --scenario {scenario}"
     return command
 
 
@@ -66,10 +69,13 @@ def run_header(
     ticks: int | None,
     profile: str = "atlas",
     sizes: str | None = None,
+    scenario: str | None = None,
 ) -> str:
     """The swarm options a seed draws, as one line (the trace's first line; ``replay``
     prints it on stderr)."""
-    options = draw_options(seed, replicas=replicas, ticks=ticks, profile=profile, sizes=sizes)
+    options = draw_options(
+        seed, replicas=replicas, ticks=ticks, profile=profile, sizes=sizes, scenario=scenario
+    )
     return options_header(seed, options)
 
 
@@ -85,10 +91,13 @@ def run_seed(
     trace: Callable[[str], None] | None = None,
     profile: str = "atlas",
     sizes: str | None = None,
+    scenario: str | None = None,
 ) -> dict[str, object]:
     """Run one seed; returns its summary (the JSON line's fields)."""
-    options = draw_options(seed, replicas=replicas, ticks=ticks, profile=profile, sizes=sizes)
-    replay = replay_command(seed, replicas, ticks, profile, sizes)
+    options = draw_options(
+        seed, replicas=replicas, ticks=ticks, profile=profile, sizes=sizes, scenario=scenario
+    )
+    replay = replay_command(seed, replicas, ticks, profile, sizes, scenario)
     return run_options(seed, options, replay=replay, trace=trace)
 
 
@@ -110,6 +119,7 @@ def run_options(
         "replicas": options.replica_count,
         "clients": options.client_count,
         "sizes": options.sizes,
+        "scenario": options.scenario.name,
         # every line carries the command that runs this very seed again, whatever it gave
         "replay": replay,
     }
@@ -150,6 +160,7 @@ def run_seeds(
     progress: TextIO | None = None,
     profile: str = "atlas",
     sizes: str | None = None,
+    scenario: str | None = None,
     mapper: Mapper | None = None,
 ) -> int:
     """Run ``seeds`` in order: a JSON line each on ``out`` (default: stdout), failures and
@@ -160,7 +171,9 @@ def run_seeds(
     progress = sys.stderr if progress is None else progress
     exit_code = EXIT_PASS
     failures = 0
-    run = functools.partial(run_seed, replicas=replicas, ticks=ticks, profile=profile, sizes=sizes)
+    run = functools.partial(
+        run_seed, replicas=replicas, ticks=ticks, profile=profile, sizes=sizes, scenario=scenario
+    )
     if trace_file is not None:
         assert mapper is None, "a trace is written by this process: run its seeds here"
         run = functools.partial(run, trace=lambda line: print(line, file=trace_file))

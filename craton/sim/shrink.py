@@ -47,11 +47,12 @@ from craton.sim.cluster import (
 )
 from craton.sim.disk import DiskFaults
 from craton.sim.network import NetworkFaults
+from craton.sim.scenarios import NO_SCENARIO, ScenarioPlan
 
 RUNS_MAX_DEFAULT = 60  # runs of the cluster one shrink may spend, the first one included
 FAULT_TICKS_STEP_MIN = 25  # finer steps of the fault phase than this are not tried
 SCHEDULE_FORMAT = "craton-sim-schedule"
-SCHEDULE_VERSION = 1
+SCHEDULE_VERSION = 2  # 1: written before scenarios; read as "no scenario"
 REPLICA_COUNT_MAX = 7  # as ``craton sim run --replicas`` allows
 
 # Every fault knob a shrink may switch off: (group, field). Off is zero.
@@ -63,7 +64,6 @@ KNOBS: tuple[tuple[str, str], ...] = (
     ("network", "asymmetric_partition"),
     ("network", "clog"),
     ("network", "replay"),
-    ("network", "hold_state"),
     ("network", "latency_jitter_ticks"),
     ("disk", "read_error"),
     ("disk", "read_corruption"),
@@ -90,6 +90,7 @@ GROUPS: dict[str, type[Any]] = {
     "clocks": ClockFaults,
     "processes": ProcessFaults,
     "atlas": FaultAtlas,
+    "scenario": ScenarioPlan,
 }
 
 
@@ -221,6 +222,9 @@ class _Search:
             if getattr(faults, field):
                 off = attrs.evolve(faults, **{field: 0 * getattr(faults, field)})
                 yield f"{group}.{field} off", attrs.evolve(self.current, **{group: off})
+        if self.current.scenario.name != "none":
+            off = attrs.evolve(self.current, scenario=NO_SCENARIO)
+            yield f"scenario {self.current.scenario.name} off", off
         yield from self._smaller_shape()
 
     def _smaller_shape(self) -> Iterator[tuple[str, SwarmOptions]]:
@@ -383,12 +387,16 @@ def read_schedule(path: Path) -> tuple[int, SwarmOptions]:
         raise ScheduleError(f"not JSON: {error}") from error
     if not isinstance(document, dict) or document.get("format") != SCHEDULE_FORMAT:
         raise ScheduleError(f"not a schedule (its format is not {SCHEDULE_FORMAT!r})")
-    if document.get("version") != SCHEDULE_VERSION:
-        raise ScheduleError(f"schedule version {document.get('version')!r} is not supported")
+    version = document.get("version")
+    if version not in (1, SCHEDULE_VERSION):
+        raise ScheduleError(f"schedule version {version!r} is not supported")
     seed = document.get("seed")
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ScheduleError("seed must be a non-negative integer")
-    return seed, options_from_dict(document.get("options", {}))
+    options = document.get("options", {})
+    if version == 1 and isinstance(options, dict) and "scenario" not in options:
+        options = {**options, "scenario": attrs.asdict(NO_SCENARIO)}
+    return seed, options_from_dict(options)
 
 
 def comparison(shrunk: Shrunk) -> list[str]:

@@ -8,11 +8,13 @@ fault model allows) — and call the checker as the cluster would.
 
 from __future__ import annotations
 
+import attrs
 import pytest
 
+from craton.core.seam import Notice
 from craton.core.superblock import state_path
 from craton.core.vsr.replica import Replica
-from craton.sim.cluster import Cluster, draw_options
+from craton.sim.cluster import Cluster, FaultAtlas, draw_options
 from craton.sim.disk import SimDisk
 from craton.sim.durability import DurabilityChecker
 from tests.sim.test_vsr_scenarios import quiet_options
@@ -156,3 +158,21 @@ def test_disjoint_seeds_keep_every_committed_op_on_some_disk(seed: int) -> None:
     cluster.durability = DurabilityChecker(2, cluster.checker.fail, supply=True)
     result = cluster.run()
     assert result.result == "pass", result.violations
+
+
+def test_every_superblock_copy_lost_is_a_wipe_on_a_faulty_disk_and_a_violation_elsewhere() -> None:
+    """A log that lost every superblock copy starts over blank: on a disk the atlas lets
+    destructive faults reach, that is a wiped disk (its persisted view may go back); on a
+    disk it spares, some code lost what the disk kept."""
+    spared = Cluster(5, quiet_options(clients=1, requests=2, fault_ticks=50))
+    spared._notice(1)(Notice("log.superblock_lost"))
+    assert spared.checker.violations == [
+        "replica 1: lost every superblock copy, though no destructive disk fault may land on "
+        "its disk"
+    ]
+    options = quiet_options(clients=1, requests=2, fault_ticks=50)
+    faulty = Cluster(5, attrs.evolve(options, atlas=FaultAtlas("atlas", (1,), 0.0, 0.0)))
+    faulty.checker._persisted_max[1] = 4
+    faulty._notice(1)(Notice("log.superblock_lost"))
+    assert faulty.checker.violations == []
+    assert faulty.checker._persisted_max[1] == 0, "its persisted view is gone, as if wiped"

@@ -79,10 +79,11 @@ Protocol mutations caught by the checkers of protocol invariants (``craton.sim.c
   the check that a new view keeps every committed op names it at seed 0 (without it, a
   replica's assertion breaks at seed 21).
 - ``state-from-any-view``: a replica installs a ``NewState`` whatever view it comes from,
-  so an old view's entries, which the new view replaced, enter its log. Not caught by the
-  swarm at present (``NOT_CAUGHT_BY_SWARM`` says why): a strict xfail until a schedule
-  generator builds its situation; ``test_stale_new_state_when_scripted`` builds it and the
-  checker that holds a backup's log against its primary's names it (seeds 0, 1 and 2).
+  so an old view's entries, which the new view replaced, enter its log. Its search runs the
+  ``stale-answer`` scenario (``craton.sim.scenarios``) in every seed, which builds the
+  situation: a lagging backup whose primary's answers are held back past a view change;
+  the checker that holds a backup's log against its primary's names it.
+  ``test_stale_new_state_when_scripted`` builds the same situation step by step.
 
 Mutations of the client gateway (``Gateway`` subclasses, handed to the cluster through
 ``gateway_factory``), each caught by the linearizability checker:
@@ -147,6 +148,7 @@ from craton.core.wire.replica import (
 )
 from craton.sim.cluster import Cluster, FaultAtlas, ProcessFaults, SwarmOptions, draw_options
 from craton.sim.disk import DiskFaults
+from craton.sim.scenarios import ScenarioPlan
 from craton.sim.workload import CLIENT_ID_BASE
 from tests.sim.test_vsr_scenarios import Script, quiet_options
 
@@ -564,6 +566,13 @@ def _faulty_rot(options: SwarmOptions) -> SwarmOptions:
     return attrs.evolve(crashes, disk=disk, atlas=FaultAtlas("atlas", (0,), 0.0, 0.0))
 
 
+def _stale_answers(options: SwarmOptions) -> SwarmOptions:
+    """The ``stale-answer`` scenario in every seed (``craton.sim.scenarios``): a lagging
+    backup whose primary's state answers are held back past a view change."""
+    start = options.scenario.start_tick or options.fault_ticks // 4
+    return attrs.evolve(options, scenario=ScenarioPlan("stale-answer", start))
+
+
 def _read_flips(options: SwarmOptions) -> SwarmOptions:
     """Crashes (every restart reloads the journal) and bits flipped on the way from disk."""
     crashes = _crashes(options)
@@ -605,7 +614,7 @@ BUGS = (
     PlantedBug("durable-before-sync", DurableBeforeSync, _crashes),
     PlantedBug("witness-kept-at-cut", WitnessKeptAtCut, _late_crashes),
     PlantedBug("answer-recovery-while-recovering", AnswerRecoveryWhileRecovering, _rot),
-    PlantedBug("state-from-any-view", StateFromAnyView, _late_crashes),
+    PlantedBug("state-from-any-view", StateFromAnyView, _stale_answers),
     PlantedBug("start-view-drops-last-op", StartViewDropsLastOp, _late_crashes),
     PlantedBug("kv-empty-put-deletes", Replica, _kv_load, machine=EmptyPutDeletes),
     PlantedBug("stale-expected-offset", Replica, _store_load, machine=StaleExpectedOffset),
@@ -616,18 +625,9 @@ BUGS = (
     PlantedBug("replies-by-request-id", Replica, _kv_load, gateway=RepliesByRequestId),
 )
 
-# The swarm does not catch this one within the bound (test_forgotten_vote_when_scripted
-# shows the schedule that does): its harm needs an old primary that keeps running in its view
-# while the replica that forgot its vote talks to it and the new primary talks to neither.
-NOT_CAUGHT_BY_SWARM: dict[str, str] = {  # bugs the swarm misses: a hole to close, never a pass
-    "state-from-any-view": (
-        "its harm needs a backup that is still behind, in normal status, when a NewState of "
-        "an earlier view reaches it with entries the new view replaced; since the simulated "
-        "clients go through the gateway no seed of 0..299 builds that (under this bias and "
-        "four others, stale NewStates arrive and none extends a log); "
-        "test_stale_new_state_when_scripted builds it and catches the bug"
-    ),
-}
+# Bugs the swarm does not catch within their bound, each with the reason: a strict xfail,
+# a hole to close, never a pass. None at present.
+NOT_CAUGHT_BY_SWARM: dict[str, str] = {}
 
 
 @attrs.frozen
