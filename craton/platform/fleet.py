@@ -5,7 +5,9 @@
   so a sealed secret moved to another cluster does not open). Events, the audit log and
   the read models only ever hold the sealed form.
 - ``poll_node`` asks a node's real ``/health`` and ``/ready`` (craton-server answers HTTP
-  on its main port) and reports what it saw; it never raises.
+  on its main port), reads its VSR view and replication lag from its ``/metrics``
+  (``vdb_replication_view_number``, ``vdb_replication_lag_records``; None when not
+  there), and reports what it saw; it never raises.
 - ``mint_token`` makes the HS256 token craton-server accepts in ``jwt`` mode: ``iss`` and
   ``aud`` as the cluster was registered with (default ``craton``), ``sub`` the user id,
   ``tenant_id`` the organisation's tenant (an unsigned 64-bit integer), ``role`` the
@@ -31,6 +33,9 @@ POLL_TIMEOUT_S = 2.0
 JWT_SECRET_BYTES_MIN = 32  # craton-server refuses shorter secrets
 JWT_SECRET_BYTES_MAX = 1024
 UNREACHABLE = "unreachable"
+VIEW_METRIC = "vdb_replication_view_number"
+LAG_METRIC = "vdb_replication_lag_records"
+METRICS_BYTES_MAX = 1024 * 1024
 
 
 class SealError(Exception):
@@ -82,6 +87,8 @@ class NodeHealth:
     health: str  # ok | degraded | unhealthy | unreachable
     ready: str
     detail: str
+    view: int | None = None
+    lag: int | None = None  # ops
 
 
 async def poll_node(session: aiohttp.ClientSession, address: str) -> NodeHealth:
@@ -99,7 +106,38 @@ async def poll_node(session: aiohttp.ClientSession, address: str) -> NodeHealth:
         except (TimeoutError, aiohttp.ClientError, ValueError, OSError) as error:
             statuses.append(UNREACHABLE)
             detail = f"{path}: {type(error).__name__}"
-    return NodeHealth(address, statuses[0], statuses[1], detail)
+    if UNREACHABLE in statuses:
+        return NodeHealth(address, statuses[0], statuses[1], detail)
+    view, lag = await _view_and_lag(session, address)
+    return NodeHealth(address, statuses[0], statuses[1], detail, view, lag)
+
+
+async def _view_and_lag(
+    session: aiohttp.ClientSession, address: str
+) -> tuple[int | None, int | None]:
+    try:
+        async with asyncio.timeout(POLL_TIMEOUT_S):
+            async with session.get(f"http://{address}/metrics") as response:
+                if response.status != 200:
+                    return None, None
+                text = (await response.content.read(METRICS_BYTES_MAX)).decode("utf-8", "replace")
+    except (TimeoutError, aiohttp.ClientError, OSError):
+        return None, None
+    samples = metric_samples(text, (VIEW_METRIC, LAG_METRIC))
+    return samples.get(VIEW_METRIC), samples.get(LAG_METRIC)
+
+
+def metric_samples(text: str, names: tuple[str, ...]) -> dict[str, int]:
+    """The value of each unlabelled gauge in ``names`` found in Prometheus text."""
+    found: dict[str, int] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in names:
+            try:
+                found[name] = int(float(value.split()[0]))
+            except (ValueError, IndexError, OverflowError):
+                continue
+    return found
 
 
 def _failing_checks(body: dict[str, object]) -> str:

@@ -5,7 +5,10 @@ Every answer is JSON; every error is ``{"error": {"code": ..., "message": ...}}`
 ``internal``). A signed-in browser carries the session cookie (HttpOnly, SameSite=Lax,
 Secure unless ``PLATFORM_COOKIE_SECURE=false``); every state-changing request (anything but
 GET/HEAD/OPTIONS) that acts as a user must also carry the session's CSRF token in
-``X-CSRF-Token`` (the token is in ``GET /api/me``). Sign-in routes are rate-limited per
+``X-CSRF-Token`` (the token is in ``GET /api/me``), or, for an HTML form (the console's
+pages, ``pages.py``), in its ``csrf_token`` field: one check, in ``session_middleware``,
+for both. The pages call the same actions (``do_*``) as the JSON routes, so they keep the
+same rules and say no with the same messages. Sign-in routes are rate-limited per
 client address. In an organisation, a non-member is told "not found" (no existence leak)
 and a member whose role is too low "forbidden". docs/PLATFORM.md lists every route.
 """
@@ -35,6 +38,9 @@ from craton.platform.sessions import Session
 
 COOKIE = "craton_session"
 CSRF_HEADER = "X-CSRF-Token"
+CSRF_FIELD = "csrf_token"  # the same token, from an HTML form
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+NEXT_PREFIX = "/console"  # where a sign-in may send the browser back to
 BODY_BYTES_MAX = 64 * 1024
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 AUDIT_PAGE_MAX = 500
@@ -47,7 +53,11 @@ PLATFORM: web.AppKey[Platform] = web.AppKey("platform", Platform)
 LIMITER: web.AppKey[RateLimiter] = web.AppKey("signin_limiter")
 SESSION: web.RequestKey[Session | None] = web.RequestKey("session")
 SESSION_TOKEN: web.RequestKey[str | None] = web.RequestKey("session_token")
+CSRF_CHECKED: web.RequestKey[bool] = web.RequestKey("csrf_checked")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+ErrorPage = Callable[[web.Request, int, str, str], "web.Response | None"]
+"""Renders an error for a human (HTML) when the request is a page's; None for the API."""
+ERROR_PAGE: web.AppKey[ErrorPage] = web.AppKey("error_page")
 
 _REFUSAL_STATUS = {
     d.RefusalCode.NOT_FOUND: 404,
@@ -70,6 +80,16 @@ def error_response(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"error": {"code": code, "message": message}}, status=status)
 
 
+def refusal_status(refusal: d.Refusal) -> int:
+    return _REFUSAL_STATUS[refusal.code]
+
+
+def _error_answer(request: web.Request, status: int, code: str, message: str) -> web.Response:
+    page = request.app.get(ERROR_PAGE)
+    answer = None if page is None else page(request, status, code, message)
+    return answer if answer is not None else error_response(status, code, message)
+
+
 # --- Middlewares -------------------------------------------------------------------------------
 
 
@@ -82,26 +102,29 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         response = await handler(request)
     except ApiError as error:
-        response = error_response(error.status, error.code, error.message)
+        response = _error_answer(request, error.status, error.code, error.message)
     except Refused as refused:
         refusal = refused.refusal
-        response = error_response(
-            _REFUSAL_STATUS[refusal.code], refusal.code.value, refusal.message
+        response = _error_answer(
+            request, refusal_status(refusal), refusal.code.value, refusal.message
         )
     except ProjectionBehind:
-        response = error_response(
-            503, "projection_behind", "the change was recorded but is not visible yet; retry"
+        response = _error_answer(
+            request,
+            503,
+            "projection_behind",
+            "the change was recorded but is not visible yet; retry",
         )
     except (StoreUnavailable, nats.errors.Error):
-        response = error_response(503, "unavailable", "NATS is unreachable; retry")
+        response = _error_answer(request, 503, "unavailable", "NATS is unreachable; retry")
     except web.HTTPException as error:
         if error.status < 400:
             raise
         code = "too_large" if error.status == 413 else error.reason.lower().replace(" ", "_")
-        response = error_response(error.status, code, error.reason)
+        response = _error_answer(request, error.status, code, error.reason)
     except Exception:
         log.exception("unexpected error answering %s %s", request.method, label)
-        response = error_response(500, "internal", "internal error")
+        response = _error_answer(request, 500, "internal", "internal error")
     platform.metrics.requests.labels(label, str(response.status)).inc()
     platform.metrics.duration.labels(label).observe(monotonic_s(platform.clock) - started_s)
     return response
@@ -109,16 +132,24 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 @web.middleware
 async def session_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Loads the session; refuses unsafe methods without the session's CSRF token."""
+    """Loads the session; refuses unsafe methods without the session's CSRF token (the
+    ``X-CSRF-Token`` header, or an HTML form's ``csrf_token`` field)."""
     platform = request.app[PLATFORM]
     token = request.cookies.get(COOKIE)
     session = await platform.sessions.get(token) if token else None
     request[SESSION] = session
     request[SESSION_TOKEN] = token if session else None
+    request[CSRF_CHECKED] = False
     if request.method not in SAFE_METHODS and session is not None:
-        sent = request.headers.get(CSRF_HEADER, "")
-        if not hmac.compare_digest(sent.encode(), session.csrf.encode()):
-            raise ApiError(403, "csrf", f"missing or wrong {CSRF_HEADER} header")
+        sent = request.headers.get(CSRF_HEADER)
+        if sent is None and request.content_type in FORM_TYPES:
+            field = (await request.post()).get(CSRF_FIELD)
+            sent = field if isinstance(field, str) else None
+        if sent is None or not hmac.compare_digest(sent.encode(), session.csrf.encode()):
+            raise ApiError(
+                403, "csrf", f"missing or wrong {CSRF_HEADER} header (or {CSRF_FIELD} field)"
+            )
+        request[CSRF_CHECKED] = True
     return await handler(request)
 
 
@@ -150,7 +181,7 @@ def session_of(request: web.Request) -> Session:
     session = request[SESSION]
     if session is None:
         raise ApiError(401, "unauthenticated", "sign in first")
-    if request.method not in SAFE_METHODS and CSRF_HEADER not in request.headers:
+    if request.method not in SAFE_METHODS and not request.get(CSRF_CHECKED, False):
         raise ApiError(403, "csrf", f"missing {CSRF_HEADER} header")
     return session
 
@@ -265,7 +296,11 @@ async def github_start(request: web.Request) -> web.Response:
     verifier = github.new_verifier()
     redirect_uri = _redirect_uri(request)
     state = await platform.sessions.remember_flow(
-        {"verifier": verifier, "redirect_uri": redirect_uri}
+        {
+            "verifier": verifier,
+            "redirect_uri": redirect_uri,
+            "next": next_path(request.query.get("next", "")),
+        }
     )
     raise web.HTTPFound(github.authorize_url(settings, redirect_uri, state, verifier))
 
@@ -297,9 +332,18 @@ async def github_callback(request: web.Request) -> web.Response:
         raise ApiError(502, "oauth_failed", str(error)) from None
     user_id = await platform.sign_in_github(user.id, user.login, user.name)
     platform.metrics.signins.labels("github", "ok").inc()
-    response = web.HTTPSeeOther("/api/me")
+    response = web.HTTPSeeOther(flow.get("next") or "/api/me")
     await start_session(request, response, user_id)
     raise response
+
+
+def next_path(asked: str) -> str:
+    """Where to send the browser after signing in: a console page, else nowhere ("")."""
+    if asked != NEXT_PREFIX and not asked.startswith(NEXT_PREFIX + "/"):
+        return ""
+    if "//" in asked or "\\" in asked or len(asked) > 200 or not asked.isprintable():
+        return ""
+    return asked
 
 
 async def start_session(request: web.Request, response: web.StreamResponse, user_id: str) -> None:
@@ -352,14 +396,17 @@ async def me(request: web.Request) -> web.Response:
     )
 
 
-async def create_org(request: web.Request) -> web.Response:
+async def do_create_org(request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
     session = session_of(request)
-    body = await json_body(request)
     org_id = secrets.token_hex(8)
     tenant_id = secrets.randbelow(TENANT_ID_MAX) + 1
     command = d.CreateOrg(text_field(body, "name"), tenant_id)
     await request.app[PLATFORM].org_command(org_id, session.user_id, command)
-    return web.json_response(_org(request.app[PLATFORM], org_id, d.Role.OWNER), status=201)
+    return _org(request.app[PLATFORM], org_id, d.Role.OWNER)
+
+
+async def create_org(request: web.Request) -> web.Response:
+    return web.json_response(await do_create_org(request, await json_body(request)), status=201)
 
 
 def _org(platform: Platform, org_id: str, role: d.Role) -> dict[str, Any]:
@@ -374,35 +421,48 @@ async def get_org(request: web.Request) -> web.Response:
     return web.json_response(_org(request.app[PLATFORM], org_id, role))
 
 
-async def list_members(request: web.Request) -> web.Response:
+def members_of(request: web.Request) -> list[dict[str, Any]]:
     org_id, _, _ = org_access(request, d.Role.VIEWER)
-    members = request.app[PLATFORM].rows(
+    return request.app[PLATFORM].rows(
         "SELECT m.user_id, u.login, u.name, m.role, m.since FROM members m "
         "LEFT JOIN users u ON u.id = m.user_id WHERE m.org_id = ? ORDER BY m.since, m.user_id",
         org_id,
     )
-    return web.json_response({"members": members})
 
 
-async def list_invitations(request: web.Request) -> web.Response:
+async def list_members(request: web.Request) -> web.Response:
+    return web.json_response({"members": members_of(request)})
+
+
+def invitations_of(request: web.Request) -> list[dict[str, Any]]:
     org_id, _, _ = org_access(request, d.Role.ADMIN)
-    rows = request.app[PLATFORM].rows(
+    return request.app[PLATFORM].rows(
         "SELECT login, role, invited_by, invited_at FROM invitations WHERE org_id = ? "
         "ORDER BY invited_at, login",
         org_id,
     )
-    return web.json_response({"invitations": rows})
+
+
+async def list_invitations(request: web.Request) -> web.Response:
+    return web.json_response({"invitations": invitations_of(request)})
+
+
+async def do_invite(request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
+    org_id, user_id, _ = org_access(request, d.Role.ADMIN)
+    command = d.InviteMember(text_field(body, "login"), role_field(body))
+    await request.app[PLATFORM].org_command(org_id, user_id, command)
+    return {"login": command.login, "role": command.role.label}
 
 
 async def invite(request: web.Request) -> web.Response:
-    org_id, user_id, _ = org_access(request, d.Role.ADMIN)
-    body = await json_body(request)
-    command = d.InviteMember(text_field(body, "login"), role_field(body))
-    await request.app[PLATFORM].org_command(org_id, user_id, command)
-    return web.json_response({"login": command.login, "role": command.role.label}, status=201)
+    return web.json_response(await do_invite(request, await json_body(request)), status=201)
 
 
 async def accept_invitation(request: web.Request) -> web.Response:
+    return web.json_response(await do_accept_invitation(request))
+
+
+async def do_accept_invitation(request: web.Request) -> dict[str, Any]:
     session = session_of(request)
     org_id = path_id(request, "org")
     platform = request.app[PLATFORM]
@@ -412,27 +472,36 @@ async def accept_invitation(request: web.Request) -> web.Response:
     await platform.org_command(org_id, session.user_id, d.AcceptInvitation(logins[0]["login"]))
     role = platform.role_in(org_id, session.user_id)
     assert role is not None, "an accepted invitation makes a member"
-    return web.json_response(_org(platform, org_id, role))
+    return _org(platform, org_id, role)
+
+
+async def do_change_role(request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
+    org_id, user_id, _ = org_access(request, d.Role.ADMIN)
+    member = path_id(request, "user")
+    role = role_field(body)
+    await request.app[PLATFORM].org_command(org_id, user_id, d.ChangeRole(member, role))
+    return {"user_id": member, "role": role.label}
 
 
 async def change_role(request: web.Request) -> web.Response:
-    org_id, user_id, _ = org_access(request, d.Role.ADMIN)
-    member = path_id(request, "user")
-    role = role_field(await json_body(request))
-    await request.app[PLATFORM].org_command(org_id, user_id, d.ChangeRole(member, role))
-    return web.json_response({"user_id": member, "role": role.label})
+    return web.json_response(await do_change_role(request, await json_body(request)))
 
 
-async def remove_member(request: web.Request) -> web.Response:
+async def do_remove_member(request: web.Request) -> dict[str, Any]:
     member = path_id(request, "user")
     session = request[SESSION]
     own = session is not None and session.user_id == member
     org_id, user_id, _ = org_access(request, d.Role.VIEWER if own else d.Role.ADMIN)
     await request.app[PLATFORM].org_command(org_id, user_id, d.RemoveMember(member))
-    return web.json_response({"removed": member})
+    return {"removed": member}
 
 
-async def audit(request: web.Request) -> web.Response:
+async def remove_member(request: web.Request) -> web.Response:
+    return web.json_response(await do_remove_member(request))
+
+
+def audit_of(request: web.Request) -> list[dict[str, Any]]:
+    """The organisation's events after ``?after=`` (at most ``?limit=``), oldest first."""
     org_id, _, _ = org_access(request, d.Role.ADMIN)
     try:
         after = min(max(int(request.query.get("after", "0")), 0), TENANT_ID_MAX)
@@ -448,7 +517,11 @@ async def audit(request: web.Request) -> web.Response:
     )
     for row in rows:
         row["data"] = json.loads(row["data"])
-    return web.json_response({"events": rows})
+    return rows
+
+
+async def audit(request: web.Request) -> web.Response:
+    return web.json_response({"events": audit_of(request)})
 
 
 # --- Fleet -------------------------------------------------------------------------------------
@@ -463,10 +536,9 @@ def _address(text: object) -> str:
     return text.strip()
 
 
-async def register_cluster(request: web.Request) -> web.Response:
+async def do_register_cluster(request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
     org_id, user_id, _ = org_access(request, d.Role.ADMIN)
     platform = request.app[PLATFORM]
-    body = await json_body(request)
     nodes = body.get("nodes")
     if not isinstance(nodes, list):
         raise ApiError(400, "invalid", "'nodes' must be a list of host:port strings")
@@ -496,10 +568,15 @@ async def register_cluster(request: web.Request) -> web.Response:
         fleet.seal(key, cluster_id, secret),
     )
     await platform.cluster_command(org_id, cluster_id, user_id, command)
-    return web.json_response(_cluster(platform, org_id, cluster_id), status=201)
+    return cluster_of(platform, org_id, cluster_id)
 
 
-def _cluster(platform: Platform, org_id: str, cluster_id: str) -> dict[str, Any]:
+async def register_cluster(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    return web.json_response(await do_register_cluster(request, body), status=201)
+
+
+def cluster_of(platform: Platform, org_id: str, cluster_id: str) -> dict[str, Any]:
     rows = platform.rows(
         "SELECT id, name, issuer, audience, created_at FROM clusters "
         "WHERE id = ? AND org_id = ? AND removed = 0",
@@ -509,7 +586,8 @@ def _cluster(platform: Platform, org_id: str, cluster_id: str) -> dict[str, Any]
     if not rows:
         raise ApiError(404, "not_found", "no such cluster")
     nodes = platform.rows(
-        "SELECT n.address, h.health, h.ready, h.detail, h.checked_at FROM cluster_nodes n "
+        "SELECT n.address, h.health, h.ready, h.detail, h.checked_at, h.view, h.lag "
+        "FROM cluster_nodes n "
         "LEFT JOIN node_health h ON h.cluster_id = n.cluster_id AND h.address = n.address "
         "WHERE n.cluster_id = ? ORDER BY n.position",
         cluster_id,
@@ -520,35 +598,47 @@ def _cluster(platform: Platform, org_id: str, cluster_id: str) -> dict[str, Any]
     return {**rows[0], "nodes": nodes}
 
 
-async def list_clusters(request: web.Request) -> web.Response:
+def clusters_of(request: web.Request) -> list[dict[str, Any]]:
     org_id, _, _ = org_access(request, d.Role.VIEWER)
     platform = request.app[PLATFORM]
     ids = platform.rows(
         "SELECT id FROM clusters WHERE org_id = ? AND removed = 0 ORDER BY created_at, id", org_id
     )
-    return web.json_response({"clusters": [_cluster(platform, org_id, r["id"]) for r in ids]})
+    return [cluster_of(platform, org_id, r["id"]) for r in ids]
+
+
+async def list_clusters(request: web.Request) -> web.Response:
+    return web.json_response({"clusters": clusters_of(request)})
+
+
+def one_cluster(request: web.Request) -> dict[str, Any]:
+    org_id, _, _ = org_access(request, d.Role.VIEWER)
+    cluster_id = path_id(request, "cluster")
+    return cluster_of(request.app[PLATFORM], org_id, cluster_id)
 
 
 async def get_cluster(request: web.Request) -> web.Response:
-    org_id, _, _ = org_access(request, d.Role.VIEWER)
-    cluster_id = path_id(request, "cluster")
-    return web.json_response(_cluster(request.app[PLATFORM], org_id, cluster_id))
+    return web.json_response(one_cluster(request))
 
 
-async def remove_cluster(request: web.Request) -> web.Response:
+async def do_remove_cluster(request: web.Request) -> dict[str, Any]:
     org_id, user_id, _ = org_access(request, d.Role.ADMIN)
     cluster_id = path_id(request, "cluster")
     platform = request.app[PLATFORM]
-    _cluster(platform, org_id, cluster_id)  # 404 for another organisation's cluster
+    cluster_of(platform, org_id, cluster_id)  # 404 for another organisation's cluster
     await platform.cluster_command(org_id, cluster_id, user_id, d.RemoveCluster())
-    return web.json_response({"removed": cluster_id})
+    return {"removed": cluster_id}
 
 
-async def mint(request: web.Request) -> web.Response:
+async def remove_cluster(request: web.Request) -> web.Response:
+    return web.json_response(await do_remove_cluster(request))
+
+
+async def do_mint(request: web.Request) -> dict[str, Any]:
     org_id, user_id, role = org_access(request, d.Role.VIEWER)
     cluster_id = path_id(request, "cluster")
     platform = request.app[PLATFORM]
-    _cluster(platform, org_id, cluster_id)
+    cluster_of(platform, org_id, cluster_id)
     row = platform.rows(
         "SELECT c.issuer, c.audience, c.secret_sealed, o.tenant_id FROM clusters c "
         "JOIN orgs o ON o.id = c.org_id WHERE c.id = ?",
@@ -574,19 +664,22 @@ async def mint(request: web.Request) -> web.Response:
         ttl_s=ttl_s,
     )
     platform.metrics.tokens.inc()
-    return web.json_response(
-        {
-            "token": token,
-            "tenant_id": row["tenant_id"],
-            "role": role.label,
-            "expires_at": now_s + ttl_s,
-        },
-        status=201,
-    )
+    return {
+        "token": token,
+        "tenant_id": row["tenant_id"],
+        "role": role.label,
+        "expires_at": now_s + ttl_s,
+    }
+
+
+async def mint(request: web.Request) -> web.Response:
+    return web.json_response(await do_mint(request), status=201)
 
 
 async def index(request: web.Request) -> web.Response:
     signed_in = request[SESSION] is not None
+    if "text/html" in request.headers.get("Accept", ""):
+        raise web.HTTPSeeOther(NEXT_PREFIX)  # a browser: the console's pages
     return web.json_response(
         {
             "service": "platform-app",
@@ -594,6 +687,7 @@ async def index(request: web.Request) -> web.Response:
             "signed_in": signed_in,
             "sign_in": "/auth/github/start",
             "me": "/api/me",
+            "console": NEXT_PREFIX,
         }
     )
 
@@ -635,7 +729,8 @@ def build_app(platform: Platform) -> web.Application:
     app.router.add_post("/api/orgs/{org}/invitations/accept", accept_invitation)
     for method, path, handler, _ in ORG_ROUTES:
         app.router.add_route(method, path, handler)
-    from craton.platform import passkeys  # it builds on this module's helpers
+    from craton.platform import pages, passkeys  # they build on this module's helpers
 
     passkeys.add_routes(app)
+    pages.add_routes(app)
     return app

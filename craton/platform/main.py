@@ -34,7 +34,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
 START_TIMEOUT_S = 15.0
-EXTRA_MODULES = ("nats", "webauthn")  # what ``pip install 'craton[platform]'`` brings
+EXTRA_MODULES = ("nats", "webauthn", "jinja2")  # what ``pip install 'craton[platform]'`` brings
 EXTRA_INSTALL = "pip install 'craton[platform]'"
 
 

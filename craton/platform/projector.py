@@ -81,8 +81,10 @@ CREATE TABLE IF NOT EXISTS cluster_nodes (
 CREATE TABLE IF NOT EXISTS ready_probe (id INTEGER PRIMARY KEY, at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS node_health (
     cluster_id TEXT NOT NULL, address TEXT NOT NULL, health TEXT NOT NULL, ready TEXT NOT NULL,
-    detail TEXT NOT NULL, checked_at TEXT NOT NULL, PRIMARY KEY (cluster_id, address));
+    detail TEXT NOT NULL, checked_at TEXT NOT NULL, view INTEGER, lag INTEGER,
+    PRIMARY KEY (cluster_id, address));
 """
+NODE_HEALTH_ADDED = ("view", "lag")  # columns a database made by an earlier version lacks
 
 
 def open_database(path: Path | str) -> sqlite3.Connection:
@@ -92,6 +94,10 @@ def open_database(path: Path | str) -> sqlite3.Connection:
     db.execute("PRAGMA synchronous=NORMAL")
     db.execute("PRAGMA busy_timeout=5000")
     db.executescript(SCHEMA)
+    columns = {row[1] for row in db.execute("PRAGMA table_info(node_health)")}
+    for column in NODE_HEALTH_ADDED:
+        if column not in columns:
+            db.execute(f"ALTER TABLE node_health ADD COLUMN {column} INTEGER")
     return db
 
 

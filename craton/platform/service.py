@@ -266,10 +266,11 @@ class Platform:
         for node, health in zip(nodes, seen, strict=True):
             self.metrics.polls.labels(health.ready).inc()
             db.execute(
-                "INSERT INTO node_health VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT "
+                "INSERT INTO node_health (cluster_id, address, health, ready, detail, "
+                "checked_at, view, lag) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT "
                 "(cluster_id, address) DO UPDATE SET health = excluded.health, "
                 "ready = excluded.ready, detail = excluded.detail, "
-                "checked_at = excluded.checked_at",
+                "checked_at = excluded.checked_at, view = excluded.view, lag = excluded.lag",
                 (
                     node["cluster_id"],
                     node["address"],
@@ -277,6 +278,8 @@ class Platform:
                     health.ready,
                     health.detail,
                     checked_at,
+                    health.view,
+                    health.lag,
                 ),
             )
         db.execute("COMMIT")

@@ -152,11 +152,12 @@ class Stack:
         self.runners: list[web.AppRunner] = []
         self.browsers: list[Browser] = []
         self.base = ""
+        self.port = 0  # the app's port: 0 for any free one
 
-    async def _serve(self, app: web.Application) -> str:
+    async def _serve(self, app: web.Application, port: int = 0) -> str:
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        site = web.TCPSite(runner, "127.0.0.1", port)
         await site.start()
         self.runners.append(runner)
         server = site._server
@@ -176,7 +177,7 @@ class Stack:
         }
         self.platform = Platform(config_for(self.tmp, self.nats.url, **env), PlatformMetrics())
         await self.platform.start()
-        self.base = await self._serve(build_app(self.platform))
+        self.base = await self._serve(build_app(self.platform), self.port)
         return self
 
     async def stop(self) -> None:
