@@ -6,8 +6,9 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-from craton.platform.http import CSRF_FIELD
-from craton.platform.pages import STATIC_DIR, TEMPLATES_DIR
+from craton.platform import domain as d
+from craton.platform.http import CSRF_FIELD, ORG_ROUTES
+from craton.platform.pages import PAGE_ROUTES, STATIC_DIR, TEMPLATES_DIR
 from tests.platform.support import Browser, NatsServer, Stack, run, running
 
 SECRET = "s" * 40
@@ -223,3 +224,81 @@ def test_the_templates_and_static_files_ship_in_the_wheel() -> None:
     assert len(needed) >= 10, f"expected the console's files, found {needed}"
     left_out = sorted(str(p.relative_to(package)) for p in needed if p not in shipped)
     assert not left_out, f"expected package-data to ship every console file; missing {left_out}"
+
+
+# Each console page or form, and the API route whose rule it shares.
+PAGE_TO_API = {
+    ("GET", "/orgs/{org}/members"): ("GET", "/api/orgs/{org}/members"),
+    ("POST", "/orgs/{org}/invitations"): ("POST", "/api/orgs/{org}/invitations"),
+    ("POST", "/orgs/{org}/members/{user}/role"): ("PUT", "/api/orgs/{org}/members/{user}"),
+    ("POST", "/orgs/{org}/members/{user}/remove"): ("DELETE", "/api/orgs/{org}/members/{user}"),
+    ("GET", "/orgs/{org}/clusters"): ("GET", "/api/orgs/{org}/clusters"),
+    ("GET", "/orgs/{org}/clusters/fleet"): ("GET", "/api/orgs/{org}/clusters"),
+    ("POST", "/orgs/{org}/clusters"): ("POST", "/api/orgs/{org}/clusters"),
+    ("POST", "/orgs/{org}/clusters/{cluster}/remove"): (
+        "DELETE",
+        "/api/orgs/{org}/clusters/{cluster}",
+    ),
+    ("GET", "/orgs/{org}/clusters/{cluster}/tokens"): (
+        "GET",
+        "/api/orgs/{org}/clusters/{cluster}",
+    ),
+    ("POST", "/orgs/{org}/clusters/{cluster}/tokens"): (
+        "POST",
+        "/api/orgs/{org}/clusters/{cluster}/tokens",
+    ),
+    ("GET", "/orgs/{org}/events"): ("GET", "/api/orgs/{org}/audit"),
+}
+FORM_FIELDS = {
+    "invitations": {"login": "someone", "role": "viewer"},
+    "role": {"role": "viewer"},
+    "clusters": {"name": "c", "nodes": "127.0.0.1:1", "jwt_secret": SECRET},
+}
+
+
+def test_every_page_refuses_the_roles_its_api_route_refuses(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    minimum = {(method, path): role for method, path, _, role in ORG_ROUTES}
+    org_pages = {(m, p) for m, p, _ in PAGE_ROUTES if p.startswith("/orgs/{org}/")}
+    assert org_pages - {("POST", "/orgs/{org}/accept")} == set(PAGE_TO_API), (
+        "expected every organisation page mapped to the API route whose rule it keeps"
+    )
+
+    async def scenario() -> None:
+        async with running(tmp_path, nats_server) as stack:
+            logins = {"ada": "admin", "mo": "member", "vera": "viewer"}
+            org, browsers = await _org_with(stack, logins)
+            by_role = {"owner": browsers["olivia"]} | {r: browsers[n] for n, r in logins.items()}
+            stranger = await stack.sign_in("stranger")
+            owner_id = await _user_id(browsers["olivia"])
+            status, cluster = await browsers["olivia"].call(
+                "POST",
+                f"/api/orgs/{org}/clusters",
+                {"name": "c", "nodes": ["127.0.0.1:1"], "jwt_secret": SECRET},
+            )
+            assert status == 201, cluster
+            checked = 0
+            for (method, template), api in PAGE_TO_API.items():
+                path = "/console" + template.format(org=org, user=owner_id, cluster=cluster["id"])
+                fields = FORM_FIELDS.get(template.rsplit("/", 1)[-1], {})
+                for role in d.Role:
+                    if role >= minimum[api]:
+                        continue
+                    browser = by_role[role.label]
+                    if method == "GET":
+                        status, _, body = await _get(browser, path)
+                    else:
+                        status, _, body = await _form(browser, path, fields)
+                    assert status == 403 and "needs the" in body, (
+                        f"expected {role.label} refused on {method} {template}: {status}"
+                    )
+                    checked += 1
+                if method == "GET":
+                    status, _, _ = await _get(stranger, path)
+                else:
+                    status, _, _ = await _form(stranger, path, fields)
+                assert status == 404, f"expected a stranger told not found: {template} {status}"
+            assert checked >= 10, f"expected refusals checked, got {checked}"
+
+    run(scenario())

@@ -60,6 +60,10 @@ def test_register_a_cluster_see_node_health_and_mint_tokens(
                     await asyncio.sleep(0.05)
                 health = {n["address"]: (n["health"], n["ready"]) for n in seen["nodes"]}
                 assert health == {node.address: ("ok", "ok"), down: ("unreachable", "unreachable")}
+                seen_view = {n["address"]: (n["view"], n["lag"]) for n in seen["nodes"]}
+                assert seen_view == {node.address: (0, 0), down: (None, None)}, (
+                    f"expected the node's view and lag from its /metrics: {seen_view}"
+                )
                 status, minted = await owner.call(
                     "POST", f"/api/orgs/{org}/clusters/{cluster['id']}/tokens"
                 )
