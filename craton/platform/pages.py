@@ -130,7 +130,8 @@ async def _form(request: web.Request) -> dict[str, Any]:
         if name == h.CSRF_FIELD:
             continue
         if not isinstance(value, str) or len(value) > FORM_FIELD_CHARS_MAX:
-            raise h.ApiError(400, "invalid", f"'{name}' must be text of at most 4096 characters")
+            limit = FORM_FIELD_CHARS_MAX
+            raise h.ApiError(400, "invalid", f"'{name}' must be text of at most {limit} characters")
         fields[name] = value.strip()
     return fields
 
@@ -300,8 +301,10 @@ async def clusters(
 
 
 async def fleet(request: web.Request) -> web.Response:
-    """The clusters' table alone, for the page's script to swap in."""
-    _signed_in(request)
+    """The clusters' table alone, for the page's script to swap in (a 401, not the sign-in
+    page, once the session is gone: the script keeps the table it has)."""
+    if _me(request) is None:
+        raise h.ApiError(401, "unauthenticated", "sign in first")
     org = _org(request)
     return render(request, "_fleet.html", org=org, clusters=h.clusters_of(request))
 

@@ -286,3 +286,38 @@ def test_add_a_passkey_then_sign_in_with_it(tmp_path: Path, nats_server: NatsSer
         assert errors == [], f"the pages logged errors: {errors}"
 
     run(scenario())
+
+
+def test_the_pages_work_without_javascript(tmp_path: Path, nats_server: NatsServer) -> None:
+    async def scenario() -> None:
+        node = await StandInNode().start()
+        try:
+            async with console(tmp_path, nats_server) as (_, base), chromium_browser() as b:
+                context = await b.new_context(viewport=VIEWPORT, java_script_enabled=False)
+                context.set_default_timeout(WAIT_MS)
+                page = await context.new_page()
+                await page.goto(base + "/console")
+                assert await page.locator("#passkey-signin").is_hidden(), "needs a script"
+                await github_sign_in(page, base)
+                org = await new_org(page, "Acme")
+                await page.fill("#register input[name=name]", "prod")
+                await page.fill("#register textarea[name=nodes]", node.address)
+                await page.fill("#register input[name=jwt_secret]", "short")
+                await page.click("#register button")
+                await page.locator(".error", has_text="jwt_secret").wait_for()
+                await page.fill("#register input[name=jwt_secret]", JWT_SECRET)
+                await page.click("#register button")
+                await page.wait_for_url(f"**/orgs/{org}/clusters")
+                for _ in range(50):  # reloading by hand, as a reader without a script would
+                    if await page.locator(".s-ok").count() == 2:
+                        break
+                    await page.wait_for_timeout(200)
+                    await page.reload()
+                assert await page.locator(".s-ok").count() == 2, "expected health and readiness"
+                await page.click("section.cluster >> text=Tokens")
+                await page.click("#mint button")
+                assert (await page.locator("#token").input_value()).count(".") == 2, "a JWT"
+        finally:
+            await node.stop()
+
+    run(scenario())
