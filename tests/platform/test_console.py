@@ -302,3 +302,40 @@ def test_every_page_refuses_the_roles_its_api_route_refuses(
             assert checked >= 10, f"expected refusals checked, got {checked}"
 
     run(scenario())
+
+
+def test_remove_a_member_and_a_cluster_and_leave(tmp_path: Path, nats_server: NatsServer) -> None:
+    async def scenario() -> None:
+        async with running(tmp_path, nats_server) as stack:
+            org, browsers = await _org_with(stack, {"mo": "member", "vera": "viewer"})
+            owner = browsers["olivia"]
+            mo_id, vera_id = await _user_id(browsers["mo"]), await _user_id(browsers["vera"])
+            status, location, _ = await _form(
+                owner, f"/console/orgs/{org}/members/{mo_id}/remove", {}
+            )
+            assert status == 303 and location == f"/console/orgs/{org}/members", location
+            status, location, _ = await _form(
+                browsers["vera"], f"/console/orgs/{org}/members/{vera_id}/remove", {}
+            )
+            assert status == 303 and location == "/console", f"a leaver goes home: {location}"
+            _, listed = await owner.call("GET", f"/api/orgs/{org}/members")
+            assert [m["login"] for m in listed["members"]] == ["olivia"], listed
+            status, _, _ = await _get(browsers["mo"], f"/console/orgs/{org}/clusters")
+            assert status == 404, "a removed member no longer sees the organisation"
+
+            status, location, body = await _form(
+                owner,
+                f"/console/orgs/{org}/clusters",
+                {"name": "prod", "nodes": "127.0.0.1:1, 127.0.0.1:2", "jwt_secret": SECRET},
+            )
+            assert status == 303, (status, body[:300])
+            _, _, page = await _get(owner, f"/console/orgs/{org}/clusters/fleet")
+            assert page.count("<tr data-address=") == 2, "expected both nodes listed"
+            _, clusters = await owner.call("GET", f"/api/orgs/{org}/clusters")
+            cluster = clusters["clusters"][0]["id"]
+            status, _, _ = await _form(owner, f"/console/orgs/{org}/clusters/{cluster}/remove", {})
+            assert status == 303
+            _, clusters = await owner.call("GET", f"/api/orgs/{org}/clusters")
+            assert clusters["clusters"] == [], clusters
+
+    run(scenario())
