@@ -37,7 +37,7 @@ import enum
 import hashlib
 import re
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import attrs
@@ -287,6 +287,8 @@ class _Io(enum.Enum):
     STATE_TRUNCATE = 23
     STATE_SYNC = 24
     STATE_READ = 25
+    BASE_TAIL_WRITE = 30  # the records past a base, written before the base is named
+    BASE_TAIL_SYNC = 31
 
 
 @attrs.define
@@ -348,6 +350,8 @@ class _BaseInstall:
     chain_hash: bytes
     state: bytes
     segment: int  # the first segment of the log from the base on
+    # the records that continue the log from the base: (record bytes, chain hash) each
+    tail: tuple[tuple[bytes, bytes], ...] = ()
 
 
 @attrs.define
@@ -492,23 +496,37 @@ class Log:
             and self._installing is None
         )
 
-    def install_base(self, position: int, chain_hash: bytes, state: bytes) -> list[LogOutput]:
+    def install_base(
+        self, position: int, chain_hash: bytes, state: bytes, tail: Sequence[bytes] = ()
+    ) -> list[LogOutput]:
         """Make the log start at ``position``, past its head: ``state`` is the owner's state
         there and ``chain_hash`` the hash of the record before it (the owner has checked
-        both against another copy of the history). ``BaseInstalled`` follows once durable.
+        both against another copy of the history). ``tail`` holds the bodies of records the
+        owner already has from ``position`` on (a repairing replica's intact records past a
+        hole): the new log starts with them. ``BaseInstalled`` follows once durable.
 
-        The state file is written and synced first, then the superblock names it with its
-        digest; a crash before that leaves the old log, a crash after it the new one. The
-        new log starts in a segment past every existing one, and the old segments and
-        state file are emptied after the switch (and again by recovery if a crash stopped
-        that), so the switch itself is the single superblock update."""
+        The state file is written and synced first, then the tail's records into the new
+        log's first segment, then the superblock names the state with its digest; a crash
+        before that leaves the old log, a crash after it the new one, tail included (so
+        records this disk held past the base are never only in memory). The new log starts
+        in a segment past every existing one, and the old segments and state file are
+        emptied after the switch (and again by recovery if a crash stopped that), so the
+        switch itself is the single superblock update."""
         if not self.can_install_base:
             raise LogError("log is not open, or it has writes in flight")
         if position <= self.head:
             raise LogError(f"cannot install a base at {position}: the log reaches {self.head}")
         known = [segment.number for segment in self._segments] + self._stale
         segment = max([*known, self._base_segment - 1]) + 1
-        self._installing = _BaseInstall(position, chain_hash, state, segment)
+        records: list[tuple[bytes, bytes]] = []
+        prev = chain_hash
+        for at, body in enumerate(tail, start=position):
+            # they claim nothing durable past the base: the superblock says what was
+            data, prev = record.encode(
+                position=at, prev_hash=prev, body=body, durable_before=position
+            )
+            records.append((data, prev))
+        self._installing = _BaseInstall(position, chain_hash, state, segment, tuple(records))
         return [self._write_state(position, state, then_base=True)]
 
     def _finish_base(self, fresh: Superblock) -> list[LogOutput]:
@@ -523,12 +541,22 @@ class Log:
         self._segments.clear()
         self._segment_firsts.clear()
         self._stale = []
-        self.base = self.head = self.durable = install.position
+        self.base = install.position
         self.chain_hash = self._base_hash = install.chain_hash
         self._hashes = []
         self._hashes_base = install.position
         self._base_segment = install.segment
-        notice = Notice("log.base_installed", (("position", install.position),))
+        if install.tail:
+            segment = _Segment(install.segment, install.position)
+            for data, own_hash in install.tail:
+                segment.offsets.append(segment.size)
+                segment.size += len(data)
+                self._hashes.append(own_hash)
+            self._add_segment(segment)
+            self.chain_hash = install.tail[-1][1]
+        self.head = self.durable = install.position + len(install.tail)
+        fields = (("position", install.position), ("records", len(install.tail)))
+        notice = Notice("log.base_installed", fields)
         releases = [self._release(_Io.RELEASE, path) for path in sorted(set(released))]
         return [notice, BaseInstalled(install.position), *releases]
 
@@ -562,6 +590,14 @@ class Log:
             return [self._track(_Io.STATE_SYNC, context, lambda io: DiskSync(io, path))]
         if not then_base:
             return [StateSaved(position)]
+        install = self._installing
+        if install is not None and install.tail:
+            payload = b"".join(data for data, _ in install.tail)
+            path = segment_path(install.segment)
+            write = self._track(
+                _Io.BASE_TAIL_WRITE, path, lambda io: DiskWrite(io, path, 0, payload)
+            )
+            return [write]
         self._base_written = True
         return self._write_superblock()
 
@@ -666,6 +702,12 @@ class Log:
             case _Io.STATE_WRITE | _Io.STATE_TRUNCATE | _Io.STATE_SYNC:
                 assert isinstance(context, tuple)
                 return self._on_state_step(purpose, *context)
+            case _Io.BASE_TAIL_WRITE:
+                assert isinstance(context, str)
+                return [self._track(_Io.BASE_TAIL_SYNC, None, lambda io: DiskSync(io, context))]
+            case _Io.BASE_TAIL_SYNC:
+                self._base_written = True
+                return self._write_superblock()
             case _Io.STATE_READ:
                 assert isinstance(context, tuple)
                 tag, position = context

@@ -108,6 +108,7 @@ _INFO_NOTICES = frozenset(
         "replica.view_change",
         "replica.primary",
         "replica.repaired",  # the holes were fetched from the peers by hash
+        "replica.repair_completed",  # a restart found a repair done before it stopped
         "replica.repair_by_state",  # a hole below every peer's log: their state became the base
         "replica.recovered",  # the view's log is installed: the replica takes part again
         "replica.state_synced",

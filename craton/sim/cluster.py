@@ -92,6 +92,7 @@ REPAIR_NOTICES = {  # notices counted in a run's ``repairs``, by the name they a
     "replica.prepare_repaired": "prepares_repaired",
     "replica.repair_abandoned": "repairs_abandoned",
     "replica.repaired": "logs_repaired",
+    "replica.repair_completed": "repairs_completed_at_restart",
     "replica.repair_by_state": "repairs_by_state",
     "replica.recovered": "rejoined",
     "replica.state_transfer": "state_transfers",
@@ -377,8 +378,7 @@ class Cluster:
             self.profile.checkpoint_interval_ops,
             MODELS.get(options.machine),
         )
-        supply = options.atlas.profile != "disjoint"  # see craton.sim.durability
-        self.durability = DurabilityChecker(n // 2 + 1, self.checker.fail, supply=supply)
+        self.durability = DurabilityChecker(n // 2 + 1, self.checker.fail)
         self._durability_seen = 0  # committed ops whose durable copies were counted
         self.scenario = Scenario(
             options.scenario,

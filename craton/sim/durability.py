@@ -10,13 +10,10 @@ loses what it synced, is caught when it happens, not only if a later crash expos
   history. A replica whose copy an injected fault destroyed (a torn or misdirected write,
   rot, a wipe: ``SimDisk.destroyed``) is excused: the quorum was there before the fault.
 - ``crashed``: after every crash (and wipe), every committed op can still be supplied by
-  some replica's stable storage: its record intact, or a durable checkpoint state that
-  covers it (its state file matching its digest). Off (``supply=False``) in the disjoint
-  profile, where it finds a known gap: a replica's recovery cuts its log at the first damaged
-  record and removes the intact records past the cut from its disk, holding them only in
-  memory while it repairs, so with every replica's log rotting at different ops a committed
-  op can be on no disk for a while (``tests/sim/test_durability.py`` keeps those seeds as
-  strict expected failures).
+  some replica's stable storage: its record intact (where its log places it, or anywhere in
+  its segments, past damage too: a recovery's cut leaves the records past the damage on
+  disk, and its salvage finds them again), or a durable checkpoint state that covers it
+  (its state file matching its digest).
 - ``damage_found``: a replica whose disk the simulator never damaged must never find damage
   in, or be missing, records it had certified durable (its witness or superblock): that is
   data lost that the disk kept. A torn or lost *unsynced* tail is not damage: it lies at or
@@ -43,10 +40,9 @@ Holder = tuple[int, Replica, SimDisk]  # (replica index, its replica object, its
 
 
 class DurabilityChecker:
-    def __init__(self, quorum: int, fail: Callable[[str], None], *, supply: bool = True) -> None:
+    def __init__(self, quorum: int, fail: Callable[[str], None]) -> None:
         self._quorum = quorum
         self._fail = fail
-        self._supply = supply  # whether ``crashed`` looks for every committed op
 
     def committed(self, op: int, op_hash: bytes, nodes: Sequence[Holder]) -> None:
         """Op ``op`` (chain hash ``op_hash``) has just been seen committed."""
@@ -67,10 +63,12 @@ class DurabilityChecker:
     def crashed(self, index: int, history: Sequence[bytes], nodes: Sequence[Holder]) -> None:
         """Replica ``index`` just crashed: every op of the committed ``history`` (its chain
         hashes, in op order) is still on some replica's stable storage."""
-        if not self._supply:
-            return
+        indexes = [_stable_index(disk) for _, _, disk in nodes]
         for op, op_hash in enumerate(history):
-            if not any(_supplies(replica, disk, op, op_hash) for _, replica, disk in nodes):
+            if not any(
+                _supplies(replica, disk, op, op_hash, index)
+                for (_, replica, disk), index in zip(nodes, indexes, strict=True)
+            ):
                 self._fail(
                     f"after replica {index} crashed, committed op {op} is on no replica's "
                     "stable storage (no intact record, no checkpoint state covering it)"
@@ -124,9 +122,16 @@ def _intact(data: bytes, op: int, op_hash: bytes) -> bool:
 
 
 def _stable_records(disk: SimDisk, op: int) -> list[bytes]:
-    """The stable bytes of every record that claims position ``op`` in ``disk``'s segments
-    (walked record by record from each segment's start, as far as headers decode)."""
-    found = []
+    """The stable bytes of every record that claims position ``op`` in ``disk``'s segments."""
+    return _stable_index(disk).get(op, [])
+
+
+def _stable_index(disk: SimDisk) -> dict[int, list[bytes]]:
+    """Every record in ``disk``'s segments, by the position it claims: each segment walked
+    record by record from its start, and past a record whose header does not decode by
+    looking for the next one that does (as a recovery's salvage finds the records past
+    damage, which stay on disk until the log is cut or appended over there)."""
+    found: dict[int, list[bytes]] = {}
     for path in disk.paths():
         if not path.startswith(SEGMENT_FOLDER + "/"):
             continue
@@ -136,9 +141,9 @@ def _stable_records(disk: SimDisk, op: int) -> list[bytes]:
             try:
                 header = decode_header(data[at : at + HEADER_SIZE])
             except RecordError:
-                break
-            if header.position == op:
-                found.append(data[at : at + header.size])
+                at += 1  # damage: the next record starts somewhere past it
+                continue
+            found.setdefault(header.position, []).append(data[at : at + header.size])
             at += header.size
     return found
 
@@ -151,8 +156,13 @@ def _destroyed(replica: Replica, disk: SimDisk, op: int) -> bool:
     return any(d.fault == "wiped" or d.path.startswith(SEGMENT_FOLDER + "/") for d in disk.damage)
 
 
-def _supplies(replica: Replica, disk: SimDisk, op: int, op_hash: bytes) -> bool:
-    if _holds(replica, disk, op, op_hash):
+def _supplies(
+    replica: Replica, disk: SimDisk, op: int, op_hash: bytes, index: dict[int, list[bytes]]
+) -> bool:
+    place = _place(replica, op)
+    if place is not None and _intact(disk.stable(*place), op, op_hash):
+        return True
+    if any(_intact(record, op, op_hash) for record in index.get(op, [])):
         return True
     state = replica.durable_state
     if state is None or op >= state.op:

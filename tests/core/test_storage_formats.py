@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -10,6 +12,7 @@ from craton.core import record, superblock
 from craton.core.prng import Prng
 from craton.core.scan import Clean, Corrupt, Torn, scan_segment
 from craton.core.seal import Sealer, SealError, decode_entry, encode_entry, verify_seal
+from craton.core.vsr.replica import decode_owner_state, encode_owner_state
 
 SEED = bytes(range(32))
 
@@ -174,3 +177,14 @@ def test_prng_is_deterministic_and_streams_are_independent() -> None:
         15464269633505413824,
     ]
     assert Prng(7, "x").below(1000) == 613
+
+
+def test_owner_state_flags_round_trip_and_older_states_read_as_not_recovering() -> None:
+    """A replica's view state in the superblock: the damage-only flag is kept only with the
+    recovering one, and a state of the first version (no flags) reads as neither."""
+    for recovering in (False, True):
+        for damage_only in (False, True):
+            data = encode_owner_state(7, 5, recovering, damage_only)
+            assert decode_owner_state(data) == (7, 5, recovering, recovering and damage_only)
+    older = struct.pack("<4sII", b"VSR1", 3, 2)
+    assert decode_owner_state(older) == (3, 2, False, False)

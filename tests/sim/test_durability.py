@@ -16,7 +16,7 @@ from craton.core.superblock import state_path
 from craton.core.vsr.replica import Replica
 from craton.sim.cluster import Cluster, FaultAtlas, draw_options
 from craton.sim.disk import SimDisk
-from craton.sim.durability import DurabilityChecker
+from craton.sim.durability import DurabilityChecker, _intact, _stable_records
 from tests.sim.test_vsr_scenarios import quiet_options
 
 COMMITTED_OPS = 12
@@ -139,25 +139,37 @@ def test_damage_on_a_disk_the_simulator_damaged_is_not_a_violation(cluster: Clus
     assert failures == [], failures
 
 
-SUPPLY_GAP = (
-    "a replica's recovery cuts its log at a damaged record and removes the intact records "
-    "past the cut from its disk, holding them only in memory while it repairs; with every "
-    "replica's log rotting at different ops (the disjoint profile), a committed op is then "
-    "on no disk, and a crash of the repairing replica would lose it"
-)
-
-
-@pytest.mark.xfail(raises=AssertionError, strict=True, reason=SUPPLY_GAP)
 @pytest.mark.parametrize("seed", [4, 126])
 def test_disjoint_seeds_keep_every_committed_op_on_some_disk(seed: int) -> None:
-    """The supply check, which the disjoint profile runs without (see the module of the
-    checkers), switched on for seeds that show the gap: once the repair keeps what it found
-    past a cut on disk, these pass, this test fails as an unexpected pass, and the check
-    goes on for the disjoint profile too."""
-    cluster = Cluster(seed, draw_options(seed, profile="disjoint"))
-    cluster.durability = DurabilityChecker(2, cluster.checker.fail, supply=True)
-    result = cluster.run()
+    """Seeds of the disjoint profile where, at a crash, some committed op was intact only
+    past a damaged record (a recovery's cut leaves those records on disk): the supply check
+    finds them there, and the cluster passes."""
+    result = Cluster(seed, draw_options(seed, profile="disjoint")).run()
     assert result.result == "pass", result.violations
+
+
+def test_records_past_a_damaged_header_still_count_as_held(cluster: Cluster) -> None:
+    """A damaged header hides its record's length: the walk of a disk's stable bytes finds
+    the records past it by looking for the next header, as a recovery's salvage does."""
+    node = cluster.nodes[1]
+    state = node.replica.durable_state  # the ops below it are supplied by the state too
+    first = 0 if state is None else state.op + 1
+    later = first + 3
+    assert later < len(cluster.checker.canonical), "the run committed too little"
+    place = node.replica.log.location(first)
+    assert place is not None
+    path, offset, _ = place
+    node.disk.corrupt(path, offset + 8, 2, fault="corruption_at_rest")  # inside the header
+    assert not _stable_records(node.disk, first), "the damaged record no longer decodes"
+    later_hash = cluster.checker.canonical[later]
+    assert any(_intact(record, later, later_hash) for record in _stable_records(node.disk, later))
+    durability, failures = checker()
+    wiped_elsewhere = [(i, r, d) for i, r, d in holders(cluster) if i == 1]
+    durability.crashed(0, cluster.checker.canonical[: later + 1], wiped_elsewhere)
+    assert failures == [
+        f"after replica 0 crashed, committed op {first} is on no replica's "
+        "stable storage (no intact record, no checkpoint state covering it)"
+    ]
 
 
 def test_every_superblock_copy_lost_is_a_wipe_on_a_faulty_disk_and_a_violation_elsewhere() -> None:

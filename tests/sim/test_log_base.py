@@ -109,3 +109,39 @@ def test_a_crash_right_after_the_switch_keeps_the_base_and_empties_the_old_files
     assert (recovered.base, recovered.head, recovered.base_state) == (BASE, BASE, STATE)
     world.events.run_until(lambda: world.disk.durable_size(segment_path(0)) == 0)
     assert world.disk.durable_size(segment_path(0)) == 0, "recovery left the old segment"
+
+
+def test_records_kept_past_a_base_are_in_the_new_log_when_it_is_named() -> None:
+    """A repairing replica's intact records past the base go into the new log's first
+    segment before the superblock names the base: a crash right after the switch finds
+    them there, durable, never only in the owner's memory."""
+    world = World(salvage=True)
+    world.append_all(BODIES)
+    tail = tuple(BODIES[:4])
+    world.driver.step(_InstallBase(BASE, BASE_HASH, STATE, tail))  # type: ignore[arg-type]
+    world.events.run_until(
+        lambda: any(isinstance(o, BaseInstalled) for o in world.host.outputs) or bool(world.halts)
+    )
+    assert not world.halts, world.halts
+    log = world.host.log
+    end_hash = _chain(list(tail), BASE, BASE_HASH)
+    assert (log.base, log.head, log.durable, log.chain_hash) == (BASE, BASE + 4, BASE + 4, end_hash)
+    world.append_all(BODIES[4:6])
+    assert log.head == BASE + 6
+    recovered = world.restart()
+    assert recovered is not None and not world.halts, world.halts
+    assert (recovered.base, recovered.head, recovered.lost_from) == (BASE, BASE + 6, None)
+    assert recovered.chain_hash == _chain(BODIES[:6], BASE, BASE_HASH)
+
+
+def test_a_crash_before_the_switch_leaves_the_old_log_with_a_tail_written() -> None:
+    """The state and the tail's segment are durable, the superblock still names the old
+    log: recovery opens the old log whole and takes the unnamed segment for stale bytes."""
+    world = World(salvage=True)
+    world.append_all(BODIES)
+    world.driver.step(_InstallBase(BASE, BASE_HASH, STATE, tuple(BODIES[:3])))  # type: ignore[arg-type]
+    new_segment = segment_path(1)
+    world.events.run_until(lambda: world.disk.durable_size(new_segment) > 0)
+    recovered = world.restart()
+    assert recovered is not None and not world.halts, world.halts
+    assert (recovered.base, recovered.head) == (0, len(BODIES)), recovered

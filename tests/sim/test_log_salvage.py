@@ -48,6 +48,7 @@ class _InstallBase:
     position: int
     chain_hash: bytes
     state: bytes
+    tail: tuple[bytes, ...] = ()
 
 
 @attrs.define
@@ -66,7 +67,10 @@ class _Host:
         if isinstance(event, _Checkpoint):
             return self._split(self.log.checkpoint_now())
         if isinstance(event, _InstallBase):
-            return self._split(self.log.install_base(event.position, event.chain_hash, event.state))
+            log = self.log
+            return self._split(
+                log.install_base(event.position, event.chain_hash, event.state, event.tail)
+            )
         return self._split(self.log.on_disk(event))  # type: ignore[arg-type]
 
     def invariants(self) -> None:

@@ -111,6 +111,10 @@ OWNER_STATE = struct.Struct("<4sIII")  # magic, view, log_view, flags
 OWNER_MAGIC = b"VSR2"
 OWNER_STATE_V1 = struct.Struct("<4sII")  # magic b"VSR1", view, log_view (no flags)
 OWNER_RECOVERING = 1  # flag: the log is not this replica's own until it is repaired
+# flag, with OWNER_RECOVERING: what it lacked was only damage to its own records, so a log
+# found whole at a restart (every record up to the certified mark intact) is its own again;
+# without it (a lost disk), only a view's log installed through a quorum makes it so
+OWNER_DAMAGE_ONLY = 2
 JOURNAL_OPS_MAX = 4_000_000
 # decoded prepare bodies kept: an op is decoded when journaled and again when committed, a
 # pipeline (64 ops) later; at most 136 MiB of operations
@@ -231,6 +235,7 @@ class Replica:
         self._base = 0  # first_op
         self._base_hash = GENESIS_HASH  # the chain hash of op first_op - 1
         self._syncing: tuple[NewCheckpoint, OpenedCheckpoint, StateMachine] | None = None
+        self._sync_tail: tuple[Entry, ...] = ()  # records kept past a base being installed
         self._state_signatures: dict[int, bytes] = {}  # op -> this replica's signature
         self._durable_state: StateFile | None = None  # the latest state on disk
         self._saving_state: int | None = None  # the op of the state being written
@@ -241,9 +246,11 @@ class Replica:
         self.clients: dict[int, _ClientSession] = {}
         self._persisted_view = 0
         self._persisted_log_view = 0
-        self._saving: tuple[int, int, bool] | None = None
+        self._saving: tuple[int, int, bool, bool] | None = None
         self._recovering = False  # wanted in the superblock: see OWNER_RECOVERING
         self._persisted_recovering = False
+        self._damage_only = False  # wanted in the superblock: see OWNER_DAMAGE_ONLY
+        self._persisted_damage_only = False
         self._acked: dict[int, int] = {}  # replica -> highest op it holds durably, this view
         self._ticks = 0
         self._primary_heard_tick = 0
@@ -444,10 +451,11 @@ class Replica:
 
     def _on_recovered(self, recovered: Recovered) -> list[Effect]:
         if recovered.owner_state:
-            view, log_view, recovering = decode_owner_state(recovered.owner_state)
+            view, log_view, recovering, damage_only = decode_owner_state(recovered.owner_state)
             self.view = self._persisted_view = view
             self.log_view = self._persisted_log_view = log_view
             self._recovering = self._persisted_recovering = recovering
+            self._damage_only = self._persisted_damage_only = damage_only
         self._load_head = recovered.head
         self._formatted = recovered.formatted
         self._lost_from = recovered.lost_from
@@ -525,6 +533,12 @@ class Replica:
         if self._must_recover():
             effects.extend(self._begin_recovery())
             return [*effects, *self._begin_repair()]
+        if self._persisted_recovering:
+            # A repair of damage that was complete when it stopped (every record it had
+            # certified is intact): its log is its own again, once the superblock says so.
+            self._recovering = self._damage_only = False
+            notice = Notice("replica.repair_completed", (("head", self.head),))
+            return [*effects, notice, *self._save_state()]
         if self._recovered is not None and not self._recovered.owner_state:
             # A new member: its view state is written before it takes part, so that from
             # now on a superblock without it means a lost disk (see ``_must_recover``).
@@ -594,7 +608,7 @@ class Replica:
             return []
         self._repairing = False
         self._lost_from = None
-        self._recovering = False
+        self._recovering = self._damage_only = False
         fields = (("head", self.head), ("fetched_from_peers", self._repair_holes))
         notice = Notice("replica.repaired", fields)
         return [notice, *self._save_state(), *self._resume()]
@@ -647,6 +661,9 @@ class Replica:
         if self.config.replica_count == 1:
             return False
         lost_state = self._recovered is not None and not self._recovered.owner_state
+        if self._persisted_recovering and self._persisted_damage_only:
+            # It was repairing damage when it stopped: done if nothing is missing now.
+            return self._lost_from is not None
         if self._persisted_recovering:
             return True  # it was recovering when it stopped: its log is still not its own
         return self._lost_from is not None or (lost_state and self.config.joined)
@@ -670,6 +687,11 @@ class Replica:
             fields = (*fields, ("lost_from", self._lost_from))
         # Before its log changes in any way, the superblock says it is recovering: a crash
         # in the middle of a repair or an install must not leave a log that looks whole.
+        # Damage alone (no lost disk, and no recovery of another kind under way) is said
+        # so: a restart that finds every certified record intact ends it.
+        other_kind = self._persisted_recovering and not self._persisted_damage_only
+        lost_state = self._recovered is not None and not self._recovered.owner_state
+        self._damage_only = reason == "damaged" and not other_kind and not lost_state
         self._recovering = True
         saving = self._save_state()
         return [Notice("replica.recovering", fields), *saving, *self._recovery_messages()]
@@ -1121,10 +1143,23 @@ class Replica:
         self._syncing = (offer, *checked)
         for entry in self.entries:
             self._forget_request(entry)
-        notice = Notice("replica.repair_by_state", (("hole", self.head), ("op", offer.op)))
+        # The records this replica holds past the state go into the new log with it: they
+        # were on this disk, and must never be only in memory (a crash would lose them).
+        tail: list[Entry] = []
+        prev = offer.chain_hash
+        while (item := self._repair.get(offer.op + len(tail))) is not None:
+            if item.body is None or item.hash is None:
+                break
+            if chain_hash(prev, item.position, item.body) != item.hash:
+                break
+            prev = item.hash
+            tail.append(Entry(item.position, item.hash, item.body))
+        self._sync_tail = tuple(tail)
+        noted = (("hole", self.head), ("op", offer.op), ("kept", len(tail)))
+        bodies = [entry.body for entry in tail]
         return [
-            notice,
-            *self._route(self.log.install_base(offer.op, offer.chain_hash, offer.state)),
+            Notice("replica.repair_by_state", noted),
+            *self._route(self.log.install_base(offer.op, offer.chain_hash, offer.state, bodies)),
         ]
 
     def _verify_checkpoint(
@@ -1156,11 +1191,28 @@ class Replica:
         old = self._durable_state
         state = CheckpointState(offer.op, offer.chain_hash, offer.state, offer.digest)
         self._adopt_state(opened, machine, state)
+        tail, self._sync_tail = self._sync_tail, ()
+        for entry in tail:  # already in the new log, past its base
+            self._journal(entry)
+            self._repair.pop(entry.op, None)
+        assert self.head == self.log.head, (self.head, self.log.head)
         effects: list[Effect] = [Notice("replica.state_synced", (("op", position),))]
         if old is not None:  # superseded by the base's own state file
             effects.extend(self._route(self.log.release_state(old.op)))
         self._get_state_quiet_until = 0
-        if self._install is not None:
+        install = self._install
+        if install is not None:
+            # The records kept past the base may differ from the view's log being installed
+            # (an old view's uncommitted ops): cut them where they do, as the install would.
+            first = install.entries[0].op if install.entries else install.head
+            cut = self._divergence(install.head, first, install.entries)
+            # Never below the base or a sealed checkpoint: what lies below them is committed
+            # (an install older than the state may name a shorter log; it changes nothing).
+            sealed = self.log.checkpoint
+            floor = max(self.log.base, 0 if sealed is None else sealed.position)
+            cut = max(cut, min(floor, self.head))
+            if cut < self.head:
+                return [*effects, *self._truncate(cut)]
             return [*effects, *self._continue_install()]
         if self._repairing:  # the state covers the holes below it: repair on from there
             self._repair = {op: item for op, item in self._repair.items() if op >= position}
@@ -1375,7 +1427,7 @@ class Replica:
         return self._save_state()
 
     def _save_state(self) -> list[Effect]:
-        wanted = (self.view, self.log_view, self._recovering)
+        wanted = (self.view, self.log_view, self._recovering, self._damage_only)
         if self._saving == wanted:
             return []
         self._saving = wanted
@@ -1385,11 +1437,11 @@ class Replica:
     def _on_saved(self, state: bytes) -> list[Effect]:
         self._member = True
         saved = decode_owner_state(state)
-        view, log_view, self._persisted_recovering = saved
+        view, log_view, self._persisted_recovering, self._persisted_damage_only = saved
         self._persisted_view, self._persisted_log_view = view, log_view
         if saved == self._saving:
             self._saving = None
-        if saved != (self.view, self.log_view, self._recovering):
+        if saved != (self.view, self.log_view, self._recovering, self._damage_only):
             return self._save_state()
         match self.status:
             case Status.VIEW_CHANGE:
@@ -1523,8 +1575,8 @@ class Replica:
         assert all(e.op == suffix_start + i for i, e in enumerate(entries))
         self._install = _Install(self.view, head, commit, entries, source)
         if self._syncing is not None:
-            # A checkpoint is being installed as this log's base: the journal will hold no
-            # op past it (all committed), so nothing can diverge; installing goes on then.
+            # A checkpoint is being installed as this log's base: what the journal holds
+            # past it is judged once it is installed (``_on_base_installed``).
             return []
         cut = self._divergence(head, suffix_start, entries)
         assert cut >= self.commit, "a committed op differs from the view's log"
@@ -1575,7 +1627,8 @@ class Replica:
             return effects  # wait for the installed log to be durable
         effects.extend(self._commit_to(min(install.commit, self.head)))
         if self._rejoining:
-            self._recovering = False  # saved with the log view: the log is the view's now
+            # saved with the log view: the log is the view's now
+            self._recovering = self._damage_only = False
         if self.log_view != install.view or self._persisted_recovering != self._recovering:
             self.log_view = install.view
             return [*effects, *self._save_state()]
@@ -1610,19 +1663,26 @@ class Replica:
         return codec.encode_message(message)
 
 
-def encode_owner_state(view: int, log_view: int, recovering: bool) -> bytes:
-    return OWNER_STATE.pack(OWNER_MAGIC, view, log_view, OWNER_RECOVERING if recovering else 0)
+def encode_owner_state(
+    view: int, log_view: int, recovering: bool, damage_only: bool = False
+) -> bytes:
+    flags = (OWNER_RECOVERING if recovering else 0) | (
+        OWNER_DAMAGE_ONLY if recovering and damage_only else 0
+    )
+    return OWNER_STATE.pack(OWNER_MAGIC, view, log_view, flags)
 
 
-def decode_owner_state(data: bytes) -> tuple[int, int, bool]:
-    """(view, log_view, recovering) from the superblock's owner state (either version)."""
+def decode_owner_state(data: bytes) -> tuple[int, int, bool, bool]:
+    """(view, log_view, recovering, damage only) from the superblock's owner state (either
+    version)."""
     if len(data) == OWNER_STATE_V1.size:
         magic, view, log_view = OWNER_STATE_V1.unpack(data)
         assert magic == b"VSR1", "superblock holds another owner's state"
-        return view, log_view, False
+        return view, log_view, False, False
     magic, view, log_view, flags = OWNER_STATE.unpack(data)
     assert magic == OWNER_MAGIC, "superblock holds another owner's state"
-    return view, log_view, bool(flags & OWNER_RECOVERING)
+    recovering = bool(flags & OWNER_RECOVERING)
+    return view, log_view, recovering, recovering and bool(flags & OWNER_DAMAGE_ONLY)
 
 
 @functools.lru_cache(maxsize=PREPARE_BODY_CACHE_MAX)
