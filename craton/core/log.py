@@ -84,6 +84,7 @@ WITNESS_SLOT = 64
 _WITNESS = struct.Struct("<4sQQI")
 WITNESS_MAGIC = b"CRWT"
 SEGMENT_NAME = re.compile(r"^(\d{10})\.seg$")
+STATE_NAME = re.compile(r"^(\d{20})\.state$")  # a state file: superblock.state_path
 SEGMENT_SIZE_MAX_DEFAULT = 64 * 1024 * 1024
 BATCH_SIZE_MAX_DEFAULT = 4 * 1024 * 1024
 CHECKPOINT_INTERVAL_DEFAULT = 4096
@@ -163,6 +164,9 @@ class Recovered:
     # only: the log then starts over at 0 and ``lost_from`` is 0)
     base: int = 0
     base_state: bytes | None = None
+    # the other state files on disk, (position, size) each, in position order: the owner's
+    # checkpoint states, which it may restart from; it empties the ones it has no use for
+    state_files: tuple[tuple[int, int], ...] = ()
 
 
 @attrs.frozen
@@ -324,6 +328,7 @@ class _Recovery:
     segment_files: tuple[FileInfo, ...] | None = None
     root_files: tuple[FileInfo, ...] | None = None
     state_files: tuple[FileInfo, ...] | None = None
+    kept_states: tuple[tuple[int, int], ...] = ()
     witness_done: bool = False
     witness_reads: int = 0
     witness_failures: int = 0  # its own count: it is read while the superblock is
@@ -1156,10 +1161,17 @@ class Log:
             if state.sizes[number]:  # left behind by a base install a crash interrupted
                 outputs.append(self._release(_Io.RECOVERY_TRUNCATE, segment_path(number)))
         base_state = superblock.state_path(self.base) if self.base else None
+        kept: list[tuple[int, int]] = []
         for info in state.state_files or ():
             path = f"{superblock.STATE_FOLDER}/{info.name}"
-            if info.size and path != base_state:  # superseded: its owner writes anew
-                outputs.append(self._release(_Io.RECOVERY_TRUNCATE, path))
+            matched = STATE_NAME.match(info.name)
+            if not info.size or path == base_state:
+                continue
+            if matched is None or int(matched.group(1)) <= self.base:
+                outputs.append(self._release(_Io.RECOVERY_TRUNCATE, path))  # of no use
+            else:  # the owner's to judge (``Recovered.state_files``)
+                kept.append((int(matched.group(1)), info.size))
+        state.kept_states = tuple(sorted(kept))
         sizes = {info.name: info.size for info in state.root_files}
         history_size = chosen.checkpoint_count * ENTRY_SIZE
         found = sizes.get(CHECKPOINTS_PATH, 0)
@@ -1255,6 +1267,7 @@ class Log:
             certified,
             self.base,
             state.base_state,
+            state.kept_states,
         )
         return [recovered]
 

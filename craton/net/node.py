@@ -98,6 +98,7 @@ _WARNING_NOTICES = frozenset(
         "replica.recovering",  # damage, a lost disk or an unfinished recovery
         "replica.repair_abandoned",
         "replica.checkpoint_rejected",
+        "replica.restart_state_unusable",  # reloaded from the log's base instead
     }
 )
 _INFO_NOTICES = frozenset(
@@ -109,6 +110,7 @@ _INFO_NOTICES = frozenset(
         "replica.primary",
         "replica.repaired",  # the holes were fetched from the peers by hash
         "replica.repair_completed",  # a restart found a repair done before it stopped
+        "replica.restarted_from_state",  # the journal reloaded from a checkpoint state on
         "replica.repair_by_state",  # a hole below every peer's log: their state became the base
         "replica.recovered",  # the view's log is installed: the replica takes part again
         "replica.state_synced",

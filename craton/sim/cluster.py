@@ -93,6 +93,8 @@ REPAIR_NOTICES = {  # notices counted in a run's ``repairs``, by the name they a
     "replica.repair_abandoned": "repairs_abandoned",
     "replica.repaired": "logs_repaired",
     "replica.repair_completed": "repairs_completed_at_restart",
+    "replica.restarted_from_state": "checkpoint_restarts",
+    "replica.restart_state_unusable": "checkpoint_restarts_refused",
     "replica.repair_by_state": "repairs_by_state",
     "replica.recovered": "rejoined",
     "replica.state_transfer": "state_transfers",

@@ -12,7 +12,12 @@ from craton.core import record, superblock
 from craton.core.prng import Prng
 from craton.core.scan import Clean, Corrupt, Torn, scan_segment
 from craton.core.seal import Sealer, SealError, decode_entry, encode_entry, verify_seal
-from craton.core.vsr.replica import decode_owner_state, encode_owner_state
+from craton.core.vsr.replica import (
+    NamedState,
+    OwnerState,
+    decode_owner_state,
+    encode_owner_state,
+)
 
 SEED = bytes(range(32))
 
@@ -179,12 +184,17 @@ def test_prng_is_deterministic_and_streams_are_independent() -> None:
     assert Prng(7, "x").below(1000) == 613
 
 
-def test_owner_state_flags_round_trip_and_older_states_read_as_not_recovering() -> None:
-    """A replica's view state in the superblock: the damage-only flag is kept only with the
-    recovering one, and a state of the first version (no flags) reads as neither."""
+def test_owner_state_round_trips_and_older_versions_read_as_they_were() -> None:
+    """A replica's state in the superblock: the damage-only flag is kept only with the
+    recovering one, the named checkpoint state round-trips, and states of the first two
+    versions (no flags; no named state) read as they were written."""
+    named = NamedState(64, 1234, bytes(range(32)))
     for recovering in (False, True):
         for damage_only in (False, True):
-            data = encode_owner_state(7, 5, recovering, damage_only)
-            assert decode_owner_state(data) == (7, 5, recovering, recovering and damage_only)
-    older = struct.pack("<4sII", b"VSR1", 3, 2)
-    assert decode_owner_state(older) == (3, 2, False, False)
+            for state in (None, named):
+                owner = OwnerState(7, 5, recovering, damage_only, state)
+                expected = OwnerState(7, 5, recovering, recovering and damage_only, state)
+                assert decode_owner_state(encode_owner_state(owner)) == expected
+    assert decode_owner_state(struct.pack("<4sII", b"VSR1", 3, 2)) == OwnerState(3, 2)
+    second = struct.pack("<4sIII", b"VSR2", 3, 2, 3)
+    assert decode_owner_state(second) == OwnerState(3, 2, True, True)

@@ -85,6 +85,11 @@ Protocol mutations caught by the checkers of protocol invariants (``craton.sim.c
   the checker that holds a backup's log against its primary's names it.
   ``test_stale_new_state_when_scripted`` builds the same situation step by step.
 
+Storage mutations of the restart from a checkpoint state:
+
+- ``restart-skips-tail``: a replica restarting from its latest checkpoint state takes it
+  for the whole log, reloading the ops past it into its journal without applying them.
+
 Mutations of the client gateway (``Gateway`` subclasses, handed to the cluster through
 ``gateway_factory``), each caught by the linearizability checker:
 
@@ -365,6 +370,19 @@ class AnswerRecoveryWhileRecovering(Replica):
         return [Send(ask.replica, self._encode(answer))]
 
 
+class RestartSkipsTail(Replica):
+    """Restarting from its latest checkpoint state, takes the state for the whole log: the
+    ops past the state's op are reloaded into the journal but never applied."""
+
+    def _loaded(self) -> list[Effect]:
+        durable = self.durable_state
+        if durable is not None and self.commit == durable.op > self.log.base:
+            for entry in self.entries:  # the tail past the state, taken as applied
+                self._forget_request(entry)
+            self.commit = self.head
+        return super()._loaded()
+
+
 class StartViewDropsLastOp(Replica):
     """A new primary's StartView leaves out the last op of its log (and claims a head one
     lower): an op committed in an earlier view can go missing from the new view's log."""
@@ -617,6 +635,7 @@ BUGS = (
     PlantedBug("answer-recovery-while-recovering", AnswerRecoveryWhileRecovering, _rot),
     PlantedBug("state-from-any-view", StateFromAnyView, _stale_answers),
     PlantedBug("start-view-drops-last-op", StartViewDropsLastOp, _late_crashes),
+    PlantedBug("restart-skips-tail", RestartSkipsTail, _crashes),
     PlantedBug("kv-empty-put-deletes", Replica, _kv_load, machine=EmptyPutDeletes),
     PlantedBug("stale-expected-offset", Replica, _store_load, machine=StaleExpectedOffset),
     PlantedBug("as-of-one-ahead", Replica, _store_load, NEW_BUG_SEEDS_MAX, machine=AsOfOneAhead),

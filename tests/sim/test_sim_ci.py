@@ -240,11 +240,13 @@ def test_regression_list_is_well_formed() -> None:
     assert not unknown, f"DISJOINT_KNOWN_BUGS names seeds missing from DISJOINT_SEEDS: {unknown}"
 
 
-@pytest.mark.parametrize("seed", [108, 325])
+@pytest.mark.parametrize("seed", [5, 17])
 def test_a_hole_below_every_peers_log_is_repaired_from_a_peers_state(seed: int) -> None:
     """Disjoint seeds whose repairing replica has a hole below both peers' logs (their
     journals start at a checkpoint state): it installs a peer's state as its base, repairs
-    on by hash, and the run passes (before, no peer could serve the hole and it stalled)."""
+    on by hash, and the run passes (before, no peer could serve the hole and it stalled).
+    Seeds 108 and 325 showed it first; schedules have moved since, so these are the first
+    seeds of 0..399 in which a repair by state happens now."""
     summary = run_seed(seed, replicas=3, profile="disjoint")
     assert summary["result"] == "pass", failure_message(summary, 3)
     repairs = summary["repairs"]

@@ -107,9 +107,13 @@ from craton.core.wire.replica import (
 from craton.core.wire.schema import Reader
 
 PREPARE_KIND = 1  # the log record kind of a prepare
-OWNER_STATE = struct.Struct("<4sIII")  # magic, view, log_view, flags
-OWNER_MAGIC = b"VSR2"
+# magic, view, log_view, flags, and the checkpoint state to restart from: op, size, digest
+OWNER_STATE = struct.Struct("<4sIIIQQ32s")
+OWNER_MAGIC = b"VSR3"
+OWNER_STATE_V2 = struct.Struct("<4sIII")  # magic b"VSR2", view, log_view, flags
 OWNER_STATE_V1 = struct.Struct("<4sII")  # magic b"VSR1", view, log_view (no flags)
+RESTART_STATE_TAG = -(1 << 20)  # the read of the state a restart starts from
+RESTART_STATE_READS_MAX = 3  # retries of that read before reloading from the log's base
 OWNER_RECOVERING = 1  # flag: the log is not this replica's own until it is repaired
 # flag, with OWNER_RECOVERING: what it lacked was only damage to its own records, so a log
 # found whole at a restart (every record up to the certified mark intact) is its own again;
@@ -202,6 +206,26 @@ class StateFile:
     size: int
 
 
+@attrs.frozen
+class NamedState:
+    """The checkpoint state file a replica's superblock names: a restart begins there."""
+
+    op: int
+    size: int
+    digest: bytes
+
+
+@attrs.frozen
+class OwnerState:
+    """What a replica keeps in its log's superblock."""
+
+    view: int
+    log_view: int
+    recovering: bool = False
+    damage_only: bool = False  # see OWNER_DAMAGE_ONLY; only with ``recovering``
+    state: NamedState | None = None
+
+
 @attrs.define
 class _Install:
     """Bringing this replica's log in line with ``view``'s log (from a StartView or DVCs)."""
@@ -246,7 +270,11 @@ class Replica:
         self.clients: dict[int, _ClientSession] = {}
         self._persisted_view = 0
         self._persisted_log_view = 0
-        self._saving: tuple[int, int, bool, bool] | None = None
+        self._saving: OwnerState | None = None
+        self._named_state: NamedState | None = None  # the one the superblock names
+        self._superseded_states: list[int] = []  # state files to empty once not named
+        self._restart_state: NamedState | None = None  # being read, to restart from
+        self._restart_reads = 0  # reads of it that were retried
         self._recovering = False  # wanted in the superblock: see OWNER_RECOVERING
         self._persisted_recovering = False
         self._damage_only = False  # wanted in the superblock: see OWNER_DAMAGE_ONLY
@@ -415,6 +443,8 @@ class Replica:
                     effects.append(Send(output.tag - SERVE_TAG_BASE, self._encode(reply)))
                 case ReadResult():
                     effects.extend(self._on_loaded(output.position, output.body))
+                case ReadFailed() if output.tag == RESTART_STATE_TAG:
+                    effects.extend(self._on_restart_state(None, output.reason))
                 case ReadFailed() if output.tag >= SERVE_TAG_BASE:
                     pass  # the asker asks again
                 case ReadFailed() if output.tag < 0:
@@ -423,6 +453,8 @@ class Replica:
                     effects.extend(self._halt(f"reloading the journal: {output.reason}"))
                 case StateSaved():
                     effects.extend(self._on_state_saved(output.position))
+                case StateRead() if output.tag == RESTART_STATE_TAG:
+                    effects.extend(self._on_restart_state(output.data))
                 case StateRead():
                     effects.extend(self._on_state_read(output))
                 case OwnerStateSaved():
@@ -450,12 +482,14 @@ class Replica:
     # --- start-up: recovery and reloading the journal ----------------------------------------
 
     def _on_recovered(self, recovered: Recovered) -> list[Effect]:
+        named = None
         if recovered.owner_state:
-            view, log_view, recovering, damage_only = decode_owner_state(recovered.owner_state)
-            self.view = self._persisted_view = view
-            self.log_view = self._persisted_log_view = log_view
-            self._recovering = self._persisted_recovering = recovering
-            self._damage_only = self._persisted_damage_only = damage_only
+            owner = decode_owner_state(recovered.owner_state)
+            self.view = self._persisted_view = owner.view
+            self.log_view = self._persisted_log_view = owner.log_view
+            self._recovering = self._persisted_recovering = owner.recovering
+            self._damage_only = self._persisted_damage_only = owner.damage_only
+            self._named_state = named = owner.state
         self._load_head = recovered.head
         self._formatted = recovered.formatted
         self._lost_from = recovered.lost_from
@@ -467,7 +501,57 @@ class Replica:
             problem = self._start_from_base(recovered.base, recovered.base_state)
             if problem is not None:
                 return self._halt(f"the log's base state: {problem}")
+        whole = recovered.lost_from is None and not self._persisted_recovering
+        if (
+            named is not None
+            and self.config.checkpoint_states
+            and whole
+            and self._base < named.op <= recovered.head
+            and (named.op, named.size) in recovered.state_files
+        ):
+            # The latest checkpoint state it saved: restart from there and reload only the
+            # log past it, not every op from the log's base.
+            self._restart_state = named
+            return self._route(self.log.read_state(named.op, named.size, RESTART_STATE_TAG))
         return self._load_more()
+
+    def _on_restart_state(self, data: bytes | None, reason: str = "") -> list[Effect]:
+        """The bytes of the state a restart begins from (None: the read failed). Checked
+        against the digest the superblock names; if they do not check out, the journal is
+        reloaded from the log's base instead (the log keeps every record)."""
+        named = self._restart_state
+        assert named is not None and self.status is Status.LOADING
+        opened = self._open_named_state(named, data) if data is not None else reason
+        if isinstance(opened, str) and self._restart_reads < RESTART_STATE_READS_MAX:
+            # A read can fail or flip bits on the way: only what persists is believed.
+            self._restart_reads += 1
+            return self._route(self.log.read_state(named.op, named.size, RESTART_STATE_TAG))
+        self._restart_state = None
+        if isinstance(opened, str):
+            fields = (("op", named.op), ("why", opened))
+            return [Notice("replica.restart_state_unusable", fields), *self._load_more()]
+        checked, machine = opened
+        assert data is not None
+        self._adopt_state(
+            checked, machine, CheckpointState(named.op, checked.chain_hash, data, named.digest)
+        )
+        self._load_next = named.op
+        noted = (("op", named.op), ("replayed", self._load_head - named.op))
+        return [Notice("replica.restarted_from_state", noted), *self._load_more()]
+
+    def _open_named_state(
+        self, named: NamedState, data: bytes
+    ) -> tuple[OpenedCheckpoint, StateMachine] | str:
+        if len(data) != named.size or hashlib.sha256(data).digest() != named.digest:
+            return "its bytes do not match the digest its superblock names"
+        try:
+            opened = open_checkpoint(data, named.digest)
+            machine = type(self.machine).restore(opened.machine_snapshot)
+        except (CheckpointError, SnapshotError) as error:
+            return str(error)
+        if opened.op != named.op:
+            return f"it is the state at op {opened.op}, not at {named.op}"
+        return opened, machine
 
     def _start_from_base(self, base: int, data: bytes) -> str | None:
         """Take the checkpoint state at the log's base as this replica's state there."""
@@ -503,6 +587,16 @@ class Replica:
         held = CheckpointState(opened.op, opened.chain_hash, b"", state.digest)
         self.checkpoints = {opened.op: held} if self.config.checkpoint_states else {}
 
+    def _release_unused_states(self) -> list[Effect]:
+        """Empty the state files found at the start that this replica does not hold."""
+        recovered = self._recovered
+        kept = self._durable_state
+        effects: list[Effect] = []
+        for op, _ in () if recovered is None else recovered.state_files:
+            if kept is None or op != kept.op:
+                effects.extend(self._route(self.log.release_state(op)))
+        return effects
+
     def _load_more(self) -> list[Effect]:
         effects: list[Effect] = []
         while self._load_next < self._load_head and self._load_inflight < LOAD_READS_MAX:
@@ -524,8 +618,13 @@ class Replica:
 
     def _loaded(self) -> list[Effect]:
         assert self.head == self._load_head and self.head == self.log.head
+        if self._last_hash() != self.log.chain_hash:
+            return self._halt(
+                f"the journal reloaded from op {self._base} does not chain onto the log"
+            )
+        effects = self._release_unused_states()
         checkpoint = self.log.checkpoint
-        effects = self._commit_to(0 if checkpoint is None else checkpoint.position)
+        effects.extend(self._commit_to(0 if checkpoint is None else checkpoint.position))
         self._release_checkpoints()
         effects.extend(self._persist_state())
         self._primary_heard_tick = self._ticks
@@ -1054,9 +1153,9 @@ class Replica:
             at: kept if at > op else CheckpointState(at, kept.chain_hash, b"", kept.digest)
             for at, kept in self.checkpoints.items()
         }
-        effects: list[Effect] = []
         if old is not None and old.op != op:
-            effects.extend(self._route(self.log.release_state(old.op)))
+            self._superseded_states.append(old.op)  # emptied once the superblock names op
+        effects = self._save_state()
         effects.extend(self._release_journal())
         return [*effects, *self._persist_state()]
 
@@ -1426,23 +1525,50 @@ class Replica:
             return effects
         return self._save_state()
 
+    def _wanted_owner_state(self) -> OwnerState:
+        durable = self._durable_state
+        named = None
+        if durable is not None and durable.op > self.log.base:
+            named = NamedState(durable.op, durable.size, durable.digest)
+        recovering = self._recovering
+        return OwnerState(
+            self.view, self.log_view, recovering, recovering and self._damage_only, named
+        )
+
     def _save_state(self) -> list[Effect]:
-        wanted = (self.view, self.log_view, self._recovering, self._damage_only)
+        wanted = self._wanted_owner_state()
         if self._saving == wanted:
             return []
         self._saving = wanted
-        state = encode_owner_state(*wanted)
-        return self._route(self.log.save_owner_state(state))
+        return self._route(self.log.save_owner_state(encode_owner_state(wanted)))
+
+    def _release_superseded_states(self) -> list[Effect]:
+        """Empty the state files a later one superseded, once the superblock names it."""
+        named = self._named_state
+        effects: list[Effect] = []
+        for op in self._superseded_states:
+            if named is None or op != named.op:
+                effects.extend(self._route(self.log.release_state(op)))
+        self._superseded_states = [op for op in self._superseded_states if named and op == named.op]
+        return effects
 
     def _on_saved(self, state: bytes) -> list[Effect]:
         self._member = True
         saved = decode_owner_state(state)
-        view, log_view, self._persisted_recovering, self._persisted_damage_only = saved
-        self._persisted_view, self._persisted_log_view = view, log_view
+        self._persisted_recovering = saved.recovering
+        self._persisted_damage_only = saved.damage_only
+        self._persisted_view, self._persisted_log_view = saved.view, saved.log_view
+        self._named_state = saved.state
+        released = self._release_superseded_states()
         if saved == self._saving:
             self._saving = None
-        if saved != (self.view, self.log_view, self._recovering, self._damage_only):
-            return self._save_state()
+        if saved != self._wanted_owner_state():
+            return [*released, *self._save_state()]
+        if released:
+            return [*released, *self._on_saved_go_on()]
+        return self._on_saved_go_on()
+
+    def _on_saved_go_on(self) -> list[Effect]:
         match self.status:
             case Status.VIEW_CHANGE:
                 return self._view_change_messages()
@@ -1663,26 +1789,32 @@ class Replica:
         return codec.encode_message(message)
 
 
-def encode_owner_state(
-    view: int, log_view: int, recovering: bool, damage_only: bool = False
-) -> bytes:
-    flags = (OWNER_RECOVERING if recovering else 0) | (
-        OWNER_DAMAGE_ONLY if recovering and damage_only else 0
+def encode_owner_state(owner: OwnerState) -> bytes:
+    flags = (OWNER_RECOVERING if owner.recovering else 0) | (
+        OWNER_DAMAGE_ONLY if owner.recovering and owner.damage_only else 0
     )
-    return OWNER_STATE.pack(OWNER_MAGIC, view, log_view, flags)
+    named = owner.state
+    op, size, digest = (0, 0, bytes(32)) if named is None else (named.op, named.size, named.digest)
+    return OWNER_STATE.pack(OWNER_MAGIC, owner.view, owner.log_view, flags, op, size, digest)
 
 
-def decode_owner_state(data: bytes) -> tuple[int, int, bool, bool]:
-    """(view, log_view, recovering, damage only) from the superblock's owner state (either
-    version)."""
+def decode_owner_state(data: bytes) -> OwnerState:
+    """What the superblock's owner state says (any of its three versions)."""
     if len(data) == OWNER_STATE_V1.size:
         magic, view, log_view = OWNER_STATE_V1.unpack(data)
         assert magic == b"VSR1", "superblock holds another owner's state"
-        return view, log_view, False, False
-    magic, view, log_view, flags = OWNER_STATE.unpack(data)
-    assert magic == OWNER_MAGIC, "superblock holds another owner's state"
+        return OwnerState(view, log_view)
+    named = None
+    if len(data) == OWNER_STATE_V2.size:
+        magic, view, log_view, flags = OWNER_STATE_V2.unpack(data)
+        assert magic == b"VSR2", "superblock holds another owner's state"
+    else:
+        magic, view, log_view, flags, op, size, digest = OWNER_STATE.unpack(data)
+        assert magic == OWNER_MAGIC, "superblock holds another owner's state"
+        named = NamedState(op, size, digest) if op else None
     recovering = bool(flags & OWNER_RECOVERING)
-    return view, log_view, recovering, recovering and bool(flags & OWNER_DAMAGE_ONLY)
+    damage_only = recovering and bool(flags & OWNER_DAMAGE_ONLY)
+    return OwnerState(view, log_view, recovering, damage_only, named)
 
 
 @functools.lru_cache(maxsize=PREPARE_BODY_CACHE_MAX)

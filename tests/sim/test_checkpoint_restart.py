@@ -1,0 +1,61 @@
+"""A replica restarts from the latest checkpoint state its superblock names, and reloads only
+the log past it; a state that does not check out is never used.
+
+A quiet three-replica cluster commits past two checkpoints; replica 2 is crashed and comes
+back. Its restart reads the state file the superblock names, checks it against the digest
+named with it, restores the machine and client table from it, and reloads the journal from
+the state's op on (``replica.restarted_from_state``): the run then passes every checker,
+the state agreement and the replay of the committed history among them. With the state
+file damaged while the replica is down, the restart refuses it
+(``replica.restart_state_unusable``) and reloads the whole log from its base instead.
+"""
+
+from __future__ import annotations
+
+from craton.core.superblock import state_path
+from craton.sim.cluster import Cluster
+from tests.sim.test_vsr_scenarios import Script, assert_clean, quiet_options
+
+INTERVAL = 32  # the shrunk profile's checkpoint interval
+DOWN_TICKS = 40
+
+
+def _restart_after_two_checkpoints(*, damage_state: bool) -> tuple[Cluster, dict[str, int]]:
+    cluster = Cluster(11, quiet_options(clients=3, requests=40, fault_ticks=1_500))
+    script = Script(cluster)
+    named: list[int] = []
+
+    def saved_a_state() -> bool:
+        replica = cluster.nodes[2].replica
+        state, persisted = replica.durable_state, replica._named_state
+        return (
+            state is not None
+            and state.op >= 2 * INTERVAL
+            and persisted is not None
+            and persisted.op == state.op  # the superblock names it
+        )
+
+    def crash() -> None:
+        state = cluster.nodes[2].replica.durable_state
+        assert state is not None
+        named.append(state.op)
+        cluster.crash(2, down_ticks=DOWN_TICKS)
+        if damage_state:
+            cluster.nodes[2].disk.corrupt(state_path(state.op), state.size // 2, 1)
+
+    script.then("state saved", saved_a_state, crash)
+    result = cluster.run()
+    assert_clean(result)
+    assert named, "replica 2 never saved a checkpoint state"
+    return cluster, result.repairs
+
+
+def test_a_restart_begins_at_the_named_checkpoint_state() -> None:
+    _, repairs = _restart_after_two_checkpoints(damage_state=False)
+    assert repairs.get("checkpoint_restarts", 0) >= 1, repairs
+    assert repairs.get("checkpoint_restarts_refused", 0) == 0, repairs
+
+
+def test_a_damaged_state_is_refused_and_the_log_is_reloaded_from_its_base() -> None:
+    _, repairs = _restart_after_two_checkpoints(damage_state=True)
+    assert repairs.get("checkpoint_restarts_refused", 0) >= 1, repairs
