@@ -662,6 +662,8 @@ class Cluster:
             self._advance_one_tick()
         if liveness == "pending" and not self.checker.violations:
             liveness = "fail" if self.phase == "liveness" else "pending"
+        if liveness == "pass":
+            self._check_every_submit_answered()
         for client in self.clients:
             client.give_up()
         self.checker.finish(self.clients, [node.replica for node in self.nodes])
@@ -683,6 +685,16 @@ class Cluster:
             options=self.options,
             gateway=self.gateway_counts.as_dict(),
         )
+
+    def _check_every_submit_answered(self) -> None:
+        """Once the healed cluster settled, every gateway has answered every submit it took
+        (nothing hangs): a request left open is a violation, with the client and request."""
+        for node in self.nodes:
+            for token, (client, kind, request_id) in sorted(node.submits.items())[:1]:
+                self.checker.fail(
+                    f"replica {node.index}'s gateway never answered a {kind.name.lower()} "
+                    f"submit (token {token}) of client {client}, request id {request_id}"
+                )
 
     def _advance_one_tick(self) -> None:
         """Run every event due before the next tick (and those due at it, queued earlier)."""

@@ -14,6 +14,8 @@ from __future__ import annotations
 import attrs
 import pytest
 
+from craton.core.gateway import Gateway
+from craton.core.seam import Effect, Input, Submit, SubmitKind
 from craton.core.vsr import codec
 from craton.core.vsr.replica import Replica
 from craton.core.wire.replica import Entry, PrepareOk, RecoveryResponse, StartView, StartViewChange
@@ -133,3 +135,28 @@ def test_a_backup_holding_an_entry_its_primary_does_not_is_a_violation(cluster: 
     checker.agree_with_primary(1, backup, primary)
     assert len(checker.violations) == 1
     assert f"holds an op {op} in view {backup.view} that its primary" in checker.violations[0]
+
+
+class _SwallowsOneWrite(Gateway):
+    """Takes the first write submitted to it and never answers it."""
+
+    swallowed = False
+
+    def step(self, event: Input) -> list[Effect]:
+        if isinstance(event, Submit) and event.kind is SubmitKind.WRITE and not self.swallowed:
+            type(self).swallowed = True
+            return []
+        return super().step(event)
+
+
+def test_a_submit_a_gateway_never_answers_is_a_violation() -> None:
+    """Once the healed cluster settled, every submit has its answer: one left open fails
+    the run, naming the replica, the client and the request."""
+    result = Cluster(3, quiet_options(clients=2, requests=6, fault_ticks=300)).run()
+    assert result.result == "pass", result.violations
+    _SwallowsOneWrite.swallowed = False
+    options = quiet_options(clients=2, requests=6, fault_ticks=300)
+    result = Cluster(3, options, gateway_factory=_SwallowsOneWrite).run()
+    assert _SwallowsOneWrite.swallowed
+    assert result.result == "correctness", result
+    assert "gateway never answered a write submit" in result.violations[0], result.violations
