@@ -31,3 +31,15 @@ def stop_process(process: subprocess.Popen[bytes] | subprocess.Popen[str]) -> No
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+def status_kib(pid: int, field: str) -> int:
+    """One ``kB`` field of ``/proc/<pid>/status`` (``VmRSS``: resident now), 0 once gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    for line in status.splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    return 0
