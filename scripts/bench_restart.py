@@ -12,12 +12,13 @@ Two measurements, each on fresh data under a temporary folder:
            ``/ready`` (polled on its metrics port every 10 ms), its RSS when it got there and
            its peak RSS on the way (its restart re-reads the log).
   cluster  three replicas in cluster mode on loopback are filled with ``--cluster-appends``
-           requests the same way; then one backup is stopped, its data directory is
-           removed, and it is started again with VDB_CLUSTER_FORMED=true, so that it
+           requests the same way; then one backup is stopped and started again on its data
+           (restart-to-ready of a replica, which reloads its log), stopped again, its data
+           directory removed, and started again with VDB_CLUSTER_FORMED=true, so that it
            rejoins as a replica that lost its disk and catches up from its peers. Printed:
-           the fill rate, the largest replica's peak RSS while appending, the time from
-           starting the wiped replica to its ``/ready`` answering 200, its RSS then and its
-           peak RSS on the way.
+           the fill rate, the largest replica's peak RSS while appending, both times from
+           starting the backup's process to its ``/ready`` answering 200, and the wiped
+           backup's RSS then and its peak RSS on the way.
 
 With ``--baseline REF`` the same measurements run again against the code of git ref REF,
 checked out into a temporary ``git worktree`` and run with this venv (``PYTHONPATH`` names
@@ -83,11 +84,12 @@ RESTART_RSS = "single: RSS when ready after restart (MiB)"
 RESTART_PEAK_RSS = "single: peak RSS during restart (MiB)"
 CLUSTER_FILL = "cluster: fill (appends/s)"
 CLUSTER_PEAK_RSS = "cluster: peak RSS while appending, largest replica (MiB)"
+BACKUP_RESTART = "cluster: backup restart-to-ready, data kept (s)"
 REJOIN = "cluster: wiped backup rejoin-to-ready (s)"
 REJOIN_RSS = "cluster: RSS of the rejoined backup when ready (MiB)"
 REJOIN_PEAK_RSS = "cluster: peak RSS of the rejoining backup (MiB)"
-FIGURES = (FILL, FILL_PEAK_RSS, STOP, RESTART, RESTART_RSS, RESTART_PEAK_RSS,
-           CLUSTER_FILL, CLUSTER_PEAK_RSS, REJOIN, REJOIN_RSS, REJOIN_PEAK_RSS)  # fmt: skip
+FIGURES = (FILL, FILL_PEAK_RSS, STOP, RESTART, RESTART_RSS, RESTART_PEAK_RSS, CLUSTER_FILL,
+           CLUSTER_PEAK_RSS, BACKUP_RESTART, REJOIN, REJOIN_RSS, REJOIN_PEAK_RSS)  # fmt: skip
 
 
 class BenchFailed(Exception):
@@ -241,7 +243,8 @@ def measure_single(
 def measure_cluster(
     code: dict[str, str], folder: Path, appends: int, clients: int, figures: dict[str, float]
 ) -> None:
-    """Fill a 3-replica cluster, wipe one backup and let it rejoin: adds the cluster figures."""
+    """Fill a 3-replica cluster, restart one backup on its data, then wipe it and let it
+    rejoin: adds the cluster figures."""
     ports = free_ports(2 * CLUSTER_SIZE)
     addresses = [f"127.0.0.1:{port}" for port in ports[:CLUSTER_SIZE]]
     metrics = [f"127.0.0.1:{port}" for port in ports[CLUSTER_SIZE:]]
@@ -270,12 +273,19 @@ def measure_cluster(
         figures[CLUSTER_FILL] = appends / elapsed_s
         figures[CLUSTER_PEAK_RSS] = mib(max(node.peak_rss_kib() for node in nodes))
         backup = (asyncio.run(primary_index(addresses[0])) + 1) % CLUSTER_SIZE
+        url = f"http://{metrics[backup]}/ready"
         nodes[backup].stop()
-        keep_log(nodes[backup], "server-before-wipe.log")
+        keep_log(nodes[backup], "server-fill.log")
+        started_s = time.monotonic()
+        nodes[backup] = start(backup, formed=True)  # on its data: it reloads its log
+        figures[BACKUP_RESTART] = wait_ready(
+            nodes[backup], url, ready_timeout_s(appends), started_s
+        )
+        nodes[backup].stop()
+        keep_log(nodes[backup], "server-restart.log")
         shutil.rmtree(nodes[backup].folder / "data")
         started_s = time.monotonic()
         nodes[backup] = start(backup, formed=True)
-        url = f"http://{metrics[backup]}/ready"
         figures[REJOIN] = wait_ready(nodes[backup], url, ready_timeout_s(appends), started_s)
         figures[REJOIN_RSS] = mib(status_kib(nodes[backup].process.pid, "VmRSS"))
         figures[REJOIN_PEAK_RSS] = mib(nodes[backup].peak_rss_kib())

@@ -18,6 +18,7 @@ FIGURE_NAMES = (
     "single: RSS when ready after restart (MiB)",
     "single: peak RSS during restart (MiB)",
     "cluster: fill (appends/s)",
+    "cluster: backup restart-to-ready, data kept (s)",
     "cluster: wiped backup rejoin-to-ready (s)",
     "cluster: peak RSS of the rejoining backup (MiB)",
 )
