@@ -170,11 +170,15 @@ async def fill(addresses: list[str], appends: int, clients: int, label: str) -> 
 
         started_s = time.perf_counter()
         progress = asyncio.create_task(report_progress(label, appends, lambda: left, started_s))
-        try:
-            timeout_s = FILL_TIMEOUT_BASE_S + FILL_TIMEOUT_PER_APPEND_S * appends
-            await asyncio.wait_for(asyncio.gather(*(worker(c) for c in connections)), timeout_s)
+        timeout_s = FILL_TIMEOUT_BASE_S + FILL_TIMEOUT_PER_APPEND_S * appends
+        try:  # a task group: one worker's failure, a timeout or Ctrl-C cancels every worker
+            async with asyncio.timeout(timeout_s), asyncio.TaskGroup() as group:
+                for connection in connections:
+                    group.create_task(worker(connection))
         except TimeoutError:
             raise BenchFailed(f"{label}: {appends} appends took over {timeout_s:.0f} s") from None
+        except ExceptionGroup as failed:
+            raise failed.exceptions[0] from None
         finally:
             progress.cancel()
         return time.perf_counter() - started_s
@@ -436,6 +440,9 @@ def main(argv: list[str] | None = None) -> int:
         report(current, None, "")
         print(f"stopped: {error}")
         return 1
+    except KeyboardInterrupt:
+        print("interrupted: every process it started is stopped", flush=True)
+        return 130
     finally:
         if args.keep:
             print(f"kept {folder}")
