@@ -192,9 +192,14 @@ def test_owner_state_round_trips_and_older_versions_read_as_they_were() -> None:
     for recovering in (False, True):
         for damage_only in (False, True):
             for state in (None, named):
-                owner = OwnerState(7, 5, recovering, damage_only, state)
-                expected = OwnerState(7, 5, recovering, recovering and damage_only, state)
+                owner = OwnerState(7, 5, recovering, damage_only, state, damage_mark=90)
+                kept = recovering and damage_only
+                expected = OwnerState(7, 5, recovering, kept, state, 90 if kept else 0)
                 assert decode_owner_state(encode_owner_state(owner)) == expected
     assert decode_owner_state(struct.pack("<4sII", b"VSR1", 3, 2)) == OwnerState(3, 2)
     second = struct.pack("<4sIII", b"VSR2", 3, 2, 3)
     assert decode_owner_state(second) == OwnerState(3, 2, True, True)
+    # the third version named no mark: its damage-only flag is not believed (a restart
+    # recovers through the peers, as it did before the flag)
+    third = struct.pack("<4sIIIQQ32s", b"VSR3", 3, 2, 3, 64, 1234, bytes(range(32)))
+    assert decode_owner_state(third) == OwnerState(3, 2, True, False, named)

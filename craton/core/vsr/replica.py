@@ -107,17 +107,20 @@ from craton.core.wire.replica import (
 from craton.core.wire.schema import Reader
 
 PREPARE_KIND = 1  # the log record kind of a prepare
-# magic, view, log_view, flags, and the checkpoint state to restart from: op, size, digest
-OWNER_STATE = struct.Struct("<4sIIIQQ32s")
-OWNER_MAGIC = b"VSR3"
+# magic, view, log_view, flags, the checkpoint state to restart from (op, size, digest), and
+# with OWNER_DAMAGE_ONLY the certified mark the log must reach again
+OWNER_STATE = struct.Struct("<4sIIIQQ32sQ")
+OWNER_MAGIC = b"VSR4"
+OWNER_STATE_V3 = struct.Struct("<4sIIIQQ32s")  # magic b"VSR3": no mark
 OWNER_STATE_V2 = struct.Struct("<4sIII")  # magic b"VSR2", view, log_view, flags
 OWNER_STATE_V1 = struct.Struct("<4sII")  # magic b"VSR1", view, log_view (no flags)
 RESTART_STATE_TAG = -(1 << 20)  # the read of the state a restart starts from
 RESTART_STATE_READS_MAX = 3  # retries of that read before reloading from the log's base
 OWNER_RECOVERING = 1  # flag: the log is not this replica's own until it is repaired
 # flag, with OWNER_RECOVERING: what it lacked was only damage to its own records, so a log
-# found whole at a restart (every record up to the certified mark intact) is its own again;
-# without it (a lost disk), only a view's log installed through a quorum makes it so
+# found whole at a restart (every record intact, and reaching the mark it had certified
+# durable when the damage was found, kept with the flag) is its own again; without it (a
+# lost disk), only a view's log installed through a quorum makes it so
 OWNER_DAMAGE_ONLY = 2
 JOURNAL_OPS_MAX = 4_000_000
 # decoded prepare bodies kept: an op is decoded when journaled and again when committed, a
@@ -224,6 +227,7 @@ class OwnerState:
     recovering: bool = False
     damage_only: bool = False  # see OWNER_DAMAGE_ONLY; only with ``recovering``
     state: NamedState | None = None
+    damage_mark: int = 0  # with ``damage_only``: the log is whole again once it reaches it
 
 
 @attrs.define
@@ -279,6 +283,8 @@ class Replica:
         self._persisted_recovering = False
         self._damage_only = False  # wanted in the superblock: see OWNER_DAMAGE_ONLY
         self._persisted_damage_only = False
+        self._damage_mark = 0  # with it: the certified mark when the damage was found
+        self._persisted_damage_mark = 0
         self._acked: dict[int, int] = {}  # replica -> highest op it holds durably, this view
         self._ticks = 0
         self._primary_heard_tick = 0
@@ -489,6 +495,7 @@ class Replica:
             self.log_view = self._persisted_log_view = owner.log_view
             self._recovering = self._persisted_recovering = owner.recovering
             self._damage_only = self._persisted_damage_only = owner.damage_only
+            self._damage_mark = self._persisted_damage_mark = owner.damage_mark
             self._named_state = named = owner.state
         self._load_head = recovered.head
         self._formatted = recovered.formatted
@@ -761,8 +768,10 @@ class Replica:
             return False
         lost_state = self._recovered is not None and not self._recovered.owner_state
         if self._persisted_recovering and self._persisted_damage_only:
-            # It was repairing damage when it stopped: done if nothing is missing now.
-            return self._lost_from is not None
+            # It was repairing damage when it stopped: done if nothing is missing now and
+            # its log reaches again what it had certified when the damage was found (a cut,
+            # as a rejoin's install makes, lowers the log's own mark, never this one).
+            return self._lost_from is not None or self.head < self._persisted_damage_mark
         if self._persisted_recovering:
             return True  # it was recovering when it stopped: its log is still not its own
         return self._lost_from is not None or (lost_state and self.config.joined)
@@ -791,6 +800,10 @@ class Replica:
         other_kind = self._persisted_recovering and not self._persisted_damage_only
         lost_state = self._recovered is not None and not self._recovered.owner_state
         self._damage_only = reason == "damaged" and not other_kind and not lost_state
+        if self._damage_only:
+            certified = 0 if self._recovered is None else self._recovered.certified
+            earlier = self._persisted_damage_mark if self._persisted_damage_only else 0
+            self._damage_mark = max(earlier, certified, self.head)
         self._recovering = True
         saving = self._save_state()
         return [Notice("replica.recovering", fields), *saving, *self._recovery_messages()]
@@ -1531,9 +1544,9 @@ class Replica:
         if durable is not None and durable.op > self.log.base:
             named = NamedState(durable.op, durable.size, durable.digest)
         recovering = self._recovering
-        return OwnerState(
-            self.view, self.log_view, recovering, recovering and self._damage_only, named
-        )
+        damage_only = recovering and self._damage_only
+        mark = self._damage_mark if damage_only else 0
+        return OwnerState(self.view, self.log_view, recovering, damage_only, named, mark)
 
     def _save_state(self) -> list[Effect]:
         wanted = self._wanted_owner_state()
@@ -1557,6 +1570,7 @@ class Replica:
         saved = decode_owner_state(state)
         self._persisted_recovering = saved.recovering
         self._persisted_damage_only = saved.damage_only
+        self._persisted_damage_mark = saved.damage_mark
         self._persisted_view, self._persisted_log_view = saved.view, saved.log_view
         self._named_state = saved.state
         released = self._release_superseded_states()
@@ -1790,31 +1804,38 @@ class Replica:
 
 
 def encode_owner_state(owner: OwnerState) -> bytes:
+    damage_only = owner.recovering and owner.damage_only
     flags = (OWNER_RECOVERING if owner.recovering else 0) | (
-        OWNER_DAMAGE_ONLY if owner.recovering and owner.damage_only else 0
+        OWNER_DAMAGE_ONLY if damage_only else 0
     )
     named = owner.state
     op, size, digest = (0, 0, bytes(32)) if named is None else (named.op, named.size, named.digest)
-    return OWNER_STATE.pack(OWNER_MAGIC, owner.view, owner.log_view, flags, op, size, digest)
+    mark = owner.damage_mark if damage_only else 0
+    return OWNER_STATE.pack(OWNER_MAGIC, owner.view, owner.log_view, flags, op, size, digest, mark)
 
 
 def decode_owner_state(data: bytes) -> OwnerState:
-    """What the superblock's owner state says (any of its three versions)."""
+    """What the superblock's owner state says (any of its versions)."""
     if len(data) == OWNER_STATE_V1.size:
         magic, view, log_view = OWNER_STATE_V1.unpack(data)
         assert magic == b"VSR1", "superblock holds another owner's state"
         return OwnerState(view, log_view)
-    named = None
+    named, mark = None, 0
     if len(data) == OWNER_STATE_V2.size:
         magic, view, log_view, flags = OWNER_STATE_V2.unpack(data)
         assert magic == b"VSR2", "superblock holds another owner's state"
+    elif len(data) == OWNER_STATE_V3.size:
+        magic, view, log_view, flags, op, size, digest = OWNER_STATE_V3.unpack(data)
+        assert magic == b"VSR3", "superblock holds another owner's state"
+        named = NamedState(op, size, digest) if op else None
+        flags &= ~OWNER_DAMAGE_ONLY  # no mark to judge a restart by: recover as before
     else:
-        magic, view, log_view, flags, op, size, digest = OWNER_STATE.unpack(data)
+        magic, view, log_view, flags, op, size, digest, mark = OWNER_STATE.unpack(data)
         assert magic == OWNER_MAGIC, "superblock holds another owner's state"
         named = NamedState(op, size, digest) if op else None
     recovering = bool(flags & OWNER_RECOVERING)
     damage_only = recovering and bool(flags & OWNER_DAMAGE_ONLY)
-    return OwnerState(view, log_view, recovering, damage_only, named)
+    return OwnerState(view, log_view, recovering, damage_only, named, mark if damage_only else 0)
 
 
 @functools.lru_cache(maxsize=PREPARE_BODY_CACHE_MAX)
