@@ -1119,16 +1119,22 @@ class Replica:
         self._primary_heard_tick = self._ticks
         had = self.head
         effects = self._extend(state.entries)
-        if self.head > had:
+        advanced = self.head > had
+        if advanced:
             fields = (("from", had), ("to", self.head))
             effects.append(Notice("replica.state_transfer", fields))
-        if self._install is not None:
+            if len(state.entries) == SUFFIX_ENTRIES_MAX:
+                self._get_state_quiet_until = 0  # a full batch of news: the next at once
+        # One ask per answer that brought news, never two: an installing replica's install
+        # asks for the rest itself. An answer that brought nothing (a duplicate, or one
+        # overtaken by another) asks for nothing: the quiet window paces the next ask, so
+        # duplicate answers cannot breed asks that breed more answers.
+        installing = self._install is not None
+        if installing:
             effects.extend(self._continue_install())
         effects.extend(self._commit_to(min(state.commit, self.head)))
-        if self.head < state.head and len(state.entries) == SUFFIX_ENTRIES_MAX:
-            self._get_state_quiet_until = 0  # a full batch: the next one at once
-            source = None if self._install is None else self._install.source
-            effects.extend(self._get_state(source))
+        if not installing and advanced and self.head < state.head:
+            effects.extend(self._get_state())
         return effects
 
     # --- state sync: catching up from a checkpoint state -------------------------------------
