@@ -126,6 +126,7 @@ class Checker:
         self._committed_seen = [0] * replica_count
         self._view_max = [0] * replica_count
         self._persisted_max = [0] * replica_count
+        self._acked: list[dict[int, bytes]] = [{} for _ in range(replica_count)]  # op -> hash
         self._digests: dict[int, bytes] = {}  # commit number -> state machine digest
         self.commits_checked = 0
 
@@ -142,6 +143,7 @@ class Checker:
         """Replica ``index``'s disk was wiped: its persisted view is gone with it (what keeps
         it safe then is that it rejoins only through a quorum of the others)."""
         self._persisted_max[index] = 0
+        self._acked[index].clear()  # what it acknowledged went with the disk
 
     def sent(self, index: int, replica: Replica, payload: bytes) -> None:
         """Persist before send: a message may only claim what its sender has made durable.
@@ -151,6 +153,7 @@ class Checker:
         the one that emitted the message: the driver sends effects as it runs them.)"""
         message = codec.decode_message(payload)
         self._check_quorum_member(index, replica, message)
+        self._check_vote_keeps_acks(index, replica, message)
         if isinstance(message, StartView):
             self._check_start_view(index, message)
         problem = None
@@ -166,6 +169,27 @@ class Checker:
             case _:
                 return
         self.fail(f"replica {index}: sent {type(message).__name__} for {problem}")
+
+    def _check_vote_keeps_acks(self, index: int, replica: Replica, message: object) -> None:
+        """A replica's vote in a view change carries a log holding every op it acknowledged
+        that is committed: a commit counted its acknowledgement, so a view change that can
+        be decided by its log must find the op there (however the replica lost and rebuilt
+        its log in between: damage, a cut, a wipe, a restart)."""
+        acked = self._acked[index]
+        if isinstance(message, PrepareOk):
+            if replica.first_op <= message.op < replica.head:
+                acked[message.op] = replica.entry(message.op).hash
+            return
+        if not isinstance(message, DoViewChange):
+            return
+        committed = len(self.canonical)
+        for op, op_hash in acked.items():
+            if message.head <= op < committed and self.canonical[op] == op_hash:
+                self.fail(
+                    f"replica {index}: DoViewChange for view {message.view} ends at op "
+                    f"{message.head}, without op {op}, which it acknowledged and is committed"
+                )
+                return
 
     def _check_quorum_member(self, index: int, replica: Replica, message: object) -> None:
         """A replica that may lack ops it once held (recovering: damage, a lost disk, an

@@ -85,6 +85,19 @@ Protocol mutations caught by the checkers of protocol invariants (``craton.sim.c
   the checker that holds a backup's log against its primary's names it.
   ``test_stale_new_state_when_scripted`` builds the same situation step by step.
 
+Mutations of a view's install and of a repair that a restart continues, caught by the
+check that a replica's view-change vote holds every committed op it acknowledged (with
+both mutations the swarm passed before that check; each is the code as it was):
+
+- ``install-cuts-blind``: a replica installing a view's log whose suffix tells nothing of
+  the journal below it (it starts past the head, or does not chain onto it) cuts the
+  journal at its commit number at once instead of first comparing it with the view's log,
+  so it votes, under its old log view, with a log that lacks ops it acknowledged.
+- ``repair-forgets-mark``: a restart that continues a repair of damage judges the log by
+  its own certified mark, which a rejoin's cut lowered, instead of the mark certified when
+  the damage was found. Its schedule (damage, a rejoin cut short by a crash, damage again)
+  is rare: ``test_repair_forgets_mark_at_its_seed`` runs the swarm seed that found it.
+
 Storage mutations of the restart from a checkpoint state:
 
 - ``restart-skips-tail``: a replica restarting from its latest checkpoint state takes it
@@ -137,7 +150,7 @@ from craton.core.seam import (
 from craton.core.state_machine import StateMachine
 from craton.core.vsr import codec
 from craton.core.vsr.checkpoint import OpenedCheckpoint, open_checkpoint
-from craton.core.vsr.replica import Replica, ReplicaConfig, ReplyStatus, Status
+from craton.core.vsr.replica import Replica, ReplicaConfig, ReplyStatus, Status, _Install
 from craton.core.wire.errors import DecodeError
 from craton.core.wire.messages import AppendEvents, ReadEventsAsOf, ReadEventsReply
 from craton.core.wire.replica import (
@@ -394,6 +407,39 @@ class StartViewDropsLastOp(Replica):
         return attrs.evolve(start, head=start.head - 1, entries=start.entries[:-1])
 
 
+class InstallCutsBlind(Replica):
+    """Installing a view's log whose suffix tells nothing of the journal below it (it starts
+    past the head, or does not chain onto it), cuts the journal at the commit number at once,
+    instead of first comparing it with the view's log: ops it acknowledged, which a quorum
+    committed, are gone from its log while its votes still speak for its old log view."""
+
+    def _begin_install(
+        self, head: int, commit: int, suffix_start: int, entries: tuple[Entry, ...], source: int
+    ) -> list[Effect]:
+        self._install = _Install(self.view, head, commit, entries, source)
+        self._verify_from = None
+        if self._syncing is not None:
+            return []
+        known = self._divergence(head, suffix_start, entries)
+        cut = self.commit if known is None else known
+        if cut < self.head or self.log.has_stale:
+            return self._truncate(cut)
+        return self._continue_install()
+
+
+class RepairForgetsMark(Replica):
+    """A repair of damage that a restart continues is judged by the log's own certified mark
+    alone, not by the mark certified when the damage was first found: a rejoin's cut, which
+    lowered the log's mark, makes a log that lacks acknowledged ops look whole again."""
+
+    def _begin_repair(self) -> list[Effect]:
+        damage_only, self._damage_only = self._damage_only, False  # hides the mark
+        try:
+            return super()._begin_repair()
+        finally:
+            self._damage_only = damage_only
+
+
 class StateFromAnyView(Replica):
     """Installs the entries of a NewState whatever view they come from: a replica of an
     old view sends its log, ops the new view replaced included."""
@@ -636,6 +682,7 @@ BUGS = (
     PlantedBug("state-from-any-view", StateFromAnyView, _stale_answers),
     PlantedBug("start-view-drops-last-op", StartViewDropsLastOp, _late_crashes),
     PlantedBug("restart-skips-tail", RestartSkipsTail, _crashes),
+    PlantedBug("install-cuts-blind", InstallCutsBlind, _load),
     PlantedBug("kv-empty-put-deletes", Replica, _kv_load, machine=EmptyPutDeletes),
     PlantedBug("stale-expected-offset", Replica, _store_load, machine=StaleExpectedOffset),
     PlantedBug("as-of-one-ahead", Replica, _store_load, NEW_BUG_SEEDS_MAX, machine=AsOfOneAhead),
@@ -908,4 +955,19 @@ def test_forgotten_vote_when_scripted(seed: int) -> None:
     assert control_view is not None and control_view >= 1, (
         f"the unmutated replica voted from view {control_view}"
     )
+    assert control.result == "pass", f"expected the unmutated replica to pass, got {control}"
+
+
+REPAIR_MARK_SEED = 413  # 3 replicas, the disjoint profile: the seed that found it
+
+
+def test_repair_forgets_mark_at_its_seed() -> None:
+    """repair-forgets-mark does harm at the swarm seed that found it (3 replicas, disjoint
+    damage): replica 1 found damage, rejoined, crashed while installing, found more damage
+    at the restart, and with the mutation took its repaired log for whole and voted with it
+    without an op it had acknowledged. The unmutated replica passes the same seed."""
+    options = draw_options(REPAIR_MARK_SEED, replicas=REPLICAS, profile="disjoint")
+    mutant = run_once(REPAIR_MARK_SEED, options, RepairForgetsMark)
+    assert mutant.caught and "which it acknowledged and is committed" in mutant.detail, mutant
+    control = run_once(REPAIR_MARK_SEED, options, Replica)
     assert control.result == "pass", f"expected the unmutated replica to pass, got {control}"

@@ -18,7 +18,14 @@ from craton.core.gateway import Gateway
 from craton.core.seam import Effect, Input, Submit, SubmitKind
 from craton.core.vsr import codec
 from craton.core.vsr.replica import Replica
-from craton.core.wire.replica import Entry, PrepareOk, RecoveryResponse, StartView, StartViewChange
+from craton.core.wire.replica import (
+    DoViewChange,
+    Entry,
+    PrepareOk,
+    RecoveryResponse,
+    StartView,
+    StartViewChange,
+)
 from craton.sim.checkers import Checker
 from craton.sim.cluster import Cluster
 from tests.sim.test_vsr_scenarios import quiet_options
@@ -160,3 +167,27 @@ def test_a_submit_a_gateway_never_answers_is_a_violation() -> None:
     assert _SwallowsOneWrite.swallowed
     assert result.result == "correctness", result
     assert "gateway never answered a write submit" in result.violations[0], result.violations
+
+
+def test_a_vote_without_a_committed_op_its_sender_acknowledged_is_a_violation(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replica acknowledged op X, which is committed; its DoViewChange must carry a log
+    that holds X (a commit counted that acknowledgement)."""
+    persisted_views(monkeypatch, 10)
+    monkeypatch.setattr(Replica, "persisted_view", property(lambda _self: 10))
+    checker = fresh_checker(cluster)
+    replica = cluster.nodes[1].replica
+    committed = len(checker.canonical)
+    op = committed - 2
+    view = replica.view
+    checker.sent(1, replica, codec.encode_message(PrepareOk(view, op, 1)))
+    vote = DoViewChange(view + 1, view, committed, committed, 1, committed, ())
+    checker.sent(1, replica, codec.encode_message(vote))
+    assert checker.violations == [], "a vote whose log holds the acknowledged op is fine"
+    short = DoViewChange(view + 1, view, op, op, 1, op, ())
+    checker.sent(1, replica, codec.encode_message(short))
+    assert checker.violations == [
+        f"replica 1: DoViewChange for view {view + 1} ends at op {op}, without op {op}, "
+        "which it acknowledged and is committed"
+    ]

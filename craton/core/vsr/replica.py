@@ -297,6 +297,9 @@ class Replica:
         self._svc_from: dict[int, set[int]] = {}
         self._dvc_from: dict[int, dict[int, DoViewChange]] = {}
         self._install: _Install | None = None
+        # While installing: the journal from this op on is being compared with the view's
+        # log before anything of it is cut (see ``_begin_install``).
+        self._verify_from: int | None = None
         self._loading: dict[int, bytes] = {}  # reloaded bodies waiting for their turn
         self._load_inflight = 0
         self._formatted = False  # started on a blank directory (nothing to have lost)
@@ -683,8 +686,12 @@ class Replica:
             return []
         if any(item.hash is None for item in tail[:-1]):
             return []
-        if max(tail[-1].position + 1, self.head) < recovered.certified:
-            return []  # records the log certified are missing even past the damage
+        # Records the log certified are missing even past the damage; or, after an earlier
+        # damage this repair continues, the log no longer reaches the mark certified then
+        # (a rejoin's cut lowers the log's own mark, never that one).
+        mark = self._damage_mark if self._damage_only else 0
+        if max(tail[-1].position + 1, self.head) < max(recovered.certified, mark):
+            return []
         self._repair = {item.position: item for item in tail}
         self._repair_holes = sum(item.body is None for item in tail)
         self._repairing = True
@@ -986,6 +993,8 @@ class Replica:
         entry = prepare.entry
         effects: list[Effect] = []
         if entry.op == self.head and not self._truncating and self._syncing is None:
+            if self._verify_from is not None:
+                return []  # appended once the journal is compared with the view's log
             if entry.hash != chain_hash(self._last_hash(), entry.op, entry.body):
                 return [Notice("replica.prepare_rejected", (("op", entry.op),))]
             effects.extend(self._append(entry))
@@ -1065,7 +1074,8 @@ class Replica:
         return effects
 
     def _get_state(self, source: int | None = None) -> list[Effect]:
-        """Ask ``source`` (the primary by default) for the entries from this head on."""
+        """Ask ``source`` (the primary by default) for the entries from this head on (from
+        the first op not yet compared, while an install compares the journal)."""
         source = self.primary if source is None else source
         if source == self.config.replica_id or self._ticks < self._get_state_quiet_until:
             return []
@@ -1084,7 +1094,8 @@ class Replica:
                 key=lambda r: (r - avoided) % self._count,
             )
         self._get_state_quiet_until = self._ticks + self.config.repair_ticks // 2
-        ask = GetState(self.view, self.head, self.config.replica_id)
+        op_from = self.head if self._verify_from is None else self._verify_from
+        ask = GetState(self.view, op_from, self.config.replica_id)
         return [Send(source, self._encode(ask))]
 
     def _on_get_state(self, ask: GetState, src: int) -> list[Effect]:
@@ -1117,6 +1128,8 @@ class Replica:
         if self.is_primary and self._install is not None and src != self._install.source:
             return []  # only the replica whose log it chose holds the view's log
         self._primary_heard_tick = self._ticks
+        if self._verify_from is not None and self._install is not None:
+            return self._on_verify(state)
         had = self.head
         effects = self._extend(state.entries)
         advanced = self.head > had
@@ -1223,6 +1236,8 @@ class Replica:
             return []
         if (self.is_primary and self._install is None) or self._syncing is not None:
             return []
+        if self._verify_from is not None and self._install is not None and offer.op <= self.head:
+            return self._verify_by_checkpoint(offer)
         if offer.op <= self.head:
             return []  # it holds every op below the state: journal transfer serves it
         self._primary_heard_tick = self._ticks
@@ -1306,6 +1321,7 @@ class Replica:
         offer, opened, machine = syncing
         self._syncing = None
         self._avoid_source = None
+        self._verify_from = None  # the journal it was comparing gave way to the state
         old = self._durable_state
         state = CheckpointState(offer.op, offer.chain_hash, offer.state, offer.digest)
         self._adopt_state(opened, machine, state)
@@ -1323,7 +1339,8 @@ class Replica:
             # The records kept past the base may differ from the view's log being installed
             # (an old view's uncommitted ops): cut them where they do, as the install would.
             first = install.entries[0].op if install.entries else install.head
-            cut = self._divergence(install.head, first, install.entries)
+            known = self._divergence(install.head, first, install.entries)
+            cut = self.commit if known is None else known
             # Never below the base or a sealed checkpoint: what lies below them is committed
             # (an install older than the state may name a shorter log; it changes nothing).
             sealed = self.log.checkpoint
@@ -1376,6 +1393,9 @@ class Replica:
     # --- committing and applying -------------------------------------------------------------
 
     def _commit_to(self, commit: int) -> list[Effect]:
+        if self._verify_from is not None:
+            # past it the journal may not be the view's log (see ``_begin_install``)
+            commit = min(commit, self._verify_from)
         effects: list[Effect] = []
         while self.commit < min(commit, self.head):
             entry = self.entry(self.commit)
@@ -1522,6 +1542,7 @@ class Replica:
             # Still installing after a recovery: its log may lack ops it acknowledged once,
             # so it must not vote with it. It asks the cluster again instead.
             self._install = None
+            self._verify_from = None
             self._rejoining = False
             return self._begin_recovery()
         assert view > self.view or self.status is Status.LOADING or view == self.view
@@ -1530,6 +1551,7 @@ class Replica:
         self.view = max(self.view, view)
         self.status = Status.VIEW_CHANGE
         self._install = None
+        self._verify_from = None
         self._avoid_source = None
         self._acked = {}
         self._primary_heard_tick = self._ticks
@@ -1717,29 +1739,111 @@ class Replica:
         self, head: int, commit: int, suffix_start: int, entries: tuple[Entry, ...], source: int
     ) -> list[Effect]:
         """Make this journal the view's log: keep the agreeing prefix, cut what diverges,
-        append the suffix; what is missing before the suffix is fetched by state transfer."""
+        append the suffix; what is missing before the suffix is fetched by state transfer.
+
+        When the suffix tells nothing of the journal below it (it starts past this head, or
+        does not chain onto it), nothing is cut yet: the ops past what this replica knows is
+        committed may be ops it acknowledged and a quorum committed, and until this install
+        ends its votes still speak for its old log view, with whatever log it holds then. A
+        vote with those ops cut could let a view change leave a committed op behind. So the
+        journal is first compared with the view's log, fetched from ``source`` (see
+        ``_on_verify``), and cut only where it differs: what differs from the view's log
+        was never committed. (A rejoining replica votes in no view change until it has
+        installed one, so it cuts at once.)"""
         assert all(e.op == suffix_start + i for i, e in enumerate(entries))
         self._install = _Install(self.view, head, commit, entries, source)
+        self._verify_from = None
         if self._syncing is not None:
             # A checkpoint is being installed as this log's base: what the journal holds
             # past it is judged once it is installed (``_on_base_installed``).
             return []
-        cut = self._divergence(head, suffix_start, entries)
+        known = self._divergence(head, suffix_start, entries)
+        if known is None:
+            floor = self._committed_floor()
+            if self.head > floor and not self._rejoining and self._count > 1:
+                self._verify_from = floor
+                self._get_state_quiet_until = 0
+                fields = (("view", self.view), ("from", floor), ("head", self.head))
+                return [Notice("replica.install_compares", fields), *self._get_state(source)]
+            known = self.commit
+        cut = known
         assert cut >= self.commit, "a committed op differs from the view's log"
         if cut < self.head or self.log.has_stale:
             return self._truncate(cut)
         return self._continue_install()
 
-    def _divergence(self, head: int, suffix_start: int, entries: tuple[Entry, ...]) -> int:
-        """The first op of this journal that is not the view's log, as far as can be told.
+    def _committed_floor(self) -> int:
+        """An op below which this journal is known committed history: its commit number, its
+        base and its sealed checkpoint (a checkpoint is sealed only once committed)."""
+        sealed = self.log.checkpoint
+        floor = max(self.commit, self._base, 0 if sealed is None else sealed.position)
+        return min(floor, self.head)
 
-        The first suffix entry's hash commits to the hash before it, so when it chains onto
-        this journal, everything below ``suffix_start`` agrees; when it does not (or there
-        is a gap), only the committed prefix is known to agree."""
-        if not entries:  # that log holds no op past its first: every op of it is committed
-            return self.commit
+    def _on_verify(self, state: NewState) -> list[Effect]:
+        """Compare the journal from ``_verify_from`` on with the view's log in ``state``;
+        once the first op that differs is found, or the journal is found to agree up to
+        its head (or up to the end of the view's log), cut there and install on."""
+        install = self._install
+        verify_from = self._verify_from
+        assert install is not None and verify_from is not None
+        if state.op_from != verify_from:
+            return []  # the answer to an earlier ask
+        verified = verify_from
+        cut: int | None = None
+        for entry in state.entries:
+            if entry.op >= self.head:
+                break
+            if self.entry(entry.op).hash != entry.hash:
+                cut = entry.op
+                break
+            verified = entry.op + 1
+        if cut is None:
+            if verified >= self.head:
+                cut = self.head  # the whole journal is the view's log
+            elif verified >= state.head:
+                cut = verified  # the view's log ends here; past it nothing was committed
+            else:
+                self._verify_from = verified
+                self._get_state_quiet_until = 0
+                return self._get_state(install.source)
+        return self._verified(cut)
+
+    def _verify_by_checkpoint(self, offer: NewCheckpoint) -> list[Effect]:
+        """The install's source answered the comparison with its checkpoint state, at an op
+        this journal holds (the source keeps no entries that far down): the state's chain
+        hash is the view's log's hash before that op, so where this journal has the same
+        hash there, everything below agrees, and the comparison goes on from the state."""
+        install = self._install
+        verify_from = self._verify_from
+        assert install is not None and verify_from is not None
+        if offer.op <= verify_from or offer.op - 1 < self._base:
+            return []
+        if self.entry(offer.op - 1).hash == offer.chain_hash:
+            self._verify_from = offer.op
+            self._get_state_quiet_until = 0
+            return self._get_state(install.source)
+        # The journal differs somewhere below the state and the source keeps no entries
+        # there to tell where: only what is known committed is kept.
+        fields = (("op", offer.op), ("from", verify_from))
+        return [Notice("replica.install_compare_blind", fields), *self._verified(verify_from)]
+
+    def _verified(self, cut: int) -> list[Effect]:
+        self._verify_from = None
+        fields = (("view", self.view), ("cut", cut), ("head", self.head))
+        effects: list[Effect] = [Notice("replica.install_compared", fields)]
+        if cut < self.head or self.log.has_stale:
+            return [*effects, *self._truncate(cut)]
+        return [*effects, *self._continue_install()]
+
+    def _divergence(self, head: int, suffix_start: int, entries: tuple[Entry, ...]) -> int | None:
+        """The first op of this journal that is not the view's log, or None when the suffix
+        cannot tell: the first suffix entry's hash commits to the hash before it, so when it
+        chains onto this journal, everything below ``suffix_start`` agrees; when it does not
+        (or there is a gap, or no suffix), nothing past the committed prefix is known."""
+        if not entries:
+            return None
         if suffix_start > self.head:
-            return self.commit
+            return None
         if suffix_start < self._base:  # the ops below this journal are committed: they agree
             entries = tuple(entry for entry in entries if entry.op >= self._base)
             suffix_start = self._base
@@ -1747,7 +1851,7 @@ class Replica:
                 return min(self.head, head)
         before = self._hash_before(suffix_start)
         if chain_hash(before, suffix_start, entries[0].body) != entries[0].hash:
-            return self.commit
+            return None
         for entry in entries:
             if entry.op >= self.head:
                 return self.head
@@ -1766,6 +1870,8 @@ class Replica:
         install = self._install
         if install is None or self._truncating or self._syncing is not None:
             return []  # continued once the log's truncation or base install is durable
+        if self._verify_from is not None:
+            return []  # continued once the journal is compared with the view's log
         effects = self._extend(install.entries)
         if self.head < install.head:
             return [*effects, *self._get_state(install.source)]
