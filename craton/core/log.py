@@ -606,14 +606,15 @@ class Log:
         self._base_written = True
         return self._write_superblock()
 
-    def read_state(self, position: int, size: int, tag: int) -> list[LogOutput]:
-        """Read ``size`` bytes of the state file at ``position``: ``StateRead`` (unchecked) or
-        ``ReadFailed`` follows."""
+    def read_state(self, position: int, size: int, tag: int, offset: int = 0) -> list[LogOutput]:
+        """Read ``size`` bytes from ``offset`` of the state file at ``position``: ``StateRead``
+        (unchecked) or ``ReadFailed`` follows."""
         if self._phase is not _Phase.OPEN:
             return [ReadFailed(tag, position, f"log is {self._phase.value}")]
         path = superblock.state_path(position)
         context = (tag, position)
-        return [self._track(_Io.STATE_READ, context, lambda io: DiskRead(io, path, 0, size))]
+        read = lambda io: DiskRead(io, path, offset, size)  # noqa: E731
+        return [self._track(_Io.STATE_READ, context, read)]
 
     def release_state(self, position: int) -> list[LogOutput]:
         """Empty the state file at ``position`` (a later state superseded it)."""

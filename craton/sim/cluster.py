@@ -99,6 +99,8 @@ REPAIR_NOTICES = {  # notices counted in a run's ``repairs``, by the name they a
     "replica.recovered": "rejoined",
     "replica.state_transfer": "state_transfers",
     "replica.state_synced": "state_syncs",
+    "replica.state_part": "state_parts",  # a part of a checkpoint state asked for the next
+    "replica.install_compares": "installs_compared",  # an install compared before it cut
     "replica.checkpoint_rejected": "checkpoints_rejected",
     "replica.journal_released": "journal_releases",
     "log.base_state_lost": "base_states_lost",

@@ -307,7 +307,12 @@ def replica_message_strategies(heavy: bool) -> dict[Command, SearchStrategy[Mess
             entries=entry_tuples(heavy),
         ),
         Command.NEW_CHECKPOINT: st.builds(
-            vsr.NewCheckpoint,
+            lambda part, offset, spare, **fields: vsr.NewCheckpoint(
+                **fields, state_size=offset + len(part) + spare, offset=offset, state=part
+            ),
+            part=st.binary(max_size=vsr.STATE_PART_SIZE_MAX if heavy else 512),
+            offset=st.integers(0, 2**32),
+            spare=st.integers(0, 2**32),
             view=views,
             commit=u64s(),
             head=u64s(),
@@ -317,7 +322,6 @@ def replica_message_strategies(heavy: bool) -> dict[Command, SearchStrategy[Mess
             digest=st.binary(min_size=vsr.HASH_SIZE, max_size=vsr.HASH_SIZE),
             public_key=st.binary(max_size=32),
             signature=st.binary(max_size=64),
-            state=st.binary(max_size=vsr.STATE_SIZE_MAX if heavy else 512),
         ),
     }
     return strategies  # type: ignore[return-value]

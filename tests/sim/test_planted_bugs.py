@@ -150,12 +150,18 @@ from craton.core.seam import (
 from craton.core.state_machine import StateMachine
 from craton.core.vsr import codec
 from craton.core.vsr.checkpoint import OpenedCheckpoint, open_checkpoint
-from craton.core.vsr.replica import Replica, ReplicaConfig, ReplyStatus, Status, _Install
+from craton.core.vsr.replica import (
+    CheckpointOffer,
+    Replica,
+    ReplicaConfig,
+    ReplyStatus,
+    Status,
+    _Install,
+)
 from craton.core.wire.errors import DecodeError
 from craton.core.wire.messages import AppendEvents, ReadEventsAsOf, ReadEventsReply
 from craton.core.wire.replica import (
     Entry,
-    NewCheckpoint,
     NewState,
     Prepare,
     PrepareOk,
@@ -326,7 +332,7 @@ class InstallWithoutVerifying(Replica):
     nothing about where it came from or what it claims to be."""
 
     def _verify_checkpoint(
-        self, offer: NewCheckpoint
+        self, offer: CheckpointOffer
     ) -> tuple[OpenedCheckpoint, StateMachine] | str:
         opened = open_checkpoint(offer.state, hashlib.sha256(offer.state).digest())
         return opened, type(self.machine).restore(opened.machine_snapshot)

@@ -2,8 +2,8 @@
 declared profiles (``craton.core.vsr.profile``).
 
 - the node builds its configuration from ``PRODUCTION`` and from nowhere else;
-- the simulation profile differs from production in sizes and timeouts only, and says so
-  for the one feature that is not yet on in production (``checkpoint_states``);
+- the simulation profile differs from production in sizes and timeouts only: every feature
+  (checkpoint states included) is on in both;
 - a share of drawn seeds run the production profile exactly, without reshuffling any other
   draw of the seed; ``--sizes`` forces either profile, and the JSON line and the replay
   command carry it;
@@ -41,7 +41,7 @@ def test_the_node_builds_its_replica_from_the_production_profile_only() -> None:
     assert "PRODUCTION.config" in calls, "expected the node to build PRODUCTION.config(...)"
 
 
-def test_the_simulation_profile_shrinks_sizes_and_switches_no_feature_but_one() -> None:
+def test_the_simulation_profile_shrinks_sizes_and_switches_no_feature() -> None:
     differing = {
         field.name
         for field in attrs.fields(type(PRODUCTION))
@@ -56,9 +56,10 @@ def test_the_simulation_profile_shrinks_sizes_and_switches_no_feature_but_one() 
         "client_table_max",
         "checkpoint_interval_ops",
         "segment_size_max",
-        "checkpoint_states",
+        "state_part_bytes",
     }, differing
-    for name in ("pipeline_max", "client_table_max", "checkpoint_interval_ops"):
+    assert PRODUCTION.checkpoint_states and SIMULATION.checkpoint_states
+    for name in ("pipeline_max", "client_table_max", "checkpoint_interval_ops", "state_part_bytes"):
         assert getattr(SIMULATION, name) <= getattr(PRODUCTION, name), name
     assert set(PROFILES) == {"shrunk", "production"}
 

@@ -13,7 +13,7 @@ import pytest
 
 from craton.core import superblock
 from craton.core.seal import Sealer, state_message
-from craton.core.vsr.replica import Replica
+from craton.core.vsr.replica import CheckpointOffer, Replica
 from craton.core.wire.replica import NewCheckpoint
 from craton.sim.cluster import Cluster
 from tests.sim.test_vsr_scenarios import assert_clean, quiet_options
@@ -26,13 +26,13 @@ def cluster() -> Cluster:
     return cluster
 
 
-def _offer(cluster: Cluster, sender: int) -> NewCheckpoint:
+def _offer(cluster: Cluster, sender: int) -> CheckpointOffer:
     replica = cluster.nodes[sender].replica
     durable = replica.durable_state
     assert durable is not None, "expected a durable checkpoint state"
     data = cluster.nodes[sender].disk.contents(superblock.state_path(durable.op))
     message = state_message(durable.op, durable.chain_hash, durable.digest)
-    return NewCheckpoint(
+    part = NewCheckpoint(
         replica.view,
         replica.commit,
         replica.head,
@@ -42,11 +42,14 @@ def _offer(cluster: Cluster, sender: int) -> NewCheckpoint:
         durable.digest,
         replica.log.public_key,
         replica.log.sign(message),
+        len(data),
+        0,
         data,
     )
+    return CheckpointOffer.of(part, data)
 
 
-def _verdict(receiver: Replica, offer: NewCheckpoint) -> str:
+def _verdict(receiver: Replica, offer: CheckpointOffer) -> str:
     checked = receiver._verify_checkpoint(offer)
     return checked if isinstance(checked, str) else "accepted"
 

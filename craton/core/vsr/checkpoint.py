@@ -35,6 +35,31 @@ _U64 = struct.Struct("<Q")
 _CLIENT = struct.Struct("<QQIQB")
 
 
+# A checkpoint state is taken about every 1/STATE_SPACING_PARTS of the log's length (see
+# ``state_due``): taking one costs a pass over the whole state, so taking one at every
+# checkpoint would cost a pass per interval, quadratic in the log's length.
+STATE_SPACING_PARTS = 8
+
+
+def state_due(op: int, interval: int) -> bool:
+    """Whether replicas take a checkpoint state when their commit number reaches ``op``.
+
+    At every multiple of the interval while the log is short (the first
+    ``2 * STATE_SPACING_PARTS`` of them), then at every second, fourth, ... multiple, the
+    stride doubling each time the log doubles: past that, consecutive states lie between
+    1/16 and 1/8 of the log's length apart (``STATE_SPACING_PARTS`` states per doubling),
+    so all the passes over the state add up to about a dozen times its final size, and the
+    journal kept in memory between two states stays within an eighth of the log. A function
+    of ``op`` alone, so every replica takes its states at the same ops."""
+    if op <= 0 or op % interval:
+        return False
+    multiple = op // interval
+    stride = 1
+    while multiple >= 2 * STATE_SPACING_PARTS * stride:
+        stride *= 2
+    return multiple % stride == 0
+
+
 class CheckpointError(ValueError):
     """Checkpoint state bytes are damaged, truncated, of another format or another op."""
 

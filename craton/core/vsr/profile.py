@@ -7,11 +7,9 @@ timeouts) happen within a short seeded run, and from ``PRODUCTION`` itself for a
 its seeds (``craton sim run --sizes production``).
 
 Rules it keeps:
-- A profile names sizes, never behaviour: both profiles have the same features. The one
-  exception is ``checkpoint_states``, recorded here so that it is visible in one place:
-  production keeps it off until a checkpoint state no longer holds the whole machine state
-  in memory (see docs/STORAGE.md), and the production-sized seeds run it off too, so the
-  configuration a node runs is the configuration those seeds test.
+- A profile names sizes, never behaviour: both profiles have the same features, checkpoint
+  states included (``checkpoint_states`` is on in both; ``test_profiles`` checks that no
+  feature differs).
 - ``client_table_max`` decides, when a log is replayed, which requests of evicted sessions
   are refused: it is part of what a data directory means and never changes for one.
 - Timeouts are in ticks; a node ticks every ``TICK_MS`` (the simulator's tick is as long).
@@ -42,6 +40,7 @@ class ReplicaProfile:
     checkpoint_interval_ops: int  # committed ops between sealed checkpoints
     segment_size_max: int  # bytes of one log segment file
     checkpoint_states: bool
+    state_part_bytes: int  # checkpoint state bytes in one NewCheckpoint
 
     def __attrs_post_init__(self) -> None:
         assert self.name in PROFILE_NAMES, self.name
@@ -76,6 +75,7 @@ class ReplicaProfile:
             checkpoint_interval_ops=self.checkpoint_interval_ops,
             segment_size_max=self.segment_size_max,
             checkpoint_states=self.checkpoint_states,
+            state_part_bytes=self.state_part_bytes,
         )
 
 
@@ -91,7 +91,8 @@ PRODUCTION = ReplicaProfile(
     client_table_max=4096,
     checkpoint_interval_ops=1024,
     segment_size_max=64 * 1024 * 1024,
-    checkpoint_states=False,
+    checkpoint_states=True,
+    state_part_bytes=8 * 1024 * 1024,
 )
 
 SIMULATION = attrs.evolve(
@@ -104,7 +105,7 @@ SIMULATION = attrs.evolve(
     client_table_max=3,  # clients are evicted and must register again
     checkpoint_interval_ops=32,  # replicas seal a checkpoint at every multiple of this op
     segment_size_max=256 * 1024,
-    checkpoint_states=True,
+    state_part_bytes=1024,  # states of a few parts: a state sync assembles parts
 )
 
 PROFILES = {profile.name: profile for profile in (SIMULATION, PRODUCTION)}

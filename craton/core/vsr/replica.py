@@ -80,11 +80,12 @@ from craton.core.vsr.checkpoint import (
     OpenedCheckpoint,
     encode_checkpoint,
     open_checkpoint,
+    state_due,
 )
 from craton.core.wire.errors import DecodeError
 from craton.core.wire.replica import (
     PREPARE_BODY,
-    STATE_SIZE_MAX,
+    STATE_PART_SIZE_MAX,
     SUFFIX_ENTRIES_MAX,
     Commit,
     DoViewChange,
@@ -174,10 +175,14 @@ class ReplicaConfig:
     # The replicas' public keys (their data directories' seal keys), in replica order, when
     # known: a state-sync checkpoint is then believed only under its sender's own key.
     peer_public_keys: tuple[bytes, ...] = ()
+    # Bytes of checkpoint state in one NewCheckpoint: a larger state goes in parts, each
+    # asked for by its receiver, which checks the state once it holds all of it.
+    state_part_bytes: int = STATE_PART_SIZE_MAX
 
     def __attrs_post_init__(self) -> None:
         assert 1 <= self.replica_count <= 16 and 0 <= self.replica_id < self.replica_count
         assert 1 <= self.pipeline_max <= SUFFIX_ENTRIES_MAX
+        assert 1 <= self.state_part_bytes <= STATE_PART_SIZE_MAX
 
     @property
     def quorum(self) -> int:
@@ -230,6 +235,46 @@ class OwnerState:
     damage_mark: int = 0  # with ``damage_only``: the log is whole again once it reaches it
 
 
+@attrs.frozen
+class CheckpointOffer:
+    """A state-sync offer with its whole state: a ``NewCheckpoint`` that came in one part,
+    or the parts of one put together. Nothing of it is believed until it is verified."""
+
+    view: int
+    replica: int  # the sender
+    op: int
+    chain_hash: bytes
+    digest: bytes
+    public_key: bytes
+    signature: bytes
+    state: bytes
+
+    @classmethod
+    def of(cls, offer: NewCheckpoint, state: bytes) -> CheckpointOffer:
+        return cls(
+            offer.view,
+            offer.replica,
+            offer.op,
+            offer.chain_hash,
+            offer.digest,
+            offer.public_key,
+            offer.signature,
+            state,
+        )
+
+
+@attrs.define
+class _Assembly:
+    """A checkpoint state arriving in parts: the parts so far, from ``sender``'s offer."""
+
+    sender: int
+    op: int
+    digest: bytes
+    size: int
+    parts: list[bytes]
+    received: int  # bytes so far: the offset of the next part
+
+
 @attrs.define
 class _Install:
     """Bringing this replica's log in line with ``view``'s log (from a StartView or DVCs)."""
@@ -262,12 +307,14 @@ class Replica:
         self.entries: list[Entry] = []  # the journal: entries[op - first_op]
         self._base = 0  # first_op
         self._base_hash = GENESIS_HASH  # the chain hash of op first_op - 1
-        self._syncing: tuple[NewCheckpoint, OpenedCheckpoint, StateMachine] | None = None
+        self._syncing: tuple[CheckpointOffer, OpenedCheckpoint, StateMachine] | None = None
         self._sync_tail: tuple[Entry, ...] = ()  # records kept past a base being installed
         self._state_signatures: dict[int, bytes] = {}  # op -> this replica's signature
         self._durable_state: StateFile | None = None  # the latest state on disk
         self._saving_state: int | None = None  # the op of the state being written
-        self._state_readers: dict[int, int] = {}  # asker -> op of the state read for it
+        # asker -> (op, offset) of the part of a checkpoint state being read for it
+        self._state_readers: dict[int, tuple[int, int]] = {}
+        self._assembly: _Assembly | None = None  # a checkpoint state arriving in parts
         self._avoid_source: int | None = None  # sent a state that did not check out
         # (client, request id) -> op, for the journal's uncommitted entries
         self._uncommitted: dict[tuple[int, int], int] = {}
@@ -966,7 +1013,10 @@ class Replica:
             case NewState():
                 return self._on_new_state(message, received.src)
             case NewCheckpoint():
-                return self._on_new_checkpoint(message)
+                whole = self._assemble(message)
+                if isinstance(whole, list):
+                    return whole
+                return self._on_new_checkpoint(whole)
             case Recovery():
                 return self._on_recovery(message)
             case RecoveryResponse():
@@ -1096,6 +1146,9 @@ class Replica:
         self._get_state_quiet_until = self._ticks + self.config.repair_ticks // 2
         op_from = self.head if self._verify_from is None else self._verify_from
         ask = GetState(self.view, op_from, self.config.replica_id)
+        assembly = self._assembly
+        if assembly is not None and assembly.sender == source:
+            ask = attrs.evolve(ask, state_offset=assembly.received)  # the next part
         return [Send(source, self._encode(ask))]
 
     def _on_get_state(self, ask: GetState, src: int) -> list[Effect]:
@@ -1103,6 +1156,10 @@ class Replica:
         status that installed the view, or, to the view's new primary only, one frozen in
         its view change (the new primary fetches from the replica whose log it chose)."""
         del src
+        if ask.state_offset > 0:
+            # The next part of a checkpoint state: committed history, signed, the same
+            # whatever view the asker is in (a repairing replica asks as well).
+            return self._offer_checkpoint(ask.replica, ask.state_offset)
         if ask.view != self.view or self._truncating or self._syncing is not None:
             return []
         settled = self._install is None and self.log_view == self.view
@@ -1191,26 +1248,29 @@ class Replica:
         effects.extend(self._release_journal())
         return [*effects, *self._persist_state()]
 
-    def _offer_checkpoint(self, asker: int) -> list[Effect]:
+    def _offer_checkpoint(self, asker: int, offset: int = 0) -> list[Effect]:
         """Send the latest durable checkpoint state to a replica whose journal ends below
-        this one's first op (the ops there are only in that state). It is read from its
-        file and sent as read: the receiver checks it against the digest and signature."""
+        this one's first op (the ops there are only in that state), from ``offset`` on, as
+        much as one part holds. It is read from its file and sent as read: the receiver
+        checks it against the digest and signature once it holds all of it."""
         durable = self._durable_state
         if durable is None or asker >= self._count or asker == self.config.replica_id:
             return []
-        if asker in self._state_readers:
+        if asker in self._state_readers or offset >= max(durable.size, 1):
             return []
-        if durable.size > STATE_SIZE_MAX:
-            return [Notice("replica.checkpoint_too_large", (("op", durable.op),))]
-        self._state_readers[asker] = durable.op
-        return self._route(self.log.read_state(durable.op, durable.size, -asker - 1))
+        self._state_readers[asker] = (durable.op, offset)
+        size = min(durable.size - offset, self.config.state_part_bytes)
+        return self._route(self.log.read_state(durable.op, size, -asker - 1, offset))
 
     def _on_state_read(self, read: StateRead) -> list[Effect]:
         asker, op = -read.tag - 1, read.position
-        durable = self._state_readers.pop(asker, None)
+        reading = self._state_readers.pop(asker, None)
         current = self._durable_state
-        if durable != op or current is None or current.op != op:
+        if reading is None or reading[0] != op or current is None or current.op != op:
             return []  # superseded by a later state: the asker asks again
+        offset = reading[1]
+        if offset + len(read.data) > current.size:
+            return []  # the file is longer than the state: the receiver's check refuses it
         signature = self._state_signatures.get(op)
         if signature is None:
             signature = self.log.sign(state_message(op, current.chain_hash, current.digest))
@@ -1225,11 +1285,45 @@ class Replica:
             current.digest,
             self.log.public_key,
             signature,
+            current.size,
+            offset,
             read.data,
         )
         return [Send(asker, self._encode(offer))]
 
-    def _on_new_checkpoint(self, offer: NewCheckpoint) -> list[Effect]:
+    def _assemble(self, part: NewCheckpoint) -> CheckpointOffer | list[Effect]:
+        """The whole offer once every part of its state is here; until then, the ask for
+        the next part. A part that does not continue the state being assembled (another
+        sender, another state, a repeat) starts again or is dropped."""
+        if part.offset == 0 and len(part.state) == part.state_size:
+            self._assembly = None
+            return CheckpointOffer.of(part, part.state)
+        assembly = self._assembly
+        same = assembly is not None and (assembly.sender, assembly.op, assembly.digest) == (
+            part.replica,
+            part.op,
+            part.digest,
+        )
+        if part.offset == 0 and not same:
+            assembly = _Assembly(part.replica, part.op, part.digest, part.state_size, [], 0)
+            self._assembly = assembly
+        elif assembly is None or not same:
+            self._assembly = None  # the sender moved to a later state: ask from the start
+            return []
+        if part.offset != assembly.received or not part.state:
+            return []  # a repeat, or one overtaken by another
+        assembly.parts.append(part.state)
+        assembly.received += len(part.state)
+        if assembly.received < assembly.size:
+            self._get_state_quiet_until = self._ticks + self.config.repair_ticks // 2
+            ask = GetState(self.view, part.op, self.config.replica_id, assembly.received)
+            fields = (("op", part.op), ("received", assembly.received), ("of", assembly.size))
+            notice = Notice("replica.state_part", fields)
+            return [notice, Send(part.replica, self._encode(ask))]
+        self._assembly = None
+        return CheckpointOffer.of(part, b"".join(assembly.parts))
+
+    def _on_new_checkpoint(self, offer: CheckpointOffer) -> list[Effect]:
         if self.status is Status.RECOVERING:
             return self._repair_from_checkpoint(offer)
         if offer.view != self.view or self._truncating or self.status is not Status.NORMAL:
@@ -1253,7 +1347,7 @@ class Replica:
             self._forget_request(entry)
         return self._route(self.log.install_base(offer.op, offer.chain_hash, offer.state))
 
-    def _repair_from_checkpoint(self, offer: NewCheckpoint) -> list[Effect]:
+    def _repair_from_checkpoint(self, offer: CheckpointOffer) -> list[Effect]:
         """A repairing replica whose hole lies below every peer's log (their logs start at
         a checkpoint state) takes a peer's state at an op past the hole as its log's base:
         the state is committed history, checked against its digest and its sender's
@@ -1296,7 +1390,7 @@ class Replica:
         ]
 
     def _verify_checkpoint(
-        self, offer: NewCheckpoint
+        self, offer: CheckpointOffer
     ) -> tuple[OpenedCheckpoint, StateMachine] | str:
         """The state, once its digest, its sender's signature (under the sender's known key,
         when keys are configured) and its contents check out; else why not."""
@@ -1402,8 +1496,8 @@ class Replica:
             self._forget_request(entry)
             effects.extend(self._apply(entry))
             self.commit += 1
-            if self.config.checkpoint_states and (
-                self.commit % self.config.checkpoint_interval_ops == 0
+            if self.config.checkpoint_states and state_due(
+                self.commit, self.config.checkpoint_interval_ops
             ):
                 state = self._checkpoint_state()
                 self.checkpoints[state.op] = state
@@ -1475,6 +1569,11 @@ class Replica:
         sealed = 0 if checkpoint is None else checkpoint.position
         interval = self.config.checkpoint_interval_ops
         target = min(self.commit, self.log.durable) // interval * interval
+        # A state taken and not yet sealed is sealed first, so that it is the one the log
+        # vouches for and goes to its file (states are further apart than checkpoints).
+        waiting = [op for op in self.checkpoints if sealed < op <= target]
+        if waiting:
+            target = min(waiting)
         if target <= sealed or self._truncating:
             return []
         try:
@@ -1808,7 +1907,7 @@ class Replica:
                 return self._get_state(install.source)
         return self._verified(cut)
 
-    def _verify_by_checkpoint(self, offer: NewCheckpoint) -> list[Effect]:
+    def _verify_by_checkpoint(self, offer: CheckpointOffer) -> list[Effect]:
         """The install's source answered the comparison with its checkpoint state, at an op
         this journal holds (the source keeps no entries that far down): the state's chain
         hash is the view's log's hash before that op, so where this journal has the same

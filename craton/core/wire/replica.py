@@ -24,7 +24,10 @@ OPERATION_SIZE_MAX = 1024 * 1024  # bytes of one client operation
 PREPARE_BODY_SIZE_MAX = OPERATION_SIZE_MAX + 64  # the operation and its prepare header
 SUFFIX_ENTRIES_MAX = 64  # entries in one do-view-change, start-view or new-state message
 REPLICAS_MAX = 16
-STATE_SIZE_MAX = 15 * 1024 * 1024  # bytes of a checkpoint state sent in one NewCheckpoint
+# bytes of checkpoint state one NewCheckpoint carries: a larger state goes in parts, each
+# asked for by the receiver (``GetState.state_offset``)
+STATE_PART_SIZE_MAX = 15 * 1024 * 1024
+STATE_SIZE_MAX = 2**40  # bytes of a whole checkpoint state, as a decoder bound
 
 U8 = UInt(8)
 U32 = UInt(32)
@@ -120,11 +123,14 @@ class RequestStartView:
 
 @attrs.frozen(field_transformer=wire_fields)
 class GetState:
-    """``replica`` asks for the entries of ``view``'s log from ``op_from`` on."""
+    """``replica`` asks for the entries of ``view``'s log from ``op_from`` on; when the
+    answer is a checkpoint state (``op_from`` lies below the sender's journal), for its
+    bytes from ``state_offset`` on (the receiver of a state in parts asks for each part)."""
 
     view: Annotated[int, U32]
     op_from: Annotated[int, U64]
     replica: Annotated[int, REPLICA]
+    state_offset: Annotated[int, U64] = 0
 
 
 @attrs.frozen(field_transformer=wire_fields)
@@ -144,7 +150,9 @@ class NewCheckpoint:
     state at ``op`` (ops ``0..op-1`` applied), whose SHA-256 is ``digest``, signed by the
     sender (``replica``, key ``public_key``) over op, ``chain_hash`` and digest
     (``craton.core.seal.state_message``). The receiver checks all of it before it installs
-    the state, then asks for the entries from ``op`` on."""
+    the state, then asks for the entries from ``op`` on. ``state`` holds the state's bytes
+    from ``offset`` on, of ``state_size`` in all: a state larger than one part is sent in
+    parts, each asked for by the receiver, and checked once whole."""
 
     view: Annotated[int, U32]
     commit: Annotated[int, U64]
@@ -155,7 +163,16 @@ class NewCheckpoint:
     digest: Annotated[bytes, HASH]
     public_key: Annotated[bytes, Blob(32)]
     signature: Annotated[bytes, Blob(64)]
-    state: Annotated[bytes, Blob(STATE_SIZE_MAX)]
+    state_size: Annotated[int, UInt(64, maximum=STATE_SIZE_MAX)]
+    offset: Annotated[int, U64]
+    state: Annotated[bytes, Blob(STATE_PART_SIZE_MAX)]
+
+    def __attrs_post_init__(self) -> None:
+        if self.offset + len(self.state) > self.state_size:
+            raise ValueError(
+                f"a part of {len(self.state)} bytes at {self.offset} overruns a state of "
+                f"{self.state_size} bytes"
+            )
 
 
 @attrs.frozen(field_transformer=wire_fields)
