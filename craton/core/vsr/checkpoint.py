@@ -39,6 +39,9 @@ _CLIENT = struct.Struct("<QQIQB")
 # ``state_due``): taking one costs a pass over the whole state, so taking one at every
 # checkpoint would cost a pass per interval, quadratic in the log's length.
 STATE_SPACING_PARTS = 8
+# ... but never more than this many ops apart: the journal between two states is held in
+# memory (see ``JOURNAL_OPS_MAX`` in ``craton.core.vsr.replica``, which must exceed it)
+STATE_SPACING_OPS_MAX = 1 << 18
 
 
 def state_due(op: int, interval: int) -> bool:
@@ -49,13 +52,15 @@ def state_due(op: int, interval: int) -> bool:
     stride doubling each time the log doubles: past that, consecutive states lie between
     1/16 and 1/8 of the log's length apart (``STATE_SPACING_PARTS`` states per doubling),
     so all the passes over the state add up to about a dozen times its final size, and the
-    journal kept in memory between two states stays within an eighth of the log. A function
-    of ``op`` alone, so every replica takes its states at the same ops."""
+    journal kept in memory between two states stays within an eighth of the log, and within
+    ``STATE_SPACING_OPS_MAX`` ops however long the log grows. A function of ``op`` alone, so
+    every replica takes its states at the same ops."""
     if op <= 0 or op % interval:
         return False
     multiple = op // interval
     stride = 1
-    while multiple >= 2 * STATE_SPACING_PARTS * stride:
+    stride_max = max(1, STATE_SPACING_OPS_MAX // interval)
+    while multiple >= 2 * STATE_SPACING_PARTS * stride and stride * 2 <= stride_max:
         stride *= 2
     return multiple % stride == 0
 

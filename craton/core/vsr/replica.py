@@ -74,6 +74,7 @@ from craton.core.seam import (
 from craton.core.state_machine import SnapshotError, StateMachine
 from craton.core.vsr import codec
 from craton.core.vsr.checkpoint import (
+    STATE_SPACING_OPS_MAX,
     CheckpointError,
     CheckpointState,
     ClientEntry,
@@ -123,7 +124,13 @@ OWNER_RECOVERING = 1  # flag: the log is not this replica's own until it is repa
 # durable when the damage was found, kept with the flag) is its own again; without it (a
 # lost disk), only a view's log installed through a quorum makes it so
 OWNER_DAMAGE_ONLY = 2
-JOURNAL_OPS_MAX = 4_000_000
+# Journal entries held in memory (ops from the journal's first to its head). Checkpoint
+# states release the journal below them (they are at most ``STATE_SPACING_OPS_MAX`` ops
+# apart), so it fills only when states cannot be saved: a primary whose journal is full
+# answers new requests BUSY (backpressure; ``replica.journal_full``) until a state saved
+# releases it.
+JOURNAL_OPS_MAX = 1 << 20
+assert JOURNAL_OPS_MAX > 2 * STATE_SPACING_OPS_MAX + 2 * SUFFIX_ENTRIES_MAX
 # decoded prepare bodies kept: an op is decoded when journaled and again when committed, a
 # pipeline (64 ops) later; at most 136 MiB of operations
 PREPARE_BODY_CACHE_MAX = 136
@@ -344,6 +351,7 @@ class Replica:
         self._svc_from: dict[int, set[int]] = {}
         self._dvc_from: dict[int, dict[int, DoViewChange]] = {}
         self._install: _Install | None = None
+        self._journal_full_at: int | None = None  # the journal's first op when it filled
         # While installing: the journal from this op on is being compared with the view's
         # log before anything of it is cut (see ``_begin_install``).
         self._verify_from: int | None = None
@@ -470,7 +478,10 @@ class Replica:
 
     def invariants(self) -> None:
         self.log.invariants()
-        assert self.commit <= self.head <= JOURNAL_OPS_MAX
+        assert self.commit <= self.head
+        if self.is_primary and self.status is Status.NORMAL and self._install is None:
+            # it prepares nothing past a full journal (a view's install may bring more)
+            assert self.head - self._base <= JOURNAL_OPS_MAX + self.config.pipeline_max
         assert self.log_view <= self.view
         assert self._persisted_view <= self.view
         assert len(self.clients) <= self.config.client_table_max
@@ -926,6 +937,13 @@ class Replica:
             return []  # already being prepared: the reply follows its commit
         if self.head - self.commit >= self.config.pipeline_max:
             return [self._reply(client, number, ReplyStatus.BUSY, b"")]
+        if self.head - self._base >= JOURNAL_OPS_MAX:
+            busy = self._reply(client, number, ReplyStatus.BUSY, b"")
+            if self._journal_full_at == self._base:
+                return [busy]
+            self._journal_full_at = self._base  # said once per journal that filled up
+            fields = (("first", self._base), ("head", self.head))
+            return [Notice("replica.journal_full", fields), busy]
         body = PrepareBody(self.view, client, number, request.body)
         return self._prepare(codec.encode_body(PREPARE_BODY, body))
 
