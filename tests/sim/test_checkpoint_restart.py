@@ -59,3 +59,25 @@ def test_a_restart_begins_at_the_named_checkpoint_state() -> None:
 def test_a_damaged_state_is_refused_and_the_log_is_reloaded_from_its_base() -> None:
     _, repairs = _restart_after_two_checkpoints(damage_state=True)
     assert repairs.get("checkpoint_restarts_refused", 0) >= 1, repairs
+
+
+def test_a_state_being_written_is_kept_when_later_checkpoints_are_sealed() -> None:
+    """On a slow disk (or with a large state) the log seals later checkpoints while a
+    state's file is still being written. The state in flight must be kept: dropped, its
+    write would end as "superseded" and the replica would name, and restart from, an older
+    state (states are further apart than checkpoints), replaying and retaking the ones in
+    between. Without the rule, ``_release_checkpoints`` drops it."""
+    cluster = Cluster(2, quiet_options(clients=3, requests=40, fault_ticks=2_500))
+    assert_clean(cluster.run())
+    replica = cluster.nodes[0].replica
+    sealed = replica.log.checkpoint
+    assert sealed is not None and sealed.position in replica.checkpoints
+    being_written = sealed.position - replica.config.checkpoint_interval_ops
+    held = replica.checkpoints[sealed.position]
+    replica.checkpoints[being_written] = held  # as if its write were still in flight
+    replica._saving_state = being_written
+    replica._release_checkpoints()
+    assert being_written in replica.checkpoints, "the state being written was dropped"
+    replica._saving_state = None
+    replica._release_checkpoints()
+    assert being_written not in replica.checkpoints, "a state below the seal is released"

@@ -1571,8 +1571,8 @@ class Replica:
         superseded by a state the log vouches for."""
         checkpoint = self.log.checkpoint
         sealed = 0 if checkpoint is None else checkpoint.position
-        for op in [op for op in self.checkpoints if op < sealed]:
-            del self.checkpoints[op]
+        for op in [op for op in self.checkpoints if op < sealed and op != self._saving_state]:
+            del self.checkpoints[op]  # (the one being written is named once it is durable)
 
     @property
     def checkpoint_state(self) -> CheckpointState | None:
