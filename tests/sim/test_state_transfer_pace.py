@@ -18,7 +18,8 @@ OPS = 12 * SUFFIX_ENTRIES_MAX
 def test_a_wiped_replica_asks_about_once_per_batch_it_needs() -> None:
     # Answers take 8..10 ticks each way: longer than the quiet window (5 ticks).
     network = attrs.evolve(NetworkFaults.none(), latency_ticks_min=8, latency_ticks_max=10)
-    # The production profile: no checkpoint states, so the whole log comes by transfer.
+    # The production profile: no checkpoint is sealed before op 1024, so the whole log comes
+    # by transfer.
     options = attrs.evolve(
         quiet_options(clients=4, requests=OPS // 4 + 8, fault_ticks=20_000),
         network=network,
