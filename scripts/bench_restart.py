@@ -10,12 +10,14 @@ Two measurements, each on fresh data under a temporary folder:
            Printed: the fill rate, the node's peak RSS while appending, the time SIGTERM
            took to stop it, the time from starting the process to the first 200 from its
            ``/ready`` (polled on its metrics port every 10 ms), its RSS when it got there and
-           its peak RSS on the way (its restart re-reads the log).
+           its peak RSS on the way (its restart reads its latest checkpoint state and
+           replays the log past it).
   cluster  three replicas in cluster mode on loopback are filled with ``--cluster-appends``
            requests the same way; then one backup is stopped and started again on its data
            (restart-to-ready of a replica, which reloads its log), stopped again, its data
            directory removed, and started again with VDB_CLUSTER_FORMED=true, so that it
-           rejoins as a replica that lost its disk and catches up from its peers. Printed:
+           rejoins as a replica that lost its disk and catches up from its peers (by state
+           sync, once they released their journals below a checkpoint state). Printed:
            the fill rate, the largest replica's peak RSS while appending, both times from
            starting the backup's process to its ``/ready`` answering 200, and the wiped
            backup's RSS then and its peak RSS on the way.

@@ -3,7 +3,9 @@
 A cluster runs until its replicas hold durable checkpoint states; then one replica is handed
 ``NewCheckpoint`` offers built from another's real state file, each with one thing wrong,
 and must turn every one down naming what is wrong (the swarm and the planted bug
-``install-without-verifying`` show the same end to end).
+``install-without-verifying`` show the same end to end). A state sent in parts is put
+together only from consecutive parts of one state of one sender, and a sender whose state
+file ends early is turned down like a state that does not check out.
 """
 
 from __future__ import annotations
@@ -92,3 +94,60 @@ def test_every_tampered_offer_is_refused_naming_why(cluster: Cluster) -> None:
         "another replica's key": "signed by a key that is not the sender's",
         "another op, validly signed": "the state is not the one the signature names",
     }
+
+
+def _parts(cluster: Cluster, sender: int, size: int) -> list[NewCheckpoint]:
+    """The sender's durable state as the parts it sends, ``size`` bytes each."""
+    whole = _offer(cluster, sender)
+    replica = cluster.nodes[sender].replica
+    return [
+        NewCheckpoint(
+            whole.view,
+            replica.commit,
+            replica.head,
+            sender,
+            whole.op,
+            whole.chain_hash,
+            whole.digest,
+            whole.public_key,
+            whole.signature,
+            len(whole.state),
+            offset,
+            whole.state[offset : offset + size],
+        )
+        for offset in range(0, len(whole.state), size)
+    ]
+
+
+def test_a_state_in_parts_is_put_together_in_order_and_only_in_order(cluster: Cluster) -> None:
+    receiver = cluster.nodes[1].replica
+    parts = _parts(cluster, 0, 100)
+    assert len(parts) >= 3, len(parts)
+    # The first part starts an assembly and asks the sender for the next one.
+    asked = receiver._assemble(parts[0])
+    assert isinstance(asked, list) and any("state_part" in str(e) for e in asked), asked
+    assert receiver._assemble(parts[2]) == [], "a part past the next one is dropped"
+    assert receiver._assemble(parts[0]) == [], "a repeat of the first part changes nothing"
+    for part in parts[1:-1]:
+        assert isinstance(receiver._assemble(part), list)
+    whole = receiver._assemble(parts[-1])
+    assert isinstance(whole, CheckpointOffer), whole
+    assert whole == _offer(cluster, 0), "the parts put together are not the state sent"
+    assert _verdict(receiver, whole) == "accepted"
+    # Parts of another sender's state, or another state, do not mix with the ones held.
+    receiver._assemble(parts[0])
+    other = attrs.evolve(_parts(cluster, 2, 100)[1], digest=bytes(32))
+    assert receiver._assemble(other) == [] and receiver._assembly is None
+
+
+def test_a_state_file_shorter_than_its_size_is_rejected_and_another_replica_asked(
+    cluster: Cluster,
+) -> None:
+    receiver = cluster.nodes[1].replica
+    parts = _parts(cluster, 0, 100)
+    receiver._assemble(parts[0])
+    empty = attrs.evolve(parts[1], state=b"")  # the sender read nothing past the first part
+    answer = receiver._assemble(empty)
+    assert isinstance(answer, list) and len(answer) == 1, answer
+    assert "checkpoint_rejected" in str(answer[0]) and "ends at byte 100" in str(answer[0])
+    assert receiver._assembly is None and receiver._avoid_source == 0

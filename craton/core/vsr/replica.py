@@ -1328,8 +1328,16 @@ class Replica:
         elif assembly is None or not same:
             self._assembly = None  # the sender moved to a later state: ask from the start
             return []
-        if part.offset != assembly.received or not part.state:
+        if part.offset != assembly.received:
             return []  # a repeat, or one overtaken by another
+        if not part.state:
+            # The sender's state file ends before the size it named: damaged there. As for
+            # a state that does not check out, the next ask goes to another replica.
+            self._assembly = None
+            self._avoid_source = part.replica
+            why = f"its state file ends at byte {part.offset} of {part.state_size}"
+            rejected = (("op", part.op), ("from", part.replica), ("why", why))
+            return [Notice("replica.checkpoint_rejected", rejected)]
         assembly.parts.append(part.state)
         assembly.received += len(part.state)
         if assembly.received < assembly.size:
