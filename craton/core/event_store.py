@@ -37,6 +37,7 @@ This module deliberately does not use ``from __future__ import annotations``: th
 schema of ``StoreError`` is read from its annotations when the class is created.
 """
 
+import array
 import bisect
 import enum
 import hashlib
@@ -66,6 +67,7 @@ from craton.core.wire.messages import (
     APPEND_EVENTS_MAX,
     ERROR_MESSAGE_SIZE_MAX,
     EVENT,
+    EVENT_SIZE_MAX,
     KEY_ID,
     READ_EVENTS_MAX,
     READ_SIZE_MAX,
@@ -118,6 +120,7 @@ SHOWN_BYTES_MAX = 32  # bytes of an event that ``describe_*`` show before cuttin
 _CHAIN_START = bytes(32)
 _CHAIN_LINK = struct.Struct("<QI")  # op, event size: prefixed to each event in the chain
 _U32 = struct.Struct("<I")
+_OP_COUNT = struct.Struct("<QI")  # an append's op and its event count, in a snapshot
 
 
 class RequestKind(enum.IntEnum):
@@ -483,15 +486,20 @@ def _show_events(events: tuple[bytes, ...]) -> str:
 
 class _Stream:
     """One stream's metadata and events. ``append_ops[i]`` is the op of the i-th append and
-    ``append_ends[i]`` the stream's length after it; ``chain`` covers every (op, event)."""
+    ``append_ends[i]`` the stream's length after it; ``chain`` covers every (op, event).
+
+    The events are held packed: their bytes one after another in one buffer, and where
+    each one ends in an array of u64 (about 8 bytes per event besides its own bytes, where
+    a list of bytes objects costs some 50 more), as are the appends' ops and ends."""
 
     __slots__ = (
+        "_data",
+        "_ends",
         "append_ends",
         "append_ops",
         "chain",
         "created_op",
         "data_class",
-        "events",
         "name",
         "placement",
         "tenant_id",
@@ -505,22 +513,99 @@ class _Stream:
         self.data_class = data_class
         self.placement = placement
         self.created_op = op
-        self.events: list[bytes] = []
-        self.append_ops: list[int] = []
-        self.append_ends: list[int] = []
+        self._data = bytearray()  # every event's bytes, in order
+        self._ends = array.array("Q")  # where event i ends in ``_data``
+        self.append_ops = array.array("Q")
+        self.append_ends = array.array("Q")
         self.chain = _CHAIN_START
+
+    @property
+    def length(self) -> int:
+        """How many events the stream holds."""
+        return len(self._ends)
+
+    def event(self, offset: int) -> bytes:
+        start = self._ends[offset - 1] if offset else 0
+        with memoryview(self._data) as view:  # released at once: the buffer may grow
+            return view[start : self._ends[offset]].tobytes()
+
+    def encode_appends(self, out: bytearray) -> None:
+        """Every append as a snapshot holds it: u32 append count | each append: u64 op |
+        its events as ``_APPENDED_EVENTS`` encodes them (a u32 count, then each event as a
+        u32 length and its bytes), straight from the packed buffer."""
+        ends = self._ends
+        out += _U32.pack(len(self.append_ops))
+        first = at = 0
+        with memoryview(self._data) as view:  # released at once: the buffer may grow
+            for op, end in zip(self.append_ops, self.append_ends, strict=True):
+                out += _OP_COUNT.pack(op, end - first)
+                for offset in range(first, end):
+                    stop = ends[offset]
+                    out += _U32.pack(stop - at)
+                    out += view[at:stop]
+                    at = stop
+                first = end
 
     def append(self, op: int, events: Sequence[bytes]) -> None:
         # an audit stream is created by the op of its first record, so that op may append
         assert op > self.append_ops[-1] if self.append_ops else op >= self.created_op
-        assert events and len(self.events) + len(events) <= STREAM_EVENTS_MAX
+        assert events and self.length + len(events) <= STREAM_EVENTS_MAX
         chain = self.chain
+        data, ends = self._data, self._ends
         for event in events:
             chain = hashlib.sha256(chain + _CHAIN_LINK.pack(op, len(event)) + event).digest()
+            data += event
+            ends.append(len(data))
         self.chain = chain
-        self.events.extend(events)
         self.append_ops.append(op)
-        self.append_ends.append(len(self.events))
+        self.append_ends.append(len(ends))
+
+    def load_appends(self, reader: Reader, op_next: int) -> None:
+        """Decode what ``encode_appends`` wrote into this (empty) stream: each event is
+        copied once, from the snapshot into the packed buffer, and chained as it goes
+        (the chain is recomputed, never taken from the snapshot)."""
+        appends = reader.length("append count", 0, STREAM_EVENTS_MAX)
+        data, at = reader.data, reader.offset
+        buffer, ends = self._data, self._ends
+        chain = self.chain
+        last = self.created_op
+        with memoryview(data) as view:
+            for index in range(appends):
+                if at + _OP_COUNT.size > len(data):
+                    raise DecodeError("the snapshot ends inside an append")
+                op, count = _OP_COUNT.unpack_from(data, at)
+                at += _OP_COUNT.size
+                # an audit stream's first record is appended by the op that created the stream
+                same_op = not index and self.name == AUDIT_STREAM and op == last
+                if not (last < op or same_op) or op >= op_next:
+                    raise DecodeError(f"append at op {op} is not between ops {last} and {op_next}")
+                if not 1 <= count <= APPEND_EVENTS_MAX:
+                    raise DecodeError(f"an append of {count} events")
+                if len(ends) + count > STREAM_EVENTS_MAX:
+                    raise DecodeError(f"a stream holds more than {STREAM_EVENTS_MAX} events")
+                for _ in range(count):
+                    if at + _U32.size > len(data):
+                        raise DecodeError("the snapshot ends inside an event")
+                    (size,) = _U32.unpack_from(data, at)
+                    at += _U32.size
+                    if size > EVENT_SIZE_MAX or at + size > len(data):
+                        raise DecodeError(f"an event of {size} bytes")
+                    event = view[at : at + size]
+                    link = hashlib.sha256(chain + _CHAIN_LINK.pack(op, size))
+                    link.update(event)
+                    chain = link.digest()
+                    buffer += event
+                    ends.append(len(buffer))
+                    at += size
+                self.append_ops.append(op)
+                self.append_ends.append(len(ends))
+                last = op
+        self.chain = chain
+        reader.offset = at
+
+    def invariants(self) -> None:
+        assert len(self._ends) <= STREAM_EVENTS_MAX
+        assert (self._ends[-1] if self._ends else 0) == len(self._data)
 
     def length_as_of(self, position: int) -> int:
         """How many events the stream held when the log ended at ``position``."""
@@ -558,7 +643,7 @@ class EventStore(SnapshotMachine):
     def stream_length(self, tenant_id: int, name: str) -> int | None:
         """The current length of a stream, None if it does not exist (a local query)."""
         stream = self._streams.get((tenant_id, name))
-        return None if stream is None else len(stream.events)
+        return None if stream is None else stream.length
 
     def api_key(self, key_id: int) -> ApiKeyEntry | None:
         """The key ``key_id`` as last applied here (a local query, for authentication)."""
@@ -573,13 +658,13 @@ class EventStore(SnapshotMachine):
             assert key == (stream.tenant_id, stream.name)
             assert stream.created_op < self._op_next
             assert len(stream.append_ops) == len(stream.append_ends)
-            assert len(stream.events) <= STREAM_EVENTS_MAX
+            stream.invariants()
             if stream.append_ops:
                 assert stream.created_op <= stream.append_ops[0]
                 assert stream.append_ops[-1] < self._op_next
-                assert stream.append_ends[-1] == len(stream.events)
+                assert stream.append_ends[-1] == stream.length
             else:
-                assert not stream.events and stream.chain == _CHAIN_START
+                assert not stream.length and stream.chain == _CHAIN_START
         for key_id, entry in self._keys.items():
             assert key_id == entry.key_id and entry.created_op < self._op_next
             assert entry.revoked_op is None or entry.created_op < entry.revoked_op
@@ -624,7 +709,7 @@ class EventStore(SnapshotMachine):
                 stream = self._streams.get((tenant_id, message.stream))
                 if stream is None:
                     return _stream_not_found()
-                return _read(stream, op, len(stream.events), message)
+                return _read(stream, op, stream.length, message)
             case ReadEventsAsOf():
                 if message.log_position > op:
                     reason = f"log position {message.log_position} is beyond the log ({op})"
@@ -663,7 +748,7 @@ class EventStore(SnapshotMachine):
         stream = self._streams.get((tenant_id, message.stream))
         if stream is None:
             return _stream_not_found()
-        length = len(stream.events)
+        length = stream.length
         expected = message.expected_offset
         if expected is not None and expected != length:
             reason = f"expected offset {expected}, the stream holds {length} events"
@@ -759,7 +844,7 @@ class EventStore(SnapshotMachine):
             self._audit_streams += 1
         if stream.append_ops and stream.append_ops[-1] == op:
             return  # one record per op: the first reason given is the one that decided
-        if len(stream.events) >= STREAM_EVENTS_MAX:
+        if stream.length >= STREAM_EVENTS_MAX:
             return
         record = {
             "action": action,
@@ -785,7 +870,7 @@ class EventStore(SnapshotMachine):
         out += _U32.pack(len(self._streams))
         for stream in self._sorted_streams():
             _encode_stream_header(stream, out)
-            U64.encode(len(stream.events), out)
+            U64.encode(stream.length, out)
             out += stream.chain
         self._encode_keys(out)
         return hashlib.sha256(out).digest()
@@ -799,12 +884,7 @@ class EventStore(SnapshotMachine):
         out += _U32.pack(len(self._streams))
         for stream in self._sorted_streams():
             _encode_stream_header(stream, out)
-            out += _U32.pack(len(stream.append_ops))
-            start = 0
-            for op, end in zip(stream.append_ops, stream.append_ends, strict=True):
-                _OP.encode(op, out)
-                _APPENDED_EVENTS.encode(tuple(stream.events[start:end]), out)
-                start = end
+            stream.encode_appends(out)
         self._encode_keys(out)
         return bytes(out)
 
@@ -915,7 +995,7 @@ def _read(
     size_bytes = 0
     offset = message.from_offset
     while offset < length and len(events) < message.max_events:
-        event = stream.events[offset]
+        event = stream.event(offset)
         if events and size_bytes + len(event) > message.max_bytes:
             break
         events.append(event)
@@ -941,16 +1021,5 @@ def _decode_stream(reader: Reader, op_next: int) -> _Stream:
     if created_op >= op_next:
         raise DecodeError(f"stream created at op {created_op}, not before op_next {op_next}")
     stream = _Stream(tenant_id, name, data_class, placement, created_op)
-    appends = reader.length("append count", 0, STREAM_EVENTS_MAX)
-    for _ in range(appends):
-        op = _OP.decode(reader)
-        events = _APPENDED_EVENTS.decode(reader)
-        last = stream.append_ops[-1] if stream.append_ops else created_op
-        # an audit stream's first record is appended by the op that created the stream
-        same_op = not stream.append_ops and name == AUDIT_STREAM and op == created_op
-        if not (last < op or same_op) or op >= op_next:
-            raise DecodeError(f"append at op {op} is not between ops {last} and {op_next}")
-        if len(stream.events) + len(events) > STREAM_EVENTS_MAX:
-            raise DecodeError(f"a stream holds more than {STREAM_EVENTS_MAX} events")
-        stream.append(op, events)
+    stream.load_appends(reader, op_next)
     return stream

@@ -532,7 +532,7 @@ class StaleExpectedOffset(EventStore):
     def _append(self, op: int, tenant_id: int, message: AppendEvents) -> StoreReply:
         stream = self._streams.get((tenant_id, message.stream))
         expected = message.expected_offset
-        if stream is not None and expected is not None and expected < len(stream.events):
+        if stream is not None and expected is not None and expected < stream.length:
             message = attrs.evolve(message, expected_offset=None)
         return super()._append(op, tenant_id, message)
 
