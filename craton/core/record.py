@@ -111,6 +111,32 @@ def encode(
     return checksum(tail) + tail + body, own_hash
 
 
+def intact_header(
+    data: bytes, at: int, position: int, prev_hash: bytes
+) -> tuple[int, bytes, int] | None:
+    """The fast path of scanning: (record size, chain hash, durable_before) of the header at
+    ``at`` when it is intact, is the record at ``position`` and links to ``prev_hash``, and
+    the record fits in ``data``; None for anything else, which ``decode_header`` and the
+    scan's own checks then judge. It checks exactly what those do, without building a
+    ``RecordHeader``."""
+    end = at + HEADER_SIZE
+    if end > len(data):
+        return None
+    header = data[at:end]
+    if checksum(header[16:]) != header[:16]:
+        return None
+    magic, version, _kind, found, durable_before, body_size, reserved, prev, own = (
+        _FIELDS.unpack_from(header, 32)
+    )
+    if magic != MAGIC or version != RECORD_VERSION or reserved != 0:
+        return None
+    if durable_before > found or body_size > BODY_SIZE_MAX:
+        return None
+    if found != position or prev != prev_hash or end + body_size > len(data):
+        return None
+    return HEADER_SIZE + body_size, own, durable_before
+
+
 def decode_header(data: bytes | memoryview) -> RecordHeader:
     """Decode and check a header (``data`` holds at least HEADER_SIZE bytes)."""
     if len(data) < HEADER_SIZE:

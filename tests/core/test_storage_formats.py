@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from craton.core import record, superblock
+from craton.core import scan as scan_module
 from craton.core.prng import Prng
 from craton.core.scan import Clean, Corrupt, Torn, scan_segment
 from craton.core.seal import Sealer, SealError, decode_entry, encode_entry, verify_seal
@@ -203,3 +204,47 @@ def test_owner_state_round_trips_and_older_versions_read_as_they_were() -> None:
     # recovers through the peers, as it did before the flag)
     third = struct.pack("<4sIIIQQ32s", b"VSR3", 3, 2, 3, 64, 1234, bytes(range(32)))
     assert decode_owner_state(third) == OwnerState(3, 2, True, False, named)
+
+
+@given(
+    damage=st.lists(st.tuples(st.integers(0, 10**6), st.integers(1, 255)), max_size=3),
+    cut=st.integers(0, 10**6),
+    verify_from=st.integers(0, 12),
+    certified=st.integers(0, 12),
+    sealed_at=st.integers(0, 12),
+)
+def test_the_fast_header_path_judges_every_segment_as_the_full_checks_do(
+    damage: list[tuple[int, int]], cut: int, verify_from: int, certified: int, sealed_at: int
+) -> None:
+    """Below ``verify_from`` a scan takes a fast path for intact headers; on any segment,
+    damaged, cut short or whole, it finds exactly what the full checks alone find."""
+    bodies = [b"body %d " % n * (n % 4 + 1) for n in range(12)]
+    data, _, _ = chain(bodies)
+    damaged = bytearray(data[: len(data) - cut % (len(data) + 1)])
+    for at, mask in damage:
+        if damaged:
+            damaged[at % len(damaged)] ^= mask
+    hashes = []
+    prev = record.GENESIS_HASH
+    for position, body in enumerate(bodies):
+        prev = record.chain_hash(prev, position, body)
+        hashes.append(prev)
+    sealed = {sealed_at: hashes[sealed_at]} if sealed_at < len(hashes) else None
+
+    def scanned() -> object:
+        return scan_segment(
+            bytes(damaged),
+            base_offset=0,
+            first_position=0,
+            prev_hash=record.GENESIS_HASH,
+            verify_from=verify_from,
+            certified=certified,
+            may_tear=True,
+            sealed=sealed,
+        )
+
+    fast = scanned()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(scan_module, "intact_header", lambda *_: None)
+        full = scanned()
+    assert fast == full

@@ -13,6 +13,7 @@ import pytest
 
 from craton.client import AsyncClient
 from craton.client.errors import AccessDenied, CratonError
+from craton.core.auth import JWT_LEEWAY_S
 from craton.platform import fleet
 from craton.platform.domain import Role
 from tests.net.support import ServerProcess
@@ -195,7 +196,8 @@ def test_a_minted_token_is_accepted_by_a_real_node_until_removal_and_expiry(
 
 async def _refused_once_expired(address: str, token: str, expires_at: int) -> None:
     await asyncio.sleep(max(0.0, expires_at - time.time()) + 0.5)
-    deadline = time.monotonic() + 30  # the node may allow a small clock leeway
+    # the node accepts a token until its exp plus the leeway: wait that long, and a margin
+    deadline = time.monotonic() + JWT_LEEWAY_S + 15
     while time.monotonic() < deadline:
         try:
             async with AsyncClient(address, auth_token=token, retry_deadline_s=2) as client:
