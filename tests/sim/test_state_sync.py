@@ -15,6 +15,7 @@ import pytest
 
 from craton.core import superblock
 from craton.core.seal import Sealer, state_message
+from craton.core.vsr import codec
 from craton.core.vsr.replica import CheckpointOffer, Replica
 from craton.core.wire.replica import NewCheckpoint
 from craton.sim.cluster import Cluster
@@ -121,29 +122,42 @@ def _parts(cluster: Cluster, sender: int, size: int) -> list[NewCheckpoint]:
 
 def test_a_state_in_parts_is_put_together_in_order_and_only_in_order(cluster: Cluster) -> None:
     receiver = cluster.nodes[1].replica
+    receiver._assembly = None
     parts = _parts(cluster, 0, 100)
     assert len(parts) >= 3, len(parts)
     # The first part starts an assembly and asks the sender for the next one.
     asked = receiver._assemble(parts[0])
     assert isinstance(asked, list) and any("state_part" in str(e) for e in asked), asked
     assert receiver._assemble(parts[2]) == [], "a part past the next one is dropped"
-    assert receiver._assemble(parts[0]) == [], "a repeat of the first part changes nothing"
+    assert receiver._assemble(parts[0]) == [], "a repeat within the quiet window: nothing"
+    # A repeat later says the part asked for (or its answer) was lost: it is asked again.
+    receiver._ticks = receiver._get_state_quiet_until
+    again = receiver._assemble(parts[0])
+    assert isinstance(again, list) and len(again) == 1, again
+    assert "state_offset=100" in repr(codec.decode_message(again[0].payload)), again
     for part in parts[1:-1]:
         assert isinstance(receiver._assemble(part), list)
     whole = receiver._assemble(parts[-1])
     assert isinstance(whole, CheckpointOffer), whole
     assert whole == _offer(cluster, 0), "the parts put together are not the state sent"
     assert _verdict(receiver, whole) == "accepted"
-    # Parts of another sender's state, or another state, do not mix with the ones held.
+    # The same state from another replica (the same bytes: its digest says so) goes on
+    # with the parts held; a part of another state is dropped, and the assembly goes on.
     receiver._assemble(parts[0])
-    other = attrs.evolve(_parts(cluster, 2, 100)[1], digest=bytes(32))
-    assert receiver._assemble(other) == [] and receiver._assembly is None
+    from_replica_2 = _parts(cluster, 2, 100)
+    assert from_replica_2[0].digest == parts[0].digest, "expected the same state on replica 2"
+    assert isinstance(receiver._assemble(from_replica_2[1]), list)
+    assert receiver._assembly is not None and receiver._assembly.received == 200
+    assert receiver._assembly.sender == 2, "the next part is asked of the latest sender"
+    other = attrs.evolve(from_replica_2[2], digest=bytes(32))
+    assert receiver._assemble(other) == [] and receiver._assembly.received == 200
 
 
 def test_a_state_file_shorter_than_its_size_is_rejected_and_another_replica_asked(
     cluster: Cluster,
 ) -> None:
     receiver = cluster.nodes[1].replica
+    receiver._assembly = None  # whatever an earlier test left
     parts = _parts(cluster, 0, 100)
     receiver._assemble(parts[0])
     empty = attrs.evolve(parts[1], state=b"")  # the sender read nothing past the first part

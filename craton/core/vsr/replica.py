@@ -137,6 +137,7 @@ PREPARE_BODY_CACHE_MAX = 136
 LOAD_READS_MAX = 64  # reads in flight while a restarted replica reloads its journal
 SERVE_TAG_BASE = 1 << 62  # log read tags from here on: a released op read for replica tag - base
 CHECKPOINT_STATES_MAX = 8  # states kept while the log has not sealed their ops yet
+ASSEMBLY_PATIENCE = 4  # parts of other states before a stalled assembly starts over
 VIEW_CHANGE_BACKOFF_MAX = 4  # doublings of the view change timeout
 
 
@@ -272,7 +273,9 @@ class CheckpointOffer:
 
 @attrs.define
 class _Assembly:
-    """A checkpoint state arriving in parts: the parts so far, from ``sender``'s offer."""
+    """A checkpoint state arriving in parts: the parts so far. A state is the same bytes
+    on every replica that took it (its digest says so), so parts of it are taken from
+    any of them; ``sender`` sent the latest, and is asked for the next."""
 
     sender: int
     op: int
@@ -280,6 +283,7 @@ class _Assembly:
     size: int
     parts: list[bytes]
     received: int  # bytes so far: the offset of the next part
+    others: int = 0  # parts of other states that came meanwhile
 
 
 @attrs.define
@@ -1311,25 +1315,38 @@ class Replica:
 
     def _assemble(self, part: NewCheckpoint) -> CheckpointOffer | list[Effect]:
         """The whole offer once every part of its state is here; until then, the ask for
-        the next part. A part that does not continue the state being assembled (another
-        sender, another state, a repeat) starts again or is dropped."""
+        the next part. Parts of the state being put together are taken from any sender; a
+        first part of another state starts over only when that state is later, or when
+        the one in progress has stalled (``ASSEMBLY_PATIENCE`` parts of others came
+        meanwhile: its senders no longer answer); other parts are dropped."""
         if part.offset == 0 and len(part.state) == part.state_size:
             self._assembly = None
             return CheckpointOffer.of(part, part.state)
         assembly = self._assembly
-        same = assembly is not None and (assembly.sender, assembly.op, assembly.digest) == (
-            part.replica,
+        if assembly is not None and (assembly.op, assembly.digest, assembly.size) != (
             part.op,
             part.digest,
-        )
-        if part.offset == 0 and not same:
+            part.state_size,
+        ):
+            assembly.others += 1
+            stalled = assembly.others >= ASSEMBLY_PATIENCE
+            if part.offset != 0 or not (part.op > assembly.op or stalled):
+                return []
+            assembly = None
+        if assembly is None:
+            if part.offset != 0:
+                return []
             assembly = _Assembly(part.replica, part.op, part.digest, part.state_size, [], 0)
             self._assembly = assembly
-        elif assembly is None or not same:
-            self._assembly = None  # the sender moved to a later state: ask from the start
-            return []
-        if part.offset != assembly.received:
-            return []  # a repeat, or one overtaken by another
+        assembly.sender = part.replica  # it answers: the next part is asked of it
+        if part.offset > assembly.received:
+            return []  # overtook the part it asked for: asked again when a repeat comes
+        if part.offset < assembly.received:
+            # A repeat (a repairing replica is answered the first part at each of its asks):
+            # the part it asked for, or the answer, was lost; it asks again, paced.
+            if self._ticks < self._get_state_quiet_until:
+                return []
+            return self._ask_part(assembly)
         if not part.state:
             # The sender's state file ends before the size it named: damaged there. As for
             # a state that does not check out, the next ask goes to another replica.
@@ -1341,13 +1358,16 @@ class Replica:
         assembly.parts.append(part.state)
         assembly.received += len(part.state)
         if assembly.received < assembly.size:
-            self._get_state_quiet_until = self._ticks + self.config.repair_ticks // 2
-            ask = GetState(self.view, part.op, self.config.replica_id, assembly.received)
             fields = (("op", part.op), ("received", assembly.received), ("of", assembly.size))
-            notice = Notice("replica.state_part", fields)
-            return [notice, Send(part.replica, self._encode(ask))]
+            return [Notice("replica.state_part", fields), *self._ask_part(assembly)]
         self._assembly = None
         return CheckpointOffer.of(part, b"".join(assembly.parts))
+
+    def _ask_part(self, assembly: _Assembly) -> list[Effect]:
+        """Ask the sender of a state being put together for its next part."""
+        self._get_state_quiet_until = self._ticks + self.config.repair_ticks // 2
+        ask = GetState(self.view, assembly.op, self.config.replica_id, assembly.received)
+        return [Send(assembly.sender, self._encode(ask))]
 
     def _on_new_checkpoint(self, offer: CheckpointOffer) -> list[Effect]:
         if self.status is Status.RECOVERING:
