@@ -1170,7 +1170,8 @@ class Replica:
         ask = GetState(self.view, op_from, self.config.replica_id)
         assembly = self._assembly
         if assembly is not None and assembly.sender == source:
-            ask = attrs.evolve(ask, state_offset=assembly.received)  # the next part
+            # the next part of the state at ``assembly.op``
+            ask = GetState(self.view, assembly.op, self.config.replica_id, assembly.received)
         return [Send(source, self._encode(ask))]
 
     def _on_get_state(self, ask: GetState, src: int) -> list[Effect]:
@@ -1179,9 +1180,12 @@ class Replica:
         its view change (the new primary fetches from the replica whose log it chose)."""
         del src
         if ask.state_offset > 0:
-            # The next part of a checkpoint state: committed history, signed, the same
-            # whatever view the asker is in (a repairing replica asks as well).
-            return self._offer_checkpoint(ask.replica, ask.state_offset)
+            # The next part of the checkpoint state at ``op_from``: committed history,
+            # signed, the same whatever view the asker is in (a repairing replica asks as
+            # well). A later state replaced it here: its first part goes instead.
+            durable = self._durable_state
+            same = durable is not None and durable.op == ask.op_from
+            return self._offer_checkpoint(ask.replica, ask.state_offset if same else 0)
         if ask.view != self.view or self._truncating or self._syncing is not None:
             return []
         settled = self._install is None and self.log_view == self.view
