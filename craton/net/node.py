@@ -313,6 +313,12 @@ class ReplicaHost:
         await self._ready.wait()
 
     @property
+    def became_ready(self) -> bool:
+        """Whether it was settled once since it started (``replica.ready`` was logged): it
+        may not be at this moment (a state sync may have begun right after)."""
+        return self._ready.is_set() and self.halted is None
+
+    @property
     def replica_id(self) -> int:
         return 0 if self._cluster is None else self._cluster.replica_id
 

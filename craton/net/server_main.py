@@ -189,7 +189,7 @@ async def serve(config: ServerConfig, log: EventLog, clock: Clock) -> int:
     if host.halted is not None:
         await server.shutdown(0.0)
         raise StartError(f"data directory {config.data_dir}: {host.halted}")
-    if host.settled:
+    if host.became_ready:  # (not if the stop came first)
         log.info("server.ready", commit=host.commit, view=host.view, status=host.status)
     await stop.wait()
     log.info("server.stopping", grace_s=SHUTDOWN_GRACE_S)

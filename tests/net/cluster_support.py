@@ -344,20 +344,44 @@ async def check_acknowledged_appends(addresses: list[str], workload: Workload) -
 
 def read_log(data_dir: Path) -> list[tuple[bytes, bytes]]:
     """Every intact record of a stopped node's log, in position order: (chain hash, body)."""
+    first, records = read_log_from(data_dir)
+    return records if first == 0 else []
+
+
+def read_log_from(data_dir: Path) -> tuple[int, list[tuple[bytes, bytes]]]:
+    """(first position, every intact record from it on) of a stopped node's log: a log
+    that starts at a base (its replica caught up by state sync) starts past 0."""
     folder = data_dir / SEGMENT_FOLDER
     names = sorted(p.name for p in folder.iterdir() if SEGMENT_NAME.match(p.name))
+    first: int | None = None
     records: list[tuple[bytes, bytes]] = []
     for name in names:
         data = (folder / name).read_bytes()
         at = 0
         while at + RECORD_HEADER_SIZE <= len(data):
             header = decode_header(data[at : at + RECORD_HEADER_SIZE])
-            if header.position != len(records) or at + header.size > len(data):
+            if first is None:
+                first = header.position
+            if header.position != first + len(records) or at + header.size > len(data):
                 break
             _, body = decode(data[at : at + header.size])
             records.append((header.hash, body))
             at += header.size
-    return records
+    return (0 if first is None else first), records
+
+
+def logs_agree(logs: list[tuple[int, list[tuple[bytes, bytes]]]], commit: int) -> bool:
+    """Whether logs read by ``read_log_from`` hold the same records wherever they overlap
+    below ``commit``, and each reaches ``commit``."""
+    reference: dict[int, tuple[bytes, bytes]] = {}
+    for first, records in logs:
+        if first + len(records) < commit:
+            return False
+        for position in range(first, commit):
+            seen = reference.setdefault(position, records[position - first])
+            if seen != records[position - first]:
+                return False
+    return True
 
 
 def check_linearizable(
