@@ -1295,8 +1295,6 @@ class Replica:
         if reading is None or reading[0] != op or current is None or current.op != op:
             return []  # superseded by a later state: the asker asks again
         offset = reading[1]
-        if offset + len(read.data) > current.size:
-            return []  # the file is longer than the state: the receiver's check refuses it
         signature = self._state_signatures.get(op)
         if signature is None:
             signature = self.log.sign(state_message(op, current.chain_hash, current.digest))
@@ -1910,16 +1908,23 @@ class Replica:
         if known is None:
             floor = self._committed_floor()
             if self.head > floor and not self._rejoining and self._count > 1:
-                self._verify_from = floor
-                self._get_state_quiet_until = 0
                 fields = (("view", self.view), ("from", floor), ("head", self.head))
-                return [Notice("replica.install_compares", fields), *self._get_state(source)]
+                return [Notice("replica.install_compares", fields), *self._compare_from(floor)]
             known = self.commit
-        cut = known
-        assert cut >= self.commit, "a committed op differs from the view's log"
+        assert known >= self.commit, "a committed op differs from the view's log"
+        return self._cut_then_install(known)
+
+    def _cut_then_install(self, cut: int) -> list[Effect]:
         if cut < self.head or self.log.has_stale:
             return self._truncate(cut)
         return self._continue_install()
+
+    def _compare_from(self, op: int) -> list[Effect]:
+        """Ask the install's source for the view's log from ``op`` on, to compare."""
+        assert self._install is not None
+        self._verify_from = op
+        self._get_state_quiet_until = 0
+        return self._get_state(self._install.source)
 
     def _committed_floor(self) -> int:
         """An op below which this journal is known committed history: its commit number, its
@@ -1952,9 +1957,7 @@ class Replica:
             elif verified >= state.head:
                 cut = verified  # the view's log ends here; past it nothing was committed
             else:
-                self._verify_from = verified
-                self._get_state_quiet_until = 0
-                return self._get_state(install.source)
+                return self._compare_from(verified)
         return self._verified(cut)
 
     def _verify_by_checkpoint(self, offer: CheckpointOffer) -> list[Effect]:
@@ -1968,9 +1971,7 @@ class Replica:
         if offer.op <= verify_from or offer.op - 1 < self._base:
             return []
         if self.entry(offer.op - 1).hash == offer.chain_hash:
-            self._verify_from = offer.op
-            self._get_state_quiet_until = 0
-            return self._get_state(install.source)
+            return self._compare_from(offer.op)
         # The journal differs somewhere below the state and the source keeps no entries
         # there to tell where: only what is known committed is kept.
         fields = (("op", offer.op), ("from", verify_from))
@@ -1979,10 +1980,7 @@ class Replica:
     def _verified(self, cut: int) -> list[Effect]:
         self._verify_from = None
         fields = (("view", self.view), ("cut", cut), ("head", self.head))
-        effects: list[Effect] = [Notice("replica.install_compared", fields)]
-        if cut < self.head or self.log.has_stale:
-            return [*effects, *self._truncate(cut)]
-        return [*effects, *self._continue_install()]
+        return [Notice("replica.install_compared", fields), *self._cut_then_install(cut)]
 
     def _divergence(self, head: int, suffix_start: int, entries: tuple[Entry, ...]) -> int | None:
         """The first op of this journal that is not the view's log, or None when the suffix
