@@ -43,6 +43,7 @@ import enum
 import hashlib
 import json
 import struct
+import zlib
 from collections.abc import Sequence
 from typing import Annotated, Any, assert_never
 
@@ -59,6 +60,7 @@ from craton.core.auth import (
     may_grant,
 )
 from craton.core.state_machine import OP_MAX, SnapshotMachine, next_op
+from craton.core.storage import BlobFile, DerivedDataError, DerivedStorage
 from craton.core.wire.errors import DecodeError, ErrorCode
 from craton.core.wire.frame import BODY_SIZE_MAX
 from craton.core.wire.messages import (
@@ -485,16 +487,21 @@ def _show_events(events: tuple[bytes, ...]) -> str:
 
 
 class _Stream:
-    """One stream's metadata and events. ``append_ops[i]`` is the op of the i-th append and
-    ``append_ends[i]`` the stream's length after it; ``chain`` covers every (op, event).
+    """One stream's metadata and where its events are. ``append_ops[i]`` is the op of the
+    i-th append and ``append_ends[i]`` the stream's length after it; ``chain`` covers every
+    (op, event).
 
-    The events are held packed: their bytes one after another in one buffer, and where
-    each one ends in an array of u64 (about 8 bytes per event besides its own bytes, where
-    a list of bytes objects costs some 50 more), as are the appends' ops and ends."""
+    The events' bytes live in the machine's blob (``craton.core.storage``), each append's
+    events one after another from ``append_at[i]``, checked on every read by the CRC-32
+    ``append_crcs[i]``. Memory holds arrays only: where each event ends among the stream's
+    bytes (u64), and per append its op, end, offset in the blob and checksum, some 36 bytes
+    for a one-event append whatever its size."""
 
     __slots__ = (
-        "_data",
+        "_blob",
         "_ends",
+        "append_at",
+        "append_crcs",
         "append_ends",
         "append_ops",
         "chain",
@@ -506,17 +513,25 @@ class _Stream:
     )
 
     def __init__(
-        self, tenant_id: int, name: str, data_class: DataClass, placement: Placement, op: int
+        self,
+        blob: BlobFile,
+        tenant_id: int,
+        name: str,
+        data_class: DataClass,
+        placement: Placement,
+        op: int,
     ) -> None:
         self.tenant_id = tenant_id
         self.name = name
         self.data_class = data_class
         self.placement = placement
         self.created_op = op
-        self._data = bytearray()  # every event's bytes, in order
-        self._ends = array.array("Q")  # where event i ends in ``_data``
+        self._blob = blob
+        self._ends = array.array("Q")  # where event i ends among the stream's bytes
         self.append_ops = array.array("Q")
         self.append_ends = array.array("Q")
+        self.append_at = array.array("Q")  # where append i's events start in the blob
+        self.append_crcs = array.array("I")  # CRC-32 of append i's events' bytes
         self.chain = _CHAIN_START
 
     @property
@@ -524,50 +539,85 @@ class _Stream:
         """How many events the stream holds."""
         return len(self._ends)
 
-    def event(self, offset: int) -> bytes:
-        start = self._ends[offset - 1] if offset else 0
-        with memoryview(self._data) as view:  # released at once: the buffer may grow
-            return view[start : self._ends[offset]].tobytes()
+    def events(self, offset: int, stop: int, count_max: int, size_max: int) -> list[bytes]:
+        """Events from ``offset`` below ``stop`` (at most ``length``): at most
+        ``count_max``, and no more than ``size_max`` bytes of them unless the first alone is
+        larger. Each append they come from is read from the blob once and checked."""
+        events: list[bytes] = []
+        size_bytes = 0
+        ends = self._ends
+        index = bisect.bisect_right(self.append_ends, offset)
+        while offset < stop and len(events) < count_max:
+            data, first = self._read_append(index)
+            base = ends[first - 1] if first else 0
+            while offset < min(self.append_ends[index], stop) and len(events) < count_max:
+                start = ends[offset - 1] if offset else 0
+                if events and size_bytes + ends[offset] - start > size_max:
+                    return events
+                events.append(data[start - base : ends[offset] - base])
+                size_bytes += ends[offset] - start
+                offset += 1
+            index += 1
+        return events
+
+    def _read_append(self, index: int) -> tuple[bytes, int]:
+        """Append ``index``'s events' bytes, checked, and the offset of its first event."""
+        first = self.append_ends[index - 1] if index else 0
+        last = self.append_ends[index] - 1
+        start = self._ends[first - 1] if first else 0
+        data = self._blob.read(self.append_at[index], self._ends[last] - start)
+        if zlib.crc32(data) != self.append_crcs[index]:
+            raise DerivedDataError(
+                f"stream {self.name!r} of tenant {self.tenant_id}: the events of the append "
+                f"at op {self.append_ops[index]} do not match their checksum"
+            )
+        return data, first
 
     def encode_appends(self, out: bytearray) -> None:
         """Every append as a snapshot holds it: u32 append count | each append: u64 op |
         its events as ``_APPENDED_EVENTS`` encodes them (a u32 count, then each event as a
-        u32 length and its bytes), straight from the packed buffer."""
+        u32 length and its bytes), read back from the blob an append at a time."""
         ends = self._ends
         out += _U32.pack(len(self.append_ops))
-        first = at = 0
-        with memoryview(self._data) as view:  # released at once: the buffer may grow
-            for op, end in zip(self.append_ops, self.append_ends, strict=True):
-                out += _OP_COUNT.pack(op, end - first)
-                for offset in range(first, end):
-                    stop = ends[offset]
-                    out += _U32.pack(stop - at)
-                    out += view[at:stop]
-                    at = stop
-                first = end
+        for index, op in enumerate(self.append_ops):
+            data, first = self._read_append(index)
+            end = self.append_ends[index]
+            out += _OP_COUNT.pack(op, end - first)
+            at = 0
+            base = ends[first - 1] if first else 0
+            for offset in range(first, end):
+                stop = ends[offset] - base
+                out += _U32.pack(stop - at)
+                out += data[at:stop]
+                at = stop
 
     def append(self, op: int, events: Sequence[bytes]) -> None:
         # an audit stream is created by the op of its first record, so that op may append
         assert op > self.append_ops[-1] if self.append_ops else op >= self.created_op
         assert events and self.length + len(events) <= STREAM_EVENTS_MAX
         chain = self.chain
-        data, ends = self._data, self._ends
+        ends = self._ends
+        size = ends[-1] if ends else 0
         for event in events:
             chain = hashlib.sha256(chain + _CHAIN_LINK.pack(op, len(event)) + event).digest()
-            data += event
-            ends.append(len(data))
+            size += len(event)
+            ends.append(size)
         self.chain = chain
+        data = b"".join(events)
+        self.append_at.append(self._blob.append(data))
+        self.append_crcs.append(zlib.crc32(data))
         self.append_ops.append(op)
         self.append_ends.append(len(ends))
 
     def load_appends(self, reader: Reader, op_next: int) -> None:
-        """Decode what ``encode_appends`` wrote into this (empty) stream: each event is
-        copied once, from the snapshot into the packed buffer, and chained as it goes
-        (the chain is recomputed, never taken from the snapshot)."""
+        """Decode what ``encode_appends`` wrote into this (empty) stream: each append's
+        events go to the blob in one piece, chained as they go (the chain is recomputed,
+        never taken from the snapshot)."""
         appends = reader.length("append count", 0, STREAM_EVENTS_MAX)
         data, at = reader.data, reader.offset
-        buffer, ends = self._data, self._ends
+        ends = self._ends
         chain = self.chain
+        size_total = 0
         last = self.created_op
         with memoryview(data) as view:
             for index in range(appends):
@@ -583,6 +633,7 @@ class _Stream:
                     raise DecodeError(f"an append of {count} events")
                 if len(ends) + count > STREAM_EVENTS_MAX:
                     raise DecodeError(f"a stream holds more than {STREAM_EVENTS_MAX} events")
+                pieces: list[memoryview] = []
                 for _ in range(count):
                     if at + _U32.size > len(data):
                         raise DecodeError("the snapshot ends inside an event")
@@ -594,9 +645,13 @@ class _Stream:
                     link = hashlib.sha256(chain + _CHAIN_LINK.pack(op, size))
                     link.update(event)
                     chain = link.digest()
-                    buffer += event
-                    ends.append(len(buffer))
+                    pieces.append(event)
+                    size_total += size
+                    ends.append(size_total)
                     at += size
+                joined = b"".join(pieces)
+                self.append_at.append(self._blob.append(joined))
+                self.append_crcs.append(zlib.crc32(joined))
                 self.append_ops.append(op)
                 self.append_ends.append(len(ends))
                 last = op
@@ -605,7 +660,8 @@ class _Stream:
 
     def invariants(self) -> None:
         assert len(self._ends) <= STREAM_EVENTS_MAX
-        assert (self._ends[-1] if self._ends else 0) == len(self._data)
+        appends = len(self.append_ops)
+        assert appends == len(self.append_ends) == len(self.append_at) == len(self.append_crcs)
 
     def length_as_of(self, position: int) -> int:
         """How many events the stream held when the log ended at ``position``."""
@@ -619,12 +675,13 @@ class EventStore(SnapshotMachine):
 
     name = NAME
 
-    def __init__(self) -> None:
+    def __init__(self, storage: DerivedStorage | None = None) -> None:
+        super().__init__(storage)
+        self._events = self.storage.open_blob("events")  # every stream's events' bytes
         self._streams: dict[tuple[int, str], _Stream] = {}
         self._keys: dict[int, ApiKeyEntry] = {}
         self._audit_streams = 0  # how many of the streams are audit streams
         self._op_next = 0  # the smallest op ``apply`` accepts
-        super().__init__()
 
     def apply(self, op: int, body: bytes) -> bytes:
         self._op_next = next_op(self._op_next, op)
@@ -639,6 +696,9 @@ class EventStore(SnapshotMachine):
     def op_next(self) -> int:
         """The smallest op ``apply`` accepts: one past the last applied op (0 at first)."""
         return self._op_next
+
+    def close(self) -> None:
+        self._events.close()
 
     def stream_length(self, tenant_id: int, name: str) -> int | None:
         """The current length of a stream, None if it does not exist (a local query)."""
@@ -740,7 +800,7 @@ class EventStore(SnapshotMachine):
             reason = f"the store holds {STREAMS_MAX} streams, its limit"
             return store_error(ErrorCode.TOO_LARGE, reason)
         self._streams[key] = _Stream(
-            tenant_id, message.name, message.data_class, message.placement, op
+            self._events, tenant_id, message.name, message.data_class, message.placement, op
         )
         return CreateStreamReply(op)
 
@@ -839,7 +899,9 @@ class EventStore(SnapshotMachine):
         if stream is None:
             if self._audit_streams >= AUDIT_STREAMS_MAX:
                 return
-            stream = _Stream(request.tenant_id, AUDIT_STREAM, DataClass.CONFIDENTIAL, _GLOBAL, op)
+            stream = _Stream(
+                self._events, request.tenant_id, AUDIT_STREAM, DataClass.CONFIDENTIAL, _GLOBAL, op
+            )
             self._streams[key] = stream
             self._audit_streams += 1
         if stream.append_ops and stream.append_ops[-1] == op:
@@ -904,7 +966,7 @@ class EventStore(SnapshotMachine):
         count = reader.length("stream count", 0, STREAMS_MAX + AUDIT_STREAMS_MAX)
         previous: tuple[int, str] | None = None
         for _ in range(count):
-            stream = _decode_stream(reader, self._op_next)
+            stream = _decode_stream(self._events, reader, self._op_next)
             key = (stream.tenant_id, stream.name)
             if previous is not None and key <= previous:
                 raise DecodeError("streams are not in strictly increasing (tenant, name) order")
@@ -991,17 +1053,9 @@ def _read(
 ) -> ReadEventsReply:
     """Events from ``message.from_offset`` below ``length``: at most ``max_events``, and no
     more than ``max_bytes`` of them unless the first alone is larger."""
-    events: list[bytes] = []
-    size_bytes = 0
     offset = message.from_offset
-    while offset < length and len(events) < message.max_events:
-        event = stream.event(offset)
-        if events and size_bytes + len(event) > message.max_bytes:
-            break
-        events.append(event)
-        size_bytes += len(event)
-        offset += 1
-    return ReadEventsReply(message.from_offset, position, tuple(events))
+    events = stream.events(offset, length, message.max_events, message.max_bytes)
+    return ReadEventsReply(offset, position, tuple(events))
 
 
 def _encode_stream_header(stream: _Stream, out: bytearray) -> None:
@@ -1012,7 +1066,7 @@ def _encode_stream_header(stream: _Stream, out: bytearray) -> None:
     _OP.encode(stream.created_op, out)
 
 
-def _decode_stream(reader: Reader, op_next: int) -> _Stream:
+def _decode_stream(blob: BlobFile, reader: Reader, op_next: int) -> _Stream:
     tenant_id = _TENANT.decode(reader)
     name = STREAM_NAME.decode(reader)
     data_class = _DATA_CLASS.decode(reader)
@@ -1020,6 +1074,6 @@ def _decode_stream(reader: Reader, op_next: int) -> _Stream:
     created_op = _OP.decode(reader)
     if created_op >= op_next:
         raise DecodeError(f"stream created at op {created_op}, not before op_next {op_next}")
-    stream = _Stream(tenant_id, name, data_class, placement, created_op)
+    stream = _Stream(blob, tenant_id, name, data_class, placement, created_op)
     stream.load_appends(reader, op_next)
     return stream

@@ -30,6 +30,7 @@ from typing import Annotated, assert_never
 import attrs
 
 from craton.core.state_machine import OP_MAX, SnapshotMachine, next_op
+from craton.core.storage import DerivedStorage
 from craton.core.wire.errors import DecodeError, ErrorCode
 from craton.core.wire.schema import Blob, EnumType, Option, Reader, Record, Text, UInt, wire_fields
 
@@ -207,10 +208,10 @@ class KvMachine(SnapshotMachine):
 
     name = NAME
 
-    def __init__(self) -> None:
+    def __init__(self, storage: DerivedStorage | None = None) -> None:
+        super().__init__(storage)  # its values are few and small: memory holds them
         self._values: dict[bytes, bytes] = {}
         self._op_next = 0  # the smallest op ``apply`` accepts
-        super().__init__()
 
     def apply(self, op: int, body: bytes) -> bytes:
         self._op_next = next_op(self._op_next, op)

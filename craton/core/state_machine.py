@@ -34,6 +34,7 @@ from __future__ import annotations
 import struct
 from typing import Protocol, Self
 
+from craton.core.storage import DerivedStorage, MemoryStorage
 from craton.core.wire.errors import DecodeError
 
 OP_MAX = 2**64 - 2  # largest op a machine applies, so that the next op still fits a u64
@@ -77,8 +78,19 @@ class StateMachine(Protocol):
         ...
 
     @classmethod
-    def restore(cls, snapshot: bytes) -> Self:
-        """A machine equal to the one that took ``snapshot``; ``SnapshotError`` if damaged."""
+    def restore(cls, snapshot: bytes, storage: DerivedStorage | None = None) -> Self:
+        """A machine equal to the one that took ``snapshot``, keeping its derived data in
+        ``storage`` (``craton.core.storage``; in memory when None); ``SnapshotError`` if
+        damaged, and then it holds nothing in ``storage``."""
+        ...
+
+    @property
+    def storage(self) -> DerivedStorage | None:
+        """Where the machine keeps its derived data (None: it keeps none)."""
+        ...
+
+    def close(self) -> None:
+        """Drop what the machine keeps in its storage: it is not used again."""
         ...
 
     def invariants(self) -> None:
@@ -151,8 +163,16 @@ class SnapshotMachine:
 
     name = ""
 
-    def __init__(self) -> None:
+    def __init__(self, storage: DerivedStorage | None = None) -> None:
         self._digest: bytes | None = None
+        self._storage = MemoryStorage() if storage is None else storage
+
+    @property
+    def storage(self) -> DerivedStorage:
+        return self._storage
+
+    def close(self) -> None:
+        """Nothing to drop unless a subclass keeps data in its storage."""
 
     def _changed(self) -> None:
         self._digest = None
@@ -166,14 +186,16 @@ class SnapshotMachine:
         return seal_snapshot(self.name, self._encode_state(), self.digest())
 
     @classmethod
-    def restore(cls, snapshot: bytes) -> Self:
+    def restore(cls, snapshot: bytes, storage: DerivedStorage | None = None) -> Self:
         state, digest = open_snapshot(cls.name, snapshot)
-        machine = cls()
+        machine = cls(storage)
         try:
             machine._decode_state(state)
         except DecodeError as error:
+            machine.close()
             raise SnapshotError(f"{cls.name} snapshot: {error.reason}") from None
         if machine.digest() != digest:
+            machine.close()
             raise SnapshotError(f"{cls.name} snapshot does not match its digest")
         return machine
 

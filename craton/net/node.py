@@ -70,6 +70,7 @@ from craton.core.wire import Command, DecodeError, Frame, decode_frame
 from craton.core.wire.errors import ErrorCode
 from craton.core.wire.replica import Commit, PrepareOk
 from craton.io.clock import SYSTEM_CLOCK, Clock, monotonic_s
+from craton.io.derived import FileStorage
 from craton.io.driver import Driver
 from craton.io.entropy import OsEntropy
 from craton.io.file_disk import FileDisk
@@ -86,6 +87,8 @@ __all__ = ["REQUEST_NUMBER_MAX", "Applied", "HostError", "Outcome", "Refused", "
 TICK_INTERVAL_S = TICK_MS / 1000  # one core tick
 SESSIONS_MAX = PRODUCTION.client_table_max  # fixed for a data directory (see above)
 LOCK_FILE = "node.lock"
+# the state machine's derived data (craton.io.derived): emptied at every start, never backed up
+DERIVED_FOLDER = "derived"
 # What an operator must see of damage and repair, one line each (file, offset, records):
 _WARNING_NOTICES = frozenset(
     {
@@ -284,7 +287,12 @@ class ReplicaHost:
             joined=self._cluster is not None and self._cluster.formed,
         )
         jitter_seed = int.from_bytes(OsEntropy().random_bytes(8), "little")
-        self.replica = Replica(config, EventStore(), Prng(jitter_seed, "replica"))
+        try:
+            storage = FileStorage(self.data_dir / DERIVED_FOLDER)
+        except OSError as error:
+            raise HostError(f"data directory {self.data_dir}: {_reason(error)}") from None
+        machine = EventStore(storage)
+        self.replica = Replica(config, machine, Prng(jitter_seed, "replica"))
         self.gateway = Gateway(self.replica)
         self._driver = Driver(
             _Observed(self.gateway, self._after_step),

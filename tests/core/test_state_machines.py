@@ -285,20 +285,23 @@ class EventStoreModel(RuleBasedStateMachine):
 
     @rule(body=st.binary(max_size=60), step=op_steps)
     def garbage(self, body: bytes, step: int) -> None:
-        twin = EventStore.restore(self.machine.snapshot())
+        twin = EventStore.restore(self.machine.snapshot(), self.machine.storage)
         reply = self.apply(body, step)
         twin.apply(self.op, b"")  # an error that changes nothing but the applied op
         if isinstance(reply, StoreError):
             assert self.machine.digest() == twin.digest(), "a refused body changed the state"
+            twin.close()
         else:
+            self.machine.close()
             self.machine = twin  # keep the model in step: forget the lucky valid body
 
     @rule()
     def snapshot_and_restore(self) -> None:
         snapshot = self.machine.snapshot()
-        restored = EventStore.restore(snapshot)
+        restored = EventStore.restore(snapshot, self.machine.storage)
         assert restored.digest() == self.machine.digest(), "restored digest differs"
         assert restored.snapshot() == snapshot, "a snapshot of the restored machine differs"
+        self.machine.close()
         self.machine = restored
 
     @invariant()

@@ -335,7 +335,7 @@ class InstallWithoutVerifying(Replica):
         self, offer: CheckpointOffer
     ) -> tuple[OpenedCheckpoint, StateMachine] | str:
         opened = open_checkpoint(offer.state, hashlib.sha256(offer.state).digest())
-        return opened, type(self.machine).restore(opened.machine_snapshot)
+        return opened, self._restore(opened.machine_snapshot)
 
 
 class _SyncSkippingLog(Log):

@@ -41,6 +41,7 @@ from craton.core.state_machine import (
     open_snapshot,
     seal_snapshot,
 )
+from craton.core.storage import DerivedStorage
 from craton.core.vsr.profile import TICK_MS
 from craton.sim import checkers, cluster, runner
 from craton.sim.cluster import Cluster, draw_options
@@ -629,8 +630,16 @@ class TallyMachine:
     def snapshot(self) -> bytes:
         return seal_snapshot(self.name, self._state(), self.digest())
 
+    @property
+    def storage(self) -> None:
+        return None  # one number: nothing to keep outside memory
+
+    def close(self) -> None:
+        pass
+
     @classmethod
-    def restore(cls, snapshot: bytes) -> TallyMachine:
+    def restore(cls, snapshot: bytes, storage: DerivedStorage | None = None) -> TallyMachine:
+        del storage
         state, digest = open_snapshot(cls.name, snapshot)
         if len(state) != 16:
             raise SnapshotError("a tally snapshot holds 16 bytes")

@@ -72,6 +72,7 @@ from craton.core.seam import (
     Tick,
 )
 from craton.core.state_machine import SnapshotError, StateMachine
+from craton.core.storage import DerivedDataError
 from craton.core.vsr import codec
 from craton.core.vsr.checkpoint import (
     STATE_SPACING_OPS_MAX,
@@ -468,6 +469,14 @@ class Replica:
     def step(self, event: Input) -> list[Effect]:
         if self.halted is not None:
             return []
+        try:
+            return self._step(event)
+        except DerivedDataError as error:
+            # The machine's derived data is not what it wrote (craton.core.storage): it
+            # cannot answer, and a restart rebuilds the data from the state and the log.
+            return self._halt(f"the state machine's derived data: {error}")
+
+    def _step(self, event: Input) -> list[Effect]:
         match event:
             case Tick():
                 return self._on_tick()
@@ -618,23 +627,28 @@ class Replica:
             return "its bytes do not match the digest its superblock names"
         try:
             opened = open_checkpoint(data, named.digest)
-            machine = type(self.machine).restore(opened.machine_snapshot)
+            if opened.op != named.op:
+                return f"it is the state at op {opened.op}, not at {named.op}"
+            machine = self._restore(opened.machine_snapshot)
         except (CheckpointError, SnapshotError) as error:
             return str(error)
-        if opened.op != named.op:
-            return f"it is the state at op {opened.op}, not at {named.op}"
         return opened, machine
+
+    def _restore(self, snapshot: bytes) -> StateMachine:
+        """A machine restored from ``snapshot``, keeping its derived data where this
+        replica's machine keeps it; ``SnapshotError`` if the snapshot is damaged."""
+        return type(self.machine).restore(snapshot, self.machine.storage)
 
     def _start_from_base(self, base: int, data: bytes) -> str | None:
         """Take the checkpoint state at the log's base as this replica's state there."""
         digest = hashlib.sha256(data).digest()
         try:
             opened = open_checkpoint(data, digest)
-            machine = type(self.machine).restore(opened.machine_snapshot)
+            if opened.op != base:
+                return f"it is the state at op {opened.op}, not at {base}"
+            machine = self._restore(opened.machine_snapshot)
         except (CheckpointError, SnapshotError) as error:
             return str(error)
-        if opened.op != base:
-            return f"it is the state at op {opened.op}, not at {base}"
         self._adopt_state(opened, machine, CheckpointState(base, opened.chain_hash, data, digest))
         self._load_next = base
         return None
@@ -648,6 +662,8 @@ class Replica:
         self._uncommitted = {}
         self._base = self.commit = opened.op
         self._base_hash = opened.chain_hash
+        if machine is not self.machine:
+            self.machine.close()  # its derived data gives way to the state's
         self.machine = machine
         self.clients = {
             entry.client: _ClientSession(entry.session, entry.number, entry.reply, entry.op)
@@ -1389,6 +1405,7 @@ class Replica:
             self._avoid_source = offer.replica
             return [Notice("replica.checkpoint_rejected", fields)]
         if not self.log.can_install_base:
+            checked[1].close()
             return []  # writes in flight: the next GetState brings it again
         self._syncing = (offer, *checked)
         for entry in self.entries:
@@ -1410,10 +1427,13 @@ class Replica:
         if isinstance(checked, str) or (
             vouched is not None and vouched.hash not in (None, offer.chain_hash)
         ):
+            if not isinstance(checked, str):
+                checked[1].close()
             why = checked if isinstance(checked, str) else "its chain hash is not this log's"
             fields = (("op", offer.op), ("from", offer.replica), ("why", why))
             return [Notice("replica.checkpoint_rejected", fields)]
         if not self.log.can_install_base:
+            checked[1].close()
             return []  # writes in flight: the hole is asked for again
         self._syncing = (offer, *checked)
         for entry in self.entries:
@@ -1450,11 +1470,11 @@ class Replica:
             return "the signature does not verify"
         try:
             opened = open_checkpoint(offer.state, offer.digest)
-            machine = type(self.machine).restore(opened.machine_snapshot)
+            if (opened.op, opened.chain_hash) != (offer.op, offer.chain_hash):
+                return "the state is not the one the signature names"
+            machine = self._restore(opened.machine_snapshot)
         except (CheckpointError, SnapshotError) as error:
             return str(error)
-        if (opened.op, opened.chain_hash) != (offer.op, offer.chain_hash):
-            return "the state is not the one the signature names"
         return opened, machine
 
     def _on_base_installed(self, position: int) -> list[Effect]:
