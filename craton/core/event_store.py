@@ -59,7 +59,7 @@ from craton.core.auth import (
     allowed,
     may_grant,
 )
-from craton.core.state_machine import OP_MAX, SnapshotMachine, next_op
+from craton.core.state_machine import OP_MAX, SnapshotMachine, StateSink, next_op
 from craton.core.storage import BlobFile, DerivedDataError, DerivedStorage
 from craton.core.wire.errors import DecodeError, ErrorCode
 from craton.core.wire.frame import BODY_SIZE_MAX
@@ -573,13 +573,17 @@ class _Stream:
             )
         return data, first
 
-    def encode_appends(self, out: bytearray) -> None:
+    def encode_appends(self, sink: StateSink) -> None:
         """Every append as a snapshot holds it: u32 append count | each append: u64 op |
         its events as ``_APPENDED_EVENTS`` encodes them (a u32 count, then each event as a
         u32 length and its bytes), read back from the blob an append at a time."""
         ends = self._ends
+        out = sink.buffer
         out += _U32.pack(len(self.append_ops))
         for index, op in enumerate(self.append_ops):
+            if len(out) >= sink.part_bytes:
+                sink.cut()
+                out = sink.buffer
             data, first = self._read_append(index)
             end = self.append_ends[index]
             out += _OP_COUNT.pack(op, end - first)
@@ -937,18 +941,16 @@ class EventStore(SnapshotMachine):
         self._encode_keys(out)
         return hashlib.sha256(out).digest()
 
-    def _encode_state(self) -> bytes:
+    def _encode_state_into(self, sink: StateSink) -> None:
         """u64 op_next | u32 count | each stream sorted by (tenant, name): its header, then
         u32 append count | each append: u64 op | u32 count + its events; then u32 key count
         | each key sorted by id: its StoredKey record."""
-        out = bytearray()
-        _OP_NEXT.encode(self._op_next, out)
-        out += _U32.pack(len(self._streams))
+        _OP_NEXT.encode(self._op_next, sink.buffer)
+        sink.buffer += _U32.pack(len(self._streams))
         for stream in self._sorted_streams():
-            _encode_stream_header(stream, out)
-            stream.encode_appends(out)
-        self._encode_keys(out)
-        return bytes(out)
+            _encode_stream_header(stream, sink.buffer)
+            stream.encode_appends(sink)
+        self._encode_keys(sink.buffer)
 
     def _encode_keys(self, out: bytearray) -> None:
         out += _U32.pack(len(self._keys))
@@ -960,7 +962,7 @@ class EventStore(SnapshotMachine):
             )  # fmt: skip
             _STORED_KEY.encode(stored, out)
 
-    def _decode_state(self, state: bytes) -> None:
+    def _decode_state(self, state: memoryview) -> None:
         reader = Reader(state)
         self._op_next = _OP_NEXT.decode(reader)
         count = reader.length("stream count", 0, STREAMS_MAX + AUDIT_STREAMS_MAX)

@@ -260,7 +260,7 @@ class KvMachine(SnapshotMachine):
             _VALUE.encode(self._values[key], out)
         return bytes(out)
 
-    def _decode_state(self, state: bytes) -> None:
+    def _decode_state(self, state: memoryview) -> None:
         reader = Reader(state)
         self._op_next = _OP_NEXT.decode(reader)
         count = reader.length("key count", 0, KEYS_MAX)

@@ -350,6 +350,15 @@ class _Recovery:
 
 
 @attrs.frozen
+class _StateWriting:
+    """A state file being written: its parts, written in order, and their total size."""
+
+    position: int
+    parts: tuple[bytes, ...]
+    size: int
+
+
+@attrs.frozen
 class _BaseInstall:
     position: int
     chain_hash: bytes
@@ -532,7 +541,7 @@ class Log:
             )
             records.append((data, prev))
         self._installing = _BaseInstall(position, chain_hash, state, segment, tuple(records))
-        return [self._write_state(position, state, then_base=True)]
+        return [self._write_state(position, (state,), then_base=True)]
 
     def _finish_base(self, fresh: Superblock) -> list[LogOutput]:
         install = self._installing
@@ -567,28 +576,41 @@ class Log:
 
     # --- state files: the owner's checkpoint states ------------------------------------------
 
-    def save_state(self, position: int, state: bytes) -> list[LogOutput]:
-        """Write the owner's state at ``position`` to its state file and sync it;
-        ``StateSaved`` follows. The base's own state file is never rewritten."""
+    def save_state(self, position: int, state: Sequence[bytes]) -> list[LogOutput]:
+        """Write the owner's state at ``position`` (its bytes in parts, written one after
+        another) to its state file and sync it; ``StateSaved`` follows. The base's own state
+        file is never rewritten."""
         if self._phase is not _Phase.OPEN:
             raise LogError(f"log is {self._phase.value}, not open")
         if position == self.base or (self._installing and self._installing.position == position):
             raise LogError(f"the state at {position} is the log's base")
         return [self._write_state(position, state, then_base=False)]
 
-    def _write_state(self, position: int, state: bytes, *, then_base: bool) -> DiskWrite:
-        """Write a state file, then trim it (a longer one may be left from an interrupted
-        write) and sync it; then the base install goes on, or ``StateSaved`` follows."""
-        path = superblock.state_path(position)
-        context = (position, len(state), then_base)
-        return self._track(_Io.STATE_WRITE, context, lambda io: DiskWrite(io, path, 0, state))
+    def _write_state(self, position: int, parts: Sequence[bytes], *, then_base: bool) -> DiskWrite:
+        """Write a state file, its parts one after another, then trim it (a longer one may
+        be left from an interrupted write) and sync it; then the base install goes on, or
+        ``StateSaved`` follows."""
+        writing = _StateWriting(position, tuple(parts), sum(len(part) for part in parts))
+        return self._write_state_part(writing, then_base, 0, 0)
+
+    def _write_state_part(
+        self, writing: _StateWriting, then_base: bool, index: int, offset: int
+    ) -> DiskWrite:
+        path = superblock.state_path(writing.position)
+        data = writing.parts[index] if writing.parts else b""
+        context = (writing, then_base, index, offset)
+        return self._track(_Io.STATE_WRITE, context, lambda io: DiskWrite(io, path, offset, data))
 
     def _on_state_step(
-        self, purpose: _Io, position: int, size: int, then_base: bool
+        self, purpose: _Io, writing: _StateWriting, then_base: bool, index: int, offset: int
     ) -> list[LogOutput]:
+        position, size = writing.position, writing.size
         path = superblock.state_path(position)
-        context = (position, size, then_base)
+        context = (writing, then_base, index, offset)
         if purpose is _Io.STATE_WRITE:
+            if index + 1 < len(writing.parts):
+                written = offset + len(writing.parts[index])
+                return [self._write_state_part(writing, then_base, index + 1, written)]
             cut = self._track(_Io.STATE_TRUNCATE, context, lambda io: DiskTruncate(io, path, size))
             return [cut]
         if purpose is _Io.STATE_TRUNCATE:

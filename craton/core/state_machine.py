@@ -48,6 +48,66 @@ _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 
 
+STATE_PART_BYTES = 4 << 20  # a state is encoded in parts of about this size, never whole
+
+
+class StateSink:
+    """Where a state's encoding is written, in parts of about ``part_bytes``, so that no
+    copy of the whole state is ever made: an encoder appends to ``buffer`` and calls ``cut``
+    where a part may end (``buffer`` is then a new, empty bytearray). A length written
+    before what it counts is reserved and patched once known. ``finish`` gives the parts.
+    """
+
+    __slots__ = ("_done", "_parts", "buffer", "part_bytes")
+
+    def __init__(self, part_bytes: int = STATE_PART_BYTES) -> None:
+        assert part_bytes > 0
+        self.part_bytes = part_bytes
+        self.buffer = bytearray()
+        self._parts: list[bytearray] = []
+        self._done = 0  # bytes in ``_parts``
+
+    @property
+    def size(self) -> int:
+        """How many bytes were written."""
+        return self._done + len(self.buffer)
+
+    def cut(self) -> None:
+        """End the part here if it has reached ``part_bytes``."""
+        if len(self.buffer) >= self.part_bytes:
+            self._done += len(self.buffer)
+            self._parts.append(self.buffer)
+            self.buffer = bytearray()
+
+    def reserve(self, size: int) -> int:
+        """Write ``size`` zero bytes to be patched later; return where they are."""
+        at = self.size
+        self.buffer += bytes(size)
+        return at
+
+    def patch(self, at: int, data: bytes) -> None:
+        """Overwrite the bytes ``reserve`` left at ``at`` (never split between parts)."""
+        start = 0
+        for part in [*self._parts, self.buffer]:
+            if at < start + len(part):
+                assert at + len(data) <= start + len(part)
+                part[at - start : at - start + len(data)] = data
+                return
+            start += len(part)
+        raise AssertionError(f"nothing was reserved at {at}")
+
+    def finish(self) -> tuple[bytes, ...]:
+        """The parts, as bytes; the sink is empty afterwards. Each part is copied and its
+        buffer dropped before the next, so the copy costs one part, not the whole."""
+        self._parts.append(self.buffer)
+        self.buffer = bytearray()
+        parts: list[bytes] = []
+        while self._parts:
+            parts.append(bytes(self._parts.pop(0)))
+        self._done = 0
+        return tuple(part for part in parts if part) or (b"",)
+
+
 class OpOrderError(ValueError):
     """``apply`` was called with an op not above the last applied one (or out of range)."""
 
@@ -75,6 +135,11 @@ class StateMachine(Protocol):
 
     def snapshot(self) -> bytes:
         """The whole state, canonically encoded; ``restore`` turns it back into a machine."""
+        ...
+
+    def snapshot_into(self, sink: StateSink) -> None:
+        """Write the bytes ``snapshot()`` returns into ``sink`` (``StateSink``), a part at a
+        time where the state is large, so that the whole is never held twice."""
         ...
 
     @classmethod
@@ -127,9 +192,10 @@ def seal_snapshot(name: str, state: bytes, digest: bytes) -> bytes:
     )
 
 
-def open_snapshot(name: str, snapshot: bytes) -> tuple[bytes, bytes]:
+def open_snapshot(name: str, snapshot: bytes) -> tuple[memoryview, bytes]:
     """The (state, digest) inside a snapshot of machine ``name``; ``SnapshotError`` if the
-    envelope is damaged or belongs to another machine or format."""
+    envelope is damaged or belongs to another machine or format. The state is a view into
+    ``snapshot``, not a copy of it."""
     header_size = len(SNAPSHOT_MAGIC) + _U16.size + _U32.size
     if len(snapshot) < header_size or snapshot[:4] != SNAPSHOT_MAGIC:
         raise SnapshotError("not a Craton state machine snapshot (bad magic)")
@@ -151,7 +217,7 @@ def open_snapshot(name: str, snapshot: bytes) -> tuple[bytes, bytes]:
             f"snapshot is {len(snapshot)} bytes, its header says "
             f"{offset + state_size + DIGEST_SIZE}"
         )
-    state = snapshot[offset : offset + state_size]
+    state = memoryview(snapshot)[offset : offset + state_size]
     return state, snapshot[offset + state_size :]
 
 
@@ -159,7 +225,8 @@ class SnapshotMachine:
     """What the built-in machines share: a digest cached until the next ``apply`` (which
     calls ``_changed``), and snapshots in the envelope above, restored only when their
     state decodes and matches their digest. A subclass sets ``name`` and implements
-    ``_encode_state``, ``_decode_state`` and ``_compute_digest``."""
+    ``_encode_state`` (or ``_encode_state_into``), ``_decode_state`` and
+    ``_compute_digest``."""
 
     name = ""
 
@@ -183,7 +250,19 @@ class SnapshotMachine:
         return self._digest
 
     def snapshot(self) -> bytes:
-        return seal_snapshot(self.name, self._encode_state(), self.digest())
+        sink = StateSink()
+        self.snapshot_into(sink)
+        return b"".join(sink.finish())
+
+    def snapshot_into(self, sink: StateSink) -> None:
+        encoded_name = self.name.encode("utf-8")
+        assert 1 <= len(encoded_name) <= MACHINE_NAME_SIZE_MAX
+        sink.buffer += SNAPSHOT_MAGIC + _U16.pack(SNAPSHOT_FORMAT_VERSION)
+        sink.buffer += _U32.pack(len(encoded_name)) + encoded_name
+        at = sink.reserve(_U64.size)
+        self._encode_state_into(sink)
+        sink.patch(at, _U64.pack(sink.size - at - _U64.size))
+        sink.buffer += self.digest()
 
     @classmethod
     def restore(cls, snapshot: bytes, storage: DerivedStorage | None = None) -> Self:
@@ -202,7 +281,12 @@ class SnapshotMachine:
     def _encode_state(self) -> bytes:
         raise NotImplementedError
 
-    def _decode_state(self, state: bytes) -> None:
+    def _encode_state_into(self, sink: StateSink) -> None:
+        """Write the state's canonical encoding into ``sink`` (a machine whose state can be
+        large writes it a part at a time; by default it is encoded whole)."""
+        sink.buffer += self._encode_state()
+
+    def _decode_state(self, state: memoryview) -> None:
         raise NotImplementedError
 
     def _compute_digest(self) -> bytes:

@@ -12,6 +12,8 @@ file damaged while the replica is down, the restart refuses it
 
 from __future__ import annotations
 
+import attrs
+
 from craton.core.superblock import state_path
 from craton.sim.cluster import Cluster
 from tests.sim.test_vsr_scenarios import Script, assert_clean, quiet_options
@@ -20,10 +22,14 @@ INTERVAL = 32  # the shrunk profile's checkpoint interval
 DOWN_TICKS = 40
 
 
-def _restart_after_two_checkpoints(*, damage_state: bool) -> tuple[Cluster, dict[str, int]]:
-    cluster = Cluster(11, quiet_options(clients=3, requests=40, fault_ticks=1_500))
+def _restart_after_two_checkpoints(
+    *, damage_state: bool, machine: str = "kv"
+) -> tuple[Cluster, dict[str, int]]:
+    options = quiet_options(clients=3, requests=40, fault_ticks=1_500)
+    cluster = Cluster(11, attrs.evolve(options, machine=machine))
     script = Script(cluster)
     named: list[int] = []
+    sizes: list[int] = []  # of the states the crashes left named
 
     def saved_a_state() -> bool:
         replica = cluster.nodes[2].replica
@@ -39,6 +45,7 @@ def _restart_after_two_checkpoints(*, damage_state: bool) -> tuple[Cluster, dict
         state = cluster.nodes[2].replica.durable_state
         assert state is not None
         named.append(state.op)
+        sizes.append(state.size)
         cluster.crash(2, down_ticks=DOWN_TICKS)
         if damage_state:
             cluster.nodes[2].disk.corrupt(state_path(state.op), state.size // 2, 1)
@@ -47,13 +54,25 @@ def _restart_after_two_checkpoints(*, damage_state: bool) -> tuple[Cluster, dict
     result = cluster.run()
     assert_clean(result)
     assert named, "replica 2 never saved a checkpoint state"
-    return cluster, result.repairs
+    return cluster, {**result.repairs, "state_size": sizes[0]}
 
 
 def test_a_restart_begins_at_the_named_checkpoint_state() -> None:
     _, repairs = _restart_after_two_checkpoints(damage_state=False)
     assert repairs.get("checkpoint_restarts", 0) >= 1, repairs
     assert repairs.get("checkpoint_restarts_refused", 0) == 0, repairs
+
+
+def test_a_state_written_in_parts_restarts_the_replica_and_rebuilds_its_derived_data() -> None:
+    """The event store's states outgrow a part (``state_part_bytes``): the state file is
+    written a part at a time, the restart reads it whole, and the new machine rebuilds its
+    events' blob from it (a crash empties derived storage)."""
+    cluster, repairs = _restart_after_two_checkpoints(damage_state=False, machine="event_store")
+    assert repairs.get("checkpoint_restarts", 0) >= 1, repairs
+    part_bytes = cluster.nodes[2].replica.config.state_part_bytes
+    assert repairs["state_size"] > part_bytes, (
+        f"expected the restart's state to span two {part_bytes}-byte parts or more: {repairs}"
+    )
 
 
 def test_a_damaged_state_is_refused_and_the_log_is_reloaded_from_its_base() -> None:

@@ -37,6 +37,7 @@ from craton import cli
 from craton.core.prng import Prng
 from craton.core.state_machine import (
     SnapshotError,
+    StateSink,
     next_op,
     open_snapshot,
     seal_snapshot,
@@ -629,6 +630,9 @@ class TallyMachine:
 
     def snapshot(self) -> bytes:
         return seal_snapshot(self.name, self._state(), self.digest())
+
+    def snapshot_into(self, sink: StateSink) -> None:
+        sink.buffer += self.snapshot()
 
     @property
     def storage(self) -> None:

@@ -353,8 +353,8 @@ class LeakyCheckpoints(Replica):
 
     def _checkpoint_state(self) -> CheckpointState:
         state = super()._checkpoint_state()
-        data = state.data + bytes([self.config.replica_id])
-        return CheckpointState(state.op, state.chain_hash, data, sha256(data).digest())
+        data = b"".join(state.parts) + bytes([self.config.replica_id])
+        return CheckpointState(state.op, state.chain_hash, (data,), sha256(data).digest())
 
 
 def test_checker_catches_checkpoint_states_that_differ_between_replicas() -> None:

@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Callable
 
 import attrs
+
+from craton.core.state_machine import STATE_PART_BYTES, StateSink
 
 CHECKPOINT_MAGIC = b"CRCK"
 CHECKPOINT_FORMAT_VERSION = 1
@@ -82,30 +85,51 @@ class ClientEntry:
 
 @attrs.frozen
 class CheckpointState:
-    """The encoded state at ``op`` (all ops below it applied) and its digest."""
+    """The encoded state at ``op`` (all ops below it applied) and its digest. Its bytes are
+    held in parts (``StateSink``), never joined into one copy; none once it is on disk."""
 
     op: int
     chain_hash: bytes  # the hash of op ``op - 1``: what the log's seal vouches for
-    data: bytes
+    parts: tuple[bytes, ...]
     digest: bytes
+
+    @property
+    def size(self) -> int:
+        """How many bytes the parts hold."""
+        return sum(len(part) for part in self.parts)
 
 
 def encode_checkpoint(
-    op: int, chain_hash: bytes, clients: list[ClientEntry], machine_snapshot: bytes
+    op: int,
+    chain_hash: bytes,
+    clients: list[ClientEntry],
+    machine_snapshot: bytes | Callable[[StateSink], None],
+    part_bytes: int = STATE_PART_BYTES,
 ) -> CheckpointState:
+    """The checkpoint state, in parts of about ``part_bytes``; ``machine_snapshot`` is the
+    machine's snapshot, or what writes it into a sink (``StateMachine.snapshot_into``), so
+    that the state is never held whole twice."""
     assert len(chain_hash) == HASH_SIZE and op >= 0
-    parts = [_HEADER.pack(CHECKPOINT_MAGIC, CHECKPOINT_FORMAT_VERSION, op), chain_hash]
-    parts.append(_U32.pack(len(clients)))
+    sink = StateSink(part_bytes)
+    out = sink.buffer
+    out += _HEADER.pack(CHECKPOINT_MAGIC, CHECKPOINT_FORMAT_VERSION, op) + chain_hash
+    out += _U32.pack(len(clients))
     for entry in sorted(clients, key=lambda e: e.client):
         has_reply = entry.reply is not None
-        parts.append(_CLIENT.pack(entry.client, entry.session, entry.number, entry.op, has_reply))
+        out += _CLIENT.pack(entry.client, entry.session, entry.number, entry.op, has_reply)
         reply = entry.reply or b""
-        parts.append(_U32.pack(len(reply)))
-        parts.append(reply)
-    parts.append(_U64.pack(len(machine_snapshot)))
-    parts.append(machine_snapshot)
-    data = b"".join(parts)
-    return CheckpointState(op, chain_hash, data, hashlib.sha256(data).digest())
+        out += _U32.pack(len(reply)) + reply
+    at = sink.reserve(_U64.size)
+    if isinstance(machine_snapshot, bytes):
+        sink.buffer += machine_snapshot
+    else:
+        machine_snapshot(sink)
+    sink.patch(at, _U64.pack(sink.size - at - _U64.size))
+    parts = sink.finish()
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part)
+    return CheckpointState(op, chain_hash, parts, digest.digest())
 
 
 @attrs.frozen

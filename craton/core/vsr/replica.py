@@ -614,7 +614,7 @@ class Replica:
         checked, machine = opened
         assert data is not None
         self._adopt_state(
-            checked, machine, CheckpointState(named.op, checked.chain_hash, data, named.digest)
+            checked, machine, CheckpointState(named.op, checked.chain_hash, (data,), named.digest)
         )
         self._load_next = named.op
         noted = (("op", named.op), ("replayed", self._load_head - named.op))
@@ -649,7 +649,9 @@ class Replica:
             machine = self._restore(opened.machine_snapshot)
         except (CheckpointError, SnapshotError) as error:
             return str(error)
-        self._adopt_state(opened, machine, CheckpointState(base, opened.chain_hash, data, digest))
+        self._adopt_state(
+            opened, machine, CheckpointState(base, opened.chain_hash, (data,), digest)
+        )
         self._load_next = base
         return None
 
@@ -670,9 +672,9 @@ class Replica:
             for entry in opened.clients
         }
         # The log's base state file holds the state, durably: memory keeps what names it.
-        size = len(state.data)
+        size = state.size
         self._durable_state = StateFile(opened.op, opened.chain_hash, state.digest, size)
-        held = CheckpointState(opened.op, opened.chain_hash, b"", state.digest)
+        held = CheckpointState(opened.op, opened.chain_hash, (), state.digest)
         self.checkpoints = {opened.op: held} if self.config.checkpoint_states else {}
 
     def _release_unused_states(self) -> list[Effect]:
@@ -1263,12 +1265,12 @@ class Replica:
         op = checkpoint.position
         state = self.checkpoints.get(op)
         durable = self._durable_state
-        if state is None or not state.data or op == self.log.base:
+        if state is None or not state.parts or op == self.log.base:
             return []
         if durable is not None and durable.op >= op:
             return []
         self._saving_state = op
-        return self._route(self.log.save_state(op, state.data))
+        return self._route(self.log.save_state(op, state.parts))
 
     def _on_state_saved(self, op: int) -> list[Effect]:
         state = self.checkpoints.get(op)
@@ -1278,10 +1280,10 @@ class Replica:
             # superseded while it was written (a later state, or a state-sync base)
             return [*self._route(self.log.release_state(op)), *self._persist_state()]
         old = self._durable_state
-        self._durable_state = StateFile(op, state.chain_hash, state.digest, len(state.data))
+        self._durable_state = StateFile(op, state.chain_hash, state.digest, state.size)
         # The bytes are on disk now: memory keeps what identifies them.
         self.checkpoints = {
-            at: kept if at > op else CheckpointState(at, kept.chain_hash, b"", kept.digest)
+            at: kept if at > op else CheckpointState(at, kept.chain_hash, (), kept.digest)
             for at, kept in self.checkpoints.items()
         }
         if old is not None and old.op != op:
@@ -1485,7 +1487,7 @@ class Replica:
         self._avoid_source = None
         self._verify_from = None  # the journal it was comparing gave way to the state
         old = self._durable_state
-        state = CheckpointState(offer.op, offer.chain_hash, offer.state, offer.digest)
+        state = CheckpointState(offer.op, offer.chain_hash, (offer.state,), offer.digest)
         self._adopt_state(opened, machine, state)
         tail, self._sync_tail = self._sync_tail, ()
         for entry in tail:  # already in the new log, past its base
@@ -1614,7 +1616,10 @@ class Replica:
             for client, s in self.clients.items()
         ]
         chain = self._hash_before(self.commit)
-        return encode_checkpoint(self.commit, chain, clients, self.machine.snapshot())
+        part_bytes = self.config.state_part_bytes
+        return encode_checkpoint(
+            self.commit, chain, clients, self.machine.snapshot_into, part_bytes
+        )
 
     def _release_checkpoints(self) -> None:
         """Keep the states from the sealed checkpoint's op on: the ones below it are

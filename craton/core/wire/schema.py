@@ -47,8 +47,8 @@ class Reader:
 
     __slots__ = ("data", "offset")
 
-    def __init__(self, data: bytes) -> None:
-        self.data = data
+    def __init__(self, data: bytes | memoryview) -> None:
+        self.data = data  # a view, for a state too large to copy
         self.offset = 0
 
     @property
@@ -61,7 +61,7 @@ class Reader:
             raise DecodeError(f"needs {size} bytes, only {self.remaining} left in the body")
         chunk = self.data[self.offset : end]
         self.offset = end
-        return chunk
+        return chunk if type(chunk) is bytes else bytes(chunk)
 
     def unpack(self, layout: struct.Struct) -> tuple[Any, ...]:
         try:
@@ -98,7 +98,8 @@ class Reader:
         if end > len(data):
             raise DecodeError(f"needs {size} bytes, only {len(data) - start} left in the body")
         self.offset = end
-        return data[start:end]
+        chunk = data[start:end]
+        return chunk if type(chunk) is bytes else bytes(chunk)
 
     def finish(self) -> None:
         if self.remaining:
@@ -371,10 +372,13 @@ class Record(WireType[T]):
         encode(value, out)
 
     def decode(self, reader: Reader) -> T:
+        data = reader.data
+        if type(data) is not bytes:  # the compiled decoder reads bytes, not views
+            return self.decode_checked(reader)
         decode = self._fast_decode
         if decode is None:
             decode = self._fast_decode = _compile_record_decoder(self)
-        decoded = decode(reader.data, reader.offset)
+        decoded = decode(data, reader.offset)
         if decoded is None:  # not a valid encoding: the field by field path says why
             return self.decode_checked(reader)
         value, reader.offset = decoded
@@ -460,11 +464,12 @@ class Fields:
         self._fast_decode: FastDecode | None = None
 
     def decode(self, reader: Reader) -> tuple[Any, ...]:
+        data = reader.data
         decode = self._fast_decode
         if decode is None:
             decode = self._fast_decode = _compile_fields_decoder(self.wires)
-        decoded = decode(reader.data, reader.offset)
-        if decoded is None:  # not a valid encoding: each type's own decode says why
+        decoded = decode(data, reader.offset) if type(data) is bytes else None
+        if decoded is None:  # invalid (or a view): each type's own decode says why
             return tuple(wire.decode(reader) for wire in self.wires)
         values, reader.offset = decoded
         return values  # type: ignore[no-any-return]
