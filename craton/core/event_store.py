@@ -44,7 +44,7 @@ import hashlib
 import json
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Annotated, Any, assert_never
 
 import attrs
@@ -117,6 +117,7 @@ STREAM_EVENTS_MAX = 2**31  # events in one stream
 TENANT_ID_MAX = 2**64 - 1  # tenant ids are u64
 # bytes: tag, tenant, role, key id, subject, time, the largest wire body
 REQUEST_SIZE_MAX = 1 + 8 + 1 + 8 + 4 + AUDIT_TEXT_SIZE_MAX + 8 + BODY_SIZE_MAX
+READ_RUN_BYTES = 1 << 20  # bytes of consecutive appends read from the blob at once
 SHOWN_BYTES_MAX = 32  # bytes of an event that ``describe_*`` show before cutting
 
 _CHAIN_START = bytes(32)
@@ -542,51 +543,73 @@ class _Stream:
     def events(self, offset: int, stop: int, count_max: int, size_max: int) -> list[bytes]:
         """Events from ``offset`` below ``stop`` (at most ``length``): at most
         ``count_max``, and no more than ``size_max`` bytes of them unless the first alone is
-        larger. Each append they come from is read from the blob once and checked."""
+        larger. The appends they come from are read from the blob and checked."""
         events: list[bytes] = []
         size_bytes = 0
-        ends = self._ends
-        index = bisect.bisect_right(self.append_ends, offset)
-        while offset < stop and len(events) < count_max:
-            data, first = self._read_append(index)
+        ends, append_ends = self._ends, self.append_ends
+        if offset >= stop:
+            return events
+        index = bisect.bisect_right(append_ends, offset)
+        after = bisect.bisect_right(append_ends, stop - 1) + 1  # past the append holding stop - 1
+        for at, data, first in self._appends(index, after, size_max):
             base = ends[first - 1] if first else 0
-            while offset < min(self.append_ends[index], stop) and len(events) < count_max:
+            while offset < min(append_ends[at], stop):
                 start = ends[offset - 1] if offset else 0
-                if events and size_bytes + ends[offset] - start > size_max:
+                if len(events) == count_max or (
+                    events and size_bytes + ends[offset] - start > size_max
+                ):
                     return events
-                events.append(data[start - base : ends[offset] - base])
+                events.append(data[start - base : ends[offset] - base].tobytes())
                 size_bytes += ends[offset] - start
                 offset += 1
-            index += 1
         return events
 
-    def _read_append(self, index: int) -> tuple[bytes, int]:
-        """Append ``index``'s events' bytes, checked, and the offset of its first event."""
-        first = self.append_ends[index - 1] if index else 0
-        last = self.append_ends[index] - 1
-        start = self._ends[first - 1] if first else 0
-        data = self._blob.read(self.append_at[index], self._ends[last] - start)
-        if zlib.crc32(data) != self.append_crcs[index]:
-            raise DerivedDataError(
-                f"stream {self.name!r} of tenant {self.tenant_id}: the events of the append "
-                f"at op {self.append_ops[index]} do not match their checksum"
-            )
-        return data, first
+    def _appends(
+        self, index: int, stop: int, run_bytes: int
+    ) -> Iterator[tuple[int, memoryview, int]]:
+        """Appends ``index`` up to ``stop``, each as (its index, its events' bytes, its first
+        event), checked against their CRC-32s. Appends that lie one after another in the
+        blob are read together, about ``run_bytes`` at a time."""
+        ends, append_ends, append_at = self._ends, self.append_ends, self.append_at
+        while index < stop:
+            first = append_ends[index - 1] if index else 0
+            run_at = append_at[index]
+            run_base = ends[first - 1] if first else 0
+            last = index
+            run_size = ends[append_ends[last] - 1] - run_base
+            while (
+                last + 1 < stop
+                and run_size < run_bytes
+                and append_at[last + 1] == run_at + run_size
+            ):
+                last += 1
+                run_size = ends[append_ends[last] - 1] - run_base
+            with memoryview(self._blob.read(run_at, run_size)) as run:
+                for at in range(index, last + 1):
+                    begin = append_ends[at - 1] if at else 0
+                    start = (ends[begin - 1] if begin else 0) - run_base
+                    piece = run[start : ends[append_ends[at] - 1] - run_base]
+                    if zlib.crc32(piece) != self.append_crcs[at]:
+                        raise DerivedDataError(
+                            f"stream {self.name!r} of tenant {self.tenant_id}: the events of "
+                            f"the append at op {self.append_ops[at]} do not match their checksum"
+                        )
+                    yield at, piece, begin
+            index = last + 1
 
     def encode_appends(self, sink: StateSink) -> None:
         """Every append as a snapshot holds it: u32 append count | each append: u64 op |
         its events as ``_APPENDED_EVENTS`` encodes them (a u32 count, then each event as a
-        u32 length and its bytes), read back from the blob an append at a time."""
-        ends = self._ends
+        u32 length and its bytes), read back from the blob a run of appends at a time."""
+        ends, append_ends = self._ends, self.append_ends
         out = sink.buffer
         out += _U32.pack(len(self.append_ops))
-        for index, op in enumerate(self.append_ops):
+        for index, data, first in self._appends(0, len(self.append_ops), READ_RUN_BYTES):
             if len(out) >= sink.part_bytes:
                 sink.cut()
                 out = sink.buffer
-            data, first = self._read_append(index)
-            end = self.append_ends[index]
-            out += _OP_COUNT.pack(op, end - first)
+            end = append_ends[index]
+            out += _OP_COUNT.pack(self.append_ops[index], end - first)
             at = 0
             base = ends[first - 1] if first else 0
             for offset in range(first, end):
