@@ -20,8 +20,13 @@ Rules every state machine keeps:
 - ``digest()`` is the SHA-256 of a canonical encoding of the whole state, the applied op
   included: equal states give equal digests on any machine, under any ``PYTHONHASHSEED``.
 - ``snapshot()`` is canonical too (equal states give byte-identical snapshots), and
-  ``restore(snapshot)`` rebuilds an equal machine, whose digest it verifies: a damaged or
-  foreign snapshot raises ``SnapshotError`` and is never installed.
+  ``restore(snapshot, storage)`` rebuilds an equal machine, whose digest it verifies: a
+  damaged or foreign snapshot raises ``SnapshotError`` and is never installed.
+  ``snapshot_into(sink)`` writes the same bytes into a ``StateSink``, in parts, so that a
+  large state is never copied whole.
+- A machine may keep the bulk of its state in derived storage (``craton.core.storage``),
+  never in files of its own: it is rebuilt from a snapshot and the log at every restart,
+  so it need not be durable; ``close()`` drops it when the machine is replaced.
 
 Snapshot envelope (integers little-endian), shared by the built-in machines:
 

@@ -7,7 +7,8 @@ unprivileged process may; the hard limit itself is the operator's: systemd
 - a reserve for the node itself (``reserve_fds``): the event loop's own descriptors
   (epoll, its wake-up pipe, the listening sockets, standard streams), the data directory's
   files (log segments and state files present at start-up, plus room for the segments it
-  adds while it runs, the superblock, the lock, the witness and the ``/ready`` probe file),
+  adds while it runs, the superblock, the lock, the witness, the ``/ready`` probe file and
+  the state machine's derived-data blobs),
   the connections to and from every peer, and the probe connections of both ports
   (``HTTP_CONNECTIONS_MAX`` on the main port, ``METRICS_CONNECTIONS_FDS`` on the metrics
   port) so that ``/health`` answers however many clients are connected;
@@ -34,6 +35,7 @@ from craton.net.server import HTTP_CONNECTIONS_MAX
 
 EVENT_LOOP_FDS = 16  # epoll, wake-up pipe, signal pipe, 2 ports x 2 families, stdio, spare
 STATE_FILE_FDS = 8  # superblock, lock, witness, /ready's probe file, directory fsyncs
+DERIVED_FILE_FDS = 2  # the machine's blob, and its successor while a state is restored
 LOG_SEGMENT_GROWTH_FDS = 32  # log segments a running node may add (each one descriptor)
 PEER_FDS_PER_PEER = 2  # a connection to each peer and one from it
 METRICS_CONNECTIONS_FDS = 16  # scrapes and probes on the metrics port at once
@@ -103,6 +105,7 @@ def reserve_fds(data_files: int, peers: int) -> int:
     return (
         EVENT_LOOP_FDS
         + STATE_FILE_FDS
+        + DERIVED_FILE_FDS
         + data_files
         + LOG_SEGMENT_GROWTH_FDS
         + PEER_FDS_PER_PEER * peers
