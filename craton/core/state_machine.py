@@ -148,8 +148,9 @@ class StateMachine(Protocol):
         ...
 
     @classmethod
-    def restore(cls, snapshot: bytes, storage: DerivedStorage | None = None) -> Self:
-        """A machine equal to the one that took ``snapshot``, keeping its derived data in
+    def restore(cls, snapshot: bytes | memoryview, storage: DerivedStorage | None = None) -> Self:
+        """A machine equal to the one that took ``snapshot`` (bytes, or a view into a
+        checkpoint state's bytes, which may be large), keeping its derived data in
         ``storage`` (``craton.core.storage``; in memory when None); ``SnapshotError`` if
         damaged, and then it holds nothing in ``storage``."""
         ...
@@ -197,7 +198,7 @@ def seal_snapshot(name: str, state: bytes, digest: bytes) -> bytes:
     )
 
 
-def open_snapshot(name: str, snapshot: bytes) -> tuple[memoryview, bytes]:
+def open_snapshot(name: str, snapshot: bytes | memoryview) -> tuple[memoryview, bytes]:
     """The (state, digest) inside a snapshot of machine ``name``; ``SnapshotError`` if the
     envelope is damaged or belongs to another machine or format. The state is a view into
     ``snapshot``, not a copy of it."""
@@ -223,7 +224,7 @@ def open_snapshot(name: str, snapshot: bytes) -> tuple[memoryview, bytes]:
             f"{offset + state_size + DIGEST_SIZE}"
         )
     state = memoryview(snapshot)[offset : offset + state_size]
-    return state, snapshot[offset + state_size :]
+    return state, bytes(snapshot[offset + state_size :])
 
 
 class SnapshotMachine:
@@ -270,7 +271,7 @@ class SnapshotMachine:
         sink.buffer += self.digest()
 
     @classmethod
-    def restore(cls, snapshot: bytes, storage: DerivedStorage | None = None) -> Self:
+    def restore(cls, snapshot: bytes | memoryview, storage: DerivedStorage | None = None) -> Self:
         state, digest = open_snapshot(cls.name, snapshot)
         machine = cls(storage)
         try:

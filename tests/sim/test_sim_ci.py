@@ -642,7 +642,9 @@ class TallyMachine:
         pass
 
     @classmethod
-    def restore(cls, snapshot: bytes, storage: DerivedStorage | None = None) -> TallyMachine:
+    def restore(
+        cls, snapshot: bytes | memoryview, storage: DerivedStorage | None = None
+    ) -> TallyMachine:
         del storage
         state, digest = open_snapshot(cls.name, snapshot)
         if len(state) != 16:

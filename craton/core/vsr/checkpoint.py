@@ -137,7 +137,7 @@ class OpenedCheckpoint:
     op: int
     chain_hash: bytes
     clients: tuple[ClientEntry, ...]
-    machine_snapshot: bytes
+    machine_snapshot: memoryview  # a view into the checkpoint's bytes, not a copy
 
 
 def open_checkpoint(data: bytes, digest: bytes) -> OpenedCheckpoint:
@@ -164,7 +164,7 @@ def open_checkpoint(data: bytes, digest: bytes) -> OpenedCheckpoint:
             raise CheckpointError("checkpoint clients are not sorted by id")
         clients.append(ClientEntry(client, session, number, last_op, reply))
     (machine_size,) = reader.unpack(_U64)
-    machine_snapshot = reader.take(machine_size)
+    machine_snapshot = reader.view(machine_size)
     if reader.offset != len(data):
         raise CheckpointError(f"{len(data) - reader.offset} bytes after the checkpoint state")
     return OpenedCheckpoint(op, chain_hash, tuple(clients), machine_snapshot)
@@ -173,7 +173,15 @@ def open_checkpoint(data: bytes, digest: bytes) -> OpenedCheckpoint:
 class _Reader:
     def __init__(self, data: bytes) -> None:
         self.data = data
+        self._view = memoryview(data)
         self.offset = 0
+
+    def view(self, size: int) -> memoryview:
+        """The next ``size`` bytes as a view (the machine's snapshot: too large to copy)."""
+        if self.offset + size > len(self.data):
+            raise CheckpointError("checkpoint state is truncated")
+        self.offset += size
+        return self._view[self.offset - size : self.offset]
 
     def take(self, size: int) -> bytes:
         if self.offset + size > len(self.data):

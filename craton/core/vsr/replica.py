@@ -634,7 +634,7 @@ class Replica:
             return str(error)
         return opened, machine
 
-    def _restore(self, snapshot: bytes) -> StateMachine:
+    def _restore(self, snapshot: memoryview) -> StateMachine:
         """A machine restored from ``snapshot``, keeping its derived data where this
         replica's machine keeps it; ``SnapshotError`` if the snapshot is damaged."""
         return type(self.machine).restore(snapshot, self.machine.storage)
