@@ -597,16 +597,17 @@ class _Stream:
                     yield at, piece, begin
             index = last + 1
 
-    def encode_appends(self, sink: StateSink) -> None:
-        """Every append as a snapshot holds it: u32 append count | each append: u64 op |
-        its events as ``_APPENDED_EVENTS`` encodes them (a u32 count, then each event as a
-        u32 length and its bytes), read back from the blob a run of appends at a time."""
+    def encode_appends(self, sink: StateSink, appends: int) -> Iterator[bytes]:
+        """The first ``appends`` appends as a snapshot holds them: u32 append count | each
+        append: u64 op | its events as ``_APPENDED_EVENTS`` encodes them (a u32 count, then
+        each event as a u32 length and its bytes), written into ``sink`` from the blob a
+        run of appends at a time; each part the sink fills is yielded."""
         ends, append_ends = self._ends, self.append_ends
         out = sink.buffer
-        out += _U32.pack(len(self.append_ops))
-        for index, data, first in self._appends(0, len(self.append_ops), READ_RUN_BYTES):
-            if len(out) >= sink.part_bytes:
-                sink.cut()
+        out += _U32.pack(appends)
+        for index, data, first in self._appends(0, appends, READ_RUN_BYTES):
+            if (part := sink.cut()) is not None:
+                yield part
                 out = sink.buffer
             end = append_ends[index]
             out += _OP_COUNT.pack(self.append_ops[index], end - first)
@@ -617,6 +618,12 @@ class _Stream:
                 out += _U32.pack(stop - at)
                 out += data[at:stop]
                 at = stop
+
+    def encoded_size(self, appends: int) -> int:
+        """Bytes ``encode_appends`` writes for the first ``appends`` appends."""
+        events = self.append_ends[appends - 1] if appends else 0
+        data_bytes = self._ends[events - 1] if events else 0
+        return _U32.size + appends * _OP_COUNT.size + events * _U32.size + data_bytes
 
     def append(self, op: int, events: Sequence[bytes]) -> None:
         # an audit stream is created by the op of its first record, so that op may append
@@ -964,16 +971,41 @@ class EventStore(SnapshotMachine):
         self._encode_keys(out)
         return hashlib.sha256(out).digest()
 
-    def _encode_state_into(self, sink: StateSink) -> None:
+    def _state_parts(self, part_bytes: int) -> tuple[int, Iterator[bytes]]:
         """u64 op_next | u32 count | each stream sorted by (tenant, name): its header, then
         u32 append count | each append: u64 op | u32 count + its events; then u32 key count
-        | each key sorted by id: its StoredKey record."""
-        _OP_NEXT.encode(self._op_next, sink.buffer)
-        sink.buffer += _U32.pack(len(self._streams))
+        | each key sorted by id: its StoredKey record.
+
+        What the state is now is taken at once and is small: each stream's header and how
+        many appends it holds, and the keys (which later ops may change). The events are
+        read from the blob as the parts are taken: appends are never changed, and later
+        ones are left out, so the parts are the state as it was here however many ops are
+        applied meanwhile."""
+        head = bytearray()
+        _OP_NEXT.encode(self._op_next, head)
+        head += _U32.pack(len(self._streams))
+        streams: list[tuple[_Stream, bytes, int]] = []
+        size = len(head)
         for stream in self._sorted_streams():
-            _encode_stream_header(stream, sink.buffer)
-            stream.encode_appends(sink)
-        self._encode_keys(sink.buffer)
+            header = bytearray()
+            _encode_stream_header(stream, header)
+            appends = len(stream.append_ops)
+            streams.append((stream, bytes(header), appends))
+            size += len(header) + stream.encoded_size(appends)
+        keys = bytearray()
+        self._encode_keys(keys)
+        size += len(keys)
+
+        def parts() -> Iterator[bytes]:
+            sink = StateSink(part_bytes)
+            sink.buffer += head
+            for stream, header, appends in streams:
+                sink.buffer += header
+                yield from stream.encode_appends(sink, appends)
+            sink.buffer += keys
+            yield sink.rest()
+
+        return size, parts()
 
     def _encode_keys(self, out: bytearray) -> None:
         out += _U32.pack(len(self._keys))

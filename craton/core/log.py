@@ -37,7 +37,7 @@ import enum
 import hashlib
 import re
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
 import attrs
@@ -349,13 +349,15 @@ class _Recovery:
     base_seen: bytes | None = None  # checksum of the last read of it that did not check
 
 
-@attrs.frozen
+@attrs.define
 class _StateWriting:
-    """A state file being written: its parts, written in order, and their total size."""
+    """A state file being written: where its parts come from (each is taken once the one
+    before it is written), how many bytes are written, and whether a base install follows."""
 
     position: int
-    parts: tuple[bytes, ...]
-    size: int
+    parts: Iterator[bytes]
+    then_base: bool
+    written: int = 0
 
 
 @attrs.frozen
@@ -541,7 +543,7 @@ class Log:
             )
             records.append((data, prev))
         self._installing = _BaseInstall(position, chain_hash, state, segment, tuple(records))
-        return [self._write_state(position, (state,), then_base=True)]
+        return [self._write_state(position, iter((state,)), then_base=True)]
 
     def _finish_base(self, fresh: Superblock) -> list[LogOutput]:
         install = self._installing
@@ -576,45 +578,41 @@ class Log:
 
     # --- state files: the owner's checkpoint states ------------------------------------------
 
-    def save_state(self, position: int, state: Sequence[bytes]) -> list[LogOutput]:
-        """Write the owner's state at ``position`` (its bytes in parts, written one after
-        another) to its state file and sync it; ``StateSaved`` follows. The base's own state
-        file is never rewritten."""
+    def save_state(self, position: int, state: Iterator[bytes]) -> list[LogOutput]:
+        """Write the owner's state at ``position`` to its state file and sync it;
+        ``StateSaved`` follows. The state's bytes come in parts, each taken from ``state``
+        once the one before it is written, so that the owner may produce them as they go.
+        The base's own state file is never rewritten."""
         if self._phase is not _Phase.OPEN:
             raise LogError(f"log is {self._phase.value}, not open")
         if position == self.base or (self._installing and self._installing.position == position):
             raise LogError(f"the state at {position} is the log's base")
         return [self._write_state(position, state, then_base=False)]
 
-    def _write_state(self, position: int, parts: Sequence[bytes], *, then_base: bool) -> DiskWrite:
+    def _write_state(self, position: int, parts: Iterator[bytes], *, then_base: bool) -> DiskWrite:
         """Write a state file, its parts one after another, then trim it (a longer one may
         be left from an interrupted write) and sync it; then the base install goes on, or
         ``StateSaved`` follows."""
-        writing = _StateWriting(position, tuple(parts), sum(len(part) for part in parts))
-        return self._write_state_part(writing, then_base, 0, 0)
+        writing = _StateWriting(position, parts, then_base)
+        return self._write_state_part(writing, next(parts, b""))
 
-    def _write_state_part(
-        self, writing: _StateWriting, then_base: bool, index: int, offset: int
-    ) -> DiskWrite:
+    def _write_state_part(self, writing: _StateWriting, data: bytes) -> DiskWrite:
         path = superblock.state_path(writing.position)
-        data = writing.parts[index] if writing.parts else b""
-        context = (writing, then_base, index, offset)
-        return self._track(_Io.STATE_WRITE, context, lambda io: DiskWrite(io, path, offset, data))
+        offset = writing.written
+        writing.written += len(data)
+        return self._track(_Io.STATE_WRITE, writing, lambda io: DiskWrite(io, path, offset, data))
 
-    def _on_state_step(
-        self, purpose: _Io, writing: _StateWriting, then_base: bool, index: int, offset: int
-    ) -> list[LogOutput]:
-        position, size = writing.position, writing.size
+    def _on_state_step(self, purpose: _Io, writing: _StateWriting) -> list[LogOutput]:
+        position, size, then_base = writing.position, writing.written, writing.then_base
         path = superblock.state_path(position)
-        context = (writing, then_base, index, offset)
         if purpose is _Io.STATE_WRITE:
-            if index + 1 < len(writing.parts):
-                written = offset + len(writing.parts[index])
-                return [self._write_state_part(writing, then_base, index + 1, written)]
-            cut = self._track(_Io.STATE_TRUNCATE, context, lambda io: DiskTruncate(io, path, size))
+            part = next(writing.parts, None)
+            if part is not None:
+                return [self._write_state_part(writing, part)]
+            cut = self._track(_Io.STATE_TRUNCATE, writing, lambda io: DiskTruncate(io, path, size))
             return [cut]
         if purpose is _Io.STATE_TRUNCATE:
-            return [self._track(_Io.STATE_SYNC, context, lambda io: DiskSync(io, path))]
+            return [self._track(_Io.STATE_SYNC, writing, lambda io: DiskSync(io, path))]
         if not then_base:
             return [StateSaved(position)]
         install = self._installing
@@ -728,8 +726,8 @@ class Log:
             case _Io.RELEASE_SYNC:
                 return []
             case _Io.STATE_WRITE | _Io.STATE_TRUNCATE | _Io.STATE_SYNC:
-                assert isinstance(context, tuple)
-                return self._on_state_step(purpose, *context)
+                assert isinstance(context, _StateWriting)
+                return self._on_state_step(purpose, context)
             case _Io.BASE_TAIL_WRITE:
                 assert isinstance(context, str)
                 return [self._track(_Io.BASE_TAIL_SYNC, None, lambda io: DiskSync(io, context))]

@@ -22,8 +22,8 @@ Rules every state machine keeps:
 - ``snapshot()`` is canonical too (equal states give byte-identical snapshots), and
   ``restore(snapshot, storage)`` rebuilds an equal machine, whose digest it verifies: a
   damaged or foreign snapshot raises ``SnapshotError`` and is never installed.
-  ``snapshot_into(sink)`` writes the same bytes into a ``StateSink``, in parts, so that a
-  large state is never copied whole.
+  ``snapshot_parts(part_bytes)`` gives the same bytes in parts that may be taken later,
+  while later ops are applied, so that a large state is never held whole.
 - A machine may keep the bulk of its state in derived storage (``craton.core.storage``),
   never in files of its own: it is rebuilt from a snapshot and the log at every restart,
   so it need not be durable; ``close()`` drops it when the machine is replaced.
@@ -36,7 +36,9 @@ Snapshot envelope (integers little-endian), shared by the built-in machines:
 
 from __future__ import annotations
 
+import itertools
 import struct
+from collections.abc import Iterator
 from typing import Protocol, Self
 
 from craton.core.storage import DerivedStorage, MemoryStorage
@@ -57,60 +59,46 @@ STATE_PART_BYTES = 4 << 20  # a state is encoded in parts of about this size, ne
 
 
 class StateSink:
-    """Where a state's encoding is written, in parts of about ``part_bytes``, so that no
-    copy of the whole state is ever made: an encoder appends to ``buffer`` and calls ``cut``
-    where a part may end (``buffer`` is then a new, empty bytearray). A length written
-    before what it counts is reserved and patched once known. ``finish`` gives the parts.
-    """
+    """A buffer that hands a state's encoding over in parts of about ``part_bytes``: an
+    encoder appends to ``buffer`` and calls ``cut`` where a part may end, which returns the
+    part once it is full (``buffer`` is then a new, empty bytearray)."""
 
-    __slots__ = ("_done", "_parts", "buffer", "part_bytes")
+    __slots__ = ("buffer", "part_bytes")
 
     def __init__(self, part_bytes: int = STATE_PART_BYTES) -> None:
         assert part_bytes > 0
         self.part_bytes = part_bytes
         self.buffer = bytearray()
-        self._parts: list[bytearray] = []
-        self._done = 0  # bytes in ``_parts``
 
-    @property
-    def size(self) -> int:
-        """How many bytes were written."""
-        return self._done + len(self.buffer)
-
-    def cut(self) -> None:
-        """End the part here if it has reached ``part_bytes``."""
-        if len(self.buffer) >= self.part_bytes:
-            self._done += len(self.buffer)
-            self._parts.append(self.buffer)
-            self.buffer = bytearray()
-
-    def reserve(self, size: int) -> int:
-        """Write ``size`` zero bytes to be patched later; return where they are."""
-        at = self.size
-        self.buffer += bytes(size)
-        return at
-
-    def patch(self, at: int, data: bytes) -> None:
-        """Overwrite the bytes ``reserve`` left at ``at`` (never split between parts)."""
-        start = 0
-        for part in [*self._parts, self.buffer]:
-            if at < start + len(part):
-                assert at + len(data) <= start + len(part)
-                part[at - start : at - start + len(data)] = data
-                return
-            start += len(part)
-        raise AssertionError(f"nothing was reserved at {at}")
-
-    def finish(self) -> tuple[bytes, ...]:
-        """The parts, as bytes; the sink is empty afterwards. Each part is copied and its
-        buffer dropped before the next, so the copy costs one part, not the whole."""
-        self._parts.append(self.buffer)
+    def cut(self) -> bytes | None:
+        """The part ending here if it has reached ``part_bytes``, else None."""
+        if len(self.buffer) < self.part_bytes:
+            return None
+        part = bytes(self.buffer)
         self.buffer = bytearray()
-        parts: list[bytes] = []
-        while self._parts:
-            parts.append(bytes(self._parts.pop(0)))
-        self._done = 0
-        return tuple(part for part in parts if part) or (b"",)
+        return part
+
+    def rest(self) -> bytes:
+        """What is left in the buffer, the last part."""
+        part = bytes(self.buffer)
+        self.buffer = bytearray()
+        return part
+
+
+def coalesced(parts: Iterator[bytes], part_bytes: int) -> Iterator[bytes]:
+    """``parts`` regrouped so that every part but the last holds ``part_bytes`` at least:
+    small ones are joined; a large one passes through as it is when nothing waits."""
+    waiting = bytearray()
+    for part in parts:
+        if not waiting and len(part) >= part_bytes:
+            yield part
+            continue
+        waiting += part
+        if len(waiting) >= part_bytes:
+            yield bytes(waiting)
+            waiting = bytearray()
+    if waiting:
+        yield bytes(waiting)
 
 
 class OpOrderError(ValueError):
@@ -142,9 +130,11 @@ class StateMachine(Protocol):
         """The whole state, canonically encoded; ``restore`` turns it back into a machine."""
         ...
 
-    def snapshot_into(self, sink: StateSink) -> None:
-        """Write the bytes ``snapshot()`` returns into ``sink`` (``StateSink``), a part at a
-        time where the state is large, so that the whole is never held twice."""
+    def snapshot_parts(self, part_bytes: int) -> tuple[int, Iterator[bytes]]:
+        """The bytes ``snapshot()`` would return now: their size, and the bytes themselves
+        in parts of about ``part_bytes``, which the caller may take later, while the machine
+        applies later ops (a checkpoint state is written to its file a part at a time, so a
+        large state is never held whole)."""
         ...
 
     @classmethod
@@ -231,8 +221,7 @@ class SnapshotMachine:
     """What the built-in machines share: a digest cached until the next ``apply`` (which
     calls ``_changed``), and snapshots in the envelope above, restored only when their
     state decodes and matches their digest. A subclass sets ``name`` and implements
-    ``_encode_state`` (or ``_encode_state_into``), ``_decode_state`` and
-    ``_compute_digest``."""
+    ``_encode_state`` (or ``_state_parts``), ``_decode_state`` and ``_compute_digest``."""
 
     name = ""
 
@@ -256,19 +245,24 @@ class SnapshotMachine:
         return self._digest
 
     def snapshot(self) -> bytes:
-        sink = StateSink()
-        self.snapshot_into(sink)
-        return b"".join(sink.finish())
+        return b"".join(self.snapshot_parts(STATE_PART_BYTES)[1])
 
-    def snapshot_into(self, sink: StateSink) -> None:
+    def snapshot_parts(self, part_bytes: int) -> tuple[int, Iterator[bytes]]:
         encoded_name = self.name.encode("utf-8")
         assert 1 <= len(encoded_name) <= MACHINE_NAME_SIZE_MAX
-        sink.buffer += SNAPSHOT_MAGIC + _U16.pack(SNAPSHOT_FORMAT_VERSION)
-        sink.buffer += _U32.pack(len(encoded_name)) + encoded_name
-        at = sink.reserve(_U64.size)
-        self._encode_state_into(sink)
-        sink.patch(at, _U64.pack(sink.size - at - _U64.size))
-        sink.buffer += self.digest()
+        state_size, state_parts = self._state_parts(part_bytes)
+        head = b"".join(
+            (
+                SNAPSHOT_MAGIC,
+                _U16.pack(SNAPSHOT_FORMAT_VERSION),
+                _U32.pack(len(encoded_name)),
+                encoded_name,
+                _U64.pack(state_size),
+            )
+        )
+        digest = self.digest()  # of the state now, which the parts hold
+        size = len(head) + state_size + len(digest)
+        return size, itertools.chain((head,), state_parts, (digest,))
 
     @classmethod
     def restore(cls, snapshot: bytes | memoryview, storage: DerivedStorage | None = None) -> Self:
@@ -287,10 +281,13 @@ class SnapshotMachine:
     def _encode_state(self) -> bytes:
         raise NotImplementedError
 
-    def _encode_state_into(self, sink: StateSink) -> None:
-        """Write the state's canonical encoding into ``sink`` (a machine whose state can be
-        large writes it a part at a time; by default it is encoded whole)."""
-        sink.buffer += self._encode_state()
+    def _state_parts(self, part_bytes: int) -> tuple[int, Iterator[bytes]]:
+        """The state's canonical encoding as it is now: its size, and its bytes in parts
+        that may be taken later (a machine whose state can be large encodes it a part at a
+        time, as it is taken; by default it is encoded whole, at once)."""
+        del part_bytes
+        state = self._encode_state()
+        return len(state), iter((state,))
 
     def _decode_state(self, state: memoryview) -> None:
         raise NotImplementedError

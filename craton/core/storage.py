@@ -46,7 +46,8 @@ class BlobFile(Protocol):
         ...
 
     def close(self) -> None:
-        """Drop the bytes: the blob is not used again."""
+        """Nothing more is appended: the bytes go once the last reader lets go of the blob
+        (a checkpoint state of the machine that closed it may still be being written)."""
         ...
 
 
@@ -61,16 +62,18 @@ class DerivedStorage(Protocol):
 class MemoryBlob:
     """A blob held in memory: one growing buffer."""
 
-    __slots__ = ("_data",)
+    __slots__ = ("_closed", "_data")
 
     def __init__(self) -> None:
         self._data = bytearray()
+        self._closed = False
 
     @property
     def size(self) -> int:
         return len(self._data)
 
     def append(self, data: bytes | bytearray | memoryview) -> int:
+        assert not self._closed, "append to a closed blob"
         offset = len(self._data)
         self._data += data
         return offset
@@ -81,7 +84,7 @@ class MemoryBlob:
             return view[offset : offset + size].tobytes()
 
     def close(self) -> None:
-        self._data = bytearray()
+        self._closed = True  # the bytes go with the blob
 
 
 class MemoryStorage:

@@ -4,9 +4,11 @@ rather than in the process's memory.
 
 Nothing here is durable or needs to be: the folder is emptied when the node starts (the
 machine is rebuilt from the checkpoint state and the log), writes are never synced, and a
-blob's file is removed when the blob is closed. Appends gather in a small buffer and reach
-the file in one write once it fills or a read needs them. Every call runs on the thread
-that runs the replica; a read the page cache cannot answer waits for the disk there.
+blob's file is removed when the blob is closed (its descriptor stays open until the blob is
+garbage, for a checkpoint state still being written from it). Appends gather in a small
+buffer and reach the file in one write once it fills or a read needs them. Every call runs
+on the thread that runs the replica; a read the page cache cannot answer waits for the disk
+there.
 """
 
 from __future__ import annotations
@@ -25,19 +27,21 @@ WRITE_BUFFER_BYTES = 1 << 20  # appends gathered before one write to the file
 class FileBlob:
     """A blob in one file, opened for this process alone."""
 
-    __slots__ = ("_fd", "_path", "_pending", "_written")
+    __slots__ = ("_closed", "_fd", "_path", "_pending", "_written")
 
     def __init__(self, path: Path) -> None:
         self._path = path
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         self._written = 0  # bytes already in the file
         self._pending = bytearray()  # bytes appended after them
+        self._closed = False
 
     @property
     def size(self) -> int:
         return self._written + len(self._pending)
 
     def append(self, data: bytes | bytearray | memoryview) -> int:
+        assert not self._closed, "append to a closed blob"
         offset = self.size
         self._pending += data
         if len(self._pending) >= WRITE_BUFFER_BYTES:
@@ -60,12 +64,16 @@ class FileBlob:
         return data
 
     def close(self) -> None:
-        if self._fd < 0:
-            return
-        os.close(self._fd)
-        self._fd = -1
-        self._pending = bytearray()
-        self._path.unlink(missing_ok=True)
+        """Remove the file's name at once; its descriptor (and so its bytes, for a state
+        still being written from them) goes when the blob is garbage."""
+        if not self._closed:
+            self._closed = True
+            self._path.unlink(missing_ok=True)
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd", -1) >= 0:  # (unset when the open failed)
+            os.close(self._fd)
+            self._fd = -1
 
     def _flush(self) -> None:
         flushed = 0

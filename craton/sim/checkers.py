@@ -292,11 +292,12 @@ class Checker:
                 )
 
     def _check_checkpoint_states(self, index: int, replica: Replica) -> None:
-        """The states replicas take at the same checkpoint op are byte-identical (equal
-        digests) and carry the chain hash the committed history has there."""
+        """The states replicas write at the same checkpoint op are byte-identical (equal
+        digests) and carry the chain hash the committed history has there. A state's digest
+        is known once its file is written (its parts are produced as they are written)."""
         seen = self._checkpoint_states_seen[index]
         for op, state in replica.checkpoints.items():
-            if op <= seen or op - 1 >= len(self.canonical):
+            if op <= seen or op - 1 >= len(self.canonical) or state.digest is None:
                 continue  # checked already, or once the checker knows the op's hash
             self._checkpoint_states_seen[index] = max(self._checkpoint_states_seen[index], op)
             self.checkpoint_states_checked += 1

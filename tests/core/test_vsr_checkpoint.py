@@ -8,7 +8,6 @@ import pytest
 
 from craton.core.vsr.checkpoint import (
     CheckpointError,
-    CheckpointState,
     ClientEntry,
     encode_checkpoint,
     open_checkpoint,
@@ -22,25 +21,22 @@ CLIENTS = [
 
 
 def test_round_trip_and_clients_sorted_whatever_the_order_given() -> None:
-    state = encode_checkpoint(64, CHAIN, CLIENTS, b"machine")
+    data, digest = encode_checkpoint(64, CHAIN, CLIENTS, b"machine")
     again = encode_checkpoint(64, CHAIN, list(reversed(CLIENTS)), b"machine")
-    assert state == again, "expected the same bytes whatever the client table's order"
-    opened = open_checkpoint(whole(state), state.digest)
+    assert (data, digest) == again, "expected the same bytes whatever the client table's order"
+    assert digest == hashlib.sha256(data).digest()
+    opened = open_checkpoint(data, digest)
     assert (opened.op, opened.chain_hash, opened.machine_snapshot) == (64, CHAIN, b"machine")
     assert [c.client for c in opened.clients] == [3, 9]
     assert opened.clients[1].reply == b"\x00reply" and opened.clients[0].reply is None
 
 
 def test_a_state_that_does_not_match_its_digest_is_refused() -> None:
-    state = encode_checkpoint(64, CHAIN, CLIENTS, b"machine")
-    flipped = bytearray(whole(state))
+    data, digest = encode_checkpoint(64, CHAIN, CLIENTS, b"machine")
+    flipped = bytearray(data)
     flipped[-1] ^= 1
     with pytest.raises(CheckpointError, match="digest"):
-        open_checkpoint(bytes(flipped), state.digest)
-
-
-def whole(state: CheckpointState) -> bytes:
-    return b"".join(state.parts)
+        open_checkpoint(bytes(flipped), digest)
 
 
 def resealed(data: bytes) -> tuple[bytes, bytes]:
@@ -57,17 +53,17 @@ def resealed(data: bytes) -> tuple[bytes, bytes]:
     ],
 )
 def test_malformed_states_raise_a_typed_error(mutate: object, why: str) -> None:
-    state = encode_checkpoint(64, CHAIN, CLIENTS, b"machine")
+    state, _ = encode_checkpoint(64, CHAIN, CLIENTS, b"machine")
     assert callable(mutate)
-    data, digest = resealed(mutate(whole(state)))
+    data, digest = resealed(mutate(state))
     with pytest.raises(CheckpointError, match=why):
         open_checkpoint(data, digest)
 
 
 def test_unsorted_clients_are_refused() -> None:
-    one = encode_checkpoint(0, CHAIN, [CLIENTS[0]], b"")
-    row = whole(one)[4 + 2 + 8 + 32 + 4 : -8]  # the single client's row
-    two = bytearray(whole(one)[: 4 + 2 + 8 + 32])
+    one, _ = encode_checkpoint(0, CHAIN, [CLIENTS[0]], b"")
+    row = one[4 + 2 + 8 + 32 + 4 : -8]  # the single client's row
+    two = bytearray(one[: 4 + 2 + 8 + 32])
     two += (2).to_bytes(4, "little") + row + row + (0).to_bytes(8, "little")
     with pytest.raises(CheckpointError, match="sorted"):
         open_checkpoint(*resealed(bytes(two)))

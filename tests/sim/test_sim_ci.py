@@ -26,7 +26,7 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from functools import cache
 from pathlib import Path
 
@@ -37,7 +37,6 @@ from craton import cli
 from craton.core.prng import Prng
 from craton.core.state_machine import (
     SnapshotError,
-    StateSink,
     next_op,
     open_snapshot,
     seal_snapshot,
@@ -631,8 +630,10 @@ class TallyMachine:
     def snapshot(self) -> bytes:
         return seal_snapshot(self.name, self._state(), self.digest())
 
-    def snapshot_into(self, sink: StateSink) -> None:
-        sink.buffer += self.snapshot()
+    def snapshot_parts(self, part_bytes: int) -> tuple[int, Iterator[bytes]]:
+        del part_bytes
+        snapshot = self.snapshot()
+        return len(snapshot), iter((snapshot,))
 
     @property
     def storage(self) -> None:

@@ -13,7 +13,6 @@ its log was short of what it once held.
 from __future__ import annotations
 
 from collections.abc import Callable
-from hashlib import sha256
 
 import attrs
 import pytest
@@ -23,7 +22,7 @@ from craton.core.prng import Prng
 from craton.core.seam import Effect, Input, Send
 from craton.core.state_machine import StateMachine
 from craton.core.vsr import codec
-from craton.core.vsr.checkpoint import CheckpointState, open_checkpoint
+from craton.core.vsr.checkpoint import CheckpointState, StateStream, open_checkpoint
 from craton.core.vsr.replica import Replica, ReplicaConfig, Status
 from craton.core.wire.replica import DoViewChange, PrepareOk
 from craton.sim.cluster import CHECKPOINT_INTERVAL_OPS, Cluster
@@ -353,8 +352,10 @@ class LeakyCheckpoints(Replica):
 
     def _checkpoint_state(self) -> CheckpointState:
         state = super()._checkpoint_state()
-        data = b"".join(state.parts) + bytes([self.config.replica_id])
-        return CheckpointState(state.op, state.chain_hash, (data,), sha256(data).digest())
+        assert state.stream is not None
+        parts = [*iter(state.stream.next_part, None), bytes([self.config.replica_id])]
+        leaked = StateStream(state.op, state.chain_hash, [], (sum(map(len, parts)), iter(parts)))
+        return CheckpointState(state.op, state.chain_hash, leaked, None)
 
 
 def test_checker_catches_checkpoint_states_that_differ_between_replicas() -> None:

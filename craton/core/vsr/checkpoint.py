@@ -19,12 +19,13 @@ The digest is the SHA-256 of those bytes.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import struct
-from collections.abc import Callable
+from collections.abc import Iterator
 
 import attrs
 
-from craton.core.state_machine import STATE_PART_BYTES, StateSink
+from craton.core.state_machine import STATE_PART_BYTES, coalesced
 
 CHECKPOINT_MAGIC = b"CRCK"
 CHECKPOINT_FORMAT_VERSION = 1
@@ -83,53 +84,73 @@ class ClientEntry:
     reply: bytes | None  # the reply to ``number``, once committed
 
 
+class StateStream:
+    """A checkpoint state produced a part at a time, as its file is written: the header
+    and client table at once (small), then the machine's snapshot as the machine hands it
+    over (``StateMachine.snapshot_parts``: the state as it was when the stream was made,
+    whatever the machine applied since). The digest is hashed as the parts go, and known
+    once the last one is taken."""
+
+    def __init__(
+        self,
+        op: int,
+        chain_hash: bytes,
+        clients: list[ClientEntry],
+        machine: tuple[int, Iterator[bytes]],
+        part_bytes: int = STATE_PART_BYTES,
+    ) -> None:
+        assert len(chain_hash) == HASH_SIZE and op >= 0
+        self.op = op
+        self.chain_hash = chain_hash
+        head = bytearray(_HEADER.pack(CHECKPOINT_MAGIC, CHECKPOINT_FORMAT_VERSION, op))
+        head += chain_hash + _U32.pack(len(clients))
+        for entry in sorted(clients, key=lambda e: e.client):
+            has_reply = entry.reply is not None
+            head += _CLIENT.pack(entry.client, entry.session, entry.number, entry.op, has_reply)
+            reply = entry.reply or b""
+            head += _U32.pack(len(reply)) + reply
+        machine_size, machine_parts = machine
+        head += _U64.pack(machine_size)
+        self.size = len(head) + machine_size  # bytes of the whole state
+        self._parts = coalesced(itertools.chain((bytes(head),), machine_parts), part_bytes)
+        self._hash = hashlib.sha256()
+        self.taken = 0  # bytes handed over so far
+        self.digest: bytes | None = None  # once every part was taken
+
+    def next_part(self) -> bytes | None:
+        """The next part of the state, or None once every part was taken."""
+        part = next(self._parts, None)
+        if part is None:
+            assert self.taken == self.size, (self.taken, self.size)
+            if self.digest is None:
+                self.digest = self._hash.digest()
+            return None
+        self._hash.update(part)
+        self.taken += len(part)
+        return part
+
+
 @attrs.frozen
 class CheckpointState:
-    """The encoded state at ``op`` (all ops below it applied) and its digest. Its bytes are
-    held in parts (``StateSink``), never joined into one copy; none once it is on disk."""
+    """The state at ``op`` (all ops below it applied): while it is being written, the
+    stream that produces it; once on disk, its digest."""
 
     op: int
     chain_hash: bytes  # the hash of op ``op - 1``: what the log's seal vouches for
-    parts: tuple[bytes, ...]
-    digest: bytes
-
-    @property
-    def size(self) -> int:
-        """How many bytes the parts hold."""
-        return sum(len(part) for part in self.parts)
+    stream: StateStream | None  # None once the state is on disk (or was superseded)
+    digest: bytes | None  # None until every part was produced
 
 
 def encode_checkpoint(
-    op: int,
-    chain_hash: bytes,
-    clients: list[ClientEntry],
-    machine_snapshot: bytes | Callable[[StateSink], None],
-    part_bytes: int = STATE_PART_BYTES,
-) -> CheckpointState:
-    """The checkpoint state, in parts of about ``part_bytes``; ``machine_snapshot`` is the
-    machine's snapshot, or what writes it into a sink (``StateMachine.snapshot_into``), so
-    that the state is never held whole twice."""
-    assert len(chain_hash) == HASH_SIZE and op >= 0
-    sink = StateSink(part_bytes)
-    out = sink.buffer
-    out += _HEADER.pack(CHECKPOINT_MAGIC, CHECKPOINT_FORMAT_VERSION, op) + chain_hash
-    out += _U32.pack(len(clients))
-    for entry in sorted(clients, key=lambda e: e.client):
-        has_reply = entry.reply is not None
-        out += _CLIENT.pack(entry.client, entry.session, entry.number, entry.op, has_reply)
-        reply = entry.reply or b""
-        out += _U32.pack(len(reply)) + reply
-    at = sink.reserve(_U64.size)
-    if isinstance(machine_snapshot, bytes):
-        sink.buffer += machine_snapshot
-    else:
-        machine_snapshot(sink)
-    sink.patch(at, _U64.pack(sink.size - at - _U64.size))
-    parts = sink.finish()
-    digest = hashlib.sha256()
-    for part in parts:
-        digest.update(part)
-    return CheckpointState(op, chain_hash, parts, digest.digest())
+    op: int, chain_hash: bytes, clients: list[ClientEntry], machine_snapshot: bytes
+) -> tuple[bytes, bytes]:
+    """The checkpoint state's bytes, whole, and their digest (for tools and tests: a
+    replica writes it a part at a time, through ``StateStream``)."""
+    machine = (len(machine_snapshot), iter((machine_snapshot,)))
+    stream = StateStream(op, chain_hash, clients, machine)
+    data = b"".join(iter(stream.next_part, None))
+    assert stream.digest is not None
+    return data, stream.digest
 
 
 @attrs.frozen

@@ -80,7 +80,7 @@ from craton.core.vsr.checkpoint import (
     CheckpointState,
     ClientEntry,
     OpenedCheckpoint,
-    encode_checkpoint,
+    StateStream,
     open_checkpoint,
     state_due,
 )
@@ -613,9 +613,7 @@ class Replica:
             return [Notice("replica.restart_state_unusable", fields), *self._load_more()]
         checked, machine = opened
         assert data is not None
-        self._adopt_state(
-            checked, machine, CheckpointState(named.op, checked.chain_hash, (data,), named.digest)
-        )
+        self._adopt_state(checked, machine, named.digest, named.size)
         self._load_next = named.op
         noted = (("op", named.op), ("replayed", self._load_head - named.op))
         return [Notice("replica.restarted_from_state", noted), *self._load_more()]
@@ -649,14 +647,12 @@ class Replica:
             machine = self._restore(opened.machine_snapshot)
         except (CheckpointError, SnapshotError) as error:
             return str(error)
-        self._adopt_state(
-            opened, machine, CheckpointState(base, opened.chain_hash, (data,), digest)
-        )
+        self._adopt_state(opened, machine, digest, len(data))
         self._load_next = base
         return None
 
     def _adopt_state(
-        self, opened: OpenedCheckpoint, machine: StateMachine, state: CheckpointState
+        self, opened: OpenedCheckpoint, machine: StateMachine, digest: bytes, size: int
     ) -> None:
         """Make this replica's journal start at the state's op, with its machine and client
         table: what a replica that committed every op below it would hold."""
@@ -672,9 +668,8 @@ class Replica:
             for entry in opened.clients
         }
         # The log's base state file holds the state, durably: memory keeps what names it.
-        size = state.size
-        self._durable_state = StateFile(opened.op, opened.chain_hash, state.digest, size)
-        held = CheckpointState(opened.op, opened.chain_hash, (), state.digest)
+        self._durable_state = StateFile(opened.op, opened.chain_hash, digest, size)
+        held = CheckpointState(opened.op, opened.chain_hash, None, digest)
         self.checkpoints = {opened.op: held} if self.config.checkpoint_states else {}
 
     def _release_unused_states(self) -> list[Effect]:
@@ -1265,12 +1260,13 @@ class Replica:
         op = checkpoint.position
         state = self.checkpoints.get(op)
         durable = self._durable_state
-        if state is None or not state.parts or op == self.log.base:
+        if state is None or state.stream is None or op == self.log.base:
             return []
         if durable is not None and durable.op >= op:
             return []
         self._saving_state = op
-        return self._route(self.log.save_state(op, state.parts))
+        # the stream produces each part as the log writes it (``CheckpointState``)
+        return self._route(self.log.save_state(op, iter(state.stream.next_part, None)))
 
     def _on_state_saved(self, op: int) -> list[Effect]:
         state = self.checkpoints.get(op)
@@ -1280,12 +1276,15 @@ class Replica:
             # superseded while it was written (a later state, or a state-sync base)
             return [*self._route(self.log.release_state(op)), *self._persist_state()]
         old = self._durable_state
-        self._durable_state = StateFile(op, state.chain_hash, state.digest, state.size)
+        stream = state.stream
+        assert stream is not None and stream.digest is not None
+        self._durable_state = StateFile(op, state.chain_hash, stream.digest, stream.size)
         # The bytes are on disk now: memory keeps what identifies them.
         self.checkpoints = {
-            at: kept if at > op else CheckpointState(at, kept.chain_hash, (), kept.digest)
+            at: kept if at > op else attrs.evolve(kept, stream=None)
             for at, kept in self.checkpoints.items()
         }
+        self.checkpoints[op] = CheckpointState(op, state.chain_hash, None, stream.digest)
         if old is not None and old.op != op:
             self._superseded_states.append(old.op)  # emptied once the superblock names op
         effects = self._save_state()
@@ -1487,8 +1486,7 @@ class Replica:
         self._avoid_source = None
         self._verify_from = None  # the journal it was comparing gave way to the state
         old = self._durable_state
-        state = CheckpointState(offer.op, offer.chain_hash, (offer.state,), offer.digest)
-        self._adopt_state(opened, machine, state)
+        self._adopt_state(opened, machine, offer.digest, len(offer.state))
         tail, self._sync_tail = self._sync_tail, ()
         for entry in tail:  # already in the new log, past its base
             self._journal(entry)
@@ -1610,16 +1608,18 @@ class Replica:
 
     def _checkpoint_state(self) -> CheckpointState:
         """The state at this commit number, canonically encoded (the same bytes on every
-        replica that committed the same log)."""
+        replica that committed the same log). What it holds is fixed now; its bytes are
+        produced a part at a time as its file is written (``StateStream``), while this
+        replica goes on applying later ops."""
         clients = [
             ClientEntry(client, s.session, s.number, s.op, s.reply)
             for client, s in self.clients.items()
         ]
         chain = self._hash_before(self.commit)
         part_bytes = self.config.state_part_bytes
-        return encode_checkpoint(
-            self.commit, chain, clients, self.machine.snapshot_into, part_bytes
-        )
+        machine = self.machine.snapshot_parts(part_bytes)
+        stream = StateStream(self.commit, chain, clients, machine, part_bytes)
+        return CheckpointState(self.commit, chain, stream, None)
 
     def _release_checkpoints(self) -> None:
         """Keep the states from the sealed checkpoint's op on: the ones below it are
