@@ -121,7 +121,7 @@ from __future__ import annotations
 
 import hashlib
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +148,7 @@ from craton.core.seam import (
     WriteDone,
 )
 from craton.core.state_machine import StateMachine
+from craton.core.storage import DerivedStorage
 from craton.core.vsr import codec
 from craton.core.vsr.checkpoint import OpenedCheckpoint, open_checkpoint
 from craton.core.vsr.replica import (
@@ -159,7 +160,7 @@ from craton.core.vsr.replica import (
     _Install,
 )
 from craton.core.wire.errors import DecodeError
-from craton.core.wire.messages import AppendEvents, ReadEventsAsOf, ReadEventsReply
+from craton.core.wire.messages import AppendEvents, ReadEvents, ReadEventsAsOf, ReadEventsReply
 from craton.core.wire.replica import (
     Entry,
     NewState,
@@ -551,6 +552,47 @@ class AsOfOneAhead(EventStore):
         return super()._perform(op, request, role)
 
 
+class StaleReadCache(EventStore):
+    """Reads remembered by what they asked for (stream, offset and limits) and served again
+    from that entry: an append to the stream never invalidates it."""
+
+    def __init__(self, storage: DerivedStorage | None = None) -> None:
+        super().__init__(storage)
+        self._cached: dict[tuple[object, ...], tuple[bytes, ...]] = {}
+
+    def _perform(self, op: int, request: StoreRequest, role: Role) -> StoreReply:
+        message = request.message
+        if not isinstance(message, ReadEvents):
+            return super()._perform(op, request, role)
+        key = (request.tenant_id, message.stream, message.from_offset, message.max_events)
+        cached = self._cached.get(key)
+        if cached is not None:
+            return ReadEventsReply(message.from_offset, op, cached)
+        reply = super()._perform(op, request, role)
+        if isinstance(reply, ReadEventsReply):
+            self._cached[key] = reply.events
+        return reply
+
+
+class StateDigestTakenLate(EventStore):
+    """A checkpoint state's parts hold the machine as it was when the state was taken, but
+    the digest at their end is read when the last part is taken: by then the replica has
+    applied later ops, and each replica writes its state at its own pace."""
+
+    def snapshot_parts(self, part_bytes: int) -> tuple[int, Iterator[bytes]]:
+        size, parts = super().snapshot_parts(part_bytes)
+
+        def late() -> Iterator[bytes]:
+            held = None
+            for part in parts:  # the last part is the digest taken with the state
+                if held is not None:
+                    yield held
+                held = part
+            yield self.digest()
+
+        return size, late()
+
+
 def _store_load(options: SwarmOptions) -> SwarmOptions:
     """Load on the event store (few streams, appends with and without expected offsets,
     reads and reads as of past positions)."""
@@ -692,6 +734,8 @@ BUGS = (
     PlantedBug("kv-empty-put-deletes", Replica, _kv_load, machine=EmptyPutDeletes),
     PlantedBug("stale-expected-offset", Replica, _store_load, machine=StaleExpectedOffset),
     PlantedBug("as-of-one-ahead", Replica, _store_load, NEW_BUG_SEEDS_MAX, machine=AsOfOneAhead),
+    PlantedBug("stale-read-cache", Replica, _store_load, machine=StaleReadCache),
+    PlantedBug("state-digest-taken-late", Replica, _store_load, machine=StateDigestTakenLate),
     PlantedBug("register-without-floor", Replica, _crashes, gateway=RegisterWithoutFloor),
     PlantedBug("every-write-fresh", Replica, _crashes, gateway=EveryWriteFresh),
     PlantedBug("any-registration-reply", Replica, _crashes, gateway=AnyRegistrationReply),
