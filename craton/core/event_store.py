@@ -59,7 +59,7 @@ from craton.core.auth import (
     allowed,
     may_grant,
 )
-from craton.core.state_machine import OP_MAX, SnapshotMachine, StateSink, next_op
+from craton.core.state_machine import OP_MAX, SnapshotMachine, StateLoader, StateSink, next_op
 from craton.core.storage import BlobFile, DerivedDataError, DerivedStorage
 from craton.core.wire.errors import DecodeError, ErrorCode
 from craton.core.wire.frame import BODY_SIZE_MAX
@@ -644,23 +644,33 @@ class _Stream:
         self.append_ends.append(len(ends))
 
     def load_appends(self, reader: Reader, op_next: int) -> None:
-        """Decode what ``encode_appends`` wrote into this (empty) stream: each append's
-        events go to the blob in one piece, chained as they go (the chain is recomputed,
-        never taken from the snapshot)."""
+        """Decode what ``encode_appends`` wrote into this (empty) stream."""
         appends = reader.length("append count", 0, STREAM_EVENTS_MAX)
-        data, at = reader.data, reader.offset
+        at, left = self.load_some(reader.data, reader.offset, appends, op_next)
+        if left:
+            raise DecodeError("the snapshot ends inside an append")
+        reader.offset = at
+
+    def load_some(
+        self, data: bytes | memoryview, at: int, appends: int, op_next: int
+    ) -> tuple[int, int]:
+        """Decode at most ``appends`` appends of what ``encode_appends`` wrote, from ``at``
+        in ``data``: as many as ``data`` holds whole. Each append's events go to the blob in
+        one piece, chained as they go (the chain is recomputed, never taken from the
+        snapshot). Returns where the next append begins, and how many are left."""
         ends = self._ends
         chain = self.chain
-        size_total = 0
-        last = self.created_op
+        size_total = ends[-1] if ends else 0
+        last = self.append_ops[-1] if self.append_ops else self.created_op
         with memoryview(data) as view:
-            for index in range(appends):
+            while appends:
+                start = at
                 if at + _OP_COUNT.size > len(data):
-                    raise DecodeError("the snapshot ends inside an append")
+                    break
                 op, count = _OP_COUNT.unpack_from(data, at)
                 at += _OP_COUNT.size
                 # an audit stream's first record is appended by the op that created the stream
-                same_op = not index and self.name == AUDIT_STREAM and op == last
+                same_op = not self.append_ops and self.name == AUDIT_STREAM and op == last
                 if not (last < op or same_op) or op >= op_next:
                     raise DecodeError(f"append at op {op} is not between ops {last} and {op_next}")
                 if not 1 <= count <= APPEND_EVENTS_MAX:
@@ -670,27 +680,33 @@ class _Stream:
                 pieces: list[memoryview] = []
                 for _ in range(count):
                     if at + _U32.size > len(data):
-                        raise DecodeError("the snapshot ends inside an event")
+                        break
                     (size,) = _U32.unpack_from(data, at)
-                    at += _U32.size
-                    if size > EVENT_SIZE_MAX or at + size > len(data):
+                    if size > EVENT_SIZE_MAX:
                         raise DecodeError(f"an event of {size} bytes")
-                    event = view[at : at + size]
-                    link = hashlib.sha256(chain + _CHAIN_LINK.pack(op, size))
+                    if at + _U32.size + size > len(data):
+                        break
+                    at += _U32.size
+                    pieces.append(view[at : at + size])
+                    at += size
+                if len(pieces) < count:  # the append goes on past ``data``
+                    at = start
+                    break
+                for event in pieces:
+                    link = hashlib.sha256(chain + _CHAIN_LINK.pack(op, len(event)))
                     link.update(event)
                     chain = link.digest()
-                    pieces.append(event)
-                    size_total += size
+                    size_total += len(event)
                     ends.append(size_total)
-                    at += size
                 joined = b"".join(pieces)
                 self.append_at.append(self._blob.append(joined))
                 self.append_crcs.append(zlib.crc32(joined))
                 self.append_ops.append(op)
                 self.append_ends.append(len(ends))
                 last = op
+                appends -= 1
         self.chain = chain
-        reader.offset = at
+        return at, appends
 
     def invariants(self) -> None:
         assert len(self._ends) <= STREAM_EVENTS_MAX
@@ -1024,18 +1040,25 @@ class EventStore(SnapshotMachine):
         previous: tuple[int, str] | None = None
         for _ in range(count):
             stream = _decode_stream(self._events, reader, self._op_next)
-            key = (stream.tenant_id, stream.name)
-            if previous is not None and key <= previous:
-                raise DecodeError("streams are not in strictly increasing (tenant, name) order")
-            self._streams[key] = stream
-            self._audit_streams += stream.name == AUDIT_STREAM
-            previous = key
+            previous = self._add_stream(stream, previous)
+        self._decode_keys(reader)
+        reader.finish()
+
+    def _state_loader(self) -> StateLoader:
+        return _StateLoader(self)
+
+    def _add_stream(self, stream: _Stream, previous: tuple[int, str] | None) -> tuple[int, str]:
+        """Take a decoded stream (in increasing (tenant, name) order) into the store."""
+        key = (stream.tenant_id, stream.name)
+        if previous is not None and key <= previous:
+            raise DecodeError("streams are not in strictly increasing (tenant, name) order")
+        self._streams[key] = stream
+        self._audit_streams += stream.name == AUDIT_STREAM
         if self._audit_streams > AUDIT_STREAMS_MAX:
             raise DecodeError(f"more than {AUDIT_STREAMS_MAX} audit streams")
         if len(self._streams) - self._audit_streams > STREAMS_MAX:
             raise DecodeError(f"more than {STREAMS_MAX} streams")
-        self._decode_keys(reader)
-        reader.finish()
+        return key
 
     def _decode_keys(self, reader: Reader) -> None:
         previous = 0
@@ -1050,6 +1073,79 @@ class EventStore(SnapshotMachine):
                 k.revoked_op, k.label,
             )  # fmt: skip
             previous = k.key_id
+
+
+class _StateLoader:
+    """An event store's state decoded as it comes, a part at a time (``_state_parts``'s
+    encoding): whole appends go to the blob as soon as their bytes are in, so no more than a
+    part and an append are ever held. A stream's header is waited for until it is whole
+    (it is short: ``HEADER_WAIT_BYTES`` held without one decoding is damage); the keys,
+    last and small, are decoded once every byte is in."""
+
+    HEADER_WAIT_BYTES = 1 << 16
+
+    def __init__(self, store: EventStore) -> None:
+        self._store = store
+        self._rest = b""  # bytes fed and not yet decoded
+        self._streams_left = -1  # until the state's head is decoded
+        self._stream: _Stream | None = None  # the stream whose appends are coming
+        self._appends_left = 0
+        self._previous: tuple[int, str] | None = None
+
+    def feed(self, data: memoryview) -> None:
+        self._decode(self._rest + data, final=False)
+
+    def finish(self) -> None:
+        self._decode(self._rest, final=True)
+
+    def _decode(self, data: bytes, *, final: bool) -> None:
+        store, at = self._store, 0
+        while True:
+            if self._stream is not None:
+                at, self._appends_left = self._stream.load_some(
+                    data, at, self._appends_left, store.op_next
+                )
+                if self._appends_left:
+                    break  # the next append's bytes are not all in
+                self._previous = store._add_stream(self._stream, self._previous)
+                self._stream = None
+            if self._streams_left == 0:
+                if final:
+                    reader = Reader(data)
+                    reader.offset = at
+                    store._decode_keys(reader)
+                    reader.finish()
+                    at = len(data)
+                break
+            decoded = self._next_header(data, at, final=final)
+            if decoded is None:
+                break
+            at = decoded
+        self._rest = data[at:]
+        if final and (self._rest or self._streams_left or self._stream is not None):
+            raise DecodeError("the snapshot ends inside a stream")
+
+    def _next_header(self, data: bytes, at: int, *, final: bool) -> int | None:
+        """Decode the state's head, or the next stream's header and append count, from
+        ``at``: where the bytes after it begin, or None until they are all in."""
+        store = self._store
+        reader = Reader(data)
+        reader.offset = at
+        try:
+            if self._streams_left < 0:
+                store._op_next = _OP_NEXT.decode(reader)
+                limit = STREAMS_MAX + AUDIT_STREAMS_MAX
+                self._streams_left = reader.length("stream count", 0, limit)
+                return reader.offset
+            stream = _decode_stream_header(store._events, reader, store.op_next)
+            self._appends_left = reader.length("append count", 0, STREAM_EVENTS_MAX)
+        except DecodeError:
+            if final or len(data) - at >= self.HEADER_WAIT_BYTES:
+                raise
+            return None  # the rest of it is still to come
+        self._stream = stream
+        self._streams_left -= 1
+        return reader.offset
 
 
 @attrs.frozen(field_transformer=wire_fields)
@@ -1124,6 +1220,12 @@ def _encode_stream_header(stream: _Stream, out: bytearray) -> None:
 
 
 def _decode_stream(blob: BlobFile, reader: Reader, op_next: int) -> _Stream:
+    stream = _decode_stream_header(blob, reader, op_next)
+    stream.load_appends(reader, op_next)
+    return stream
+
+
+def _decode_stream_header(blob: BlobFile, reader: Reader, op_next: int) -> _Stream:
     tenant_id = _TENANT.decode(reader)
     name = STREAM_NAME.decode(reader)
     data_class = _DATA_CLASS.decode(reader)
@@ -1131,6 +1233,4 @@ def _decode_stream(blob: BlobFile, reader: Reader, op_next: int) -> _Stream:
     created_op = _OP.decode(reader)
     if created_op >= op_next:
         raise DecodeError(f"stream created at op {created_op}, not before op_next {op_next}")
-    stream = _Stream(blob, tenant_id, name, data_class, placement, created_op)
-    stream.load_appends(reader, op_next)
-    return stream
+    return _Stream(blob, tenant_id, name, data_class, placement, created_op)

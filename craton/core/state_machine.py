@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import itertools
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol, Self
 
 from craton.core.storage import DerivedStorage, MemoryStorage
@@ -145,6 +145,13 @@ class StateMachine(Protocol):
         damaged, and then it holds nothing in ``storage``."""
         ...
 
+    @classmethod
+    def snapshot_loader(cls, storage: DerivedStorage | None = None) -> SnapshotLoader:
+        """What restores a machine from a snapshot handed over a part at a time, so that a
+        large one is never held whole (``WholeSnapshotLoader`` gathers the parts and calls
+        ``restore``, for a machine whose state is small)."""
+        ...
+
     @property
     def storage(self) -> DerivedStorage | None:
         """Where the machine keeps its derived data (None: it keeps none)."""
@@ -217,6 +224,149 @@ def open_snapshot(name: str, snapshot: bytes | memoryview) -> tuple[memoryview, 
     return state, bytes(snapshot[offset + state_size :])
 
 
+class SnapshotLoader(Protocol):
+    """Restores a machine from its snapshot's bytes, fed in order, a part at a time."""
+
+    def feed(self, data: bytes | memoryview) -> None:
+        """The next bytes of the snapshot; ``SnapshotError`` if they cannot be its."""
+        ...
+
+    def finish(self) -> StateMachine:
+        """The machine, once every byte was fed; ``SnapshotError`` if it does not check
+        out (the loader has then dropped what it built)."""
+        ...
+
+    def abandon(self) -> None:
+        """Drop what was built: the rest of the snapshot will not come."""
+        ...
+
+
+class WholeSnapshotLoader:
+    """Gathers a snapshot's parts, and restores it once whole with ``restore``."""
+
+    def __init__(self, restore: Callable[[bytes], StateMachine]) -> None:
+        self._restore = restore
+        self._data = bytearray()
+
+    def feed(self, data: bytes | memoryview) -> None:
+        self._data += data
+
+    def finish(self) -> StateMachine:
+        data, self._data = bytes(self._data), bytearray()
+        return self._restore(data)
+
+    def abandon(self) -> None:
+        self._data = bytearray()
+
+
+class StateLoader(Protocol):
+    """Decodes a machine's state (the envelope's inner bytes) into a machine, fed in order;
+    raises ``DecodeError`` for bytes that are not a state."""
+
+    def feed(self, data: memoryview) -> None: ...
+
+    def finish(self) -> None: ...
+
+
+class _WholeStateLoader:
+    """Gathers the state's bytes and decodes them once whole (``_decode_state``)."""
+
+    def __init__(self, decode: Callable[[memoryview], None]) -> None:
+        self._decode = decode
+        self._data = bytearray()
+
+    def feed(self, data: memoryview) -> None:
+        self._data += data
+
+    def finish(self) -> None:
+        self._decode(memoryview(bytes(self._data)))
+
+
+class _EnvelopeLoader:
+    """A ``SnapshotMachine``'s snapshot, fed a part at a time: the envelope's head, then the
+    state's bytes straight to the machine's own ``StateLoader``, then the digest."""
+
+    _HEAD_FIXED = len(SNAPSHOT_MAGIC) + _U16.size + _U32.size
+
+    def __init__(self, machine: SnapshotMachine) -> None:
+        self._machine: SnapshotMachine | None = machine
+        self._state = machine._state_loader()
+        self._head = bytearray()  # until the head is whole
+        self._state_left = -1  # state bytes still to come, once the head is read
+        self._digest = bytearray()
+
+    def feed(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        try:
+            if self._state_left < 0:
+                view = self._feed_head(view)
+            if self._state_left > 0 and view:
+                taken = min(len(view), self._state_left)
+                self._state.feed(view[:taken])
+                self._state_left -= taken
+                view = view[taken:]
+        except DecodeError as error:
+            self.abandon()
+            raise SnapshotError(f"snapshot: {error.reason}") from None
+        if view:
+            self._digest += view
+            if len(self._digest) > DIGEST_SIZE:
+                self.abandon()
+                raise SnapshotError("bytes after the snapshot's digest")
+
+    def _head_size(self) -> int:
+        """Bytes of the envelope's head, as far as the bytes held tell."""
+        if len(self._head) < self._HEAD_FIXED:
+            return self._HEAD_FIXED
+        (name_size,) = _U32.unpack_from(self._head, 6)
+        return self._HEAD_FIXED + min(int(name_size), MACHINE_NAME_SIZE_MAX + 1) + _U64.size
+
+    def _feed_head(self, view: memoryview) -> memoryview:
+        """Take bytes into the head until it is whole (then check it); return the rest."""
+        while len(self._head) < self._head_size():
+            if not view:
+                return view
+            taken = min(len(view), self._head_size() - len(self._head))
+            self._head += view[:taken]
+            view = view[taken:]
+        machine = self._machine
+        assert machine is not None
+        head = self._head
+        if head[:4] != SNAPSHOT_MAGIC:
+            raise DecodeError("not a Craton state machine snapshot (bad magic)")
+        (version,) = _U16.unpack_from(head, 4)
+        if version != SNAPSHOT_FORMAT_VERSION:
+            raise DecodeError(f"snapshot format {version}, expected {SNAPSHOT_FORMAT_VERSION}")
+        name = bytes(head[self._HEAD_FIXED : len(head) - _U64.size])
+        if name != machine.name.encode("utf-8"):
+            raise DecodeError(f"snapshot is of another machine, expected {machine.name!r}")
+        (self._state_left,) = _U64.unpack_from(head, len(head) - _U64.size)
+        return view
+
+    def finish(self) -> StateMachine:
+        machine = self._machine
+        if machine is None:
+            raise SnapshotError("the snapshot was abandoned")
+        if self._state_left != 0 or len(self._digest) != DIGEST_SIZE:
+            self.abandon()
+            raise SnapshotError("the snapshot is truncated")
+        try:
+            self._state.finish()
+        except DecodeError as error:
+            self.abandon()
+            raise SnapshotError(f"{machine.name} snapshot: {error.reason}") from None
+        if machine.digest() != bytes(self._digest):
+            self.abandon()
+            raise SnapshotError(f"{machine.name} snapshot does not match its digest")
+        self._machine = None
+        return machine
+
+    def abandon(self) -> None:
+        if self._machine is not None:
+            self._machine.close()
+            self._machine = None
+
+
 class SnapshotMachine:
     """What the built-in machines share: a digest cached until the next ``apply`` (which
     calls ``_changed``), and snapshots in the envelope above, restored only when their
@@ -235,6 +385,12 @@ class SnapshotMachine:
 
     def close(self) -> None:
         """Nothing to drop unless a subclass keeps data in its storage."""
+
+    def apply(self, op: int, body: bytes) -> bytes:
+        raise NotImplementedError
+
+    def invariants(self) -> None:
+        raise NotImplementedError
 
     def _changed(self) -> None:
         self._digest = None
@@ -291,6 +447,15 @@ class SnapshotMachine:
 
     def _decode_state(self, state: memoryview) -> None:
         raise NotImplementedError
+
+    @classmethod
+    def snapshot_loader(cls, storage: DerivedStorage | None = None) -> SnapshotLoader:
+        return _EnvelopeLoader(cls(storage))
+
+    def _state_loader(self) -> StateLoader:
+        """What decodes the state fed a part at a time (by default: once whole, with
+        ``_decode_state``; a machine whose state can be large decodes it as it comes)."""
+        return _WholeStateLoader(self._decode_state)
 
     def _compute_digest(self) -> bytes:
         raise NotImplementedError

@@ -301,6 +301,9 @@ class EventStoreModel(RuleBasedStateMachine):
         size, taken = self.machine.snapshot_parts(part_bytes)
         parts = list(taken)
         assert b"".join(parts) == snapshot and size == len(snapshot), "parts must join"
+        fed = loaded(EventStore, snapshot, part_bytes)
+        assert fed.snapshot() == snapshot, "a state fed a part at a time must load the same"
+        fed.close()
         restored = EventStore.restore(snapshot, self.machine.storage)
         assert restored.digest() == self.machine.digest(), "restored digest differs"
         assert restored.snapshot() == snapshot, "a snapshot of the restored machine differs"
@@ -521,9 +524,14 @@ def test_kv_equal_states_have_equal_digests(
     position=st.integers(0, 10_000),
     value=st.integers(1, 255),
     cut=st.booleans(),
+    part_bytes=st.integers(1, 300),
 )
 def test_damaged_snapshots_are_refused(
-    machine_type: type[KvMachine] | type[EventStore], position: int, value: int, cut: bool
+    machine_type: type[KvMachine] | type[EventStore],
+    position: int,
+    value: int,
+    cut: bool,
+    part_bytes: int,
 ) -> None:
     machine = machine_type()
     for op, body in enumerate(valid_bodies()):
@@ -536,6 +544,16 @@ def test_damaged_snapshots_are_refused(
         damaged = snapshot[:index] + bytes([snapshot[index] ^ value]) + snapshot[index + 1 :]
     with pytest.raises(SnapshotError):
         machine_type.restore(damaged)
+    with pytest.raises(SnapshotError):
+        loaded(machine_type, damaged, part_bytes)
+
+
+def loaded(machine_type: type[StateMachine], snapshot: bytes, part_bytes: int) -> StateMachine:
+    """The machine a snapshot loader builds from ``snapshot`` fed ``part_bytes`` at a time."""
+    loader = machine_type.snapshot_loader()
+    for at in range(0, len(snapshot), part_bytes):
+        loader.feed(snapshot[at : at + part_bytes])
+    return loader.finish()
 
 
 def test_snapshots_name_their_machine() -> None:

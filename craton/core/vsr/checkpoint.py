@@ -25,7 +25,13 @@ from collections.abc import Iterator
 
 import attrs
 
-from craton.core.state_machine import STATE_PART_BYTES, coalesced
+from craton.core.state_machine import (
+    STATE_PART_BYTES,
+    SnapshotError,
+    SnapshotLoader,
+    StateMachine,
+    coalesced,
+)
 
 CHECKPOINT_MAGIC = b"CRCK"
 CHECKPOINT_FORMAT_VERSION = 1
@@ -161,12 +167,26 @@ class OpenedCheckpoint:
     machine_snapshot: memoryview  # a view into the checkpoint's bytes, not a copy
 
 
+class _Truncated(CheckpointError):
+    """The bytes end before the part of the state being read."""
+
+
 def open_checkpoint(data: bytes, digest: bytes) -> OpenedCheckpoint:
     """The contents of checkpoint ``data`` once it matches ``digest``; ``CheckpointError``
     if it does not, or if the bytes do not decode to exactly one checkpoint."""
     if hashlib.sha256(data).digest() != digest:
         raise CheckpointError("checkpoint state does not match its digest")
     reader = _Reader(data)
+    op, chain_hash, clients, machine_size = _read_head(reader)
+    machine_snapshot = reader.view(machine_size)
+    if reader.offset != len(data):
+        raise CheckpointError(f"{len(data) - reader.offset} bytes after the checkpoint state")
+    return OpenedCheckpoint(op, chain_hash, clients, machine_snapshot)
+
+
+def _read_head(reader: _Reader) -> tuple[int, bytes, tuple[ClientEntry, ...], int]:
+    """The state's op, chain hash, client table and the size of the machine's snapshot,
+    which follows them; ``_Truncated`` if the bytes end first."""
     if reader.take(len(CHECKPOINT_MAGIC)) != CHECKPOINT_MAGIC:
         raise CheckpointError("not a Craton checkpoint state (bad magic)")
     version, op = reader.unpack(_VERSION_OP)
@@ -185,10 +205,71 @@ def open_checkpoint(data: bytes, digest: bytes) -> OpenedCheckpoint:
             raise CheckpointError("checkpoint clients are not sorted by id")
         clients.append(ClientEntry(client, session, number, last_op, reply))
     (machine_size,) = reader.unpack(_U64)
-    machine_snapshot = reader.view(machine_size)
-    if reader.offset != len(data):
-        raise CheckpointError(f"{len(data) - reader.offset} bytes after the checkpoint state")
-    return OpenedCheckpoint(op, chain_hash, tuple(clients), machine_snapshot)
+    return op, chain_hash, tuple(clients), machine_size
+
+
+class CheckpointLoader:
+    """A checkpoint state read back a part at a time (a restart reads its state file so):
+    hashed as it comes; its header and client table read once they are in; the machine's
+    snapshot handed to the machine's ``SnapshotLoader`` as it comes, so that the state is
+    never held whole. Nothing is believed before ``finish`` has checked the digest."""
+
+    def __init__(self, digest: bytes, size: int, machine: SnapshotLoader) -> None:
+        self._digest = digest
+        self._size = size
+        self._hash = hashlib.sha256()
+        self.taken = 0  # bytes fed so far
+        self._held = b""  # bytes fed before the head could be read
+        self._head: tuple[int, bytes, tuple[ClientEntry, ...]] | None = None
+        self._machine_left = 0
+        self._machine = machine
+
+    def feed(self, data: bytes) -> None:
+        """The next bytes of the state; ``CheckpointError`` or ``SnapshotError`` when they
+        cannot be its (the loader is then abandoned)."""
+        try:
+            self._feed(data)
+        except (CheckpointError, SnapshotError):
+            self.abandon()
+            raise
+
+    def _feed(self, data: bytes) -> None:
+        self._hash.update(data)
+        self.taken += len(data)
+        if self.taken > self._size:
+            raise CheckpointError(f"the state is longer than the {self._size} bytes named")
+        if self._head is None:
+            self._held += data
+            reader = _Reader(self._held)
+            try:
+                op, chain_hash, clients, self._machine_left = _read_head(reader)
+            except _Truncated:
+                return  # the rest of the head is still to come
+            self._head = (op, chain_hash, clients)
+            data, self._held = self._held[reader.offset :], b""
+        if len(data) > self._machine_left:
+            raise CheckpointError("bytes after the checkpoint state")
+        self._machine_left -= len(data)
+        if data:
+            self._machine.feed(data)
+
+    def finish(self) -> tuple[OpenedCheckpoint, StateMachine]:
+        """The state's head (its ``machine_snapshot`` empty: the machine was fed it) and the
+        restored machine, once every byte was fed and the digest checks out."""
+        try:
+            if self.taken != self._size or self._hash.digest() != self._digest:
+                raise CheckpointError("checkpoint state does not match its digest")
+            if self._head is None or self._machine_left:
+                raise CheckpointError("checkpoint state is truncated")
+            machine = self._machine.finish()
+        except (CheckpointError, SnapshotError):
+            self.abandon()
+            raise
+        op, chain_hash, clients = self._head
+        return OpenedCheckpoint(op, chain_hash, clients, memoryview(b"")), machine
+
+    def abandon(self) -> None:
+        self._machine.abandon()
 
 
 class _Reader:
@@ -200,13 +281,13 @@ class _Reader:
     def view(self, size: int) -> memoryview:
         """The next ``size`` bytes as a view (the machine's snapshot: too large to copy)."""
         if self.offset + size > len(self.data):
-            raise CheckpointError("checkpoint state is truncated")
+            raise _Truncated("checkpoint state is truncated")
         self.offset += size
         return self._view[self.offset - size : self.offset]
 
     def take(self, size: int) -> bytes:
         if self.offset + size > len(self.data):
-            raise CheckpointError("checkpoint state is truncated")
+            raise _Truncated("checkpoint state is truncated")
         chunk = self.data[self.offset : self.offset + size]
         self.offset += size
         return chunk

@@ -77,6 +77,7 @@ from craton.core.vsr import codec
 from craton.core.vsr.checkpoint import (
     STATE_SPACING_OPS_MAX,
     CheckpointError,
+    CheckpointLoader,
     CheckpointState,
     ClientEntry,
     OpenedCheckpoint,
@@ -337,6 +338,7 @@ class Replica:
         self._named_state: NamedState | None = None  # the one the superblock names
         self._superseded_states: list[int] = []  # state files to empty once not named
         self._restart_state: NamedState | None = None  # being read, to restart from
+        self._restart_loader: CheckpointLoader | None = None  # decoding it as it comes
         self._restart_reads = 0  # reads of it that were retried
         self._recovering = False  # wanted in the superblock: see OWNER_RECOVERING
         self._persisted_recovering = False
@@ -593,43 +595,64 @@ class Replica:
             # The latest checkpoint state it saved: restart from there and reload only the
             # log past it, not every op from the log's base.
             self._restart_state = named
-            return self._route(self.log.read_state(named.op, named.size, RESTART_STATE_TAG))
+            return self._read_restart_part()
         return self._load_more()
 
-    def _on_restart_state(self, data: bytes | None, reason: str = "") -> list[Effect]:
-        """The bytes of the state a restart begins from (None: the read failed). Checked
-        against the digest the superblock names; if they do not check out, the journal is
-        reloaded from the log's base instead (the log keeps every record)."""
+    def _read_restart_part(self) -> list[Effect]:
+        """Read the next part of the state a restart begins from: it is decoded as it comes
+        (``CheckpointLoader``), so that it is never held whole."""
         named = self._restart_state
-        assert named is not None and self.status is Status.LOADING
-        opened = self._open_named_state(named, data) if data is not None else reason
+        assert named is not None
+        loader = self._restart_loader
+        if loader is None:
+            machine = type(self.machine).snapshot_loader(self.machine.storage)
+            loader = self._restart_loader = CheckpointLoader(named.digest, named.size, machine)
+        size = min(named.size - loader.taken, self.config.state_part_bytes)
+        return self._route(self.log.read_state(named.op, size, RESTART_STATE_TAG, loader.taken))
+
+    def _on_restart_state(self, data: bytes | None, reason: str = "") -> list[Effect]:
+        """A part of the state a restart begins from (None: the read failed). The whole is
+        checked against the digest the superblock names; if it does not check out, the
+        journal is reloaded from the log's base instead (the log keeps every record)."""
+        named, loader = self._restart_state, self._restart_loader
+        assert named is not None and loader is not None and self.status is Status.LOADING
+        opened = self._load_restart_part(named, loader, data) if data is not None else reason
+        if opened is None:
+            return self._read_restart_part()
+        self._restart_loader = None
         if isinstance(opened, str) and self._restart_reads < RESTART_STATE_READS_MAX:
             # A read can fail or flip bits on the way: only what persists is believed.
+            loader.abandon()
             self._restart_reads += 1
-            return self._route(self.log.read_state(named.op, named.size, RESTART_STATE_TAG))
+            return self._read_restart_part()
         self._restart_state = None
         if isinstance(opened, str):
+            loader.abandon()
             fields = (("op", named.op), ("why", opened))
             return [Notice("replica.restart_state_unusable", fields), *self._load_more()]
         checked, machine = opened
-        assert data is not None
         self._adopt_state(checked, machine, named.digest, named.size)
         self._load_next = named.op
         noted = (("op", named.op), ("replayed", self._load_head - named.op))
         return [Notice("replica.restarted_from_state", noted), *self._load_more()]
 
-    def _open_named_state(
-        self, named: NamedState, data: bytes
-    ) -> tuple[OpenedCheckpoint, StateMachine] | str:
-        if len(data) != named.size or hashlib.sha256(data).digest() != named.digest:
-            return "its bytes do not match the digest its superblock names"
+    def _load_restart_part(
+        self, named: NamedState, loader: CheckpointLoader, data: bytes
+    ) -> tuple[OpenedCheckpoint, StateMachine] | str | None:
+        """Feed ``data`` to the loader: the state and its machine once the last part is in,
+        None while parts are to come, or why the state cannot be used."""
+        if len(data) != min(named.size - loader.taken, self.config.state_part_bytes):
+            return f"a read at {loader.taken} came back with {len(data)} bytes"
         try:
-            opened = open_checkpoint(data, named.digest)
-            if opened.op != named.op:
-                return f"it is the state at op {opened.op}, not at {named.op}"
-            machine = self._restore(opened.machine_snapshot)
+            loader.feed(data)
+            if loader.taken < named.size:
+                return None
+            opened, machine = loader.finish()
         except (CheckpointError, SnapshotError) as error:
             return str(error)
+        if opened.op != named.op:
+            machine.close()
+            return f"it is the state at op {opened.op}, not at {named.op}"
         return opened, machine
 
     def _restore(self, snapshot: memoryview) -> StateMachine:
