@@ -551,7 +551,10 @@ class _Stream:
             return events
         index = bisect.bisect_right(append_ends, offset)
         after = bisect.bisect_right(append_ends, stop - 1) + 1  # past the append holding stop - 1
-        for at, data, first in self._appends(index, after, size_max):
+        # read about as many bytes as the reply may hold: the first ``count_max`` events,
+        # no more than ``size_max`` of them (an append is always read whole)
+        wanted = ends[min(offset + count_max, stop) - 1] - (ends[offset - 1] if offset else 0)
+        for at, data, first in self._appends(index, after, max(1, min(size_max, wanted))):
             base = ends[first - 1] if first else 0
             while offset < min(append_ends[at], stop):
                 start = ends[offset - 1] if offset else 0

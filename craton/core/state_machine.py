@@ -158,7 +158,9 @@ class StateMachine(Protocol):
         ...
 
     def close(self) -> None:
-        """Drop what the machine keeps in its storage: it is not used again."""
+        """Drop what the machine keeps in its storage: no op is applied to it again. Parts
+        of a snapshot it already handed out (``snapshot_parts``) must stay readable until
+        they are taken: a state may still be being written from them."""
         ...
 
     def invariants(self) -> None:
@@ -426,12 +428,14 @@ class SnapshotMachine:
         machine = cls(storage)
         try:
             machine._decode_state(state)
+            if machine.digest() != digest:
+                raise SnapshotError(f"{cls.name} snapshot does not match its digest")
         except DecodeError as error:
             machine.close()
             raise SnapshotError(f"{cls.name} snapshot: {error.reason}") from None
-        if machine.digest() != digest:
-            machine.close()
-            raise SnapshotError(f"{cls.name} snapshot does not match its digest")
+        except BaseException:
+            machine.close()  # (its derived storage failed, or the digest differs)
+            raise
         return machine
 
     def _encode_state(self) -> bytes:

@@ -35,7 +35,9 @@ from craton.net.server import HTTP_CONNECTIONS_MAX
 
 EVENT_LOOP_FDS = 16  # epoll, wake-up pipe, signal pipe, 2 ports x 2 families, stdio, spare
 STATE_FILE_FDS = 8  # superblock, lock, witness, /ready's probe file, directory fsyncs
-DERIVED_FILE_FDS = 2  # the machine's blob, and its successor while a state is restored
+# the machine's blob, its successor while a state is restored, and a replaced one that a
+# state being written still reads
+DERIVED_FILE_FDS = 3
 LOG_SEGMENT_GROWTH_FDS = 32  # log segments a running node may add (each one descriptor)
 PEER_FDS_PER_PEER = 2  # a connection to each peer and one from it
 METRICS_CONNECTIONS_FDS = 16  # scrapes and probes on the metrics port at once

@@ -276,6 +276,7 @@ class ReplicaHost:
             self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             self._lock_fd = _lock(self.data_dir / LOCK_FILE)
             seed = load_or_create_seal_seed(self.data_dir)
+            machine = EventStore(FileStorage(self.data_dir / DERIVED_FOLDER))
         except (OSError, ValueError) as error:
             raise HostError(f"data directory {self.data_dir}: {_reason(error)}") from None
         self._disk = FileDisk(self.data_dir, self._post)
@@ -287,11 +288,6 @@ class ReplicaHost:
             joined=self._cluster is not None and self._cluster.formed,
         )
         jitter_seed = int.from_bytes(OsEntropy().random_bytes(8), "little")
-        try:
-            storage = FileStorage(self.data_dir / DERIVED_FOLDER)
-        except OSError as error:
-            raise HostError(f"data directory {self.data_dir}: {_reason(error)}") from None
-        machine = EventStore(storage)
         self.replica = Replica(config, machine, Prng(jitter_seed, "replica"))
         self.gateway = Gateway(self.replica)
         self._driver = Driver(
@@ -419,8 +415,8 @@ class ReplicaHost:
         return self.halted is None
 
     def close(self) -> None:
-        """Stop ticking and talking to peers, let the disk finish what it was given, and
-        unlock the directory."""
+        """Stop ticking and talking to peers, let the disk finish what it was given, drop
+        the machine's derived data (rebuilt at the next start), and unlock the directory."""
         self._closed = True
         if self._ticker is not None:
             self._ticker.cancel()
@@ -430,6 +426,8 @@ class ReplicaHost:
         if self._disk is not None:
             self._disk.close()
             self._disk = None
+        if self.replica is not None:
+            self.replica.machine.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None

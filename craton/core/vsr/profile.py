@@ -105,7 +105,7 @@ SIMULATION = attrs.evolve(
     client_table_max=3,  # clients are evicted and must register again
     checkpoint_interval_ops=32,  # replicas seal a checkpoint at every multiple of this op
     segment_size_max=256 * 1024,
-    state_part_bytes=1024,  # states of several parts: written and synced a part at a time
+    state_part_bytes=1024,  # states of several parts: written and read a part at a time
 )
 
 PROFILES = {profile.name: profile for profile in (SIMULATION, PRODUCTION)}

@@ -1423,14 +1423,13 @@ class Replica:
         if offer.op <= self.head:
             return []  # it holds every op below the state: journal transfer serves it
         self._primary_heard_tick = self._ticks
-        checked = self._verify_checkpoint(offer)
+        if not self.log.can_install_base:
+            return []  # writes in flight: the next GetState brings it again
+        checked = self._verify_checkpoint(offer)  # (restores the machine: checked last)
         if isinstance(checked, str):
             fields = (("op", offer.op), ("from", offer.replica), ("why", checked))
             self._avoid_source = offer.replica
             return [Notice("replica.checkpoint_rejected", fields)]
-        if not self.log.can_install_base:
-            checked[1].close()
-            return []  # writes in flight: the next GetState brings it again
         self._syncing = (offer, *checked)
         for entry in self.entries:
             self._forget_request(entry)
@@ -1446,19 +1445,18 @@ class Replica:
             return []
         if self._syncing is not None or offer.op <= self.head:
             return []
-        checked = self._verify_checkpoint(offer)
-        vouched = self._repair.get(offer.op - 1)
-        if isinstance(checked, str) or (
-            vouched is not None and vouched.hash not in (None, offer.chain_hash)
-        ):
-            if not isinstance(checked, str):
-                checked[1].close()
-            why = checked if isinstance(checked, str) else "its chain hash is not this log's"
-            fields = (("op", offer.op), ("from", offer.replica), ("why", why))
-            return [Notice("replica.checkpoint_rejected", fields)]
         if not self.log.can_install_base:
-            checked[1].close()
             return []  # writes in flight: the hole is asked for again
+        vouched = self._repair.get(offer.op - 1)
+        if vouched is not None and vouched.hash not in (None, offer.chain_hash):
+            checked: tuple[OpenedCheckpoint, StateMachine] | str = (
+                "its chain hash is not this log's"
+            )
+        else:
+            checked = self._verify_checkpoint(offer)  # (restores the machine: checked last)
+        if isinstance(checked, str):
+            fields = (("op", offer.op), ("from", offer.replica), ("why", checked))
+            return [Notice("replica.checkpoint_rejected", fields)]
         self._syncing = (offer, *checked)
         for entry in self.entries:
             self._forget_request(entry)
