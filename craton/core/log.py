@@ -38,7 +38,7 @@ import hashlib
 import re
 import struct
 from collections.abc import Callable, Iterator, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import attrs
 
@@ -358,16 +358,19 @@ class _StateWriting:
     parts: Iterator[bytes]
     then_base: bool
     written: int = 0
+    hash: Any = attrs.field(factory=hashlib.sha256)  # of the bytes written
 
 
 @attrs.frozen
 class _BaseInstall:
     position: int
     chain_hash: bytes
-    state: bytes
     segment: int  # the first segment of the log from the base on
     # the records that continue the log from the base: (record bytes, chain hash) each
     tail: tuple[tuple[bytes, bytes], ...] = ()
+    # the base's state file as written: its SHA-256 and size, once it is
+    state_digest: bytes = b""
+    state_size: int = 0
 
 
 @attrs.define
@@ -513,11 +516,16 @@ class Log:
         )
 
     def install_base(
-        self, position: int, chain_hash: bytes, state: bytes, tail: Sequence[bytes] = ()
+        self,
+        position: int,
+        chain_hash: bytes,
+        state: Sequence[bytes],
+        tail: Sequence[bytes] = (),
     ) -> list[LogOutput]:
         """Make the log start at ``position``, past its head: ``state`` is the owner's state
-        there and ``chain_hash`` the hash of the record before it (the owner has checked
-        both against another copy of the history). ``tail`` holds the bodies of records the
+        there (its bytes in parts, written one after another) and ``chain_hash`` the hash
+        of the record before it (the owner has checked both against another copy of the
+        history). ``tail`` holds the bodies of records the
         owner already has from ``position`` on (a repairing replica's intact records past a
         hole): the new log starts with them. ``BaseInstalled`` follows once durable.
 
@@ -542,8 +550,8 @@ class Log:
                 position=at, prev_hash=prev, body=body, durable_before=position
             )
             records.append((data, prev))
-        self._installing = _BaseInstall(position, chain_hash, state, segment, tuple(records))
-        return [self._write_state(position, iter((state,)), then_base=True)]
+        self._installing = _BaseInstall(position, chain_hash, segment, tuple(records))
+        return [self._write_state(position, iter(state), then_base=True)]
 
     def _finish_base(self, fresh: Superblock) -> list[LogOutput]:
         install = self._installing
@@ -600,6 +608,7 @@ class Log:
         path = superblock.state_path(writing.position)
         offset = writing.written
         writing.written += len(data)
+        writing.hash.update(data)
         return self._track(_Io.STATE_WRITE, writing, lambda io: DiskWrite(io, path, offset, data))
 
     def _on_state_step(self, purpose: _Io, writing: _StateWriting) -> list[LogOutput]:
@@ -616,6 +625,11 @@ class Log:
         if not then_base:
             return [StateSaved(position)]
         install = self._installing
+        if install is not None:
+            digest = writing.hash.digest()
+            install = self._installing = attrs.evolve(
+                install, state_digest=digest, state_size=writing.written
+            )
         if install is not None and install.tail:
             payload = b"".join(data for data, _ in install.tail)
             path = segment_path(install.segment)
@@ -1547,8 +1561,8 @@ class Log:
                     base_position=base.position,
                     base_hash=base.chain_hash,
                     base_segment=base.segment,
-                    base_digest=hashlib.sha256(base.state).digest(),
-                    base_size=len(base.state),
+                    base_digest=base.state_digest,
+                    base_size=base.state_size,
                 )
             if checkpoint is not None:
                 fresh = attrs.evolve(

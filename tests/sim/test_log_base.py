@@ -63,7 +63,7 @@ def test_install_refuses_a_base_at_or_below_the_head() -> None:
     world = World(salvage=True)
     world.append_all(BODIES)
     with pytest.raises(LogError):
-        world.host.log.install_base(len(BODIES), BASE_HASH, STATE)
+        world.host.log.install_base(len(BODIES), BASE_HASH, (STATE,))
 
 
 def test_a_damaged_base_state_halts_a_single_node_and_is_lost_by_a_replica() -> None:

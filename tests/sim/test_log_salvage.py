@@ -69,7 +69,7 @@ class _Host:
         if isinstance(event, _InstallBase):
             log = self.log
             return self._split(
-                log.install_base(event.position, event.chain_hash, event.state, event.tail)
+                log.install_base(event.position, event.chain_hash, (event.state,), event.tail)
             )
         return self._split(self.log.on_disk(event))  # type: ignore[arg-type]
 

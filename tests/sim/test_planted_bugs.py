@@ -335,7 +335,8 @@ class InstallWithoutVerifying(Replica):
     def _verify_checkpoint(
         self, offer: CheckpointOffer
     ) -> tuple[OpenedCheckpoint, StateMachine] | str:
-        opened = open_checkpoint(offer.state, hashlib.sha256(offer.state).digest())
+        state = b"".join(offer.parts)
+        opened = open_checkpoint(state, hashlib.sha256(state).digest())
         return opened, self._restore(opened.machine_snapshot)
 
 

@@ -16,6 +16,7 @@ import pytest
 from craton.core import superblock
 from craton.core.seal import Sealer, state_message
 from craton.core.vsr import codec
+from craton.core.vsr.checkpoint import open_checkpoint
 from craton.core.vsr.replica import CheckpointOffer, Replica
 from craton.core.wire.replica import NewCheckpoint
 from craton.sim.cluster import Cluster
@@ -49,7 +50,7 @@ def _offer(cluster: Cluster, sender: int) -> CheckpointOffer:
         0,
         data,
     )
-    return CheckpointOffer.of(part, data)
+    return CheckpointOffer.of(part, (data,))
 
 
 def _verdict(receiver: Replica, offer: CheckpointOffer) -> str:
@@ -63,19 +64,20 @@ def test_a_genuine_state_is_accepted_and_restores_the_senders_machine(cluster: C
     assert not isinstance(checked, str), checked
     opened, machine = checked
     assert opened.op == offer.op and opened.chain_hash == cluster.checker.canonical[offer.op - 1]
-    assert machine.snapshot() == opened.machine_snapshot
+    sent = open_checkpoint(b"".join(offer.parts), offer.digest).machine_snapshot
+    assert machine.snapshot() == sent, "the restored machine differs from the one sent"
 
 
 def test_every_tampered_offer_is_refused_naming_why(cluster: Cluster) -> None:
     receiver = cluster.nodes[1].replica
     offer = _offer(cluster, 0)
-    flipped = bytearray(offer.state)
+    flipped = bytearray(b"".join(offer.parts))
     flipped[len(flipped) // 2] ^= 0x10
     stranger = Sealer(bytes(range(32)))
     other_op = offer.op - 32
     resigned = state_message(other_op, offer.chain_hash, offer.digest)
     cases = {
-        "a flipped byte": attrs.evolve(offer, state=bytes(flipped)),
+        "a flipped byte": attrs.evolve(offer, parts=(bytes(flipped),)),
         "a wrong signature": attrs.evolve(offer, signature=bytes(64)),
         "a stranger's key": attrs.evolve(
             offer,
@@ -100,6 +102,7 @@ def test_every_tampered_offer_is_refused_naming_why(cluster: Cluster) -> None:
 def _parts(cluster: Cluster, sender: int, size: int) -> list[NewCheckpoint]:
     """The sender's durable state as the parts it sends, ``size`` bytes each."""
     whole = _offer(cluster, sender)
+    state = b"".join(whole.parts)
     replica = cluster.nodes[sender].replica
     return [
         NewCheckpoint(
@@ -112,11 +115,11 @@ def _parts(cluster: Cluster, sender: int, size: int) -> list[NewCheckpoint]:
             whole.digest,
             whole.public_key,
             whole.signature,
-            len(whole.state),
+            len(state),
             offset,
-            whole.state[offset : offset + size],
+            state[offset : offset + size],
         )
-        for offset in range(0, len(whole.state), size)
+        for offset in range(0, len(state), size)
     ]
 
 
@@ -139,7 +142,9 @@ def test_a_state_in_parts_is_put_together_in_order_and_only_in_order(cluster: Cl
         assert isinstance(receiver._assemble(part), list)
     whole = receiver._assemble(parts[-1])
     assert isinstance(whole, CheckpointOffer), whole
-    assert whole == _offer(cluster, 0), "the parts put together are not the state sent"
+    assert len(whole.parts) == len(parts), "expected the parts kept as they came"
+    joined = attrs.evolve(whole, parts=(b"".join(whole.parts),))
+    assert joined == _offer(cluster, 0), "the parts put together are not the state sent"
     assert _verdict(receiver, whole) == "accepted"
     # The same state from another replica (the same bytes: its digest says so) goes on
     # with the parts held; a part of another state is dropped, and the assembly goes on.

@@ -248,7 +248,8 @@ class OwnerState:
 @attrs.frozen
 class CheckpointOffer:
     """A state-sync offer with its whole state: a ``NewCheckpoint`` that came in one part,
-    or the parts of one put together. Nothing of it is believed until it is verified."""
+    or the parts of one, in order (never joined into one copy). Nothing of it is believed
+    until it is verified."""
 
     view: int
     replica: int  # the sender
@@ -257,10 +258,15 @@ class CheckpointOffer:
     digest: bytes
     public_key: bytes
     signature: bytes
-    state: bytes
+    parts: tuple[bytes, ...]
+
+    @property
+    def size(self) -> int:
+        """Bytes of the state."""
+        return sum(len(part) for part in self.parts)
 
     @classmethod
-    def of(cls, offer: NewCheckpoint, state: bytes) -> CheckpointOffer:
+    def of(cls, offer: NewCheckpoint, parts: tuple[bytes, ...]) -> CheckpointOffer:
         return cls(
             offer.view,
             offer.replica,
@@ -269,7 +275,7 @@ class CheckpointOffer:
             offer.digest,
             offer.public_key,
             offer.signature,
-            state,
+            parts,
         )
 
 
@@ -1363,7 +1369,7 @@ class Replica:
         meanwhile: its senders no longer answer); other parts are dropped."""
         if part.offset == 0 and len(part.state) == part.state_size:
             self._assembly = None
-            return CheckpointOffer.of(part, part.state)
+            return CheckpointOffer.of(part, (part.state,))
         assembly = self._assembly
         if assembly is not None and (assembly.op, assembly.digest, assembly.size) != (
             part.op,
@@ -1403,7 +1409,7 @@ class Replica:
             fields = (("op", part.op), ("received", assembly.received), ("of", assembly.size))
             return [Notice("replica.state_part", fields), *self._ask_part(assembly)]
         self._assembly = None
-        return CheckpointOffer.of(part, b"".join(assembly.parts))
+        return CheckpointOffer.of(part, tuple(assembly.parts))
 
     def _ask_part(self, assembly: _Assembly) -> list[Effect]:
         """Ask the sender of a state being put together for its next part."""
@@ -1433,7 +1439,7 @@ class Replica:
         self._syncing = (offer, *checked)
         for entry in self.entries:
             self._forget_request(entry)
-        return self._route(self.log.install_base(offer.op, offer.chain_hash, offer.state))
+        return self._route(self.log.install_base(offer.op, offer.chain_hash, offer.parts))
 
     def _repair_from_checkpoint(self, offer: CheckpointOffer) -> list[Effect]:
         """A repairing replica whose hole lies below every peer's log (their logs start at
@@ -1476,7 +1482,7 @@ class Replica:
         bodies = [entry.body for entry in tail]
         return [
             Notice("replica.repair_by_state", noted),
-            *self._route(self.log.install_base(offer.op, offer.chain_hash, offer.state, bodies)),
+            *self._route(self.log.install_base(offer.op, offer.chain_hash, offer.parts, bodies)),
         ]
 
     def _verify_checkpoint(
@@ -1490,13 +1496,23 @@ class Replica:
         message = state_message(offer.op, offer.chain_hash, offer.digest)
         if not verify_signature(offer.public_key, message, offer.signature):
             return "the signature does not verify"
+        digest = hashlib.sha256()
+        for part in offer.parts:
+            digest.update(part)
+        if digest.digest() != offer.digest:
+            return "checkpoint state does not match its digest"
+        # decoded part by part, never joined: the machine is built as the parts go
+        machine_loader = type(self.machine).snapshot_loader(self.machine.storage)
+        loader = CheckpointLoader(offer.digest, offer.size, machine_loader)
         try:
-            opened = open_checkpoint(offer.state, offer.digest)
-            if (opened.op, opened.chain_hash) != (offer.op, offer.chain_hash):
-                return "the state is not the one the signature names"
-            machine = self._restore(opened.machine_snapshot)
+            for part in offer.parts:
+                loader.feed(part)
+            opened, machine = loader.finish()
         except (CheckpointError, SnapshotError) as error:
             return str(error)
+        if (opened.op, opened.chain_hash) != (offer.op, offer.chain_hash):
+            machine.close()
+            return "the state is not the one the signature names"
         return opened, machine
 
     def _on_base_installed(self, position: int) -> list[Effect]:
@@ -1507,7 +1523,7 @@ class Replica:
         self._avoid_source = None
         self._verify_from = None  # the journal it was comparing gave way to the state
         old = self._durable_state
-        self._adopt_state(opened, machine, offer.digest, len(offer.state))
+        self._adopt_state(opened, machine, offer.digest, offer.size)
         tail, self._sync_tail = self._sync_tail, ()
         for entry in tail:  # already in the new log, past its base
             self._journal(entry)
