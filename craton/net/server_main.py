@@ -31,6 +31,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import logging
 import os
 import signal
@@ -67,6 +69,23 @@ class StartError(Exception):
     """The node could not start; the message is the one line the operator sees."""
 
 
+MALLOC_MMAP_THRESHOLD_BYTES = 1 << 20  # blocks this large are mapped, and unmapped when freed
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+
+
+def _return_large_blocks_to_the_system() -> None:
+    """Have glibc's malloc map every block of ``MALLOC_MMAP_THRESHOLD_BYTES`` or more, so
+    that freeing one returns it to the system. Left alone, malloc raises that threshold to
+    the largest block freed so far, and the parts of checkpoint states (megabytes each,
+    made and dropped all the time) end up in the heap, which keeps them after they are
+    freed. Nothing happens on a C library without ``mallopt``."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD_BYTES)
+    except (OSError, AttributeError):
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     _parser().parse_args(argv)  # --help and --version exit here; the rest is the environment
     try:
@@ -76,6 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     clock = SYSTEM_CLOCK  # the one clock of the process: logs, host, peers, connections
     log = EventLog(config.log_level, clock=clock)
+    _return_large_blocks_to_the_system()
     try:
         return asyncio.run(serve(config, log, clock))
     except StartError as error:
