@@ -665,16 +665,27 @@ class _Stream:
         chain = self.chain
         size_total = ends[-1] if ends else 0
         last = self.append_ops[-1] if self.append_ops else self.created_op
+        first = not self.append_ops
+        # (bound once: this loop runs once per append of a restored state)
+        sha256, link_of, crc32 = hashlib.sha256, _CHAIN_LINK.pack, zlib.crc32
+        unpack_u32, unpack_op_count = _U32.unpack_from, _OP_COUNT.unpack_from
+        add_end, add_at, add_crc = ends.append, self.append_at.append, self.append_crcs.append
+        add_op, add_append_end, blob_append = (
+            self.append_ops.append,
+            self.append_ends.append,
+            self._blob.append,
+        )
+        audit = self.name == AUDIT_STREAM
+        size_max, length = EVENT_SIZE_MAX, len(data)
         with memoryview(data) as view:
             while appends:
                 start = at
-                if at + _OP_COUNT.size > len(data):
+                if at + _OP_COUNT.size > length:
                     break
-                op, count = _OP_COUNT.unpack_from(data, at)
+                op, count = unpack_op_count(data, at)
                 at += _OP_COUNT.size
                 # an audit stream's first record is appended by the op that created the stream
-                same_op = not self.append_ops and self.name == AUDIT_STREAM and op == last
-                if not (last < op or same_op) or op >= op_next:
+                if not (last < op or (first and audit and op == last)) or op >= op_next:
                     raise DecodeError(f"append at op {op} is not between ops {last} and {op_next}")
                 if not 1 <= count <= APPEND_EVENTS_MAX:
                     raise DecodeError(f"an append of {count} events")
@@ -682,31 +693,32 @@ class _Stream:
                     raise DecodeError(f"a stream holds more than {STREAM_EVENTS_MAX} events")
                 pieces: list[memoryview] = []
                 for _ in range(count):
-                    if at + _U32.size > len(data):
+                    if at + 4 > length:
                         break
-                    (size,) = _U32.unpack_from(data, at)
-                    if size > EVENT_SIZE_MAX:
+                    (size,) = unpack_u32(data, at)
+                    if size > size_max:
                         raise DecodeError(f"an event of {size} bytes")
-                    if at + _U32.size + size > len(data):
+                    if at + 4 + size > length:
                         break
-                    at += _U32.size
+                    at += 4
                     pieces.append(view[at : at + size])
                     at += size
                 if len(pieces) < count:  # the append goes on past ``data``
                     at = start
                     break
                 for event in pieces:
-                    link = hashlib.sha256(chain + _CHAIN_LINK.pack(op, len(event)))
+                    link = sha256(chain + link_of(op, len(event)))
                     link.update(event)
                     chain = link.digest()
                     size_total += len(event)
-                    ends.append(size_total)
-                joined = b"".join(pieces)
-                self.append_at.append(self._blob.append(joined))
-                self.append_crcs.append(zlib.crc32(joined))
-                self.append_ops.append(op)
-                self.append_ends.append(len(ends))
+                    add_end(size_total)
+                joined = pieces[0] if count == 1 else b"".join(pieces)
+                add_at(blob_append(joined))
+                add_crc(crc32(joined))
+                add_op(op)
+                add_append_end(len(ends))
                 last = op
+                first = False
                 appends -= 1
         self.chain = chain
         return at, appends

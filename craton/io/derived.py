@@ -42,9 +42,10 @@ class FileBlob:
 
     def append(self, data: bytes | bytearray | memoryview) -> int:
         assert not self._closed, "append to a closed blob"
-        offset = self.size
-        self._pending += data
-        if len(self._pending) >= WRITE_BUFFER_BYTES:
+        pending = self._pending
+        offset = self._written + len(pending)
+        pending += data
+        if len(pending) >= WRITE_BUFFER_BYTES:
             self._flush()
         return offset
 
