@@ -37,13 +37,10 @@ This module deliberately does not use ``from __future__ import annotations``: th
 schema of ``StoreError`` is read from its annotations when the class is created.
 """
 
-import array
-import bisect
 import enum
 import hashlib
 import json
 import struct
-import zlib
 from collections.abc import Iterator, Sequence
 from typing import Annotated, Any, assert_never
 
@@ -59,8 +56,11 @@ from craton.core.auth import (
     allowed,
     may_grant,
 )
+from craton.core.event_stream import AUDIT_STREAM as AUDIT_STREAM  # (public here too)
+from craton.core.event_stream import CHAIN_START, Stream
+from craton.core.event_stream import STREAM_EVENTS_MAX as STREAM_EVENTS_MAX
 from craton.core.state_machine import OP_MAX, SnapshotMachine, StateLoader, StateSink, next_op
-from craton.core.storage import BlobFile, DerivedDataError, DerivedStorage
+from craton.core.storage import BlobFile, DerivedStorage
 from craton.core.wire.errors import DecodeError, ErrorCode
 from craton.core.wire.frame import BODY_SIZE_MAX
 from craton.core.wire.messages import (
@@ -69,7 +69,6 @@ from craton.core.wire.messages import (
     APPEND_EVENTS_MAX,
     ERROR_MESSAGE_SIZE_MAX,
     EVENT,
-    EVENT_SIZE_MAX,
     KEY_ID,
     READ_EVENTS_MAX,
     READ_SIZE_MAX,
@@ -111,17 +110,12 @@ STREAMS_MAX = 100_000  # streams held at once, all tenants together
 AUDIT_STREAMS_MAX = 100_000  # tenants with an audit stream
 API_KEYS_MAX = 100_000  # API keys held, revoked ones included, all tenants together
 RESERVED_PREFIX = "craton:"  # stream names clients may not create or append to
-AUDIT_STREAM = "craton:audit"  # each tenant's audit trail
 AUDIT_TEXT_SIZE_MAX = 128  # bytes of an audit record's actor or reason
-STREAM_EVENTS_MAX = 2**31  # events in one stream
 TENANT_ID_MAX = 2**64 - 1  # tenant ids are u64
 # bytes: tag, tenant, role, key id, subject, time, the largest wire body
 REQUEST_SIZE_MAX = 1 + 8 + 1 + 8 + 4 + AUDIT_TEXT_SIZE_MAX + 8 + BODY_SIZE_MAX
-READ_RUN_BYTES = 1 << 20  # bytes of consecutive appends read from the blob at once
 SHOWN_BYTES_MAX = 32  # bytes of an event that ``describe_*`` show before cutting
 
-_CHAIN_START = bytes(32)
-_CHAIN_LINK = struct.Struct("<QI")  # op, event size: prefixed to each event in the chain
 _U32 = struct.Struct("<I")
 _OP_COUNT = struct.Struct("<QI")  # an append's op and its event count, in a snapshot
 
@@ -487,253 +481,6 @@ def _show_events(events: tuple[bytes, ...]) -> str:
 # --- The machine -----------------------------------------------------------------------------
 
 
-class _Stream:
-    """One stream's metadata and where its events are. ``append_ops[i]`` is the op of the
-    i-th append and ``append_ends[i]`` the stream's length after it; ``chain`` covers every
-    (op, event).
-
-    The events' bytes live in the machine's blob (``craton.core.storage``), each append's
-    events one after another from ``append_at[i]``, checked on every read by the CRC-32
-    ``append_crcs[i]``. Memory holds arrays only: where each event ends among the stream's
-    bytes (u64), and per append its op, end, offset in the blob and checksum, some 36 bytes
-    for a one-event append whatever its size."""
-
-    __slots__ = (
-        "_blob",
-        "_ends",
-        "append_at",
-        "append_crcs",
-        "append_ends",
-        "append_ops",
-        "chain",
-        "created_op",
-        "data_class",
-        "name",
-        "placement",
-        "tenant_id",
-    )
-
-    def __init__(
-        self,
-        blob: BlobFile,
-        tenant_id: int,
-        name: str,
-        data_class: DataClass,
-        placement: Placement,
-        op: int,
-    ) -> None:
-        self.tenant_id = tenant_id
-        self.name = name
-        self.data_class = data_class
-        self.placement = placement
-        self.created_op = op
-        self._blob = blob
-        self._ends = array.array("Q")  # where event i ends among the stream's bytes
-        self.append_ops = array.array("Q")
-        self.append_ends = array.array("Q")
-        self.append_at = array.array("Q")  # where append i's events start in the blob
-        self.append_crcs = array.array("I")  # CRC-32 of append i's events' bytes
-        self.chain = _CHAIN_START
-
-    @property
-    def length(self) -> int:
-        """How many events the stream holds."""
-        return len(self._ends)
-
-    def events(self, offset: int, stop: int, count_max: int, size_max: int) -> list[bytes]:
-        """Events from ``offset`` below ``stop`` (at most ``length``): at most
-        ``count_max``, and no more than ``size_max`` bytes of them unless the first alone is
-        larger. The appends they come from are read from the blob and checked."""
-        events: list[bytes] = []
-        size_bytes = 0
-        ends, append_ends = self._ends, self.append_ends
-        if offset >= stop:
-            return events
-        index = bisect.bisect_right(append_ends, offset)
-        after = bisect.bisect_right(append_ends, stop - 1) + 1  # past the append holding stop - 1
-        # read about as many bytes as the reply may hold: the first ``count_max`` events,
-        # no more than ``size_max`` of them (an append is always read whole)
-        wanted = ends[min(offset + count_max, stop) - 1] - (ends[offset - 1] if offset else 0)
-        for at, data, first in self._appends(index, after, max(1, min(size_max, wanted))):
-            base = ends[first - 1] if first else 0
-            while offset < min(append_ends[at], stop):
-                start = ends[offset - 1] if offset else 0
-                if len(events) == count_max or (
-                    events and size_bytes + ends[offset] - start > size_max
-                ):
-                    return events
-                events.append(data[start - base : ends[offset] - base].tobytes())
-                size_bytes += ends[offset] - start
-                offset += 1
-        return events
-
-    def _appends(
-        self, index: int, stop: int, run_bytes: int
-    ) -> Iterator[tuple[int, memoryview, int]]:
-        """Appends ``index`` up to ``stop``, each as (its index, its events' bytes, its first
-        event), checked against their CRC-32s. Appends that lie one after another in the
-        blob are read together, about ``run_bytes`` at a time."""
-        ends, append_ends, append_at = self._ends, self.append_ends, self.append_at
-        while index < stop:
-            first = append_ends[index - 1] if index else 0
-            run_at = append_at[index]
-            run_base = ends[first - 1] if first else 0
-            last = index
-            run_size = ends[append_ends[last] - 1] - run_base
-            while (
-                last + 1 < stop
-                and run_size < run_bytes
-                and append_at[last + 1] == run_at + run_size
-            ):
-                last += 1
-                run_size = ends[append_ends[last] - 1] - run_base
-            with memoryview(self._blob.read(run_at, run_size)) as run:
-                for at in range(index, last + 1):
-                    begin = append_ends[at - 1] if at else 0
-                    start = (ends[begin - 1] if begin else 0) - run_base
-                    piece = run[start : ends[append_ends[at] - 1] - run_base]
-                    if zlib.crc32(piece) != self.append_crcs[at]:
-                        raise DerivedDataError(
-                            f"stream {self.name!r} of tenant {self.tenant_id}: the events of "
-                            f"the append at op {self.append_ops[at]} do not match their checksum"
-                        )
-                    yield at, piece, begin
-            index = last + 1
-
-    def encode_appends(self, sink: StateSink, appends: int) -> Iterator[bytes]:
-        """The first ``appends`` appends as a snapshot holds them: u32 append count | each
-        append: u64 op | its events as ``_APPENDED_EVENTS`` encodes them (a u32 count, then
-        each event as a u32 length and its bytes), written into ``sink`` from the blob a
-        run of appends at a time; each part the sink fills is yielded."""
-        ends, append_ends = self._ends, self.append_ends
-        out = sink.buffer
-        out += _U32.pack(appends)
-        for index, data, first in self._appends(0, appends, READ_RUN_BYTES):
-            if (part := sink.cut()) is not None:
-                yield part
-                out = sink.buffer
-            end = append_ends[index]
-            out += _OP_COUNT.pack(self.append_ops[index], end - first)
-            at = 0
-            base = ends[first - 1] if first else 0
-            for offset in range(first, end):
-                stop = ends[offset] - base
-                out += _U32.pack(stop - at)
-                out += data[at:stop]
-                at = stop
-
-    def encoded_size(self, appends: int) -> int:
-        """Bytes ``encode_appends`` writes for the first ``appends`` appends."""
-        events = self.append_ends[appends - 1] if appends else 0
-        data_bytes = self._ends[events - 1] if events else 0
-        return _U32.size + appends * _OP_COUNT.size + events * _U32.size + data_bytes
-
-    def append(self, op: int, events: Sequence[bytes]) -> None:
-        # an audit stream is created by the op of its first record, so that op may append
-        assert op > self.append_ops[-1] if self.append_ops else op >= self.created_op
-        assert events and self.length + len(events) <= STREAM_EVENTS_MAX
-        chain = self.chain
-        ends = self._ends
-        size = ends[-1] if ends else 0
-        for event in events:
-            chain = hashlib.sha256(chain + _CHAIN_LINK.pack(op, len(event)) + event).digest()
-            size += len(event)
-            ends.append(size)
-        self.chain = chain
-        data = b"".join(events)
-        self.append_at.append(self._blob.append(data))
-        self.append_crcs.append(zlib.crc32(data))
-        self.append_ops.append(op)
-        self.append_ends.append(len(ends))
-
-    def load_appends(self, reader: Reader, op_next: int) -> None:
-        """Decode what ``encode_appends`` wrote into this (empty) stream."""
-        appends = reader.length("append count", 0, STREAM_EVENTS_MAX)
-        at, left = self.load_some(reader.data, reader.offset, appends, op_next)
-        if left:
-            raise DecodeError("the snapshot ends inside an append")
-        reader.offset = at
-
-    def load_some(
-        self, data: bytes | memoryview, at: int, appends: int, op_next: int
-    ) -> tuple[int, int]:
-        """Decode at most ``appends`` appends of what ``encode_appends`` wrote, from ``at``
-        in ``data``: as many as ``data`` holds whole. Each append's events go to the blob in
-        one piece, chained as they go (the chain is recomputed, never taken from the
-        snapshot). Returns where the next append begins, and how many are left."""
-        ends = self._ends
-        chain = self.chain
-        size_total = ends[-1] if ends else 0
-        last = self.append_ops[-1] if self.append_ops else self.created_op
-        first = not self.append_ops
-        # (bound once: this loop runs once per append of a restored state)
-        sha256, link_of, crc32 = hashlib.sha256, _CHAIN_LINK.pack, zlib.crc32
-        unpack_u32, unpack_op_count = _U32.unpack_from, _OP_COUNT.unpack_from
-        add_end, add_at, add_crc = ends.append, self.append_at.append, self.append_crcs.append
-        add_op, add_append_end, blob_append = (
-            self.append_ops.append,
-            self.append_ends.append,
-            self._blob.append,
-        )
-        audit = self.name == AUDIT_STREAM
-        size_max, length = EVENT_SIZE_MAX, len(data)
-        with memoryview(data) as view:
-            while appends:
-                start = at
-                if at + _OP_COUNT.size > length:
-                    break
-                op, count = unpack_op_count(data, at)
-                at += _OP_COUNT.size
-                # an audit stream's first record is appended by the op that created the stream
-                if not (last < op or (first and audit and op == last)) or op >= op_next:
-                    raise DecodeError(f"append at op {op} is not between ops {last} and {op_next}")
-                if not 1 <= count <= APPEND_EVENTS_MAX:
-                    raise DecodeError(f"an append of {count} events")
-                if len(ends) + count > STREAM_EVENTS_MAX:
-                    raise DecodeError(f"a stream holds more than {STREAM_EVENTS_MAX} events")
-                pieces: list[memoryview] = []
-                for _ in range(count):
-                    if at + 4 > length:
-                        break
-                    (size,) = unpack_u32(data, at)
-                    if size > size_max:
-                        raise DecodeError(f"an event of {size} bytes")
-                    if at + 4 + size > length:
-                        break
-                    at += 4
-                    pieces.append(view[at : at + size])
-                    at += size
-                if len(pieces) < count:  # the append goes on past ``data``
-                    at = start
-                    break
-                for event in pieces:
-                    link = sha256(chain + link_of(op, len(event)))
-                    link.update(event)
-                    chain = link.digest()
-                    size_total += len(event)
-                    add_end(size_total)
-                joined = pieces[0] if count == 1 else b"".join(pieces)
-                add_at(blob_append(joined))
-                add_crc(crc32(joined))
-                add_op(op)
-                add_append_end(len(ends))
-                last = op
-                first = False
-                appends -= 1
-        self.chain = chain
-        return at, appends
-
-    def invariants(self) -> None:
-        assert len(self._ends) <= STREAM_EVENTS_MAX
-        appends = len(self.append_ops)
-        assert appends == len(self.append_ends) == len(self.append_at) == len(self.append_crcs)
-
-    def length_as_of(self, position: int) -> int:
-        """How many events the stream held when the log ended at ``position``."""
-        index = bisect.bisect_right(self.append_ops, position)
-        return self.append_ends[index - 1] if index else 0
-
-
 class EventStore(SnapshotMachine):
     """Craton's event store: per-tenant streams of events, API keys and audit trails,
     changed only by committed ops."""
@@ -743,7 +490,7 @@ class EventStore(SnapshotMachine):
     def __init__(self, storage: DerivedStorage | None = None) -> None:
         super().__init__(storage)
         self._events = self.storage.open_blob("events")  # every stream's events' bytes
-        self._streams: dict[tuple[int, str], _Stream] = {}
+        self._streams: dict[tuple[int, str], Stream] = {}
         self._keys: dict[int, ApiKeyEntry] = {}
         self._audit_streams = 0  # how many of the streams are audit streams
         self._op_next = 0  # the smallest op ``apply`` accepts
@@ -789,7 +536,7 @@ class EventStore(SnapshotMachine):
                 assert stream.append_ops[-1] < self._op_next
                 assert stream.append_ends[-1] == stream.length
             else:
-                assert not stream.length and stream.chain == _CHAIN_START
+                assert not stream.length and stream.chain == CHAIN_START
         for key_id, entry in self._keys.items():
             assert key_id == entry.key_id and entry.created_op < self._op_next
             assert entry.revoked_op is None or entry.created_op < entry.revoked_op
@@ -864,7 +611,7 @@ class EventStore(SnapshotMachine):
         if len(self._streams) - self._audit_streams >= STREAMS_MAX:
             reason = f"the store holds {STREAMS_MAX} streams, its limit"
             return store_error(ErrorCode.TOO_LARGE, reason)
-        self._streams[key] = _Stream(
+        self._streams[key] = Stream(
             self._events, tenant_id, message.name, message.data_class, message.placement, op
         )
         return CreateStreamReply(op)
@@ -964,7 +711,7 @@ class EventStore(SnapshotMachine):
         if stream is None:
             if self._audit_streams >= AUDIT_STREAMS_MAX:
                 return
-            stream = _Stream(
+            stream = Stream(
                 self._events, request.tenant_id, AUDIT_STREAM, DataClass.CONFIDENTIAL, _GLOBAL, op
             )
             self._streams[key] = stream
@@ -985,7 +732,7 @@ class EventStore(SnapshotMachine):
 
     # --- Digest and snapshot -----------------------------------------------------------------
 
-    def _sorted_streams(self) -> list[_Stream]:
+    def _sorted_streams(self) -> list[Stream]:
         return [self._streams[key] for key in sorted(self._streams)]
 
     def _compute_digest(self) -> bytes:
@@ -1015,7 +762,7 @@ class EventStore(SnapshotMachine):
         head = bytearray()
         _OP_NEXT.encode(self._op_next, head)
         head += _U32.pack(len(self._streams))
-        streams: list[tuple[_Stream, bytes, int]] = []
+        streams: list[tuple[Stream, bytes, int]] = []
         size = len(head)
         for stream in self._sorted_streams():
             header = bytearray()
@@ -1062,7 +809,7 @@ class EventStore(SnapshotMachine):
     def _state_loader(self) -> StateLoader:
         return _StateLoader(self)
 
-    def _add_stream(self, stream: _Stream, previous: tuple[int, str] | None) -> tuple[int, str]:
+    def _add_stream(self, stream: Stream, previous: tuple[int, str] | None) -> tuple[int, str]:
         """Take a decoded stream (in increasing (tenant, name) order) into the store."""
         key = (stream.tenant_id, stream.name)
         if previous is not None and key <= previous:
@@ -1103,7 +850,7 @@ class _StateLoader:
         self._store = store
         self._rest = b""  # bytes fed and not yet decoded
         self._streams_left = -1  # until the state's head is decoded
-        self._stream: _Stream | None = None  # the stream whose appends are coming
+        self._stream: Stream | None = None  # the stream whose appends are coming
         self._appends_left = 0
         self._previous: tuple[int, str] | None = None
 
@@ -1217,7 +964,7 @@ def _stream_not_found() -> StoreError:
 
 
 def _read(
-    stream: _Stream, position: int, length: int, message: ReadEvents | ReadEventsAsOf
+    stream: Stream, position: int, length: int, message: ReadEvents | ReadEventsAsOf
 ) -> ReadEventsReply:
     """Events from ``message.from_offset`` below ``length``: at most ``max_events``, and no
     more than ``max_bytes`` of them unless the first alone is larger."""
@@ -1226,7 +973,7 @@ def _read(
     return ReadEventsReply(offset, position, tuple(events))
 
 
-def _encode_stream_header(stream: _Stream, out: bytearray) -> None:
+def _encode_stream_header(stream: Stream, out: bytearray) -> None:
     _TENANT.encode(stream.tenant_id, out)
     STREAM_NAME.encode(stream.name, out)
     _DATA_CLASS.encode(stream.data_class, out)
@@ -1234,13 +981,13 @@ def _encode_stream_header(stream: _Stream, out: bytearray) -> None:
     _OP.encode(stream.created_op, out)
 
 
-def _decode_stream(blob: BlobFile, reader: Reader, op_next: int) -> _Stream:
+def _decode_stream(blob: BlobFile, reader: Reader, op_next: int) -> Stream:
     stream = _decode_stream_header(blob, reader, op_next)
     stream.load_appends(reader, op_next)
     return stream
 
 
-def _decode_stream_header(blob: BlobFile, reader: Reader, op_next: int) -> _Stream:
+def _decode_stream_header(blob: BlobFile, reader: Reader, op_next: int) -> Stream:
     tenant_id = _TENANT.decode(reader)
     name = STREAM_NAME.decode(reader)
     data_class = _DATA_CLASS.decode(reader)
@@ -1248,4 +995,4 @@ def _decode_stream_header(blob: BlobFile, reader: Reader, op_next: int) -> _Stre
     created_op = _OP.decode(reader)
     if created_op >= op_next:
         raise DecodeError(f"stream created at op {created_op}, not before op_next {op_next}")
-    return _Stream(blob, tenant_id, name, data_class, placement, created_op)
+    return Stream(blob, tenant_id, name, data_class, placement, created_op)
