@@ -19,10 +19,15 @@ Rules it keeps:
   the last batch of the last segment, and every earlier segment is sealed and synced.
 - Every record names how far the log was durable when it was written (``durable_before``),
   so recovery knows which records were certainly acknowledged and never cuts those off.
-- Recovery reads every segment, checks header checksums and hash links throughout and body
-  checksums and chain hashes from the latest checkpoint on; a torn tail is truncated (and
-  the truncation synced) before the log opens; any other damage halts with the file,
-  offset and position.
+- Recovery reads the log from the latest checkpoint on (a replica's log, which salvages,
+  from its base: see ``Log``), checking header checksums and hash links throughout and
+  body checksums and chain hashes from the checkpoint on; a torn tail is truncated (and the
+  truncation synced) before the log opens; any other damage halts with the file, offset
+  and position.
+- Memory holds where each record is (8 bytes a record) from the index's start on: the
+  latest checkpoint, for a log that does not salvage. A read below it finds the records
+  again from the nearest sealed checkpoint below (``_Backfill``), each checkpoint naming
+  the segment and offset where its record starts.
 - A failed write or sync halts the log: after a failed fsync the file's state is unknown.
 - Checkpoints are taken every ``checkpoint_interval`` durable records: the sealed entry is
   appended to the history and synced, then the superblock (which counts sealed entries)
@@ -55,7 +60,15 @@ from craton.core.scan import (
     scan_segment,
     torn_or_damaged,
 )
-from craton.core.seal import ENTRY_SIZE, Checkpoint, Sealer, encode_entry, verify_seal
+from craton.core.seal import (
+    ENTRY_SIZE,
+    Checkpoint,
+    Sealer,
+    SealError,
+    decode_entry,
+    encode_entry,
+    verify_seal,
+)
 from craton.core.seam import (
     DiskCompletion,
     DiskList,
@@ -91,6 +104,7 @@ CHECKPOINT_INTERVAL_DEFAULT = 4096
 PENDING_RECORDS_MAX_DEFAULT = 65536
 SUPERBLOCK_READS = 3  # reads of the superblock merged before a damaged copy is believed
 READ_RETRIES_MAX = 8  # reads fail or flip bits in transit: retry before believing damage
+HISTORY_CHUNK_ENTRIES = 512  # sealed checkpoints read at once, searching the history
 
 R = TypeVar("R", DiskRead, DiskWrite, DiskSync, DiskTruncate, DiskList)
 
@@ -293,6 +307,8 @@ class _Io(enum.Enum):
     STATE_READ = 25
     BASE_TAIL_WRITE = 30  # the records past a base, written before the base is named
     BASE_TAIL_SYNC = 31
+    HISTORY_READ = 32  # sealed checkpoints, read to find where records below the index are
+    BACKFILL_READ = 33  # records below the index, read to find their places again
 
 
 @attrs.define
@@ -337,6 +353,7 @@ class _Recovery:
     numbers: list[int] = attrs.field(factory=list)
     sizes: dict[int, int] = attrs.field(factory=dict)
     index: int = 0  # which segment is being read
+    start_offset: int = 0  # where the first segment read is read from (a checkpoint's record)
     attempts: int = 0
     seen_damage: bytes | None = None  # checksum of the last damaged read of this segment
     last_scan: SegmentScan | None = None
@@ -371,6 +388,27 @@ class _BaseInstall:
     # the base's state file as written: its SHA-256 and size, once it is
     state_digest: bytes = b""
     state_size: int = 0
+
+
+@attrs.define
+class _Backfill:
+    """Records below the index found again, so that ``read`` can serve them: from a sealed
+    checkpoint at or below ``wanted`` (or the log's base), segment by segment up to where
+    the index starts, each piece scanned as recovery scans and required to lead to the
+    chain hash the index starts after."""
+
+    wanted: int  # the lowest position asked for
+    history_end: int = 0  # bytes of the history still to search (backwards)
+    position: int = 0  # the next record to place ...
+    segment: int = 0  # ... in this segment ...
+    offset: int = 0  # ... at this offset ...
+    hash: bytes = GENESIS_HASH  # ... after this chain hash
+    start: int = 0  # where the found records begin: this record, its segment and offset,
+    start_at: tuple[int, int] = (0, 0)
+    start_hash: bytes = GENESIS_HASH  # and the chain hash before it
+    pieces: list[_Segment] = attrs.field(factory=list)
+    attempts: int = 0
+    seen_damage: bytes | None = None
 
 
 @attrs.define
@@ -430,6 +468,16 @@ class Log:
         self._witnessed = 0
         self._witness_sequence = 0
         self._witness_claim = 0
+        # Where the index starts: the first record whose place memory holds, the segment
+        # and offset it starts at, and the chain hash before it. The segments wholly below
+        # it: their sizes, by number. A log that salvages indexes every record from its base.
+        self._indexed_from = 0
+        self._indexed_at = (0, 0)
+        self._indexed_hash = GENESIS_HASH
+        self._unindexed: dict[int, int] = {}
+        self._start_hash = GENESIS_HASH  # the chain hash before the base
+        self._backfill: _Backfill | None = None
+        self._backfill_reads: list[tuple[int, int]] = []  # (tag, position) waiting for it
 
     # --- entry points ------------------------------------------------------------------------
 
@@ -492,6 +540,8 @@ class Log:
             return [ReadFailed(tag, position, f"log is {self._phase.value}")]
         if not self.base <= position < self.durable:
             return [ReadFailed(tag, position, f"position {position} is not durable here")]
+        if position < self._indexed_from:
+            return self._read_below_index(tag, position)
         index = bisect.bisect_right(self._segment_firsts, position) - 1
         segment = self._segments[index]
         slot = position - segment.first_position
@@ -513,6 +563,7 @@ class Log:
             and self._superblock_inflight is None
             and self._wanted_owner_state is None
             and self._installing is None
+            and self._backfill is None
         )
 
     def install_base(
@@ -562,11 +613,15 @@ class Log:
         released += [segment_path(number) for number in self._stale]
         if self.base:
             released.append(superblock.state_path(self.base))
+        released += [segment_path(number) for number in self._unindexed]
         self._segments.clear()
         self._segment_firsts.clear()
         self._stale = []
-        self.base = install.position
-        self.chain_hash = self._base_hash = install.chain_hash
+        self._unindexed = {}
+        self.base = self._indexed_from = install.position
+        self.chain_hash = self._base_hash = self._start_hash = install.chain_hash
+        self._indexed_hash = install.chain_hash
+        self._indexed_at = (install.segment, 0)
         self._hashes = []
         self._hashes_base = install.position
         self._base_segment = install.segment
@@ -692,6 +747,8 @@ class Log:
             _Io.BASE_STATE_READ,
             _Io.STATE_READ,
             _Io.WITNESS_READ,
+            _Io.HISTORY_READ,
+            _Io.BACKFILL_READ,
         ):
             return self._halt(f"disk {purpose.name.lower()} failed: {completion.detail}")
         match purpose:
@@ -755,6 +812,10 @@ class Log:
                     return [StateRead(tag, position, completion.data)]
                 assert isinstance(completion, IoFailed)
                 return [ReadFailed(tag, position, completion.detail)]
+            case _Io.HISTORY_READ:
+                return self._on_history_read(completion)
+            case _Io.BACKFILL_READ:
+                return self._on_backfill_read(completion)
         raise AssertionError(f"unhandled purpose {purpose}")
 
     def invariants(self) -> None:
@@ -770,7 +831,10 @@ class Log:
         assert len(self._pending) <= self.config.pending_records_max
         assert self._hashes_base >= self.base
         assert self._phase is not _Phase.OPEN or self.base <= self.durable
-        first = self.base
+        assert self.base <= self._indexed_from
+        assert self._indexed_from == self.base or not self.salvage
+        assert all(number < self._indexed_at[0] for number in self._unindexed)
+        first = self._indexed_from
         for segment in self._segments:
             assert segment.first_position == first
             first += len(segment.offsets)
@@ -924,7 +988,6 @@ class Log:
         state.superblock = chosen
         self._superblock = chosen
         self._adopt_base(chosen)
-        state.index = chosen.base_segment
         if any(copy != chosen for copy in state.copies):
             # A torn update or a damaged copy: rewrite every copy before anything else acts
             # on the chosen state, so no later read can see an older or newer disagreeing one.
@@ -935,20 +998,32 @@ class Log:
         return self._read_segments()
 
     def _adopt_base(self, chosen: Superblock) -> None:
-        """Recovery starts at the base (record 0 unless one was installed); hashes are kept
-        and bodies verified from there, or from the latest checkpoint past it (the whole
-        log when salvaging)."""
+        """Recovery starts at the base (record 0 unless one was installed), or, for a log
+        that does not salvage, at the latest checkpoint past it: hashes are kept and bodies
+        verified from there (a salvaging log reads and checks headers from its base on, so
+        that damage anywhere is found and repaired from its peers)."""
+        state = self._recovery
         self.base = chosen.base_position
         self._base_segment = chosen.base_segment
         base_hash = chosen.base_hash if self.base else GENESIS_HASH
-        self.head = self.base
-        self.chain_hash = base_hash
-        self._hashes_base = self.base
-        self._base_hash = base_hash
+        self.head = self._indexed_from = self._hashes_base = self.base
+        self.chain_hash = self._base_hash = self._start_hash = self._indexed_hash = base_hash
+        self._indexed_at = (self._base_segment, 0)
+        self._unindexed = {}
+        state.index, state.start_offset = self._base_segment, 0
         checkpoint = chosen.checkpoint
-        if checkpoint is not None and not self.salvage and checkpoint.position > self.base:
-            self._hashes_base = checkpoint.position
-            self._base_hash = checkpoint.chain_hash
+        if checkpoint is None or self.salvage or checkpoint.position <= self.base:
+            return
+        self._hashes_base = checkpoint.position
+        self._base_hash = checkpoint.chain_hash
+        number, offset = checkpoint.segment, checkpoint.offset
+        if not (number in state.sizes and offset <= state.sizes[number]):
+            return  # the scan from the base finds what is missing, and says so
+        self.head = self._indexed_from = checkpoint.position
+        self.chain_hash = self._indexed_hash = checkpoint.chain_hash
+        self._indexed_at = (number, offset)
+        self._unindexed = {n: state.sizes[n] for n in range(self._base_segment, number)}
+        state.index, state.start_offset = number, offset
 
     def _read_segments(self) -> list[LogOutput]:
         state = self._recovery
@@ -1014,7 +1089,6 @@ class Log:
             base_size=0,
         )
         self._adopt_base(fresh)
-        state.index = fresh.base_segment
         state.superblock = fresh
         state.cut = 0
         state.repairing = True
@@ -1049,9 +1123,10 @@ class Log:
     def _read_segment(self) -> DiskRead:
         state = self._recovery
         number = state.numbers[state.index]
-        size = state.sizes[number]
+        offset = state.start_offset
+        size = state.sizes[number] - offset
         return self._track(
-            _Io.SEGMENT_READ, number, lambda io: DiskRead(io, segment_path(number), 0, size)
+            _Io.SEGMENT_READ, number, lambda io: DiskRead(io, segment_path(number), offset, size)
         )
 
     def _on_segment_read(self, completion: DiskCompletion) -> list[LogOutput]:
@@ -1062,13 +1137,13 @@ class Log:
         if isinstance(completion, IoFailed):
             return self._retry_segment(f"file '{path}': read failed: {completion.detail}")
         assert isinstance(completion, ReadDone)
-        if len(completion.data) != state.sizes[number]:
+        if len(completion.data) != state.sizes[number] - state.start_offset:
             return self._retry_segment(f"file '{path}': short read during recovery")
         checkpoint = state.superblock.checkpoint
         first = self.head
         scan = scan_segment(
             completion.data,
-            base_offset=0,
+            base_offset=state.start_offset,
             first_position=first,
             prev_hash=self.chain_hash,
             verify_from=self._hashes_base,
@@ -1077,8 +1152,10 @@ class Log:
             sealed=None if checkpoint is None else {checkpoint.position - 1: checkpoint.chain_hash},
         )
         verdict = scan.verdict
-        fingerprint = checksum(completion.data)
-        if not isinstance(verdict, Clean) and fingerprint != state.seen_damage:
+        if (
+            not isinstance(verdict, Clean)
+            and (fingerprint := checksum(completion.data)) != state.seen_damage
+        ):
             # Damage is believed only when two reads in a row return the very same bytes: a
             # bit flipped in transit must neither halt the log nor cut acknowledged records.
             state.seen_damage = fingerprint
@@ -1093,6 +1170,7 @@ class Log:
             return self._halt(f"file '{path}' {_describe(verdict)}")
         state.seen_damage = None
         state.attempts = 0
+        state.start_offset = 0
         segment = _Segment(number, first, scan.end, scan.offsets)
         self._add_segment(segment)
         self._hashes.extend(scan.hashes)
@@ -1478,8 +1556,11 @@ class Log:
 
     def location(self, position: int) -> tuple[str, int, int] | None:
         """(file, offset, size) of the record at ``position``; None while it waits for a
-        batch (a write is under way for it once it has a place)."""
+        batch (a write is under way for it once it has a place), or when it lies below the
+        index."""
         assert self.base <= position < self.head
+        if position < self._indexed_from:
+            return None  # on disk, below the index (see ``read``)
         index = bisect.bisect_right(self._segment_firsts, position) - 1
         segment = self._segments[index]
         slot = position - segment.first_position
@@ -1622,6 +1703,7 @@ class Log:
             self._history_synced = None
             self._checkpointing = None
             self._forget_hashes_before(fresh.checkpoint)
+            self._forget_places_before(fresh.checkpoint)
             outputs.append(Checkpointed(fresh.checkpoint.position))
         if fresh.owner_state == self._wanted_owner_state:
             self._wanted_owner_state = None
@@ -1635,6 +1717,196 @@ class Log:
             del self._hashes[:drop]
             self._hashes_base = checkpoint.position
             self._base_hash = checkpoint.chain_hash
+
+    def _forget_places_before(self, checkpoint: Checkpoint) -> None:
+        """A log that does not salvage serves no peer: the places of records below a durable
+        checkpoint leave memory (a read below it finds them again, see ``read``)."""
+        if self.salvage or self._backfill is not None or self._truncating is not None:
+            return
+        position, number = checkpoint.position, checkpoint.segment
+        if position <= self._indexed_from or not self._segments:
+            return
+        if self._segments[0].number > number or self._segments[-1].number < number:
+            return
+        at = [segment.number for segment in self._segments].index(number)
+        segment = self._segments[at]
+        if not 0 <= position - segment.first_position <= len(segment.offsets):
+            return
+        for dropped in self._segments[:at]:
+            self._unindexed[dropped.number] = dropped.size
+        del self._segments[:at], self._segment_firsts[:at]
+        del segment.offsets[: position - segment.first_position]
+        segment.first_position = self._segment_firsts[0] = position
+        self._indexed_from = position
+        self._indexed_at = (number, checkpoint.offset)
+        self._indexed_hash = checkpoint.chain_hash
+
+    # --- finding the places of records below the index ---------------------------------------
+
+    def _read_below_index(self, tag: int, position: int) -> list[LogOutput]:
+        """Queue a read of a record below the index, and find the records from the nearest
+        sealed checkpoint at or below it (or from the base) again."""
+        self._backfill_reads.append((tag, position))
+        if self._backfill is not None:
+            return []
+        assert self._superblock is not None
+        end = self._superblock.checkpoint_count * ENTRY_SIZE
+        self._backfill = _Backfill(position, history_end=end)
+        return self._search_history()
+
+    def _search_history(self) -> list[LogOutput]:
+        """Read the history backwards, a chunk at a time, for the latest sealed checkpoint
+        at or below the position wanted; without one, start from the base."""
+        backfill = self._backfill
+        assert backfill is not None
+        if backfill.history_end <= 0:
+            return self._backfill_from(self.base, self._base_segment, 0, self._start_hash)
+        end = backfill.history_end
+        start = max(0, end - HISTORY_CHUNK_ENTRIES * ENTRY_SIZE)
+        return [
+            self._track(
+                _Io.HISTORY_READ,
+                None,
+                lambda io: DiskRead(io, CHECKPOINTS_PATH, start, end - start),
+            )
+        ]
+
+    def _on_history_read(self, completion: DiskCompletion) -> list[LogOutput]:
+        backfill = self._backfill
+        assert backfill is not None
+        end = backfill.history_end
+        start = max(0, end - HISTORY_CHUNK_ENTRIES * ENTRY_SIZE)
+        if isinstance(completion, ReadDone) and len(completion.data) == end - start:
+            data = completion.data
+            for at in range(len(data) - ENTRY_SIZE, -1, -ENTRY_SIZE):
+                try:
+                    found = decode_entry(data[at : at + ENTRY_SIZE])
+                except SealError:
+                    continue  # of no use as a start: an earlier one serves
+                if (
+                    self.base < found.position <= backfill.wanted
+                    and self._base_segment <= found.segment <= self._indexed_at[0]
+                    and found.offset <= self._backfill_end(found.segment)
+                    and verify_seal(self._sealer.public_key, found)
+                ):
+                    return self._backfill_from(
+                        found.position, found.segment, found.offset, found.chain_hash
+                    )
+                if found.position <= self.base:
+                    start = 0  # nothing earlier is past the base
+                    break
+            backfill.history_end = start
+        else:
+            # Unreadable: searched no further, the records are found from the base.
+            backfill.history_end = 0
+        return self._search_history()
+
+    def _backfill_from(
+        self, position: int, segment: int, offset: int, chain: bytes
+    ) -> list[LogOutput]:
+        backfill = self._backfill
+        assert backfill is not None
+        backfill.start = backfill.position = position
+        backfill.start_at, backfill.start_hash = (segment, offset), chain
+        backfill.segment, backfill.offset, backfill.hash = segment, offset, chain
+        return [self._read_backfill()]
+
+    def _backfill_end(self, segment: int) -> int:
+        """Where the records below the index end in ``segment``."""
+        number, offset = self._indexed_at
+        return offset if segment == number else self._unindexed[segment]
+
+    def _read_backfill(self) -> DiskRead:
+        backfill = self._backfill
+        assert backfill is not None
+        path = segment_path(backfill.segment)
+        offset = backfill.offset
+        size = self._backfill_end(backfill.segment) - offset
+        return self._track(_Io.BACKFILL_READ, None, lambda io: DiskRead(io, path, offset, size))
+
+    def _on_backfill_read(self, completion: DiskCompletion) -> list[LogOutput]:
+        backfill = self._backfill
+        assert backfill is not None
+        number, offset = backfill.segment, backfill.offset
+        end = self._backfill_end(number)
+        where = f"file '{segment_path(number)}' offset {offset}"
+        if isinstance(completion, IoFailed):
+            return self._retry_backfill(f"{where}: read failed: {completion.detail}", None)
+        assert isinstance(completion, ReadDone)
+        data = completion.data
+        if len(data) != end - offset:
+            return self._retry_backfill(f"{where}: {len(data)} bytes read", None)
+        scan = scan_segment(
+            data,
+            base_offset=offset,
+            first_position=backfill.position,
+            prev_hash=backfill.hash,
+            verify_from=self._indexed_from,
+            certified=self._indexed_from,
+            may_tear=False,
+        )
+        verdict = scan.verdict
+        if not isinstance(verdict, Clean):
+            return self._retry_backfill(f"{where}: {_describe(verdict)}", checksum(data))
+        last = number == self._indexed_at[0]
+        if last and (scan.next_position, scan.last_hash) != (
+            self._indexed_from,
+            self._indexed_hash,
+        ):
+            problem = (
+                f"{where}: the records end at {scan.next_position}, not where the index "
+                f"starts ({self._indexed_from}), or do not chain to it"
+            )
+            return self._retry_backfill(problem, checksum(data))
+        backfill.attempts, backfill.seen_damage = 0, None
+        backfill.pieces.append(_Segment(number, backfill.position, end, scan.offsets))
+        backfill.position, backfill.hash = scan.next_position, scan.last_hash
+        if not last:
+            backfill.segment, backfill.offset = number + 1, 0
+            return [self._read_backfill()]
+        return self._finish_backfill()
+
+    def _retry_backfill(self, problem: str, fingerprint: bytes | None) -> list[LogOutput]:
+        """Reads can fail or flip bits in transit: damage is believed when two reads in a
+        row return the same bytes (or reads keep failing); the reads waiting fail then."""
+        backfill = self._backfill
+        assert backfill is not None
+        believed = fingerprint is not None and fingerprint == backfill.seen_damage
+        backfill.seen_damage = fingerprint
+        backfill.attempts += 1
+        if backfill.attempts <= READ_RETRIES_MAX and not believed:
+            return [self._read_backfill()]
+        self._backfill = None
+        waiting, self._backfill_reads = self._backfill_reads, []
+        fields = (("where", f"records {backfill.position} and on"), ("problem", problem))
+        return [
+            Notice("log.read_damaged", fields),
+            *(ReadFailed(tag, position, problem) for tag, position in waiting),
+        ]
+
+    def _finish_backfill(self) -> list[LogOutput]:
+        """Put the places found before the index's, then serve the reads that waited."""
+        backfill = self._backfill
+        assert backfill is not None
+        self._backfill = None
+        *below, joining = backfill.pieces
+        first = self._segments[0]
+        assert first.number == joining.number and first.first_position == self._indexed_from
+        joining.offsets.extend(first.offsets)
+        first.offsets = joining.offsets
+        first.first_position = joining.first_position
+        self._segments[:0] = below
+        self._segment_firsts = [segment.first_position for segment in self._segments]
+        for segment in backfill.pieces:
+            self._unindexed.pop(segment.number, None)
+        fields = (("from", backfill.start), ("to", self._indexed_from))
+        self._indexed_from, self._indexed_at = backfill.start, backfill.start_at
+        self._indexed_hash = backfill.start_hash
+        outputs: list[LogOutput] = [Notice("log.places_found", fields)]
+        waiting, self._backfill_reads = self._backfill_reads, []
+        for tag, position in waiting:
+            outputs.extend(self.read(position, tag))
+        return outputs
 
     # --- reads -------------------------------------------------------------------------------
 

@@ -102,6 +102,7 @@ _WARNING_NOTICES = frozenset(
         "replica.repair_abandoned",
         "replica.checkpoint_rejected",
         "replica.restart_state_unusable",  # reloaded from the log's base instead
+        "log.read_damaged",  # a record read back from disk (or the walk to it) is damaged
     }
 )
 _INFO_NOTICES = frozenset(
@@ -117,6 +118,7 @@ _INFO_NOTICES = frozenset(
         "replica.repair_by_state",  # a hole below every peer's log: their state became the base
         "replica.recovered",  # the view's log is installed: the replica takes part again
         "replica.state_synced",
+        "log.places_found",  # records below the log's index found again, to be read
     }
 )
 

@@ -105,6 +105,8 @@ REPAIR_NOTICES = {  # notices counted in a run's ``repairs``, by the name they a
     "replica.journal_released": "journal_releases",
     "log.base_state_lost": "base_states_lost",
     "log.history_lost": "histories_lost",
+    "log.places_found": "places_found",  # records below a log's index found again
+    "log.read_damaged": "reads_damaged",
 }
 
 

@@ -87,6 +87,8 @@ class _Host:
 
 
 class World:
+    host_type: type[_Host] = _Host
+
     def __init__(self, *, salvage: bool) -> None:
         self.events = EventQueue()
         self.disk = SimDisk(Prng(5, "disk"), self.events)
@@ -97,7 +99,7 @@ class World:
         self.host = self.boot()
 
     def boot(self) -> _Host:
-        host = _Host(Log(self.config, IoIds(), salvage=self.salvage))
+        host = self.host_type(Log(self.config, IoIds(), salvage=self.salvage))
         driver = Driver(
             host,
             self.disk,
