@@ -57,7 +57,7 @@ from craton.core.auth import (
     may_grant,
 )
 from craton.core.event_stream import AUDIT_STREAM as AUDIT_STREAM  # (public here too)
-from craton.core.event_stream import CHAIN_START, Stream
+from craton.core.event_stream import CHAIN_START, Stream, StreamLoader
 from craton.core.event_stream import STREAM_EVENTS_MAX as STREAM_EVENTS_MAX
 from craton.core.state_machine import OP_MAX, SnapshotMachine, StateLoader, StateSink, next_op
 from craton.core.storage import BlobFile, DerivedStorage
@@ -751,8 +751,8 @@ class EventStore(SnapshotMachine):
 
     def _state_parts(self, part_bytes: int) -> tuple[int, Iterator[bytes]]:
         """u64 op_next | u32 count | each stream sorted by (tenant, name): its header, then
-        u32 append count | each append: u64 op | u32 count + its events; then u32 key count
-        | each key sorted by id: its StoredKey record.
+        its appends in columns (``Stream.encode_appends``); then u32 key count | each key
+        sorted by id: its StoredKey record.
 
         What the state is now is taken at once and is small: each stream's header and how
         many appends it holds, and the keys (which later ops may change). The events are
@@ -762,13 +762,13 @@ class EventStore(SnapshotMachine):
         head = bytearray()
         _OP_NEXT.encode(self._op_next, head)
         head += _U32.pack(len(self._streams))
-        streams: list[tuple[Stream, bytes, int]] = []
+        streams: list[tuple[Stream, bytes, int, bytes]] = []
         size = len(head)
         for stream in self._sorted_streams():
             header = bytearray()
             _encode_stream_header(stream, header)
             appends = len(stream.append_ops)
-            streams.append((stream, bytes(header), appends))
+            streams.append((stream, bytes(header), appends, stream.chain))
             size += len(header) + stream.encoded_size(appends)
         keys = bytearray()
         self._encode_keys(keys)
@@ -777,9 +777,9 @@ class EventStore(SnapshotMachine):
         def parts() -> Iterator[bytes]:
             sink = StateSink(part_bytes)
             sink.buffer += head
-            for stream, header, appends in streams:
+            for stream, header, appends, chain in streams:
                 sink.buffer += header
-                yield from stream.encode_appends(sink, appends)
+                yield from stream.encode_appends(sink, appends, chain)
             sink.buffer += keys
             yield sink.rest()
 
@@ -850,26 +850,24 @@ class _StateLoader:
         self._store = store
         self._rest = b""  # bytes fed and not yet decoded
         self._streams_left = -1  # until the state's head is decoded
-        self._stream: Stream | None = None  # the stream whose appends are coming
-        self._appends_left = 0
+        self._stream: StreamLoader | None = None  # the stream whose appends are coming
         self._previous: tuple[int, str] | None = None
 
     def feed(self, data: memoryview) -> None:
-        self._decode(self._rest + data, final=False)
+        # (what is left over is a few bytes of an array item or a header, if anything)
+        self._decode(self._rest + data if self._rest else data, final=False)
 
     def finish(self) -> None:
         self._decode(self._rest, final=True)
 
-    def _decode(self, data: bytes, *, final: bool) -> None:
+    def _decode(self, data: bytes | memoryview, *, final: bool) -> None:
         store, at = self._store, 0
         while True:
             if self._stream is not None:
-                at, self._appends_left = self._stream.load_some(
-                    data, at, self._appends_left, store.op_next
-                )
-                if self._appends_left:
-                    break  # the next append's bytes are not all in
-                self._previous = store._add_stream(self._stream, self._previous)
+                at = self._stream.take(data, at)
+                if not self._stream.done:
+                    break  # the rest of its bytes are still to come
+                self._previous = store._add_stream(self._stream.stream, self._previous)
                 self._stream = None
             if self._streams_left == 0:
                 if final:
@@ -883,11 +881,11 @@ class _StateLoader:
             if decoded is None:
                 break
             at = decoded
-        self._rest = data[at:]
+        self._rest = bytes(data[at:])
         if final and (self._rest or self._streams_left or self._stream is not None):
             raise DecodeError("the snapshot ends inside a stream")
 
-    def _next_header(self, data: bytes, at: int, *, final: bool) -> int | None:
+    def _next_header(self, data: bytes | memoryview, at: int, *, final: bool) -> int | None:
         """Decode the state's head, or the next stream's header and append count, from
         ``at``: where the bytes after it begin, or None until they are all in."""
         store = self._store
@@ -900,12 +898,11 @@ class _StateLoader:
                 self._streams_left = reader.length("stream count", 0, limit)
                 return reader.offset
             stream = _decode_stream_header(store._events, reader, store.op_next)
-            self._appends_left = reader.length("append count", 0, STREAM_EVENTS_MAX)
         except DecodeError:
             if final or len(data) - at >= self.HEADER_WAIT_BYTES:
                 raise
             return None  # the rest of it is still to come
-        self._stream = stream
+        self._stream = StreamLoader(stream, store.op_next)
         self._streams_left -= 1
         return reader.offset
 
@@ -983,7 +980,10 @@ def _encode_stream_header(stream: Stream, out: bytearray) -> None:
 
 def _decode_stream(blob: BlobFile, reader: Reader, op_next: int) -> Stream:
     stream = _decode_stream_header(blob, reader, op_next)
-    stream.load_appends(reader, op_next)
+    loader = StreamLoader(stream, op_next)
+    reader.offset = loader.take(reader.data, reader.offset)
+    if not loader.done:
+        raise DecodeError("the snapshot ends inside a stream")
     return stream
 
 

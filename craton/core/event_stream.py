@@ -3,9 +3,14 @@
 A ``Stream`` holds what names the stream (tenant, name, data class, placement, the op
 that created it), the SHA-256 chain over its (op, event) pairs, and arrays that say where
 its events are in the blob (``craton.core.storage``). It reads them back checked against a
-CRC-32 per append, writes them into a checkpoint state a run of appends at a time, and
-decodes them from one as the bytes come. ``craton.core.event_store`` owns the streams and
-decides what may be appended; this module keeps the bytes and their index consistent.
+CRC-32 per append, writes them into a checkpoint state, and decodes them from one as the
+bytes come (``StreamLoader``). ``craton.core.event_store`` owns the streams and decides
+what may be appended; this module keeps the bytes and their index consistent.
+
+In a checkpoint state a stream is held in columns, as memory holds it: its arrays as they
+are (little-endian), then its events' bytes in one run. A restore copies them, checks that
+they are well-formed, and takes the chain and checksums as the state gives them: the
+state's digest vouches for every byte, so nothing is hashed again per event.
 """
 
 from __future__ import annotations
@@ -13,17 +18,19 @@ from __future__ import annotations
 import array
 import bisect
 import hashlib
+import itertools
+import operator
 import struct
+import sys
 import zlib
 from collections.abc import Iterator, Sequence
 
 from craton.core.state_machine import StateSink
 from craton.core.storage import BlobFile, DerivedDataError
 from craton.core.wire.errors import DecodeError
-from craton.core.wire.messages import APPEND_EVENTS_MAX, EVENT_SIZE_MAX, DataClass, Placement
-from craton.core.wire.schema import Reader
+from craton.core.wire.messages import DataClass, Placement
 
-__all__ = ["AUDIT_STREAM", "READ_RUN_BYTES", "STREAM_EVENTS_MAX", "Stream"]
+__all__ = ["AUDIT_STREAM", "READ_RUN_BYTES", "STREAM_EVENTS_MAX", "Stream", "StreamLoader"]
 
 AUDIT_STREAM = "craton:audit"  # each tenant's audit trail
 STREAM_EVENTS_MAX = 2**31  # events in one stream
@@ -31,8 +38,9 @@ READ_RUN_BYTES = 1 << 20  # bytes of consecutive appends read from the blob at o
 
 CHAIN_START = bytes(32)  # the chain of a stream without events
 _CHAIN_LINK = struct.Struct("<QI")  # op, event size: prefixed to each event in the chain
-_U32 = struct.Struct("<I")
-_OP_COUNT = struct.Struct("<QI")  # an append's op and its event count, in a snapshot
+# a stream's columns in a snapshot: append count, event count, and the chain after them
+_COLUMNS_HEAD = struct.Struct("<IQ32s")
+_BIG_ENDIAN = sys.byteorder == "big"  # arrays are stored little-endian
 
 
 class Stream:
@@ -148,33 +156,43 @@ class Stream:
                     yield at, piece, begin
             index = last + 1
 
-    def encode_appends(self, sink: StateSink, appends: int) -> Iterator[bytes]:
-        """The first ``appends`` appends as a snapshot holds them: u32 append count | each
-        append: u64 op | its events as ``_APPENDED_EVENTS`` encodes them (a u32 count, then
-        each event as a u32 length and its bytes), written into ``sink`` from the blob a
-        run of appends at a time; each part the sink fills is yielded."""
-        ends, append_ends = self._ends, self.append_ends
-        out = sink.buffer
-        out += _U32.pack(appends)
-        for index, data, first in self._appends(0, appends, READ_RUN_BYTES):
+    def encode_appends(self, sink: StateSink, appends: int, chain: bytes) -> Iterator[bytes]:
+        """The first ``appends`` appends (``chain`` after them) as a snapshot holds them:
+        u32 append count | u64 event count | 32-byte chain | u64 op of each append | u64
+        the stream's length after each | u32 CRC-32 of each one's events | u64 where each
+        event ends among the stream's bytes | the events' bytes, one after another. Written
+        into ``sink`` (the events read from the blob a run at a time, checked); each part
+        the sink fills is yielded."""
+        events = self.append_ends[appends - 1] if appends else 0
+        sink.buffer += _COLUMNS_HEAD.pack(appends, events, chain)
+        for column, count in (
+            (self.append_ops, appends),
+            (self.append_ends, appends),
+            (self.append_crcs, appends),
+            (self._ends, events),
+        ):
+            # a slice at a time, up to where the part ends: the arrays grow meanwhile, so
+            # no view of them is kept
+            at = 0
+            while at < count:
+                room = max(1, (sink.part_bytes - len(sink.buffer)) // column.itemsize)
+                piece = column[at : min(count, at + room)]
+                if _BIG_ENDIAN:
+                    piece.byteswap()
+                sink.buffer += piece.tobytes()
+                at += len(piece)
+                if (part := sink.cut()) is not None:
+                    yield part
+        for _, data, _ in self._appends(0, appends, READ_RUN_BYTES):
+            sink.buffer += data
             if (part := sink.cut()) is not None:
                 yield part
-                out = sink.buffer
-            end = append_ends[index]
-            out += _OP_COUNT.pack(self.append_ops[index], end - first)
-            at = 0
-            base = ends[first - 1] if first else 0
-            for offset in range(first, end):
-                stop = ends[offset] - base
-                out += _U32.pack(stop - at)
-                out += data[at:stop]
-                at = stop
 
     def encoded_size(self, appends: int) -> int:
         """Bytes ``encode_appends`` writes for the first ``appends`` appends."""
         events = self.append_ends[appends - 1] if appends else 0
         data_bytes = self._ends[events - 1] if events else 0
-        return _U32.size + appends * _OP_COUNT.size + events * _U32.size + data_bytes
+        return _COLUMNS_HEAD.size + appends * 20 + events * 8 + data_bytes
 
     def append(self, op: int, events: Sequence[bytes]) -> None:
         # an audit stream is created by the op of its first record, so that op may append
@@ -194,83 +212,6 @@ class Stream:
         self.append_ops.append(op)
         self.append_ends.append(len(ends))
 
-    def load_appends(self, reader: Reader, op_next: int) -> None:
-        """Decode what ``encode_appends`` wrote into this (empty) stream."""
-        appends = reader.length("append count", 0, STREAM_EVENTS_MAX)
-        at, left = self.load_some(reader.data, reader.offset, appends, op_next)
-        if left:
-            raise DecodeError("the snapshot ends inside an append")
-        reader.offset = at
-
-    def load_some(
-        self, data: bytes | memoryview, at: int, appends: int, op_next: int
-    ) -> tuple[int, int]:
-        """Decode at most ``appends`` appends of what ``encode_appends`` wrote, from ``at``
-        in ``data``: as many as ``data`` holds whole. Each append's events go to the blob in
-        one piece, chained as they go (the chain is recomputed, never taken from the
-        snapshot). Returns where the next append begins, and how many are left."""
-        ends = self._ends
-        chain = self.chain
-        size_total = ends[-1] if ends else 0
-        last = self.append_ops[-1] if self.append_ops else self.created_op
-        first = not self.append_ops
-        # (bound once: this loop runs once per append of a restored state)
-        sha256, link_of, crc32 = hashlib.sha256, _CHAIN_LINK.pack, zlib.crc32
-        unpack_u32, unpack_op_count = _U32.unpack_from, _OP_COUNT.unpack_from
-        add_end, add_at, add_crc = ends.append, self.append_at.append, self.append_crcs.append
-        add_op, add_append_end, blob_append = (
-            self.append_ops.append,
-            self.append_ends.append,
-            self._blob.append,
-        )
-        audit = self.name == AUDIT_STREAM
-        size_max, length = EVENT_SIZE_MAX, len(data)
-        with memoryview(data) as view:
-            while appends:
-                start = at
-                if at + _OP_COUNT.size > length:
-                    break
-                op, count = unpack_op_count(data, at)
-                at += _OP_COUNT.size
-                # an audit stream's first record is appended by the op that created the stream
-                if not (last < op or (first and audit and op == last)) or op >= op_next:
-                    raise DecodeError(f"append at op {op} is not between ops {last} and {op_next}")
-                if not 1 <= count <= APPEND_EVENTS_MAX:
-                    raise DecodeError(f"an append of {count} events")
-                if len(ends) + count > STREAM_EVENTS_MAX:
-                    raise DecodeError(f"a stream holds more than {STREAM_EVENTS_MAX} events")
-                pieces: list[memoryview] = []
-                for _ in range(count):
-                    if at + 4 > length:
-                        break
-                    (size,) = unpack_u32(data, at)
-                    if size > size_max:
-                        raise DecodeError(f"an event of {size} bytes")
-                    if at + 4 + size > length:
-                        break
-                    at += 4
-                    pieces.append(view[at : at + size])
-                    at += size
-                if len(pieces) < count:  # the append goes on past ``data``
-                    at = start
-                    break
-                for event in pieces:
-                    link = sha256(chain + link_of(op, len(event)))
-                    link.update(event)
-                    chain = link.digest()
-                    size_total += len(event)
-                    add_end(size_total)
-                joined = pieces[0] if count == 1 else b"".join(pieces)
-                add_at(blob_append(joined))
-                add_crc(crc32(joined))
-                add_op(op)
-                add_append_end(len(ends))
-                last = op
-                first = False
-                appends -= 1
-        self.chain = chain
-        return at, appends
-
     def invariants(self) -> None:
         assert len(self._ends) <= STREAM_EVENTS_MAX
         appends = len(self.append_ops)
@@ -280,3 +221,110 @@ class Stream:
         """How many events the stream held when the log ended at ``position``."""
         index = bisect.bisect_right(self.append_ops, position)
         return self.append_ends[index - 1] if index else 0
+
+
+class StreamLoader:
+    """A stream's columns (``Stream.encode_appends``) decoded into an empty stream as the
+    bytes come: ``take`` decodes what it is given, whole array items at a time, and the
+    events' bytes go to the blob as they arrive, so that no more than a part is held."""
+
+    __slots__ = ("_columns", "_data_at", "_data_left", "_op_next", "_stream", "done")
+
+    def __init__(self, stream: Stream, op_next: int) -> None:
+        assert not stream.append_ops, "a stream is loaded once, empty"
+        self._stream = stream
+        self._op_next = op_next
+        self._columns: list[tuple[array.array[int], int]] | None = None  # once the head is in
+        self._data_left = 0
+        self._data_at = -1  # where the events' bytes start in the blob
+        self.done = False
+
+    @property
+    def stream(self) -> Stream:
+        return self._stream
+
+    def take(self, data: bytes | memoryview, at: int) -> int:
+        """Decode from ``at`` as much of ``data`` as is whole; return where it stopped.
+        ``DecodeError`` if what it holds cannot be this stream's."""
+        stream = self._stream
+        if self._columns is None:
+            if len(data) - at < _COLUMNS_HEAD.size:
+                return at
+            appends, events, chain = _COLUMNS_HEAD.unpack_from(data, at)
+            at += _COLUMNS_HEAD.size
+            if not appends <= events <= STREAM_EVENTS_MAX or (events and not appends):
+                raise DecodeError(f"a stream of {appends} appends and {events} events")
+            stream.chain = chain
+            self._columns = [
+                (stream.append_ops, appends),
+                (stream.append_ends, appends),
+                (stream.append_crcs, appends),
+                (stream._ends, events),
+            ]
+        while self._columns:
+            column, count = self._columns[0]
+            items = min(count - len(column), (len(data) - at) // column.itemsize)
+            if items:
+                end = at + items * column.itemsize
+                column.frombytes(data[at:end])
+                at = end
+            if len(column) < count:
+                return at
+            if _BIG_ENDIAN:
+                column.byteswap()
+            del self._columns[0]
+            if not self._columns:
+                self._check_columns()
+                self._data_left = stream._ends[-1] if stream._ends else 0
+        taken = min(self._data_left, len(data) - at)
+        if taken or self._data_at < 0:
+            offset = stream._blob.append(data[at : at + taken])
+            self._data_at = offset if self._data_at < 0 else self._data_at
+            at += taken
+            self._data_left -= taken
+        if not self._data_left:
+            self._place_appends()
+            self.done = True
+        return at
+
+    def _check_columns(self) -> None:
+        """Ops increasing from the stream's creation to below ``op_next``, every append
+        holding an event or more, events' ends never decreasing: what finding and reading
+        events relies on. (One pass over each array: a restore checks millions of items.
+        The limits on sizes were enforced when the events were appended, and the state's
+        bytes are checked against their SHA-256 before the machine is used.)"""
+        stream = self._stream
+        ops, append_ends, ends = stream.append_ops, stream.append_ends, stream._ends
+        if not ops:
+            return
+        first = ops[0]
+        # an audit stream's first record is appended by the op that created the stream
+        audit = stream.name == AUDIT_STREAM
+        if not (first > stream.created_op or (audit and first == stream.created_op)):
+            raise DecodeError(f"an append at op {first}, before the stream was created")
+        if ops[-1] >= self._op_next:
+            raise DecodeError(f"an append at op {ops[-1]}, not before {self._op_next}")
+        if not all(map(operator.lt, ops, itertools.islice(ops, 1, None))):
+            raise DecodeError("the appends' ops are not increasing")
+        if not (
+            append_ends[0] >= 1
+            and append_ends[-1] == len(ends)
+            and all(map(operator.lt, append_ends, itertools.islice(append_ends, 1, None)))
+        ):
+            raise DecodeError("an append of no events, or appends out of order")
+        if not all(map(operator.le, ends, itertools.islice(ends, 1, None))):
+            raise DecodeError("the events' ends are out of order")
+
+    def _place_appends(self) -> None:
+        """Where each append's events start in the blob: the stream's bytes lie there one
+        after another from where the first was put."""
+        stream = self._stream
+        base, ends, append_ends = self._data_at, stream._ends, stream.append_ends
+        if not append_ends:
+            return
+        # append i > 0 starts where the last event of append i - 1 ends
+        lasts = map(
+            operator.sub, itertools.islice(append_ends, len(append_ends) - 1), itertools.repeat(1)
+        )
+        starts = map(operator.add, map(ends.__getitem__, lasts), itertools.repeat(base))
+        stream.append_at = array.array("Q", itertools.chain((base,), starts))

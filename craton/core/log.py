@@ -104,6 +104,7 @@ CHECKPOINT_INTERVAL_DEFAULT = 4096
 PENDING_RECORDS_MAX_DEFAULT = 65536
 SUPERBLOCK_READS = 3  # reads of the superblock merged before a damaged copy is believed
 READ_RETRIES_MAX = 8  # reads fail or flip bits in transit: retry before believing damage
+READ_RUN_BYTES = 1 << 20  # records read together, when they lie one after another
 HISTORY_CHUNK_ENTRIES = 512  # sealed checkpoints read at once, searching the history
 
 R = TypeVar("R", DiskRead, DiskWrite, DiskSync, DiskTruncate, DiskList)
@@ -413,11 +414,14 @@ class _Backfill:
 
 @attrs.define
 class _PendingRead:
+    """A read of ``count`` records that lie one after another in one segment."""
+
     tag: int
     position: int
     path: str
     offset: int
     size: int
+    count: int = 1
     attempts: int = 0
 
 
@@ -536,19 +540,37 @@ class Log:
 
     def read(self, position: int, tag: int) -> list[LogOutput]:
         """Read the durable record at ``position``: a ``ReadResult`` or ``ReadFailed`` follows."""
+        return self.read_run(position, tag, 1)[1]
+
+    def read_run(self, position: int, tag: int, count_max: int) -> tuple[int, list[LogOutput]]:
+        """Read durable records from ``position`` on, as many as lie one after another in
+        its segment, up to ``count_max`` and about ``READ_RUN_BYTES`` (one at least; one
+        below the index): returns how many, and the outputs. A ``ReadResult`` follows for
+        each, in order, or a ``ReadFailed`` in place of the first that cannot be read (and
+        none for the ones after it)."""
+        assert count_max >= 1
         if self._phase is not _Phase.OPEN:
-            return [ReadFailed(tag, position, f"log is {self._phase.value}")]
+            return 1, [ReadFailed(tag, position, f"log is {self._phase.value}")]
         if not self.base <= position < self.durable:
-            return [ReadFailed(tag, position, f"position {position} is not durable here")]
+            return 1, [ReadFailed(tag, position, f"position {position} is not durable here")]
         if position < self._indexed_from:
-            return self._read_below_index(tag, position)
+            return 1, self._read_below_index(tag, position)
+        count_max = min(count_max, self.durable - position)
         index = bisect.bisect_right(self._segment_firsts, position) - 1
         segment = self._segments[index]
+        offsets = segment.offsets
         slot = position - segment.first_position
-        offset = segment.offsets[slot]
-        end = segment.offsets[slot + 1] if slot + 1 < len(segment.offsets) else segment.size
-        pending = _PendingRead(tag, position, segment.path, offset, end - offset)
-        return [self._read_record(pending)]
+        offset = offsets[slot]
+        taken = 1
+        end = offsets[slot + 1] if slot + 1 < len(offsets) else segment.size
+        while taken < count_max and slot + taken < len(offsets):
+            after = slot + taken + 1
+            further = offsets[after] if after < len(offsets) else segment.size
+            if further - offset > READ_RUN_BYTES:
+                break
+            taken, end = taken + 1, further
+        pending = _PendingRead(tag, position, segment.path, offset, end - offset, taken)
+        return taken, [self._read_record(pending)]
 
     @property
     def can_install_base(self) -> bool:
@@ -1918,26 +1940,37 @@ class Log:
         )
 
     def _on_record_read(self, pending: _PendingRead, completion: DiskCompletion) -> list[LogOutput]:
+        results: list[LogOutput] = []
         problem = None
+        position = pending.position
         if isinstance(completion, IoFailed):
             problem = f"read failed: {completion.detail}"
         else:
             assert isinstance(completion, ReadDone)
+            data, at = memoryview(completion.data), 0
             try:
-                header, body = record.decode(completion.data)
-                if header.position != pending.position:
-                    problem = f"record claims position {header.position}"
+                while position < pending.position + pending.count:
+                    size = HEADER_SIZE + record.decode_header(data[at : at + HEADER_SIZE]).body_size
+                    header, body = record.decode(data[at : at + size])
+                    if header.position != position:
+                        problem = f"record claims position {header.position}"
+                        break
+                    results.append(ReadResult(pending.tag, position, body, header.hash))
+                    position += 1
+                    at += size
             except RecordError as error:
                 problem = error.reason
         if problem is None:
-            return [ReadResult(pending.tag, pending.position, body, header.hash)]
+            return results
         pending.attempts += 1
-        where = f"file '{pending.path}' offset {pending.offset} record {pending.position}"
         if pending.attempts <= READ_RETRIES_MAX:
             return [self._read_record(pending)]
+        offset = pending.offset + at if isinstance(completion, ReadDone) else pending.offset
+        where = f"file '{pending.path}' offset {offset} record {position}"
         return [
+            *results,
             Notice("log.read_damaged", (("where", where), ("problem", problem))),
-            ReadFailed(pending.tag, pending.position, f"{where}: {problem}"),
+            ReadFailed(pending.tag, position, f"{where}: {problem}"),
         ]
 
     # --- helpers -----------------------------------------------------------------------------

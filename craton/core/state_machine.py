@@ -32,11 +32,16 @@ Snapshot envelope (integers little-endian), shared by the built-in machines:
 
     magic b"CRSM" | u16 SNAPSHOT_FORMAT_VERSION | u32 length + machine name (UTF-8)
     | u64 length + state (machine-specific) | 32-byte digest of the restored state
+    | 32-byte SHA-256 of the state's bytes
+
+The digest says what the state means; the SHA-256 of its bytes catches damage to bytes the
+digest does not cover (where a machine keeps its data, checksums it takes as given), and is
+checked before a restored machine is handed out.
 """
 
 from __future__ import annotations
 
-import itertools
+import hashlib
 import struct
 from collections.abc import Callable, Iterator
 from typing import Protocol, Self
@@ -47,7 +52,8 @@ from craton.core.wire.errors import DecodeError
 OP_MAX = 2**64 - 2  # largest op a machine applies, so that the next op still fits a u64
 DIGEST_SIZE = 32  # bytes: SHA-256
 SNAPSHOT_MAGIC = b"CRSM"
-SNAPSHOT_FORMAT_VERSION = 1
+TRAILER_SIZE = 2 * DIGEST_SIZE  # the state's digest, then the SHA-256 of its bytes
+SNAPSHOT_FORMAT_VERSION = 2  # 2: the event store holds its streams in columns
 MACHINE_NAME_SIZE_MAX = 64  # bytes of UTF-8 in a state machine's name
 
 _U16 = struct.Struct("<H")
@@ -193,6 +199,7 @@ def seal_snapshot(name: str, state: bytes, digest: bytes) -> bytes:
             _U64.pack(len(state)),
             state,
             digest,
+            hashlib.sha256(state).digest(),
         )
     )
 
@@ -217,13 +224,16 @@ def open_snapshot(name: str, snapshot: bytes | memoryview) -> tuple[memoryview, 
     offset += name_size
     (state_size,) = _U64.unpack_from(snapshot, offset)
     offset += _U64.size
-    if offset + state_size + DIGEST_SIZE != len(snapshot):
+    if offset + state_size + TRAILER_SIZE != len(snapshot):
         raise SnapshotError(
             f"snapshot is {len(snapshot)} bytes, its header says "
-            f"{offset + state_size + DIGEST_SIZE}"
+            f"{offset + state_size + TRAILER_SIZE}"
         )
     state = memoryview(snapshot)[offset : offset + state_size]
-    return state, bytes(snapshot[offset + state_size :])
+    trailer = bytes(snapshot[offset + state_size :])
+    if hashlib.sha256(state).digest() != trailer[DIGEST_SIZE:]:
+        raise SnapshotError("snapshot's state bytes do not match their SHA-256")
+    return state, trailer[:DIGEST_SIZE]
 
 
 class SnapshotLoader(Protocol):
@@ -295,7 +305,8 @@ class _EnvelopeLoader:
         self._state = machine._state_loader()
         self._head = bytearray()  # until the head is whole
         self._state_left = -1  # state bytes still to come, once the head is read
-        self._digest = bytearray()
+        self._state_hash = hashlib.sha256()
+        self._digest = bytearray()  # the trailer
 
     def feed(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
@@ -304,6 +315,7 @@ class _EnvelopeLoader:
                 view = self._feed_head(view)
             if self._state_left > 0 and view:
                 taken = min(len(view), self._state_left)
+                self._state_hash.update(view[:taken])
                 self._state.feed(view[:taken])
                 self._state_left -= taken
                 view = view[taken:]
@@ -312,7 +324,7 @@ class _EnvelopeLoader:
             raise SnapshotError(f"snapshot: {error.reason}") from None
         if view:
             self._digest += view
-            if len(self._digest) > DIGEST_SIZE:
+            if len(self._digest) > TRAILER_SIZE:
                 self.abandon()
                 raise SnapshotError("bytes after the snapshot's digest")
 
@@ -349,15 +361,18 @@ class _EnvelopeLoader:
         machine = self._machine
         if machine is None:
             raise SnapshotError("the snapshot was abandoned")
-        if self._state_left != 0 or len(self._digest) != DIGEST_SIZE:
+        if self._state_left != 0 or len(self._digest) != TRAILER_SIZE:
             self.abandon()
             raise SnapshotError("the snapshot is truncated")
+        if self._state_hash.digest() != self._digest[DIGEST_SIZE:]:
+            self.abandon()
+            raise SnapshotError("snapshot's state bytes do not match their SHA-256")
         try:
             self._state.finish()
         except DecodeError as error:
             self.abandon()
             raise SnapshotError(f"{machine.name} snapshot: {error.reason}") from None
-        if machine.digest() != bytes(self._digest):
+        if machine.digest() != bytes(self._digest[:DIGEST_SIZE]):
             self.abandon()
             raise SnapshotError(f"{machine.name} snapshot does not match its digest")
         self._machine = None
@@ -419,8 +434,17 @@ class SnapshotMachine:
             )
         )
         digest = self.digest()  # of the state now, which the parts hold
-        size = len(head) + state_size + len(digest)
-        return size, itertools.chain((head,), state_parts, (digest,))
+        size = len(head) + state_size + TRAILER_SIZE
+
+        def parts() -> Iterator[bytes]:
+            yield head
+            hashed = hashlib.sha256()
+            for part in state_parts:
+                hashed.update(part)
+                yield part
+            yield digest + hashed.digest()
+
+        return size, parts()
 
     @classmethod
     def restore(cls, snapshot: bytes | memoryview, storage: DerivedStorage | None = None) -> Self:

@@ -603,11 +603,11 @@ def scripted(machine: StateMachine) -> list[bytes]:
 PINNED = {
     "craton.kv": (
         "c4460e7ba9a9b26ebd7bf827991fc3c03d1beb6be2af07ca7d3615332f5b3560",
-        "02d504d4dd24fd2f53312bbcdf5fc94d185a2feb2b960a8d04492620fae3fc63",
+        "c80ce31eaabee2f7849ea37e86f18b5ce77c0a472ec0aef984f2c13ee06c226d",
     ),
     "craton.event_store": (
         "cdb665fd3ceb3f41e1b2bb34a89b10bccdd793234f633cb52d2050b9397e2f27",
-        "e41d1170ac9a331e7f3112a408b7d3d4edc70fb8ad3cc8592aac8804c16fa70c",
+        "adc03c9310671ac57d84f71f20ef49016c53b2982b21db3c4486d7df1ec17fcd",
     ),
 }
 

@@ -265,15 +265,21 @@ class _UncheckedLog(Log):
     """Reads records back by their header alone: the body's checksum is not checked."""
 
     def _on_record_read(self, pending: _PendingRead, completion: DiskCompletion) -> list[LogOutput]:
-        if isinstance(completion, ReadDone):
+        if not isinstance(completion, ReadDone):
+            return super()._on_record_read(pending, completion)
+        data, at = completion.data, 0
+        results: list[LogOutput] = []
+        for position in range(pending.position, pending.position + pending.count):
             try:
-                header = decode_header(completion.data)
+                header = decode_header(data[at : at + HEADER_SIZE])
             except RecordError:
                 return super()._on_record_read(pending, completion)
-            if header.position == pending.position:
-                body = bytes(completion.data[HEADER_SIZE:])
-                return [ReadResult(pending.tag, pending.position, body)]
-        return super()._on_record_read(pending, completion)
+            if header.position != position:
+                return super()._on_record_read(pending, completion)
+            body = bytes(data[at + HEADER_SIZE : at + header.size])
+            results.append(ReadResult(pending.tag, position, body))
+            at += header.size
+        return results
 
 
 class SkipChecksumOnRead(Replica):

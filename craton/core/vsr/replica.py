@@ -136,7 +136,8 @@ assert JOURNAL_OPS_MAX > 2 * STATE_SPACING_OPS_MAX + 2 * SUFFIX_ENTRIES_MAX
 # decoded prepare bodies kept: an op is decoded when journaled and again when committed, a
 # pipeline (64 ops) later; at most 136 MiB of operations
 PREPARE_BODY_CACHE_MAX = 136
-LOAD_READS_MAX = 64  # reads in flight while a restarted replica reloads its journal
+LOAD_READS_MAX = 8  # reads in flight while a restarted replica reloads its journal, ...
+LOAD_RUN_OPS = 1024  # ... each of this many ops at most (and about ``READ_RUN_BYTES``)
 SERVE_TAG_BASE = 1 << 62  # log read tags from here on: a released op read for replica tag - base
 CHECKPOINT_STATES_MAX = 8  # states kept while the log has not sealed their ops yet
 ASSEMBLY_PATIENCE = 4  # parts of other states before a stalled assembly starts over
@@ -369,7 +370,7 @@ class Replica:
         # log before anything of it is cut (see ``_begin_install``).
         self._verify_from: int | None = None
         self._loading: dict[int, bytes] = {}  # reloaded bodies waiting for their turn
-        self._load_inflight = 0
+        self._load_runs: dict[int, int] = {}  # reads in flight: ops each still owes, by first op
         self._formatted = False  # started on a blank directory (nothing to have lost)
         self._load_next = 0
         self._load_head = 0
@@ -530,7 +531,7 @@ class Replica:
                     reply = PrepareReply(self.log_view, entry)
                     effects.append(Send(output.tag - SERVE_TAG_BASE, self._encode(reply)))
                 case ReadResult():
-                    effects.extend(self._on_loaded(output.position, output.body))
+                    effects.extend(self._on_loaded(output.tag, output.position, output.body))
                 case ReadFailed() if output.tag == RESTART_STATE_TAG:
                     effects.extend(self._on_restart_state(None, output.reason))
                 case ReadFailed() if output.tag >= SERVE_TAG_BASE:
@@ -712,17 +713,26 @@ class Replica:
         return effects
 
     def _load_more(self) -> list[Effect]:
+        """Read the journal's ops from the log, runs of them at a time (each run's ops come
+        in order, tagged with its first op; ``_load_runs`` counts what each still owes)."""
         effects: list[Effect] = []
-        while self._load_next < self._load_head and self._load_inflight < LOAD_READS_MAX:
-            self._load_inflight += 1
-            effects.extend(self._route(self.log.read(self._load_next, self._load_next)))
-            self._load_next += 1
-        if self._load_inflight == 0 and self.status is Status.LOADING:
+        while self._load_next < self._load_head and len(self._load_runs) < LOAD_READS_MAX:
+            first = self._load_next
+            count_max = min(LOAD_RUN_OPS, self._load_head - first)
+            taken, outputs = self.log.read_run(first, first, count_max)
+            self._load_runs[first] = taken
+            self._load_next += taken
+            effects.extend(self._route(outputs))
+        if not self._load_runs and self.status is Status.LOADING:
             return [*effects, *self._loaded()]
         return effects
 
-    def _on_loaded(self, op: int, body: bytes) -> list[Effect]:
-        self._load_inflight -= 1
+    def _on_loaded(self, run: int, op: int, body: bytes) -> list[Effect]:
+        left = self._load_runs[run] - 1
+        if left:
+            self._load_runs[run] = left
+        else:
+            del self._load_runs[run]
         self._loading[op] = body
         while self.head in self._loading:
             op_body = self._loading.pop(self.head)
