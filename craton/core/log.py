@@ -613,7 +613,7 @@ class Log:
             raise LogError("log is not open, or it has writes in flight")
         if position <= self.head:
             raise LogError(f"cannot install a base at {position}: the log reaches {self.head}")
-        known = [segment.number for segment in self._segments] + self._stale
+        known = [segment.number for segment in self._segments] + self._stale + [*self._unindexed]
         segment = max([*known, self._base_segment - 1]) + 1
         records: list[tuple[bytes, bytes]] = []
         prev = chain_hash

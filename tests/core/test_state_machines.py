@@ -30,6 +30,7 @@ from craton.core.state_machine import (
     OpOrderError,
     SnapshotError,
     StateMachine,
+    open_snapshot,
     seal_snapshot,
 )
 from craton.core.wire.errors import ErrorCode
@@ -643,3 +644,27 @@ def test_a_large_state_is_taken_in_parts_as_it_was_when_asked_for() -> None:
     assert len(taken) > 5, f"expected the state cut into parts, got {len(taken)}"
     middle = [len(part) for part in taken[1:-2]]  # (the envelope's head and digest are apart)
     assert all(256 <= n < 256 + 64 for n in middle), middle
+
+
+@pytest.mark.parametrize(
+    ("found", "replaced", "why"),
+    [
+        (struct.pack("<QQ", 12, 13), struct.pack("<QQ", 13, 12), "ops are not increasing"),
+        (struct.pack("<QQ", 2, 3), struct.pack("<QQ", 3, 3), "appends out of order"),
+    ],
+    ids=["ops", "append-ends"],
+)
+def test_a_state_whose_columns_are_out_of_order_is_refused(
+    found: bytes, replaced: bytes, why: str
+) -> None:
+    """Columns that decode but break the order reads rely on are refused, even sealed in a
+    well-formed envelope (as a faulty writer would seal them)."""
+    store = EventStore()
+    store.apply(10, es.encode_create_stream(1, "orders", DataClass.PUBLIC))
+    for op in range(11, 16):
+        store.apply(op, es.encode_append(1, "orders", [bytes([op]) * 8]))
+    state, digest = open_snapshot(EventStore.name, store.snapshot())
+    assert bytes(state).count(found) == 1, "expected the column once"
+    damaged = bytes(state).replace(found, replaced)
+    with pytest.raises(SnapshotError, match=why):
+        EventStore.restore(seal_snapshot(EventStore.name, damaged, digest))

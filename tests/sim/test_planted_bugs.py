@@ -728,7 +728,7 @@ BUGS = (
     PlantedBug("reapply-retry", ReapplyRetry, _load),
     PlantedBug("truncate-on-local-damage", TruncateOnLocalDamage, _faulty_rot),
     PlantedBug("skip-checksum-on-read", SkipChecksumOnRead, _read_flips),
-    PlantedBug("repair-without-hash-check", RepairWithoutHashCheck, _late_rot),
+    PlantedBug("repair-without-hash-check", RepairWithoutHashCheck, _late_rot, NEW_BUG_SEEDS_MAX),
     PlantedBug("transfer-without-chain-check", TransferWithoutChainCheck, _crashes),
     PlantedBug("install-without-verifying", InstallWithoutVerifying, _lagging_flips),
     PlantedBug("durable-before-sync", DurableBeforeSync, _crashes),
@@ -1018,6 +1018,12 @@ def test_forgotten_vote_when_scripted(seed: int) -> None:
 REPAIR_MARK_SEED = 413  # 3 replicas, the disjoint profile: the seed that found it
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="since a restart reloads its journal in runs (fewer, larger reads), seed 413 no "
+    "longer builds the schedule, and no other of 1,500 disjoint seeds does: the case needs "
+    "a scripted scenario",
+)
 def test_repair_forgets_mark_at_its_seed() -> None:
     """repair-forgets-mark does harm at the swarm seed that found it (3 replicas, disjoint
     damage): replica 1 found damage, rejoined, crashed while installing, found more damage
