@@ -98,6 +98,15 @@ class MemoryCgroup:
             return self._events().get("max", 0)
         return int((self.path / "memory.failcnt").read_text())
 
+    def peak_bytes(self) -> int | None:
+        """The cgroup's peak usage (its processes' memory and the page cache charged to
+        it), where the kernel reports one."""
+        name = "memory.peak" if self.version == 2 else "memory.max_usage_in_bytes"
+        try:
+            return int((self.path / name).read_text())
+        except (OSError, ValueError):
+            return None
+
     def oom_kills(self) -> int:
         if self.version == 2:
             return self._events().get("oom_kill", 0)
@@ -226,6 +235,8 @@ def run(args: argparse.Namespace, folder: Path, cgroup: MemoryCgroup) -> dict[st
             raise BenchFailed("the node is not ready after the read back")
     finally:
         node.stop()
+    peak = cgroup.peak_bytes()
+    rows["cgroup peak usage (MiB)"] = "?" if peak is None else f"{peak / BYTES_PER_MIB:,.0f}"
     rows["times the cgroup reached its limit"] = f"{cgroup.limit_hits():,}"
     kills = cgroup.oom_kills()
     rows["processes killed for memory"] = f"{kills}"

@@ -36,7 +36,6 @@ Rules it keeps:
 
 from __future__ import annotations
 
-import array
 import bisect
 import enum
 import hashlib
@@ -49,6 +48,9 @@ import attrs
 
 from craton.core import record, superblock
 from craton.core.checksum import checksum
+from craton.core.log_index import SEGMENT_FOLDER as SEGMENT_FOLDER  # (public here too)
+from craton.core.log_index import Backfill, LogIndex, Segment
+from craton.core.log_index import segment_path as segment_path
 from craton.core.record import GENESIS_HASH, HEADER_SIZE, RecordError
 from craton.core.scan import (
     Clean,
@@ -60,15 +62,7 @@ from craton.core.scan import (
     scan_segment,
     torn_or_damaged,
 )
-from craton.core.seal import (
-    ENTRY_SIZE,
-    Checkpoint,
-    Sealer,
-    SealError,
-    decode_entry,
-    encode_entry,
-    verify_seal,
-)
+from craton.core.seal import ENTRY_SIZE, Checkpoint, Sealer, encode_entry, verify_seal
 from craton.core.seam import (
     DiskCompletion,
     DiskList,
@@ -87,7 +81,6 @@ from craton.core.seam import (
 )
 from craton.core.superblock import Superblock
 
-SEGMENT_FOLDER = "log"
 CHECKPOINTS_PATH = "checkpoints"
 # A replica's log: how far the log was durable, written after each batch's sync, before the
 # batch counts as durable (see ``_on_batch_synced``). Two slots of WITNESS_SLOT bytes, the
@@ -105,13 +98,8 @@ PENDING_RECORDS_MAX_DEFAULT = 65536
 SUPERBLOCK_READS = 3  # reads of the superblock merged before a damaged copy is believed
 READ_RETRIES_MAX = 8  # reads fail or flip bits in transit: retry before believing damage
 READ_RUN_BYTES = 1 << 20  # records read together, when they lie one after another
-HISTORY_CHUNK_ENTRIES = 512  # sealed checkpoints read at once, searching the history
 
 R = TypeVar("R", DiskRead, DiskWrite, DiskSync, DiskTruncate, DiskList)
-
-
-def segment_path(segment: int) -> str:
-    return f"{SEGMENT_FOLDER}/{segment:010d}.seg"
 
 
 def _decode_witness(data: bytes, slot: int) -> tuple[int, int] | None:
@@ -313,20 +301,8 @@ class _Io(enum.Enum):
 
 
 @attrs.define
-class _Segment:
-    number: int
-    first_position: int
-    size: int = 0  # bytes submitted for writing (durable or in flight)
-    offsets: array.array[int] = attrs.field(factory=lambda: array.array("Q"))
-
-    @property
-    def path(self) -> str:
-        return segment_path(self.number)
-
-
-@attrs.define
 class _Batch:
-    segment: _Segment
+    segment: Segment
     offset: int
     data: bytes
     end_position: int
@@ -392,27 +368,6 @@ class _BaseInstall:
 
 
 @attrs.define
-class _Backfill:
-    """Records below the index found again, so that ``read`` can serve them: from a sealed
-    checkpoint at or below ``wanted`` (or the log's base), segment by segment up to where
-    the index starts, each piece scanned as recovery scans and required to lead to the
-    chain hash the index starts after."""
-
-    wanted: int  # the lowest position asked for
-    history_end: int = 0  # bytes of the history still to search (backwards)
-    position: int = 0  # the next record to place ...
-    segment: int = 0  # ... in this segment ...
-    offset: int = 0  # ... at this offset ...
-    hash: bytes = GENESIS_HASH  # ... after this chain hash
-    start: int = 0  # where the found records begin: this record, its segment and offset,
-    start_at: tuple[int, int] = (0, 0)
-    start_hash: bytes = GENESIS_HASH  # and the chain hash before it
-    pieces: list[_Segment] = attrs.field(factory=list)
-    attempts: int = 0
-    seen_damage: bytes | None = None
-
-
-@attrs.define
 class _PendingRead:
     """A read of ``count`` records that lie one after another in one segment."""
 
@@ -439,8 +394,7 @@ class Log:
         self._phase = _Phase.NEW
         self._waiting: dict[int, tuple[_Io, object]] = {}
         self._recovery = _Recovery()
-        self._segments: list[_Segment] = []
-        self._segment_firsts: list[int] = []
+        self._index = LogIndex()  # where the records are (``craton.core.log_index``)
         self.head = 0
         self.chain_hash = GENESIS_HASH
         self.durable = 0
@@ -454,7 +408,7 @@ class Log:
         self._history_synced: Checkpoint | None = None  # history entry durable, superblock next
         self._wanted_owner_state: bytes | None = None
         self._truncating: int | None = None
-        self._cuts: list[tuple[_Segment, int]] = []
+        self._cuts: list[tuple[Segment, int]] = []
         # chain hashes of records from the latest checkpoint on (hash of record base + i)
         self._hashes: list[bytes] = []
         self._hashes_base = 0
@@ -472,15 +426,8 @@ class Log:
         self._witnessed = 0
         self._witness_sequence = 0
         self._witness_claim = 0
-        # Where the index starts: the first record whose place memory holds, the segment
-        # and offset it starts at, and the chain hash before it. The segments wholly below
-        # it: their sizes, by number. A log that salvages indexes every record from its base.
-        self._indexed_from = 0
-        self._indexed_at = (0, 0)
-        self._indexed_hash = GENESIS_HASH
-        self._unindexed: dict[int, int] = {}
         self._start_hash = GENESIS_HASH  # the chain hash before the base
-        self._backfill: _Backfill | None = None
+        self._backfill: Backfill | None = None
         self._backfill_reads: list[tuple[int, int]] = []  # (tag, position) waiting for it
 
     # --- entry points ------------------------------------------------------------------------
@@ -553,23 +500,11 @@ class Log:
             return 1, [ReadFailed(tag, position, f"log is {self._phase.value}")]
         if not self.base <= position < self.durable:
             return 1, [ReadFailed(tag, position, f"position {position} is not durable here")]
-        if position < self._indexed_from:
+        if position < self._index.start:
             return 1, self._read_below_index(tag, position)
         count_max = min(count_max, self.durable - position)
-        index = bisect.bisect_right(self._segment_firsts, position) - 1
-        segment = self._segments[index]
-        offsets = segment.offsets
-        slot = position - segment.first_position
-        offset = offsets[slot]
-        taken = 1
-        end = offsets[slot + 1] if slot + 1 < len(offsets) else segment.size
-        while taken < count_max and slot + taken < len(offsets):
-            after = slot + taken + 1
-            further = offsets[after] if after < len(offsets) else segment.size
-            if further - offset > READ_RUN_BYTES:
-                break
-            taken, end = taken + 1, further
-        pending = _PendingRead(tag, position, segment.path, offset, end - offset, taken)
+        segment, offset, size, taken = self._index.run(position, count_max, READ_RUN_BYTES)
+        pending = _PendingRead(tag, position, segment.path, offset, size, taken)
         return taken, [self._read_record(pending)]
 
     @property
@@ -613,7 +548,8 @@ class Log:
             raise LogError("log is not open, or it has writes in flight")
         if position <= self.head:
             raise LogError(f"cannot install a base at {position}: the log reaches {self.head}")
-        known = [segment.number for segment in self._segments] + self._stale + [*self._unindexed]
+        index = self._index
+        known = [segment.number for segment in index.segments] + self._stale + [*index.unindexed]
         segment = max([*known, self._base_segment - 1]) + 1
         records: list[tuple[bytes, bytes]] = []
         prev = chain_hash
@@ -631,29 +567,25 @@ class Log:
         assert install is not None and fresh.base_position == install.position
         self._installing = None
         self._base_written = False
-        released = [segment_path(s.number) for s in self._segments if s.size]
+        released = [segment_path(s.number) for s in self._index.segments if s.size]
         released += [segment_path(number) for number in self._stale]
         if self.base:
             released.append(superblock.state_path(self.base))
-        released += [segment_path(number) for number in self._unindexed]
-        self._segments.clear()
-        self._segment_firsts.clear()
+        released += [segment_path(number) for number in self._index.unindexed]
         self._stale = []
-        self._unindexed = {}
-        self.base = self._indexed_from = install.position
+        self.base = install.position
         self.chain_hash = self._base_hash = self._start_hash = install.chain_hash
-        self._indexed_hash = install.chain_hash
-        self._indexed_at = (install.segment, 0)
+        self._index.reset(install.position, (install.segment, 0), install.chain_hash, {})
         self._hashes = []
         self._hashes_base = install.position
         self._base_segment = install.segment
         if install.tail:
-            segment = _Segment(install.segment, install.position)
+            segment = Segment(install.segment, install.position)
             for data, own_hash in install.tail:
                 segment.offsets.append(segment.size)
                 segment.size += len(data)
                 self._hashes.append(own_hash)
-            self._add_segment(segment)
+            self._index.add(segment)
             self.chain_hash = install.tail[-1][1]
         self.head = self.durable = install.position + len(install.tail)
         fields = (("position", install.position), ("records", len(install.tail)))
@@ -853,13 +785,8 @@ class Log:
         assert len(self._pending) <= self.config.pending_records_max
         assert self._hashes_base >= self.base
         assert self._phase is not _Phase.OPEN or self.base <= self.durable
-        assert self.base <= self._indexed_from
-        assert self._indexed_from == self.base or not self.salvage
-        assert all(number < self._indexed_at[0] for number in self._unindexed)
-        first = self._indexed_from
-        for segment in self._segments:
-            assert segment.first_position == first
-            first += len(segment.offsets)
+        assert self._index.start == self.base or not self.salvage
+        first = self._index.check(self.base)
         if self._phase is _Phase.OPEN and not cutting:
             assert first + len(self._pending) == self.head
             assert self._hashes_base + len(self._hashes) == self.head
@@ -1028,10 +955,9 @@ class Log:
         self.base = chosen.base_position
         self._base_segment = chosen.base_segment
         base_hash = chosen.base_hash if self.base else GENESIS_HASH
-        self.head = self._indexed_from = self._hashes_base = self.base
-        self.chain_hash = self._base_hash = self._start_hash = self._indexed_hash = base_hash
-        self._indexed_at = (self._base_segment, 0)
-        self._unindexed = {}
+        self.head = self._hashes_base = self.base
+        self.chain_hash = self._base_hash = self._start_hash = base_hash
+        self._index.reset(self.base, (self._base_segment, 0), base_hash, {})
         state.index, state.start_offset = self._base_segment, 0
         checkpoint = chosen.checkpoint
         if checkpoint is None or self.salvage or checkpoint.position <= self.base:
@@ -1041,10 +967,9 @@ class Log:
         number, offset = checkpoint.segment, checkpoint.offset
         if not (number in state.sizes and offset <= state.sizes[number]):
             return  # the scan from the base finds what is missing, and says so
-        self.head = self._indexed_from = checkpoint.position
-        self.chain_hash = self._indexed_hash = checkpoint.chain_hash
-        self._indexed_at = (number, offset)
-        self._unindexed = {n: state.sizes[n] for n in range(self._base_segment, number)}
+        self.head, self.chain_hash = checkpoint.position, checkpoint.chain_hash
+        below = {n: state.sizes[n] for n in range(self._base_segment, number)}
+        self._index.reset(checkpoint.position, (number, offset), checkpoint.chain_hash, below)
         state.index, state.start_offset = number, offset
 
     def _read_segments(self) -> list[LogOutput]:
@@ -1193,8 +1118,8 @@ class Log:
         state.seen_damage = None
         state.attempts = 0
         state.start_offset = 0
-        segment = _Segment(number, first, scan.end, scan.offsets)
-        self._add_segment(segment)
+        segment = Segment(number, first, scan.end, scan.offsets)
+        self._index.add(segment)
         self._hashes.extend(scan.hashes)
         self.head = scan.next_position
         self.chain_hash = scan.last_hash
@@ -1222,8 +1147,8 @@ class Log:
     def _records_missing(self, certified: int) -> Notice:
         """Where a replica's log ends short of what it certified durable: the records from
         there on were acknowledged and are gone (a cut or lost write), to be repaired."""
-        if self._segments:
-            last = self._segments[-1]
+        if self._index.segments:
+            last = self._index.segments[-1]
             where = (("file", last.path), ("offset", last.size))
         else:
             where = (("file", SEGMENT_FOLDER), ("offset", 0))
@@ -1267,7 +1192,7 @@ class Log:
         if scan is not None and isinstance(scan.verdict, Corrupt):
             outputs.extend(self._salvage_cuts(state, scan))
         elif scan is not None and isinstance(scan.verdict, Torn):
-            segment = self._segments[-1]
+            segment = self._index.segments[-1]
             torn = scan.verdict
             cut = state.sizes[segment.number] - torn.offset
             outputs.append(
@@ -1290,8 +1215,8 @@ class Log:
             )
         else:
             assert scan is None or isinstance(scan.verdict, Clean)
-            if self._segments:
-                outputs.append(self._sync_for_recovery(self._segments[-1].path))
+            if self._index.segments:
+                outputs.append(self._sync_for_recovery(self._index.segments[-1].path))
         for number in state.numbers[: self._base_segment]:
             if state.sizes[number]:  # left behind by a base install a crash interrupted
                 outputs.append(self._release(_Io.RECOVERY_TRUNCATE, segment_path(number)))
@@ -1439,23 +1364,18 @@ class Log:
             )
         ]
 
-    def _current_segment(self, next_position: int, next_size: int) -> _Segment:
+    def _current_segment(self, next_position: int, next_size: int) -> Segment:
         """The segment the next batch goes to, rolling to a new one when it is full."""
-        if self._segments:
-            current = self._segments[-1]
+        if self._index.segments:
+            current = self._index.segments[-1]
             if current.size == 0 or current.size + next_size <= self.config.segment_size_max:
                 return current
             number = current.number + 1
         else:
             number = self._base_segment
-        segment = _Segment(number, next_position)
-        self._add_segment(segment)
+        segment = Segment(number, next_position)
+        self._index.add(segment)
         return segment
-
-    def _add_segment(self, segment: _Segment) -> None:
-        assert not self._segments or self._segments[-1].number + 1 == segment.number
-        self._segments.append(segment)
-        self._segment_firsts.append(segment.first_position)
 
     def _on_batch_synced(self) -> list[LogOutput]:
         """A replica's log writes its witness before the batch counts as durable (and may be
@@ -1510,7 +1430,7 @@ class Log:
         del self._hashes[max(0, position - self._hashes_base) :]
         self.durable = min(self.durable, position)
         cuts = []
-        for segment in reversed(self._segments):
+        for segment in reversed(self._index.segments):
             written = len(segment.offsets)
             if segment.first_position + written <= position:
                 break
@@ -1532,18 +1452,18 @@ class Log:
             return [self._write_witness(position, "truncate")]
         return self._truncate_next()
 
-    def _stale_cuts(self, cuts: list[tuple[_Segment, int]]) -> list[tuple[_Segment, int]]:
+    def _stale_cuts(self, cuts: list[tuple[Segment, int]]) -> list[tuple[Segment, int]]:
         """Add to ``cuts`` (last segment first) what removes the stale bytes: a live segment
         is cut at its size, a file past the live ones is emptied."""
         if not self._stale:
             return cuts
-        live = {segment.number: segment for segment in self._segments}
+        live = {segment.number: segment for segment in self._index.segments}
         cut_numbers = {segment.number for segment, _ in cuts}
-        extra: list[tuple[_Segment, int]] = []
+        extra: list[tuple[Segment, int]] = []
         for number in self._stale:
             segment = live.get(number)
             if segment is None:
-                extra.append((_Segment(number, self.head), 0))
+                extra.append((Segment(number, self.head), 0))
             elif number not in cut_numbers:
                 extra.append((segment, segment.size))
         self._stale = []
@@ -1570,9 +1490,7 @@ class Log:
     def _truncate_done(self) -> list[LogOutput]:
         position = self._truncating
         assert position is not None
-        while len(self._segments) > 1 and self._segments[-1].first_position > position:
-            self._segments.pop()
-            self._segment_firsts.pop()
+        self._index.drop_after(position)
         self._truncating = None
         return [Truncated(position), *self._pump()]
 
@@ -1581,16 +1499,7 @@ class Log:
         batch (a write is under way for it once it has a place), or when it lies below the
         index."""
         assert self.base <= position < self.head
-        if position < self._indexed_from:
-            return None  # on disk, below the index (see ``read``)
-        index = bisect.bisect_right(self._segment_firsts, position) - 1
-        segment = self._segments[index]
-        slot = position - segment.first_position
-        if slot >= len(segment.offsets):
-            return None
-        offset = segment.offsets[slot]
-        end = segment.offsets[slot + 1] if slot + 1 < len(segment.offsets) else segment.size
-        return segment.path, offset, end - offset
+        return self._index.location(position)
 
     def hash_before(self, position: int) -> bytes:
         """Chain hash of record ``position - 1`` (for positions from the latest checkpoint)."""
@@ -1619,11 +1528,9 @@ class Log:
 
     def _locate(self, position: int) -> tuple[int, int]:
         """(segment, offset) where record ``position`` starts (or would start)."""
-        if not self._segments:
+        if not self._index.segments:
             return self._base_segment, 0
-        index = max(0, bisect.bisect_right(self._segment_firsts, position) - 1)
-        segment = self._segments[index]
-        slot = position - segment.first_position
+        segment, slot = self._index.find(position)
         if slot < len(segment.offsets):
             return segment.number, segment.offsets[slot]
         return segment.number, segment.size if self._batch is None else self._batch.offset
@@ -1743,25 +1650,8 @@ class Log:
     def _forget_places_before(self, checkpoint: Checkpoint) -> None:
         """A log that does not salvage serves no peer: the places of records below a durable
         checkpoint leave memory (a read below it finds them again, see ``read``)."""
-        if self.salvage or self._backfill is not None or self._truncating is not None:
-            return
-        position, number = checkpoint.position, checkpoint.segment
-        if position <= self._indexed_from or not self._segments:
-            return
-        if self._segments[0].number > number or self._segments[-1].number < number:
-            return
-        at = [segment.number for segment in self._segments].index(number)
-        segment = self._segments[at]
-        if not 0 <= position - segment.first_position <= len(segment.offsets):
-            return
-        for dropped in self._segments[:at]:
-            self._unindexed[dropped.number] = dropped.size
-        del self._segments[:at], self._segment_firsts[:at]
-        del segment.offsets[: position - segment.first_position]
-        segment.first_position = self._segment_firsts[0] = position
-        self._indexed_from = position
-        self._indexed_at = (number, checkpoint.offset)
-        self._indexed_hash = checkpoint.chain_hash
+        if not (self.salvage or self._backfill is not None or self._truncating is not None):
+            self._index.forget_before(checkpoint)
 
     # --- finding the places of records below the index ---------------------------------------
 
@@ -1773,7 +1663,7 @@ class Log:
             return []
         assert self._superblock is not None
         end = self._superblock.checkpoint_count * ENTRY_SIZE
-        self._backfill = _Backfill(position, history_end=end)
+        self._backfill = Backfill(position, history_end=end)
         return self._search_history()
 
     def _search_history(self) -> list[LogOutput]:
@@ -1782,75 +1672,41 @@ class Log:
         backfill = self._backfill
         assert backfill is not None
         if backfill.history_end <= 0:
-            return self._backfill_from(self.base, self._base_segment, 0, self._start_hash)
-        end = backfill.history_end
-        start = max(0, end - HISTORY_CHUNK_ENTRIES * ENTRY_SIZE)
-        return [
-            self._track(
-                _Io.HISTORY_READ,
-                None,
-                lambda io: DiskRead(io, CHECKPOINTS_PATH, start, end - start),
-            )
-        ]
+            backfill.begin(self.base, self._base_segment, 0, self._start_hash)
+            return [self._read_backfill()]
+        start, size = backfill.history_chunk()
+        read = lambda io: DiskRead(io, CHECKPOINTS_PATH, start, size)  # noqa: E731
+        return [self._track(_Io.HISTORY_READ, None, read)]
 
     def _on_history_read(self, completion: DiskCompletion) -> list[LogOutput]:
         backfill = self._backfill
         assert backfill is not None
-        end = backfill.history_end
-        start = max(0, end - HISTORY_CHUNK_ENTRIES * ENTRY_SIZE)
-        if isinstance(completion, ReadDone) and len(completion.data) == end - start:
-            data = completion.data
-            for at in range(len(data) - ENTRY_SIZE, -1, -ENTRY_SIZE):
-                try:
-                    found = decode_entry(data[at : at + ENTRY_SIZE])
-                except SealError:
-                    continue  # of no use as a start: an earlier one serves
-                if (
-                    self.base < found.position <= backfill.wanted
-                    and self._base_segment <= found.segment <= self._indexed_at[0]
-                    and found.offset <= self._backfill_end(found.segment)
-                    and verify_seal(self._sealer.public_key, found)
-                ):
-                    return self._backfill_from(
-                        found.position, found.segment, found.offset, found.chain_hash
-                    )
-                if found.position <= self.base:
-                    start = 0  # nothing earlier is past the base
-                    break
-            backfill.history_end = start
+        _, size = backfill.history_chunk()
+        if isinstance(completion, ReadDone) and len(completion.data) == size:
+            public_key = self._sealer.public_key
+            found = backfill.search(
+                completion.data, self._index, self.base, self._base_segment, public_key
+            )
+            if found is not None:
+                backfill.begin(found.position, found.segment, found.offset, found.chain_hash)
+                return [self._read_backfill()]
         else:
-            # Unreadable: searched no further, the records are found from the base.
-            backfill.history_end = 0
+            backfill.history_end = 0  # unreadable: the records are found from the base
         return self._search_history()
-
-    def _backfill_from(
-        self, position: int, segment: int, offset: int, chain: bytes
-    ) -> list[LogOutput]:
-        backfill = self._backfill
-        assert backfill is not None
-        backfill.start = backfill.position = position
-        backfill.start_at, backfill.start_hash = (segment, offset), chain
-        backfill.segment, backfill.offset, backfill.hash = segment, offset, chain
-        return [self._read_backfill()]
-
-    def _backfill_end(self, segment: int) -> int:
-        """Where the records below the index end in ``segment``."""
-        number, offset = self._indexed_at
-        return offset if segment == number else self._unindexed[segment]
 
     def _read_backfill(self) -> DiskRead:
         backfill = self._backfill
         assert backfill is not None
         path = segment_path(backfill.segment)
         offset = backfill.offset
-        size = self._backfill_end(backfill.segment) - offset
+        size = self._index.end_below(backfill.segment) - offset
         return self._track(_Io.BACKFILL_READ, None, lambda io: DiskRead(io, path, offset, size))
 
     def _on_backfill_read(self, completion: DiskCompletion) -> list[LogOutput]:
-        backfill = self._backfill
+        backfill, index = self._backfill, self._index
         assert backfill is not None
         number, offset = backfill.segment, backfill.offset
-        end = self._backfill_end(number)
+        end = index.end_below(number)
         where = f"file '{segment_path(number)}' offset {offset}"
         if isinstance(completion, IoFailed):
             return self._retry_backfill(f"{where}: read failed: {completion.detail}", None)
@@ -1863,25 +1719,22 @@ class Log:
             base_offset=offset,
             first_position=backfill.position,
             prev_hash=backfill.hash,
-            verify_from=self._indexed_from,
-            certified=self._indexed_from,
+            verify_from=index.start,
+            certified=index.start,
             may_tear=False,
         )
         verdict = scan.verdict
         if not isinstance(verdict, Clean):
             return self._retry_backfill(f"{where}: {_describe(verdict)}", checksum(data))
-        last = number == self._indexed_at[0]
-        if last and (scan.next_position, scan.last_hash) != (
-            self._indexed_from,
-            self._indexed_hash,
-        ):
+        last = number == index.start_at[0]
+        if last and (scan.next_position, scan.last_hash) != (index.start, index.start_hash):
             problem = (
                 f"{where}: the records end at {scan.next_position}, not where the index "
-                f"starts ({self._indexed_from}), or do not chain to it"
+                f"starts ({index.start}), or do not chain to it"
             )
             return self._retry_backfill(problem, checksum(data))
         backfill.attempts, backfill.seen_damage = 0, None
-        backfill.pieces.append(_Segment(number, backfill.position, end, scan.offsets))
+        backfill.pieces.append(Segment(number, backfill.position, end, scan.offsets))
         backfill.position, backfill.hash = scan.next_position, scan.last_hash
         if not last:
             backfill.segment, backfill.offset = number + 1, 0
@@ -1911,19 +1764,8 @@ class Log:
         backfill = self._backfill
         assert backfill is not None
         self._backfill = None
-        *below, joining = backfill.pieces
-        first = self._segments[0]
-        assert first.number == joining.number and first.first_position == self._indexed_from
-        joining.offsets.extend(first.offsets)
-        first.offsets = joining.offsets
-        first.first_position = joining.first_position
-        self._segments[:0] = below
-        self._segment_firsts = [segment.first_position for segment in self._segments]
-        for segment in backfill.pieces:
-            self._unindexed.pop(segment.number, None)
-        fields = (("from", backfill.start), ("to", self._indexed_from))
-        self._indexed_from, self._indexed_at = backfill.start, backfill.start_at
-        self._indexed_hash = backfill.start_hash
+        fields = (("from", backfill.start), ("to", self._index.start))
+        self._index.prepend(backfill)
         outputs: list[LogOutput] = [Notice("log.places_found", fields)]
         waiting, self._backfill_reads = self._backfill_reads, []
         for tag, position in waiting:
