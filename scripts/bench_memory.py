@@ -10,11 +10,12 @@ the same cgroup on the same data, and every event is then read back and checked:
 names its own index and its bytes follow from it, so a lost, duplicated or damaged event is
 found. Printed: the data appended and the limit, the fill rate, the node's peak RSS while
 appending and during the restart, the time from starting it to its ``/ready``, the events
-read back and checked, and how often the cgroup hit its limit and whether the kernel killed
-anything in it (the run fails if it did).
+read back and checked, the cgroup's peak usage, and whether the kernel killed anything in
+it (the run fails if it did).
 
-The page cache of the node's files counts toward the cgroup's limit too, and the kernel
-reclaims it under the limit; what must stay below it is the node's own memory. A machine
+The page cache of the node's files counts toward the cgroup's limit too (its peak usage
+reaches the limit), and the kernel reclaims it there; what must stay below the limit is the
+node's own memory. A machine
 without a writable memory cgroup (cgroup v1 ``memory`` or cgroup v2 with the ``memory``
 controller, as root) is reported in one line and the benchmark is skipped.
 
@@ -92,12 +93,6 @@ class MemoryCgroup:
     def add(self, pid: int) -> None:
         (self.path / "cgroup.procs").write_text(str(pid))
 
-    def limit_hits(self) -> int:
-        """How often usage reached the limit (the kernel then reclaimed, or killed)."""
-        if self.version == 2:
-            return self._events().get("max", 0)
-        return int((self.path / "memory.failcnt").read_text())
-
     def peak_bytes(self) -> int | None:
         """The cgroup's peak usage (its processes' memory and the page cache charged to
         it), where the kernel reports one."""
@@ -109,15 +104,13 @@ class MemoryCgroup:
 
     def oom_kills(self) -> int:
         if self.version == 2:
-            return self._events().get("oom_kill", 0)
+            lines = (self.path / "memory.events").read_text().splitlines()
+            events = {name: int(value) for name, value in (line.split() for line in lines)}
+            return events.get("oom_kill", 0)
         for line in (self.path / "memory.oom_control").read_text().splitlines():
             if line.startswith("oom_kill "):
                 return int(line.split()[1])
         return 0
-
-    def _events(self) -> dict[str, int]:
-        lines = (self.path / "memory.events").read_text().splitlines()
-        return {name: int(value) for name, value in (line.split() for line in lines)}
 
     def close(self) -> None:
         for _ in range(50):  # the processes in it are gone once their exit is reaped
@@ -237,7 +230,6 @@ def run(args: argparse.Namespace, folder: Path, cgroup: MemoryCgroup) -> dict[st
         node.stop()
     peak = cgroup.peak_bytes()
     rows["cgroup peak usage (MiB)"] = "?" if peak is None else f"{peak / BYTES_PER_MIB:,.0f}"
-    rows["times the cgroup reached its limit"] = f"{cgroup.limit_hits():,}"
     kills = cgroup.oom_kills()
     rows["processes killed for memory"] = f"{kills}"
     if kills:
