@@ -21,7 +21,6 @@ import hashlib
 import itertools
 import operator
 import struct
-import sys
 import zlib
 from collections.abc import Iterator, Sequence
 
@@ -40,7 +39,8 @@ CHAIN_START = bytes(32)  # the chain of a stream without events
 _CHAIN_LINK = struct.Struct("<QI")  # op, event size: prefixed to each event in the chain
 # a stream's columns in a snapshot: append count, event count, and the chain after them
 _COLUMNS_HEAD = struct.Struct("<IQ32s")
-_BIG_ENDIAN = sys.byteorder == "big"  # arrays are stored little-endian
+# arrays are stored little-endian; this machine's own order decides whether they are swapped
+_BIG_ENDIAN = array.array("H", [1]).tobytes() == b"\x00\x01"
 
 
 class Stream:
