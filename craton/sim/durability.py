@@ -13,7 +13,9 @@ loses what it synced, is caught when it happens, not only if a later crash expos
   some replica's stable storage: its record intact (where its log places it, or anywhere in
   its segments, past damage too: a recovery's cut leaves the records past the damage on
   disk, and its salvage finds them again), or a durable checkpoint state that covers it
-  (its state file matching its digest).
+  (its state file matching its digest). The state a replica last served is remembered
+  across its restarts: a replica that is still recovering has not named one yet, but the
+  file is on its disk all the same.
 - ``damage_found``: a replica whose disk the simulator never damaged must never find damage
   in, or be missing, records it had certified durable (its witness or superblock): that is
   data lost that the disk kept. A torn or lost *unsynced* tail is not damage: it lies at or
@@ -30,7 +32,7 @@ from collections.abc import Callable, Sequence
 from craton.core.log import SEGMENT_FOLDER
 from craton.core.record import HEADER_SIZE, RecordError, decode, decode_header
 from craton.core.superblock import state_path
-from craton.core.vsr.replica import Replica
+from craton.core.vsr.replica import Replica, StateFile
 from craton.sim.disk import SimDisk
 
 # What a node says when recovery finds a replica's certified records damaged or missing.
@@ -43,6 +45,7 @@ class DurabilityChecker:
     def __init__(self, quorum: int, fail: Callable[[str], None]) -> None:
         self._quorum = quorum
         self._fail = fail
+        self._states: dict[int, StateFile] = {}  # the state each replica last served
 
     def committed(self, op: int, op_hash: bytes, nodes: Sequence[Holder]) -> None:
         """Op ``op`` (chain hash ``op_hash``) has just been seen committed."""
@@ -64,10 +67,14 @@ class DurabilityChecker:
         """Replica ``index`` just crashed: every op of the committed ``history`` (its chain
         hashes, in op order) is still on some replica's stable storage."""
         indexes = [_stable_index(disk) for _, _, disk in nodes]
+        for number, replica, _ in nodes:
+            if replica.durable_state is not None:
+                self._states[number] = replica.durable_state
+        states = [self._states.get(number) for number, _, _ in nodes]
         for op, op_hash in enumerate(history):
             if not any(
-                _supplies(replica, disk, op, op_hash, index)
-                for (_, replica, disk), index in zip(nodes, indexes, strict=True)
+                _supplies(replica, disk, op, op_hash, index, state)
+                for (_, replica, disk), index, state in zip(nodes, indexes, states, strict=True)
             ):
                 self._fail(
                     f"after replica {index} crashed, committed op {op} is on no replica's "
@@ -157,14 +164,18 @@ def _destroyed(replica: Replica, disk: SimDisk, op: int) -> bool:
 
 
 def _supplies(
-    replica: Replica, disk: SimDisk, op: int, op_hash: bytes, index: dict[int, list[bytes]]
+    replica: Replica,
+    disk: SimDisk,
+    op: int,
+    op_hash: bytes,
+    index: dict[int, list[bytes]],
+    state: StateFile | None,
 ) -> bool:
     place = _place(replica, op)
     if place is not None and _intact(disk.stable(*place), op, op_hash):
         return True
     if any(_intact(record, op, op_hash) for record in index.get(op, [])):
         return True
-    state = replica.durable_state
     if state is None or op >= state.op:
         return False
     data = disk.stable(state_path(state.op), 0, state.size)
