@@ -447,7 +447,20 @@ class RepairForgetsMark(Replica):
     lowered the log's mark, makes a log that lacks acknowledged ops look whole again."""
 
     def _begin_repair(self) -> list[Effect]:
-        damage_only, self._damage_only = self._damage_only, False  # hides the mark
+        mark, self._damage_mark = self._damage_mark, 0  # hides the mark
+        try:
+            return super()._begin_repair()
+        finally:
+            self._damage_mark = mark
+
+
+class RepairDuringOtherRecovery(Replica):
+    """Repairs damage found while a recovery of another kind is under way (an install a
+    crash interrupted) as if the damage were all it had to recover from: the log it
+    rebuilds was not whole before the damage either, yet it is taken for whole."""
+
+    def _begin_repair(self) -> list[Effect]:
+        damage_only, self._damage_only = self._damage_only, True
         try:
             return super()._begin_repair()
         finally:
@@ -1016,6 +1029,21 @@ def test_forgotten_vote_when_scripted(seed: int) -> None:
 
 
 REPAIR_MARK_SEED = 413  # 3 replicas, the disjoint profile: the seed that found it
+OTHER_RECOVERY_SEED = 1876  # 3 replicas, every disk rotting (_rot): the seed that found it
+
+
+def test_repair_during_another_recovery_at_its_seed() -> None:
+    """repair-during-other-recovery does harm at the seed that found it, in the unmutated
+    replica before the fix: replica 0 found damage, began installing a view's log, crashed
+    while installing (its recovery now "unfinished"), then found new damage at a restart,
+    repaired its log by hash as if that were all, resumed with 1 op, and voted in a view
+    change without an op it had acknowledged. The unmutated replica passes the same seed."""
+    bug = PlantedBug("repair-during-other-recovery", RepairDuringOtherRecovery, _rot)
+    options = options_for(bug, OTHER_RECOVERY_SEED)
+    mutant = run_once(OTHER_RECOVERY_SEED, options, RepairDuringOtherRecovery)
+    assert mutant.caught and "which it acknowledged and is committed" in mutant.detail, mutant
+    control = run_once(OTHER_RECOVERY_SEED, options, Replica)
+    assert control.result == "pass", f"expected the unmutated replica to pass, got {control}"
 
 
 @pytest.mark.xfail(

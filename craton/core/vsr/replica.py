@@ -795,6 +795,11 @@ class Replica:
         recovered = self._recovered
         if recovered is None or self._formatted or not recovered.salvage_complete:
             return []
+        if not self._damage_only:
+            # A recovery of another kind is under way (an install a crash interrupted, a
+            # lost disk): the log on this disk was not whole before the damage either, so
+            # rebuilding it proves nothing; only a view's log makes it whole again.
+            return []
         tail = recovered.salvaged
         if not tail or tail[0].position != self.head:
             return []
@@ -803,8 +808,7 @@ class Replica:
         # Records the log certified are missing even past the damage; or, after an earlier
         # damage this repair continues, the log no longer reaches the mark certified then
         # (a rejoin's cut lowers the log's own mark, never that one).
-        mark = self._damage_mark if self._damage_only else 0
-        if max(tail[-1].position + 1, self.head) < max(recovered.certified, mark):
+        if max(tail[-1].position + 1, self.head) < max(recovered.certified, self._damage_mark):
             return []
         self._repair = {item.position: item for item in tail}
         self._repair_holes = sum(item.body is None for item in tail)
