@@ -95,31 +95,12 @@ def test_a_committed_op_no_disk_can_supply_is_a_violation(cluster: Cluster) -> N
     ]
 
 
-def test_a_checkpoint_state_supplies_the_ops_it_covers(cluster: Cluster) -> None:
+@pytest.mark.parametrize("restarted", [False, True], ids=["serving", "recovering"])
+def test_a_checkpoint_state_supplies_the_ops_it_covers(cluster: Cluster, restarted: bool) -> None:
     """With checkpoint states on, ops below a replica's durable state are supplied by the
-    state file, as long as its bytes match its digest."""
-    covered = [node for node in cluster.nodes if node.replica.durable_state is not None]
-    if not covered:
-        pytest.skip("no replica saved a checkpoint state in this run")
-    node = covered[0]
-    state = node.replica.durable_state
-    assert state is not None
-    op = state.op - 1
-    for index in range(3):
-        unsync(cluster, index, op)
-    durability, failures = checker()
-    only = [(node.index, node.replica, node.disk)]
-    durability.crashed(node.index, cluster.checker.canonical[: op + 1], only)
-    assert failures == [], f"the state covers op {op}: {failures}"
-    node.disk._files[state_path(state.op)].durable[10] ^= 1
-    durability.crashed(node.index, cluster.checker.canonical[: op + 1], only)
-    assert len(failures) == 1 and f"committed op {op} is on no replica" in failures[0]
-
-
-def test_a_state_is_remembered_while_its_replica_recovers(cluster: Cluster) -> None:
-    """A replica that crashed and is recovering has not named its state yet (a new replica
-    object, no ``durable_state``), but its state file is on its disk all the same: the
-    state it served before still supplies the ops below it, while its bytes match."""
+    state file, as long as its bytes match its digest; also while the replica recovers
+    after a restart (a new replica object that has named no state yet: the state it served
+    before is remembered, and its file is on its disk all the same)."""
     covered = [node for node in cluster.nodes if node.replica.durable_state is not None]
     if not covered:
         pytest.skip("no replica saved a checkpoint state in this run")
@@ -133,12 +114,14 @@ def test_a_state_is_remembered_while_its_replica_recovers(cluster: Cluster) -> N
     history = cluster.checker.canonical[: op + 1]
     durability.crashed(node.index, history, [(node.index, node.replica, node.disk)])
     assert failures == [], f"the state covers op {op}: {failures}"
-    fresh = Replica(node.replica.config, node.replica.machine, Prng(1, "restart"))
-    assert fresh.durable_state is None
-    durability.crashed(node.index, history, [(node.index, fresh, node.disk)])
-    assert failures == [], f"the remembered state covers op {op}: {failures}"
+    replica = node.replica
+    if restarted:
+        replica = Replica(node.replica.config, node.replica.machine, Prng(1, "restart"))
+        assert replica.durable_state is None
+        durability.crashed(node.index, history, [(node.index, replica, node.disk)])
+        assert failures == [], f"the remembered state covers op {op}: {failures}"
     node.disk._files[state_path(state.op)].durable[10] ^= 1
-    durability.crashed(node.index, history, [(node.index, fresh, node.disk)])
+    durability.crashed(node.index, history, [(node.index, replica, node.disk)])
     assert len(failures) == 1 and f"committed op {op} is on no replica" in failures[0]
 
 
