@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 from bench_common import status_kib
-from bench_restart import BenchFailed, mib, probe_status, wait_ready
+from bench_restart import BenchFailed, fill, mib, probe_status, wait_ready
 from bench_server import START_TIMEOUT_S, Node
 from cluster import free_ports  # scripts/cluster.py: ports the node knows beforehand
 
@@ -53,7 +53,6 @@ READ_BYTES = 4 * 1024 * 1024  # event bytes asked for by one read back
 CLIENT_RETRY_DEADLINE_S = 30.0
 FILL_TIMEOUT_PER_MIB_S = 2.0
 READY_TIMEOUT_S = 600.0
-PROGRESS_S = 30.0
 BYTES_PER_MIB = 1024 * 1024
 CGROUP_V2 = Path("/sys/fs/cgroup")
 CGROUP_V1 = Path("/sys/fs/cgroup/memory")
@@ -121,46 +120,6 @@ class MemoryCgroup:
                 time.sleep(0.1)
 
 
-async def fill(address: str, appends: int, size: int, clients: int) -> float:
-    """Append events 0..appends-1, one per request; the seconds it took."""
-    connections = [
-        AsyncClient(address, retry_deadline_s=CLIENT_RETRY_DEADLINE_S) for _ in range(clients)
-    ]
-    try:
-        await asyncio.gather(*(c.connect() for c in connections))
-        await connections[0].create_stream(STREAM)
-        next_index = 0
-
-        async def worker(client: AsyncClient) -> None:
-            nonlocal next_index
-            while next_index < appends:
-                index, next_index = next_index, next_index + 1
-                await client.append(STREAM, (event(index, size),))
-
-        async def progress(started_s: float) -> None:
-            while True:
-                await asyncio.sleep(PROGRESS_S)
-                rate = next_index / (time.perf_counter() - started_s)
-                print(f"  {next_index:,} of {appends:,} appends sent ({rate:,.0f}/s)", flush=True)
-
-        started_s = time.perf_counter()
-        reporter = asyncio.create_task(progress(started_s))
-        timeout_s = 60 + FILL_TIMEOUT_PER_MIB_S * appends * size / BYTES_PER_MIB
-        try:
-            async with asyncio.timeout(timeout_s), asyncio.TaskGroup() as group:
-                for connection in connections:
-                    group.create_task(worker(connection))
-        except TimeoutError:
-            raise BenchFailed(f"{appends} appends took over {timeout_s:.0f} s") from None
-        except ExceptionGroup as failed:
-            raise failed.exceptions[0] from None
-        finally:
-            reporter.cancel()
-        return time.perf_counter() - started_s
-    finally:
-        await asyncio.gather(*(c.close() for c in connections), return_exceptions=True)
-
-
 async def read_back(address: str, appends: int, size: int) -> int:
     """Read the whole stream back; every index exactly once, every event's bytes as
     written. Returns the events checked."""
@@ -203,7 +162,18 @@ def run(args: argparse.Namespace, folder: Path, cgroup: MemoryCgroup) -> dict[st
     try:
         cgroup.add(node.process.pid)
         wait_ready(node, ready_url, START_TIMEOUT_S, started_s)
-        elapsed_s = asyncio.run(fill(address, appends, args.event_bytes, args.clients))
+        size = args.event_bytes
+        elapsed_s = asyncio.run(
+            fill(
+                [address],
+                appends,
+                args.clients,
+                "single-node",
+                stream=STREAM,
+                event=lambda index: event(index, size),
+                timeout_s=60 + FILL_TIMEOUT_PER_MIB_S * appends * size / BYTES_PER_MIB,
+            )
+        )
         rows["data appended (MiB)"] = f"{appends * args.event_bytes / BYTES_PER_MIB:,.0f}"
         rows["memory limit (MiB)"] = f"{args.limit_mib:,}"
         rows["data / limit"] = f"{appends * args.event_bytes / limit:.1f}"

@@ -152,27 +152,40 @@ def ready_timeout_s(appends: int) -> float:
 # --- the workload ----------------------------------------------------------------------------
 
 
-async def fill(addresses: list[str], appends: int, clients: int, label: str) -> float:
-    """Append ``appends`` one-event requests from ``clients`` clients; the seconds it took."""
+async def fill(
+    addresses: list[str],
+    appends: int,
+    clients: int,
+    label: str,
+    *,
+    stream: str = STREAM,
+    event: Callable[[int], bytes] | None = None,
+    timeout_s: float | None = None,
+) -> float:
+    """Append ``appends`` one-event requests from ``clients`` clients to ``stream`` (event
+    ``i`` is ``event(i)``; by default every event is ``EVENT_SIZE`` bytes of ``e``); the
+    seconds it took."""
     connections = [
         AsyncClient(addresses, retry_deadline_s=CLIENT_RETRY_DEADLINE_S)
         for _ in range(max(1, min(clients, appends)))
     ]
     try:
         await asyncio.gather(*(c.connect() for c in connections))
-        await connections[0].create_stream(STREAM)
-        events = (b"e" * EVENT_SIZE,)
-        left = appends
+        await connections[0].create_stream(stream)
+        same = (b"e" * EVENT_SIZE,)
+        sent = 0
 
         async def worker(client: AsyncClient) -> None:
-            nonlocal left
-            while left > 0:
-                left -= 1
-                await client.append(STREAM, events)
+            nonlocal sent
+            while sent < appends:
+                index, sent = sent, sent + 1
+                await client.append(stream, same if event is None else (event(index),))
 
         started_s = time.perf_counter()
-        progress = asyncio.create_task(report_progress(label, appends, lambda: left, started_s))
-        timeout_s = FILL_TIMEOUT_BASE_S + FILL_TIMEOUT_PER_APPEND_S * appends
+        left = lambda: appends - sent  # noqa: E731
+        progress = asyncio.create_task(report_progress(label, appends, left, started_s))
+        if timeout_s is None:
+            timeout_s = FILL_TIMEOUT_BASE_S + FILL_TIMEOUT_PER_APPEND_S * appends
         try:  # a task group: one worker's failure, a timeout or Ctrl-C cancels every worker
             async with asyncio.timeout(timeout_s), asyncio.TaskGroup() as group:
                 for connection in connections:
