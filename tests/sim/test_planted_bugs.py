@@ -59,6 +59,11 @@ bytes; with those checks switched off, neither is caught in 120 seeds):
 
 - ``durable-before-sync``: the log counts a batch durable once its write is done and never
   syncs it, so a replica acknowledges, and a primary commits, ops a crash can take away.
+- ``cut-stale-at-once``: a replica installing a view's log cuts the records its log kept
+  past a damaged record before the view's log has replaced them on disk, so a crash of
+  another replica in between finds a committed op on no disk.
+- ``state-leaves-tail``: a replica repairing by state installs it without first fetching a
+  hole among the records it holds past it, so the records past the hole leave its disk.
 - ``witness-kept-at-cut``: the log cuts an uncommitted suffix without lowering its witness
   first, so after a crash the replica finds "certified" records missing on a disk no fault
   touched (and, in a real cluster, rejoins needlessly as if its disk had been damaged).
@@ -384,6 +389,28 @@ class WitnessKeptAtCut(Replica):
     def __init__(self, config: ReplicaConfig, machine: StateMachine, prng: Prng) -> None:
         super().__init__(config, machine, prng)
         self.log = _WitnessKeptAtCut(self.log.config, IoIds(), salvage=self.log.salvage)
+
+
+class CutStaleAtOnce(Replica):
+    """Installing a view's log, cuts the bytes its log keeps past a damaged record as soon
+    as the install begins, instead of letting the install's appends overwrite them and
+    cutting what is left once the installed log is durable: until the view's log is
+    synced, the committed ops those bytes held are on this disk no more."""
+
+    def _cut_then_install(self, cut: int) -> list[Effect]:
+        if self.log.has_stale and cut == self.head:
+            return self._truncate(cut)
+        return super()._cut_then_install(cut)
+
+
+class StateLeavesTail(Replica):
+    """Repairing by state, installs the state at once though a hole lies among the records
+    it holds past it: the records past the hole are left out of the new log, and the old
+    log's files are emptied, so this disk holds them no more until the repair re-appends
+    them."""
+
+    def _fetchable_hole(self, op: int) -> bool:
+        return False
 
 
 class AnswerRecoveryWhileRecovering(Replica):
@@ -1030,8 +1057,48 @@ def test_forgotten_vote_when_scripted(seed: int) -> None:
 
 REPAIR_MARK_SEED = 413  # 3 replicas, the disjoint profile: the seed that found it
 OTHER_RECOVERY_SEED = 1876  # 3 replicas, every disk rotting (_rot): the seed that found it
+CUT_STALE_SEED = 1942  # 3 replicas, every disk rotting (_rot): the seed that found it
+LEAVES_TAIL_SEED = 1471  # 3 replicas, every disk rotting (_rot): the seed that found it
 
 
+def assert_caught_at(
+    seed: int, options: SwarmOptions, mutant: ReplicaFactory, violation: str
+) -> None:
+    """``mutant`` is caught at ``seed`` with a violation that says ``violation``, and the
+    unmutated replica passes the same seed with the same options."""
+    caught = run_once(seed, options, mutant)
+    assert caught.caught and violation in caught.detail, caught
+    control = run_once(seed, options, Replica)
+    assert control.result == "pass", f"expected the unmutated replica to pass, got {control}"
+
+
+def test_state_leaves_tail_at_its_seed() -> None:
+    """state-leaves-tail loses a committed op at the seed that found it, as the unmutated
+    replica did before the fix: replica 1 repaired a hole at op 1 with a peer's state at op
+    32 while it held ops 32..60 past the damage, with a hole at 37; the new log kept 32..36
+    and the old files were emptied, so ops 38..60 were on its disk no more, and the other
+    replicas had lost op 44 to rot and to a crash. The unmutated replica fetches op 37
+    first (and here even repairs op 1 by hash meanwhile) and passes."""
+    options = options_for(PlantedBug("state-leaves-tail", StateLeavesTail, _rot), LEAVES_TAIL_SEED)
+    assert_caught_at(LEAVES_TAIL_SEED, options, StateLeavesTail, "on no replica's stable storage")
+
+
+def test_cut_stale_at_once_at_its_seed() -> None:
+    """cut-stale-at-once loses a committed op at the seed that found it, as the unmutated
+    replica did before the fix: replica 1, rejoining after damage at record 1, held ops
+    2..8 intact past the damage only as stale bytes; its install cut them at once and then
+    waited for the view's log, and replica 2 (whose copy of op 5 had rotted) crashed before
+    it was synced, while replica 0 held only ops 0..4. The unmutated replica passes."""
+    options = options_for(PlantedBug("cut-stale-at-once", CutStaleAtOnce, _rot), CUT_STALE_SEED)
+    assert_caught_at(CUT_STALE_SEED, options, CutStaleAtOnce, "on no replica's stable storage")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="since a rejoining replica compares its journal with the view's log before it "
+    "cuts, seed 1876 no longer builds the schedule, and no other of seeds 0..4999 does: the "
+    "case needs a scripted scenario",
+)
 def test_repair_during_another_recovery_at_its_seed() -> None:
     """repair-during-other-recovery does harm at the seed that found it, in the unmutated
     replica before the fix: replica 0 found damage, began installing a view's log, crashed
@@ -1040,10 +1107,8 @@ def test_repair_during_another_recovery_at_its_seed() -> None:
     change without an op it had acknowledged. The unmutated replica passes the same seed."""
     bug = PlantedBug("repair-during-other-recovery", RepairDuringOtherRecovery, _rot)
     options = options_for(bug, OTHER_RECOVERY_SEED)
-    mutant = run_once(OTHER_RECOVERY_SEED, options, RepairDuringOtherRecovery)
-    assert mutant.caught and "which it acknowledged and is committed" in mutant.detail, mutant
-    control = run_once(OTHER_RECOVERY_SEED, options, Replica)
-    assert control.result == "pass", f"expected the unmutated replica to pass, got {control}"
+    words = "which it acknowledged and is committed"
+    assert_caught_at(OTHER_RECOVERY_SEED, options, RepairDuringOtherRecovery, words)
 
 
 @pytest.mark.xfail(
@@ -1058,7 +1123,5 @@ def test_repair_forgets_mark_at_its_seed() -> None:
     at the restart, and with the mutation took its repaired log for whole and voted with it
     without an op it had acknowledged. The unmutated replica passes the same seed."""
     options = draw_options(REPAIR_MARK_SEED, replicas=REPLICAS, profile="disjoint")
-    mutant = run_once(REPAIR_MARK_SEED, options, RepairForgetsMark)
-    assert mutant.caught and "which it acknowledged and is committed" in mutant.detail, mutant
-    control = run_once(REPAIR_MARK_SEED, options, Replica)
-    assert control.result == "pass", f"expected the unmutated replica to pass, got {control}"
+    words = "which it acknowledged and is committed"
+    assert_caught_at(REPAIR_MARK_SEED, options, RepairForgetsMark, words)

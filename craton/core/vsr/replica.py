@@ -871,6 +871,8 @@ class Replica:
             return []  # a checkpoint is becoming this log's base: the holes are asked again
         entry = reply.entry
         item = self._repair.get(entry.op)
+        if self.status is Status.RECOVERING and entry.op > self.head and item is not None:
+            return self._fill_tail_hole(entry)
         if self.status is not Status.RECOVERING or entry.op != self.head or item is None:
             return []
         if item.body is not None or entry.hash != (item.hash or entry.hash):
@@ -882,6 +884,21 @@ class Replica:
         self._repair[entry.op] = Salvaged(entry.op, entry.hash, entry.body)
         notice = Notice("replica.prepare_repaired", (("op", entry.op),))
         return [notice, *self._repair_next()]
+
+    def _fill_tail_hole(self, entry: Entry) -> list[Effect]:
+        """A hole past the log's head, asked for before a state is installed below it
+        (``_repair_from_checkpoint``): taken only when it links the hashes vouched for on
+        both sides of it."""
+        if not self._fetchable_hole(entry.op):
+            return []
+        before = self._repair[entry.op - 1]
+        assert before.hash is not None
+        if entry.hash != self._repair[entry.op].hash:
+            return []
+        if chain_hash(before.hash, entry.op, entry.body) != entry.hash:
+            return []
+        self._repair[entry.op] = Salvaged(entry.op, entry.hash, entry.body)
+        return [Notice("replica.prepare_repaired", (("op", entry.op),))]
 
     # --- recovery: a damaged log or a wiped disk ----------------------------------------------
 
@@ -1467,6 +1484,28 @@ class Replica:
             return []
         if not self.log.can_install_base:
             return []  # writes in flight: the hole is asked for again
+        # The records this replica holds past the state go into the new log with it: they
+        # were on this disk, and must never be only in memory (a crash would lose them).
+        tail: list[Entry] = []
+        prev = offer.chain_hash
+        while (item := self._repair.get(offer.op + len(tail))) is not None:
+            if item.body is None or item.hash is None:
+                break
+            if chain_hash(prev, item.position, item.body) != item.hash:
+                break
+            prev = item.hash
+            tail.append(Entry(item.position, item.hash, item.body))
+        hole = offer.op + len(tail)
+        if self._fetchable_hole(hole):
+            # Records past that hole would be left out of the new log, and the old one's
+            # files are emptied once the base is installed: this disk would hold them no
+            # more until the repair re-appends them, and they may be the last intact copies
+            # of committed ops. The hole is fetched first. Waiting costs no liveness: past
+            # the state, the repair would need the hole all the same (or a later state,
+            # which leaves the hole below it and is taken at once).
+            fields = (("hole", hole), ("op", offer.op))
+            ask = RequestPrepare(self.config.replica_id, hole)
+            return [Notice("replica.tail_hole_asked", fields), *self._broadcast(ask)]
         vouched = self._repair.get(offer.op - 1)
         if vouched is not None and vouched.hash not in (None, offer.chain_hash):
             checked: tuple[OpenedCheckpoint, StateMachine] | str = (
@@ -1480,17 +1519,6 @@ class Replica:
         self._syncing = (offer, *checked)
         for entry in self.entries:
             self._forget_request(entry)
-        # The records this replica holds past the state go into the new log with it: they
-        # were on this disk, and must never be only in memory (a crash would lose them).
-        tail: list[Entry] = []
-        prev = offer.chain_hash
-        while (item := self._repair.get(offer.op + len(tail))) is not None:
-            if item.body is None or item.hash is None:
-                break
-            if chain_hash(prev, item.position, item.body) != item.hash:
-                break
-            prev = item.hash
-            tail.append(Entry(item.position, item.hash, item.body))
         self._sync_tail = tuple(tail)
         noted = (("hole", self.head), ("op", offer.op), ("kept", len(tail)))
         bodies = [entry.body for entry in tail]
@@ -1498,6 +1526,18 @@ class Replica:
             Notice("replica.repair_by_state", noted),
             *self._route(self.log.install_base(offer.op, offer.chain_hash, offer.parts, bodies)),
         ]
+
+    def _fetchable_hole(self, op: int) -> bool:
+        """Whether ``op`` is a hole of this repair that a peer's entry can fill above the
+        log's head (its hash and the one before it are vouched for), with intact records
+        past it."""
+        item = self._repair.get(op)
+        before = self._repair.get(op - 1)
+        if item is None or item.body is not None or item.hash is None:
+            return False
+        if before is None or before.hash is None:
+            return False
+        return any(later > op and found.body is not None for later, found in self._repair.items())
 
     def _verify_checkpoint(
         self, offer: CheckpointOffer
@@ -1971,8 +2011,15 @@ class Replica:
         vote with those ops cut could let a view change leave a committed op behind. So the
         journal is first compared with the view's log, fetched from ``source`` (see
         ``_on_verify``), and cut only where it differs: what differs from the view's log
-        was never committed. (A rejoining replica votes in no view change until it has
-        installed one, so it cuts at once.)"""
+        was never committed. A rejoining replica compares too, though it votes in no view
+        change until it has installed one: the ops past its commit number may be committed
+        ops whose other copies a fault destroyed, and a cut at its commit number would
+        remove this copy before the view's log replaces it on disk.
+
+        Bytes the log keeps past its end after a damaged record (``Log.has_stale``) are
+        not cut here either: they may hold the records that follow the damage, and the
+        install's appends overwrite them in place. They are cut once the installed log is
+        durable, before the new log view is saved (``_continue_install``)."""
         assert all(e.op == suffix_start + i for i, e in enumerate(entries))
         self._install = _Install(self.view, head, commit, entries, source)
         self._verify_from = None
@@ -1983,7 +2030,7 @@ class Replica:
         known = self._divergence(head, suffix_start, entries)
         if known is None:
             floor = self._committed_floor()
-            if self.head > floor and not self._rejoining and self._count > 1:
+            if self.head > floor and self._count > 1:
                 fields = (("view", self.view), ("from", floor), ("head", self.head))
                 return [Notice("replica.install_compares", fields), *self._compare_from(floor)]
             known = self.commit
@@ -1991,7 +2038,7 @@ class Replica:
         return self._cut_then_install(known)
 
     def _cut_then_install(self, cut: int) -> list[Effect]:
-        if cut < self.head or self.log.has_stale:
+        if cut < self.head:
             return self._truncate(cut)
         return self._continue_install()
 
@@ -2104,6 +2151,10 @@ class Replica:
         if self._rejoining:
             # saved with the log view: the log is the view's now
             self._recovering = self._damage_only = False
+        if self.log.has_stale and self._persisted_log_view != install.view:
+            # Bytes past the installed log that recovery would read as records of the
+            # view's log, were they to chain onto it: cut before the log view says so.
+            return [*effects, *self._truncate(self.head)]
         if self.log_view != install.view or self._persisted_recovering != self._recovering:
             self.log_view = install.view
             return [*effects, *self._save_state()]
