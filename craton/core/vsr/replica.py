@@ -1503,9 +1503,9 @@ class Replica:
             # of committed ops. The hole is fetched first. Waiting costs no liveness: past
             # the state, the repair would need the hole all the same (or a later state,
             # which leaves the hole below it and is taken at once).
-            fields = (("hole", hole), ("op", offer.op))
+            asked = (("hole", hole), ("op", offer.op))
             ask = RequestPrepare(self.config.replica_id, hole)
-            return [Notice("replica.tail_hole_asked", fields), *self._broadcast(ask)]
+            return [Notice("replica.tail_hole_asked", asked), *self._broadcast(ask)]
         vouched = self._repair.get(offer.op - 1)
         if vouched is not None and vouched.hash not in (None, offer.chain_hash):
             checked: tuple[OpenedCheckpoint, StateMachine] | str = (
