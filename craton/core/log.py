@@ -14,8 +14,10 @@ plus the owner-facing events ``Recovered``, ``Durable``, ``ReadResult`` and ``Re
 
 Rules it keeps:
 - One write batch is in flight at a time: appends that arrive meanwhile wait and go out
-  together in the next batch (group commit inside the log). A batch is written, then
-  synced; only after its ``SyncDone`` does ``Durable`` move. So a torn record can only be in
+  together in the next batch (group commit inside the log). A batch is written and synced
+  in one request (``DiskWrite`` with ``sync``); only after it completes does ``Durable``
+  move (a replica's log also writes and syncs its witness first, in one request too). So a
+  torn record can only be in
   the last batch of the last segment, and every earlier segment is sealed and synced.
 - Every record names how far the log was durable when it was written (``durable_before``),
   so recovery knows which records were certainly acknowledged and never cuts those off.
@@ -273,13 +275,11 @@ class _Io(enum.Enum):
     LIST_ROOT = 3
     LIST_STATES = 26
     WITNESS_READ = 27
-    WITNESS_WRITE = 28
-    WITNESS_SYNC = 29
+    WITNESS_WRITE = 28  # written and synced in one request
     SEGMENT_READ = 4
     RECOVERY_TRUNCATE = 5
     RECOVERY_SYNC = 6
-    BATCH_WRITE = 7
-    BATCH_SYNC = 8
+    BATCH_WRITE = 7  # written and synced in one request
     HISTORY_WRITE = 9
     HISTORY_SYNC = 10
     SUPERBLOCK_WRITE = 11
@@ -720,13 +720,10 @@ class Log:
                 return self._on_recovery_step(purpose, context)
             case _Io.BATCH_WRITE:
                 assert self._batch is not None
-                path = self._batch.segment.path
-                return [self._track(_Io.BATCH_SYNC, None, lambda io: DiskSync(io, path))]
-            case _Io.BATCH_SYNC:
                 return self._on_batch_synced()
-            case _Io.WITNESS_WRITE | _Io.WITNESS_SYNC:
+            case _Io.WITNESS_WRITE:
                 assert isinstance(context, tuple)
-                return self._on_witness_step(purpose, *context)
+                return self._on_witness_synced(*context)
             case _Io.HISTORY_WRITE:
                 return [
                     self._track(_Io.HISTORY_SYNC, None, lambda io: DiskSync(io, CHECKPOINTS_PATH))
@@ -865,13 +862,12 @@ class Log:
         context = (durable, then)
         offset = slot * WITNESS_SLOT
         return self._track(
-            _Io.WITNESS_WRITE, context, lambda io: DiskWrite(io, WITNESS_PATH, offset, data)
+            _Io.WITNESS_WRITE,
+            context,
+            lambda io: DiskWrite(io, WITNESS_PATH, offset, data, sync=True),
         )
 
-    def _on_witness_step(self, purpose: _Io, durable: int, then: str) -> list[LogOutput]:
-        if purpose is _Io.WITNESS_WRITE:
-            context = (durable, then)
-            return [self._track(_Io.WITNESS_SYNC, context, lambda io: DiskSync(io, WITNESS_PATH))]
+    def _on_witness_synced(self, durable: int, then: str) -> list[LogOutput]:
         self._witnessed = durable
         if then == "batch":
             return self._batch_landed()
@@ -1360,9 +1356,15 @@ class Log:
         self._batch = _Batch(segment, offset, payload, end_position + 1, end_hash)
         return [
             self._track(
-                _Io.BATCH_WRITE, None, lambda io: DiskWrite(io, segment.path, offset, payload)
+                _Io.BATCH_WRITE,
+                None,
+                lambda io: self._batch_write(io, segment.path, offset, payload),
             )
         ]
+
+    def _batch_write(self, io_id: int, path: str, offset: int, payload: bytes) -> DiskWrite:
+        """A batch's write, synced in the same request: durable once it completes."""
+        return DiskWrite(io_id, path, offset, payload, sync=True)
 
     def _current_segment(self, next_position: int, next_size: int) -> Segment:
         """The segment the next batch goes to, rolling to a new one when it is full."""

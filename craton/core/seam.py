@@ -99,12 +99,18 @@ class DiskWrite:
     """Write ``data`` at ``offset``, creating the file (and its folder) when missing.
 
     A write past the end of the file fills the gap with zeros. Not durable until a
-    ``DiskSync`` of the same path completes after this write's ``WriteDone``."""
+    ``DiskSync`` of the same path completes after this write's ``WriteDone``.
+
+    With ``sync``, the write and that sync are one request: ``WriteDone`` comes back once
+    the write is done and a sync of ``path`` that started after it has completed (a failed
+    sync reports ``IoFailed(IoError.SYNC)``, and is final for the file as ``DiskSync``
+    says). A crash before the completion leaves the write as unsynced as any other."""
 
     io_id: int
     path: str
     offset: int
     data: bytes
+    sync: bool = False
 
 
 @attrs.frozen

@@ -23,6 +23,8 @@ Rules it keeps:
   0o600), their descriptors cached until ``close``; missing folders are created 0o700. A
   read or sync of a missing file creates nothing: it reads empty and syncs trivially, and a
   list of a missing folder is empty. Lists hold regular files only, sorted by name.
+- A ``DiskWrite`` with ``sync`` runs its ``fdatasync`` on the worker that wrote, right
+  after the write: one hand-off to the workers and one back, instead of two of each.
 - Group commit: concurrent ``DiskSync`` requests for one file share ``fdatasync`` calls.
   A sync completes only after an ``fdatasync`` that *started* after the sync was submitted
   (hence after every write whose ``WriteDone`` it could have seen); one that arrives while
@@ -229,8 +231,10 @@ class FileDisk:
         match request:
             case DiskRead(io_id=io_id, path=path, offset=offset, length=length):
                 return ReadDone(io_id, self._read(path, offset, length))
-            case DiskWrite(io_id=io_id, path=path, offset=offset, data=data):
+            case DiskWrite(io_id=io_id, path=path, offset=offset, data=data, sync=sync):
                 self._write(path, offset, data)
+                if sync:  # on the same worker, no hand-back in between
+                    self._sync(path)
                 return WriteDone(io_id)
             case DiskTruncate(io_id=io_id, path=path, length=length):
                 self._truncate(path, length)

@@ -2,7 +2,8 @@
 
 Each file has two layers: what the page cache shows (``current``) and what has reached
 stable storage (``durable``), plus the list of writes and truncations made since the last
-sync. ``DiskSync`` copies the cache to stable storage. ``crash()`` throws the cache away and
+sync. ``DiskSync`` copies the cache to stable storage (a ``DiskWrite`` with ``sync`` does
+so one latency after its write reached the cache). ``crash()`` throws the cache away and
 rebuilds each file from stable storage, deciding for every unsynced operation whether it
 was lost, landed whole, or tore (a prefix of its sectors landed) — and a file whose
 existence was never synced may vanish. Completions arrive after a latency drawn per
@@ -143,17 +144,48 @@ class SimDisk:
     def submit(self, request: DiskRequest, complete: DiskCallback) -> None:
         check_request(request)
         self.requests += 1
+        if isinstance(request, DiskWrite) and request.sync:
+            self._write_then_sync(request, complete)
+            return
         if isinstance(request, DiskSync) and self.on_sync is not None:
             self.on_sync()
-        plan = self.fault_plan
-        delay = self._prng.between(plan.latency_ticks_min, plan.latency_ticks_max)
         generation = self._generation
 
         def finish() -> None:
             if generation == self._generation:  # a crash in between cancels the request
                 complete(self._perform(request))
 
-        self._events.schedule(delay, finish)
+        self._events.schedule(self._latency(), finish)
+
+    def _latency(self) -> int:
+        return self._prng.between(
+            self.fault_plan.latency_ticks_min, self.fault_plan.latency_ticks_max
+        )
+
+    def _write_then_sync(self, request: DiskWrite, complete: DiskCallback) -> None:
+        """A write with ``sync``: the write lands in the page cache after one latency (with
+        every fault a write can meet), the sync after another; a crash in between finds
+        the write unsynced, as it would find a write whose own sync was not done yet."""
+        generation = self._generation
+
+        def written() -> None:
+            if generation != self._generation:
+                return
+            done = self._perform(request)
+            if not isinstance(done, WriteDone):
+                complete(done)
+                return
+            if self.on_sync is not None:
+                self.on_sync()  # a crash it schedules lands before the sync below
+
+            def synced() -> None:
+                if generation == self._generation:
+                    self._sync_file(request.path)
+                    complete(done)
+
+            self._events.schedule(self._latency(), synced)
+
+        self._events.schedule(self._latency(), written)
 
     # --- control for tests and the simulator -------------------------------------------------
 
@@ -255,11 +287,7 @@ class SimDisk:
             case DiskWrite():
                 return self._write(request)
             case DiskSync():
-                file = self._files.get(request.path)
-                if file is not None:
-                    file.durable = bytearray(file.current)
-                    file.durable_exists = True
-                    file.unsynced = []
+                self._sync_file(request.path)
                 return SyncDone(request.io_id)
             case DiskTruncate():
                 file = self._files.setdefault(request.path, _File())
@@ -269,6 +297,13 @@ class SimDisk:
             case DiskList():
                 return ListDone(request.io_id, self._list(request.path))
         raise AssertionError(f"unknown disk request {request!r}")
+
+    def _sync_file(self, path: str) -> None:
+        file = self._files.get(path)
+        if file is not None:
+            file.durable = bytearray(file.current)
+            file.durable_exists = True
+            file.unsynced = []
 
     def _read(self, request: DiskRead) -> DiskCompletion:
         if self._prng.chance(self.fault_plan.read_error):

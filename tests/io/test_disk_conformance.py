@@ -356,6 +356,23 @@ def test_synced_data_survives_a_restart(harness: DiskHarness) -> None:
     assert harness.list("wal") == (FileInfo("0001", 16), FileInfo("0002", 6))
 
 
+def test_a_write_with_sync_is_durable_when_it_completes(harness: DiskHarness) -> None:
+    harness.write("wal/0001", 0, b"first, unsynced")
+    calls_before = harness.sync_calls()
+    done = harness.submit_and_wait(DiskWrite(harness.io_id(), "wal/0002", 0, b"synced", sync=True))
+    assert done == WriteDone(done.io_id)
+    calls_after = harness.sync_calls()
+    if calls_before is not None and calls_after is not None:
+        assert calls_after - calls_before == 1, "one fdatasync per write with sync"
+    harness.crash_and_restart()
+    assert harness.read("wal/0002", 0, 100) == b"synced"
+    assert harness.list("wal") == (
+        (FileInfo("0001", 15), FileInfo("0002", 6))
+        if harness.name == "file"  # a process crash keeps the page cache
+        else (FileInfo("0002", 6),)  # the simulated crash lost the unsynced file
+    )
+
+
 def test_sync_of_a_missing_file_succeeds_and_creates_nothing(harness: DiskHarness) -> None:
     harness.sync("never-written")
     assert harness.list("") == ()

@@ -74,6 +74,7 @@ class Driver:
 
     def __init__(self, root: Path, **options: Any) -> None:
         self.loop = BlockingLoop()
+        self.disk_root = root
         self.disk = FileDisk(root, self.loop.post, **options)
         self.completions: dict[int, DiskCompletion] = {}
         self._next_io_id = 1
@@ -203,6 +204,33 @@ def test_failed_fdatasync_fails_every_waiter_and_every_later_sync(
     assert held.started == 1, "after a failed fdatasync, a file is never fdatasynced again"
     other = driver.sync("other")
     assert driver.wait(other) == [SyncDone(other)], "other files are unaffected"
+
+
+def test_a_write_with_sync_whose_fdatasync_fails_fails_as_sync_for_good(
+    driver: Driver, held: HeldSyncs
+) -> None:
+    held.failure = OSError(errno.EIO, os.strerror(errno.EIO))
+    held.release(1)
+    failed = driver.done(DiskWrite(driver.io_id(), "log", 0, b"batch", sync=True))
+    assert isinstance(failed, IoFailed) and failed.error == IoError.SYNC, failed
+    assert "log" in failed.detail and "EIO" in failed.detail, failed.detail
+    held.failure = None
+    held.release(10)
+    again = driver.done(DiskWrite(driver.io_id(), "log", 5, b"more", sync=True))
+    assert isinstance(again, IoFailed) and again.error == IoError.SYNC, again
+    assert held.started == 1, "after a failed fdatasync, a file is never fdatasynced again"
+
+
+def test_a_write_with_sync_starts_its_fdatasync_after_the_write(
+    driver: Driver, held: HeldSyncs
+) -> None:
+    io_id = driver.submit(DiskWrite(driver.io_id(), "log", 0, b"batch", sync=True))
+    held.wait_started(1)
+    assert (driver.disk_root / "log").read_bytes() == b"batch", "written before the sync"
+    driver.loop.run_pending()
+    assert io_id not in driver.completions, "completed before its fdatasync ended"
+    held.release(1)
+    assert driver.wait(io_id) == [WriteDone(io_id)]
 
 
 # --- Names are durable -----------------------------------------------------------------------

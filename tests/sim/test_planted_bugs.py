@@ -138,19 +138,19 @@ from craton.core.auth import Role
 from craton.core.event_store import EventStore, StoreReply, StoreRequest
 from craton.core.gateway import Gateway, encode_registration
 from craton.core.kv_machine import KvMachine
-from craton.core.log import Log, LogOutput, ReadResult, _Io, _PendingRead
+from craton.core.log import Log, LogOutput, ReadResult, _PendingRead
 from craton.core.prng import Prng
 from craton.core.record import HEADER_SIZE, RecordError, chain_hash, decode_header
 from craton.core.scan import Salvaged
 from craton.core.seam import (
     DiskCompletion,
+    DiskWrite,
     Effect,
     IoIds,
     ReadDone,
     Reply,
     Send,
     Submit,
-    WriteDone,
 )
 from craton.core.state_machine import StateMachine
 from craton.core.storage import DerivedStorage
@@ -352,15 +352,11 @@ class InstallWithoutVerifying(Replica):
 
 
 class _SyncSkippingLog(Log):
-    """Counts a batch durable once its write is done: the sync that makes it so is never
-    issued (the witness, written next, is still synced)."""
+    """Counts a batch durable once its write is done: the write asks for no sync (the
+    witness, written next, is still synced)."""
 
-    def on_disk(self, completion: DiskCompletion) -> list[LogOutput]:
-        purpose = self._waiting.get(completion.io_id, (None, None))[0]
-        if purpose is _Io.BATCH_WRITE and isinstance(completion, WriteDone):
-            del self._waiting[completion.io_id]
-            return self._on_batch_synced()
-        return super().on_disk(completion)
+    def _batch_write(self, io_id: int, path: str, offset: int, payload: bytes) -> DiskWrite:
+        return DiskWrite(io_id, path, offset, payload)
 
 
 class DurableBeforeSync(Replica):

@@ -111,6 +111,29 @@ def test_requests_in_flight_at_a_crash_never_complete() -> None:
     assert box == [] and disk.contents("a") == b""
 
 
+def test_a_crash_between_a_writes_landing_and_its_sync_leaves_it_unsynced() -> None:
+    """A write with ``sync`` reaches the page cache after one latency and stable storage
+    after another: a crash in between treats it as any unsynced write (here: lost), and the
+    timed-crash hook hears of the sync as the write lands."""
+    events = EventQueue()
+    faults = DiskFaults(latency_ticks_min=5, latency_ticks_max=5, crash_lose_unsynced=1.0)
+    disk = SimDisk(Prng(3), events, faults)
+    heard: list[int] = []
+    disk.on_sync = lambda: heard.append(events.now)
+    box: list[DiskCompletion] = []
+    disk.submit(DiskWrite(1, "a", 0, b"x", sync=True), box.append)
+    events.run_until(lambda: disk.contents("a") == b"x")
+    assert heard == [5] and box == [] and disk.stable("a", 0, 1) == b""
+    disk.crash()
+    events.run_until_idle()
+    assert box == [] and disk.contents("a") == b""
+    disk.submit(DiskWrite(2, "a", 0, b"y", sync=True), box.append)
+    events.run_until_idle()
+    assert box == [WriteDone(2)] and disk.stable("a", 0, 1) == b"y"
+    disk.crash()
+    assert disk.contents("a") == b"y"
+
+
 def test_the_same_seed_gives_the_same_disk() -> None:
     faults = DiskFaults.draw(Prng(11), destructive=True)
     first, second = workout(9, faults), workout(9, faults)
