@@ -43,6 +43,7 @@ import asyncio
 import contextlib
 import os
 import ssl
+import typing
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import TypeVar
@@ -243,8 +244,8 @@ class _Link(asyncio.Protocol):
     # --- asyncio.Protocol --------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # a stream connection's transport (uvloop's is not an asyncio.Transport subclass)
+        self._transport = typing.cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         try:
