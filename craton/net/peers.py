@@ -438,11 +438,13 @@ class _PeerLink:
             while not self._closed:
                 if closed_by_peer.done():
                     return closed_by_peer.result()  # raises why the connection ended
-                while self._queue:
-                    payload = self._queue.popleft()
-                    self._queued_bytes -= len(payload)
-                    writer.write(payload)
-                    self._network.metrics.peer_sent.labels(self._label).inc()
+                if self._queue:
+                    # everything queued since the last turn in one write (one send call)
+                    frames = list(self._queue)
+                    self._queue.clear()
+                    self._queued_bytes = 0
+                    writer.write(b"".join(frames))
+                    self._network.metrics.peer_sent.labels(self._label).inc(len(frames))
                 await asyncio.wait_for(writer.drain(), PEER_WRITE_TIMEOUT_S)
                 if not self._queue:
                     self._wakeup.clear()
