@@ -43,7 +43,7 @@ import enum
 import hashlib
 import re
 import struct
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import attrs
@@ -527,7 +527,7 @@ class Log:
         self,
         position: int,
         chain_hash: bytes,
-        state: Sequence[bytes],
+        state: Iterable[bytes],
         tail: Sequence[bytes] = (),
     ) -> list[LogOutput]:
         """Make the log start at ``position``, past its head: ``state`` is the owner's state

@@ -15,9 +15,10 @@ import pytest
 
 from craton.core import superblock
 from craton.core.seal import Sealer, state_message
+from craton.core.storage import DerivedDataError, MemoryBlob, MemoryStorage
 from craton.core.vsr import codec
 from craton.core.vsr.checkpoint import open_checkpoint
-from craton.core.vsr.replica import CheckpointOffer, Replica
+from craton.core.vsr.replica import CheckpointOffer, Replica, StateParts
 from craton.core.wire.replica import NewCheckpoint
 from craton.sim.cluster import Cluster
 from tests.sim.test_vsr_scenarios import assert_clean, quiet_options
@@ -156,6 +157,41 @@ def test_a_state_in_parts_is_put_together_in_order_and_only_in_order(cluster: Cl
     assert receiver._assembly.sender == 2, "the next part is asked of the latest sender"
     other = attrs.evolve(from_replica_2[2], digest=bytes(32))
     assert receiver._assemble(other) == [] and receiver._assembly.received == 200
+
+
+def test_a_state_in_parts_is_kept_in_derived_storage_not_in_memory(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The parts go into a blob of the receiver's derived storage as they come (a file of
+    the data directory on a node): the offer holds the blob and the parts' sizes only."""
+    receiver = cluster.nodes[1].replica
+    receiver._assembly = None
+    opened: list[tuple[str, MemoryBlob]] = []
+
+    class Recording(MemoryStorage):
+        def open_blob(self, name: str) -> MemoryBlob:
+            blob = super().open_blob(name)
+            opened.append((name, blob))
+            return blob
+
+    recording = Recording()
+    monkeypatch.setattr(type(receiver.machine), "storage", property(lambda _: recording))
+    parts = _parts(cluster, 0, 100)
+    for part in parts[:-1]:
+        assert isinstance(receiver._assemble(part), list)
+    whole = receiver._assemble(parts[-1])
+    assert isinstance(whole, CheckpointOffer) and isinstance(whole.parts, StateParts), whole
+    assert [name for name, _ in opened] == ["incoming-state"], opened
+    state = b"".join(part.state for part in parts)
+    assert opened[0][1].read(0, len(state)) == state and whole.size == len(state)
+    assert list(whole.parts) == [part.state for part in parts], "read back as they came"
+    assert _verdict(receiver, whole) == "accepted"
+    blob = opened[0][1]
+    blob._data[150] ^= 1  # the derived file changed under the replica after the check
+    with pytest.raises(DerivedDataError, match="incoming state: part at byte 100 changed"):
+        list(whole.parts)
+    blob._data[150] ^= 1
+    assert _verdict(receiver, whole) == "accepted"
 
 
 def test_a_state_file_shorter_than_its_size_is_rejected_and_another_replica_asked(

@@ -35,6 +35,8 @@ import enum
 import functools
 import hashlib
 import struct
+import zlib
+from collections.abc import Iterator
 
 import attrs
 
@@ -72,7 +74,7 @@ from craton.core.seam import (
     Tick,
 )
 from craton.core.state_machine import SnapshotError, StateMachine
-from craton.core.storage import DerivedDataError
+from craton.core.storage import BlobFile, DerivedDataError, MemoryStorage
 from craton.core.vsr import codec
 from craton.core.vsr.checkpoint import (
     STATE_SPACING_OPS_MAX,
@@ -246,11 +248,51 @@ class OwnerState:
     damage_mark: int = 0  # with ``damage_only``: the log is whole again once it reaches it
 
 
+class StateParts:
+    """A checkpoint state that came in parts, kept in a blob of the machine's derived
+    storage from the moment each part arrives until the state is installed: never whole
+    in memory, whatever its size. Iterated as often as needed, a part at a time, as the
+    parts came, each checked against the CRC-32 taken as it came (``DerivedDataError``
+    if the blob does not give back what was put in: the state's digest was checked on
+    one reading, and the state file is written from another). Closed once the last part
+    is in: a closed blob still reads back, and its bytes go with the last reference to it
+    (an offer installed, or turned down)."""
+
+    __slots__ = ("_blob", "_sizes")
+
+    def __init__(self, blob: BlobFile) -> None:
+        self._blob = blob
+        self._sizes: list[tuple[int, int]] = []  # (bytes, CRC-32) of each part
+
+    def add(self, part: bytes) -> None:
+        self._blob.append(part)
+        self._sizes.append((len(part), zlib.crc32(part)))
+
+    @property
+    def size(self) -> int:
+        return self._blob.size
+
+    def __len__(self) -> int:
+        return len(self._sizes)
+
+    def __iter__(self) -> Iterator[bytes]:
+        offset = 0
+        for size, crc in self._sizes:
+            part = self._blob.read(offset, size)
+            if zlib.crc32(part) != crc:
+                raise DerivedDataError(f"incoming state: part at byte {offset} changed")
+            yield part
+            offset += size
+
+    def close(self) -> None:
+        self._blob.close()
+
+
 @attrs.frozen
 class CheckpointOffer:
     """A state-sync offer with its whole state: a ``NewCheckpoint`` that came in one part,
-    or the parts of one, in order (never joined into one copy). Nothing of it is believed
-    until it is verified."""
+    or the parts of one, in order (never joined into one copy; kept in derived storage,
+    ``StateParts``). Nothing of it is believed until it is verified."""
 
     view: int
     replica: int  # the sender
@@ -259,15 +301,17 @@ class CheckpointOffer:
     digest: bytes
     public_key: bytes
     signature: bytes
-    parts: tuple[bytes, ...]
+    parts: tuple[bytes, ...] | StateParts
 
     @property
     def size(self) -> int:
         """Bytes of the state."""
+        if isinstance(self.parts, StateParts):
+            return self.parts.size
         return sum(len(part) for part in self.parts)
 
     @classmethod
-    def of(cls, offer: NewCheckpoint, parts: tuple[bytes, ...]) -> CheckpointOffer:
+    def of(cls, offer: NewCheckpoint, parts: tuple[bytes, ...] | StateParts) -> CheckpointOffer:
         return cls(
             offer.view,
             offer.replica,
@@ -290,7 +334,7 @@ class _Assembly:
     op: int
     digest: bytes
     size: int
-    parts: list[bytes]
+    parts: StateParts
     received: int  # bytes so far: the offset of the next part
     others: int = 0  # parts of other states that came meanwhile
 
@@ -1399,7 +1443,7 @@ class Replica:
         the one in progress has stalled (``ASSEMBLY_PATIENCE`` parts of others came
         meanwhile: its senders no longer answer); other parts are dropped."""
         if part.offset == 0 and len(part.state) == part.state_size:
-            self._assembly = None
+            self._drop_assembly()
             return CheckpointOffer.of(part, (part.state,))
         assembly = self._assembly
         if assembly is not None and (assembly.op, assembly.digest, assembly.size) != (
@@ -1411,11 +1455,14 @@ class Replica:
             stalled = assembly.others >= ASSEMBLY_PATIENCE
             if part.offset != 0 or not (part.op > assembly.op or stalled):
                 return []
+            self._drop_assembly()
             assembly = None
         if assembly is None:
             if part.offset != 0:
                 return []
-            assembly = _Assembly(part.replica, part.op, part.digest, part.state_size, [], 0)
+            storage = self.machine.storage or MemoryStorage()
+            parts = StateParts(storage.open_blob("incoming-state"))
+            assembly = _Assembly(part.replica, part.op, part.digest, part.state_size, parts, 0)
             self._assembly = assembly
         assembly.sender = part.replica  # it answers: the next part is asked of it
         if part.offset > assembly.received:
@@ -1429,18 +1476,24 @@ class Replica:
         if not part.state:
             # The sender's state file ends before the size it named: damaged there. As for
             # a state that does not check out, the next ask goes to another replica.
-            self._assembly = None
+            self._drop_assembly()
             self._avoid_source = part.replica
             why = f"its state file ends at byte {part.offset} of {part.state_size}"
             rejected = (("op", part.op), ("from", part.replica), ("why", why))
             return [Notice("replica.checkpoint_rejected", rejected)]
-        assembly.parts.append(part.state)
+        assembly.parts.add(part.state)
         assembly.received += len(part.state)
         if assembly.received < assembly.size:
             fields = (("op", part.op), ("received", assembly.received), ("of", assembly.size))
             return [Notice("replica.state_part", fields), *self._ask_part(assembly)]
         self._assembly = None
-        return CheckpointOffer.of(part, tuple(assembly.parts))
+        assembly.parts.close()
+        return CheckpointOffer.of(part, assembly.parts)
+
+    def _drop_assembly(self) -> None:
+        if self._assembly is not None:
+            self._assembly.parts.close()
+            self._assembly = None
 
     def _ask_part(self, assembly: _Assembly) -> list[Effect]:
         """Ask the sender of a state being put together for its next part."""
