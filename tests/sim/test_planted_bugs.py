@@ -324,7 +324,7 @@ class TransferWithoutChainCheck(Replica):
     on top of its own journal without checking where the two differ: what it holds is
     taken as the view's, and transferred entries are believed without their chain."""
 
-    def _divergence(self, head: int, suffix_start: int, entries: tuple[Entry, ...]) -> int:
+    def _divergence(self, head: int, suffix_start: int, entries: tuple[Entry, ...]) -> int | None:
         return min(self.head, head) if entries else super()._divergence(head, suffix_start, entries)
 
     def _extend(self, entries: tuple[Entry, ...]) -> list[Effect]:
