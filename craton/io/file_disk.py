@@ -133,6 +133,7 @@ class FileDisk:
         # the syncs that the job's next fdatasync will complete.
         self._sync_waiters: dict[str, list[_Waiter]] = {}
         self._sync_failed: dict[str, str] = {}
+        self._sync_locks: dict[str, threading.Lock] = {}  # one fdatasync of a file at a time
         self._names_durable: dict[str, None] = {}
         self.fsync_count = 0  # fdatasync calls on files
         self.dir_sync_count = 0  # fsync calls on folders
@@ -309,19 +310,25 @@ class FileDisk:
         return tuple(files)
 
     def _sync(self, path: str) -> None:
+        # One fdatasync of a file at a time (a group-commit job and a write's own sync may
+        # meet): the kernel reports a writeback error to one of two concurrent calls only,
+        # so the failure is recorded before the next call may start.
         with self._state_lock:
-            failed = self._sync_failed.get(path)
-        if failed is not None:
-            raise _Failure(IoError.SYNC, f"{failed} (an earlier sync of {path} failed)")
-        fd = self._open(path, IoError.SYNC, create=False)
-        if fd is None:
-            return  # nothing was ever written to it, so nothing to make durable
-        with self._state_lock:
-            self.fsync_count += 1
-        try:
-            self._data_sync(fd)
-        except OSError as exc:
-            self._fail_sync(path, _detail("fdatasync", path, exc))
+            lock = self._sync_locks.setdefault(path, threading.Lock())
+        with lock:
+            with self._state_lock:
+                failed = self._sync_failed.get(path)
+            if failed is not None:
+                raise _Failure(IoError.SYNC, f"{failed} (an earlier sync of {path} failed)")
+            fd = self._open(path, IoError.SYNC, create=False)
+            if fd is None:
+                return  # nothing was ever written to it, so nothing to make durable
+            with self._state_lock:
+                self.fsync_count += 1
+            try:
+                self._data_sync(fd)
+            except OSError as exc:
+                self._fail_sync(path, _detail("fdatasync", path, exc))
         self._sync_names(path)
 
     def _sync_names(self, path: str) -> None:

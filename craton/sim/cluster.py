@@ -511,7 +511,8 @@ class Cluster:
     def _timed_crash(self, index: int, counter: str, knob: str) -> Callable[[], None]:
         """Crash replica ``index`` right after what it is doing now, with the seed's ``knob``
         probability (in the fault phase): the crash lands once the current step's effects
-        are out, before any of its I/O completes."""
+        are out (for a write carrying its own sync, once the write is in the page cache),
+        before any of its I/O completes."""
 
         def maybe() -> None:
             chance = getattr(self.options.processes, knob)

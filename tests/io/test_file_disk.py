@@ -221,6 +221,22 @@ def test_a_write_with_sync_whose_fdatasync_fails_fails_as_sync_for_good(
     assert held.started == 1, "after a failed fdatasync, a file is never fdatasynced again"
 
 
+def test_a_write_with_sync_meeting_a_failing_sync_of_its_file_fails_too(
+    driver: Driver, held: HeldSyncs
+) -> None:
+    """A write's own sync waits for a running fdatasync of its file, and sees that one's
+    failure (the kernel would report it to one of two concurrent calls only)."""
+    driver.write("log", b"suspect")
+    first = driver.sync("log")
+    held.wait_started(1)
+    write = driver.submit(DiskWrite(driver.io_id(), "log", 7, b" more", sync=True))
+    held.failure = OSError(errno.EIO, os.strerror(errno.EIO))
+    held.release(1)
+    failed = driver.wait(first, write)
+    assert all(isinstance(r, IoFailed) and r.error == IoError.SYNC for r in failed), failed
+    assert held.started == 1, "the write's sync did not call fdatasync after the failure"
+
+
 def test_a_write_with_sync_starts_its_fdatasync_after_the_write(
     driver: Driver, held: HeldSyncs
 ) -> None:

@@ -251,7 +251,8 @@ class OwnerState:
 class StateParts:
     """A checkpoint state that came in parts, kept in a blob of the machine's derived
     storage from the moment each part arrives until the state is installed: never whole
-    in memory, whatever its size. Iterated as often as needed, a part at a time, as the
+    in memory, whatever its size (unless the machine keeps no derived storage of its own,
+    when the blob is a memory one). Iterated as often as needed, a part at a time, as the
     parts came, each checked against the CRC-32 taken as it came (``DerivedDataError``
     if the blob does not give back what was put in: the state's digest was checked on
     one reading, and the state file is written from another). Closed once the last part
@@ -1643,18 +1644,19 @@ class Replica:
         install = self._install
         if install is not None:
             # The records kept past the base may differ from the view's log being installed
-            # (an old view's uncommitted ops): cut them where they do, as the install would.
+            # (an old view's uncommitted ops): cut them where they do, as the install would,
+            # comparing first when the suffix cannot tell (they may be committed ops whose
+            # other copies faults destroyed: cut blind, they would leave this disk before
+            # the view's log replaced them).
             first = install.entries[0].op if install.entries else install.head
-            known = self._divergence(install.head, first, install.entries)
-            cut = self.commit if known is None else known
+            verdict = self._journal_verdict(install.head, first, install.entries)
+            if isinstance(verdict, list):
+                return [*effects, *verdict]
             # Never below the base or a sealed checkpoint: what lies below them is committed
             # (an install older than the state may name a shorter log; it changes nothing).
             sealed = self.log.checkpoint
             floor = max(self.log.base, 0 if sealed is None else sealed.position)
-            cut = max(cut, min(floor, self.head))
-            if cut < self.head:
-                return [*effects, *self._truncate(cut)]
-            return [*effects, *self._continue_install()]
+            return [*effects, *self._cut_then_install(max(verdict, min(floor, self.head)))]
         if self._repairing:  # the state covers the holes below it: repair on from there
             self._repair = {op: item for op, item in self._repair.items() if op >= position}
             return [*effects, *self._repair_next()]
@@ -2069,10 +2071,13 @@ class Replica:
         ops whose other copies a fault destroyed, and a cut at its commit number would
         remove this copy before the view's log replaces it on disk.
 
-        Bytes the log keeps past its end after a damaged record (``Log.has_stale``) are
-        not cut here either: they may hold the records that follow the damage, and the
-        install's appends overwrite them in place. They are cut once the installed log is
-        durable, before the new log view is saved (``_continue_install``)."""
+        Bytes the log keeps past its end after a damaged record (``Log.has_stale``) are not
+        cut with the journal unless the journal itself is cut (what chains onto a journal
+        that differs from the view's log was never committed): they may hold the records
+        that follow the damage, and the install's appends overwrite them in place. What is
+        left of them is cut once the installed log is durable, before the new log view is
+        saved (``_continue_install``). (A state installed as the log's base meanwhile
+        replaces the old log's files, stale bytes included.)"""
         assert all(e.op == suffix_start + i for i, e in enumerate(entries))
         self._install = _Install(self.view, head, commit, entries, source)
         self._verify_from = None
@@ -2080,15 +2085,26 @@ class Replica:
             # A checkpoint is being installed as this log's base: what the journal holds
             # past it is judged once it is installed (``_on_base_installed``).
             return []
+        verdict = self._journal_verdict(head, suffix_start, entries)
+        if isinstance(verdict, list):
+            return verdict
+        assert verdict >= self.commit, "a committed op differs from the view's log"
+        return self._cut_then_install(verdict)
+
+    def _journal_verdict(
+        self, head: int, suffix_start: int, entries: tuple[Entry, ...]
+    ) -> int | list[Effect]:
+        """Where this journal stops being the view's log, when the suffix tells; else the
+        asks that compare it with the view's log from what is known committed on (or, with
+        nothing past that to compare, the commit number)."""
         known = self._divergence(head, suffix_start, entries)
-        if known is None:
-            floor = self._committed_floor()
-            if self.head > floor and self._count > 1:
-                fields = (("view", self.view), ("from", floor), ("head", self.head))
-                return [Notice("replica.install_compares", fields), *self._compare_from(floor)]
-            known = self.commit
-        assert known >= self.commit, "a committed op differs from the view's log"
-        return self._cut_then_install(known)
+        if known is not None:
+            return known
+        floor = self._committed_floor()
+        if self.head > floor and self._count > 1:
+            fields = (("view", self.view), ("from", floor), ("head", self.head))
+            return [Notice("replica.install_compares", fields), *self._compare_from(floor)]
+        return self.commit
 
     def _cut_then_install(self, cut: int) -> list[Effect]:
         if cut < self.head:
