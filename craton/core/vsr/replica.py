@@ -374,6 +374,9 @@ class Replica:
         self._base_hash = GENESIS_HASH  # the chain hash of op first_op - 1
         self._syncing: tuple[CheckpointOffer, OpenedCheckpoint, StateMachine] | None = None
         self._sync_tail: tuple[Entry, ...] = ()  # records kept past a base being installed
+        self._other_replicas = tuple(
+            r for r in range(config.replica_count) if r != config.replica_id
+        )
         self._state_signatures: dict[int, bytes] = {}  # op -> this replica's signature
         self._durable_state: StateFile | None = None  # the latest state on disk
         self._saving_state: int | None = None  # the op of the state being written
@@ -1067,7 +1070,7 @@ class Replica:
             fields = (("first", self._base), ("head", self.head))
             return [Notice("replica.journal_full", fields), busy]
         body = PrepareBody(self.view, client, number, request.body)
-        return self._prepare(codec.encode_body(PREPARE_BODY, body))
+        return self._prepare(codec.encode_body(PREPARE_BODY, body), (client, number))
 
     def _check_session(self, client: int, request_id: int) -> Reply | None:
         """The reply that settles ``request_id`` without preparing it, if any."""
@@ -1084,10 +1087,13 @@ class Replica:
     def _in_pipeline(self, client: int, number: int) -> bool:
         return (client, number) in self._uncommitted
 
-    def _journal(self, entry: Entry) -> None:
-        """Add ``entry`` to the journal, and its request to the uncommitted index."""
-        body = decode_prepare_body(entry.body)
-        self._uncommitted[(body.client_id, body.request_number)] = entry.op
+    def _journal(self, entry: Entry, request: tuple[int, int] | None = None) -> None:
+        """Add ``entry`` to the journal, and its request (client, number: from its body
+        unless the caller that encoded the body says) to the uncommitted index."""
+        if request is None:
+            body = decode_prepare_body(entry.body)
+            request = (body.client_id, body.request_number)
+        self._uncommitted[request] = entry.op
         self.entries.append(entry)
 
     def _forget_request(self, entry: Entry) -> None:
@@ -1099,19 +1105,19 @@ class Replica:
     def _reply(self, client: int, number: int, status: ReplyStatus, rest: bytes) -> Reply:
         return Reply(client, number, bytes([status]) + rest)
 
-    def _prepare(self, body: bytes) -> list[Effect]:
+    def _prepare(self, body: bytes, request: tuple[int, int]) -> list[Effect]:
         op = self.head
         entry = Entry(op, chain_hash(self._last_hash(), op, body), body)
-        effects = self._append(entry)
+        effects = self._append(entry, request)
         message = Prepare(self.view, self.commit, entry)
         return [*effects, *self._broadcast(message)]
 
-    def _append(self, entry: Entry) -> list[Effect]:
-        """Append a verified entry at the head of the journal and the log."""
-        assert entry.op == self.head and entry.hash == chain_hash(
-            self._last_hash(), entry.op, entry.body
-        )
-        self._journal(entry)
+    def _append(self, entry: Entry, request: tuple[int, int] | None = None) -> list[Effect]:
+        """Append a verified entry at the head of the journal and the log. (The log chains
+        the body onto the journal's last hash itself: its chain hash after the append is
+        the entry's, or the entry was not the next link.)"""
+        assert entry.op == self.head and self.log.chain_hash == self._last_hash()
+        self._journal(entry, request)
         position, outputs = self.log.append(entry.body, PREPARE_KIND)
         assert position == entry.op and self.log.chain_hash == entry.hash
         return self._route(outputs)
@@ -2244,8 +2250,8 @@ class Replica:
 
     # --- helpers -----------------------------------------------------------------------------
 
-    def _others(self) -> list[int]:
-        return [r for r in range(self.config.replica_count) if r != self.config.replica_id]
+    def _others(self) -> tuple[int, ...]:
+        return self._other_replicas
 
     def _broadcast(self, message: ReplicaMessage) -> list[Effect]:
         others = self._others()
